@@ -1,0 +1,19 @@
+//! parley: a peer-to-peer chat over gRPC.
+//!
+//! # Layout
+//!
+//! - [`proto`]: the generated wire types and services (`parley.v1`).
+//! - [`names`]: nick, room and conversation names, and the rules they follow.
+//! - [`registry`]: who is online and who sits in which room, with leases;
+//!   one trait, an in-memory implementation.
+//! - [`router`]: the `Router` gRPC service over a registry, and its server.
+//! - [`shutdown`]: one signal future for Ctrl-C and SIGTERM.
+//! - [`store`]: a peer's durable history in SQLite: messages, versions,
+//!   version vectors, the outbox, and the peer's identity.
+
+pub mod names;
+pub mod proto;
+pub mod registry;
+pub mod router;
+pub mod shutdown;
+pub mod store;
