@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
+//! - [`logging`]: tracing to stderr for the binaries.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`registry`]: who is online and who sits in which room, with leases;
 //!   one trait, an in-memory implementation.
@@ -11,6 +12,7 @@
 //! - [`store`]: a peer's durable history in SQLite: messages, versions,
 //!   version vectors, the outbox, and the peer's identity.
 
+pub mod logging;
 pub mod names;
 pub mod proto;
 pub mod registry;

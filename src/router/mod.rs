@@ -1,1 +1,329 @@
+//! The router: the `Router` gRPC service over a [`Registry`], and the server
+//! that hosts it beside the standard health and reflection services.
+//!
+//! This layer turns wire requests into validated names, calls the registry,
+//! and maps [`RegistryError`] to `tonic::Status` in one place.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::names::{Name, Nick, Room};
+use crate::proto;
+use crate::proto::router_server::{Router, RouterServer};
+use crate::registry::{Event, EventKind, Member, Registry, RegistryError};
+
+/// Largest request the router decodes: its messages are names and tokens.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How long one call may take before the server gives up on it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings find dead connections (and keep idle `Watch` streams alive
+/// through middleboxes).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events queued per Watch stream on the wire; past it the registry's own
+/// buffer fills and a slow watcher is cut.
+const WATCH_QUEUE: usize = 256;
+
+/// Errors of running the router server.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<RegistryError> for Status {
+    fn from(err: RegistryError) -> Status {
+        let msg = err.to_string();
+        match err {
+            RegistryError::InvalidName(_) | RegistryError::InvalidArgument(_) => {
+                Status::invalid_argument(msg)
+            }
+            RegistryError::NickTaken(_) => Status::already_exists(msg),
+            RegistryError::Unauthenticated => Status::unauthenticated(msg),
+            RegistryError::NoSuchRoom(_) => Status::not_found(msg),
+            RegistryError::NotMember(_) => Status::failed_precondition(msg),
+            RegistryError::NotOwner { .. } => Status::permission_denied(msg),
+            RegistryError::Lagged(_) => Status::resource_exhausted(msg),
+            RegistryError::Unavailable(cause) => {
+                // The cause stays in the log; the caller learns only that the
+                // registry cannot answer now.
+                tracing::error!(%cause, "registry unavailable");
+                Status::unavailable("registry unavailable, try again")
+            }
+        }
+    }
+}
+
+impl From<Member> for proto::Member {
+    fn from(m: Member) -> Self {
+        proto::Member {
+            nick: m.nick,
+            address: m.address,
+        }
+    }
+}
+
+impl From<Event> for proto::RegistryEvent {
+    fn from(e: Event) -> Self {
+        use proto::registry_event::Kind;
+        let kind = match e.kind {
+            EventKind::UserOnline(m) => Kind::UserOnline(m.into()),
+            EventKind::UserOffline(m) => Kind::UserOffline(m.into()),
+            EventKind::MemberJoined { room, member } => Kind::MemberJoined(proto::RoomMember {
+                room,
+                member: Some(member.into()),
+            }),
+            EventKind::MemberLeft { room, member } => Kind::MemberLeft(proto::RoomMember {
+                room,
+                member: Some(member.into()),
+            }),
+            EventKind::RoomDeleted { room, by } => {
+                Kind::RoomDeleted(proto::RoomDeleted { room, by })
+            }
+        };
+        proto::RegistryEvent {
+            revision: e.revision,
+            kind: Some(kind),
+        }
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn room_arg(room: &str) -> Result<Room, Status> {
+    Room::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The `Router` service. Watch streams end when `stop` fires, so a graceful
+/// shutdown is not held open by them.
+pub struct RouterService {
+    registry: Arc<dyn Registry>,
+    stop: CancellationToken,
+}
+
+impl RouterService {
+    pub fn new(registry: Arc<dyn Registry>, stop: CancellationToken) -> RouterService {
+        RouterService { registry, stop }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::RegistryEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Router for RouterService {
+    async fn user_login(
+        &self,
+        req: Request<proto::LoginRequest>,
+    ) -> Result<Response<proto::LoginResponse>, Status> {
+        let req = req.into_inner();
+        let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let s = self
+            .registry
+            .login(&nick, &req.address, &req.reclaim_secret)
+            .await?;
+        tracing::info!(nick = %s.nick, address = %req.address, reclaimed = s.reclaimed, "login");
+        Ok(Response::new(proto::LoginResponse {
+            token: s.token,
+            lease_ttl_ms: ttl_ms(s.lease_ttl),
+            nick: s.nick,
+            reclaimed: s.reclaimed,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let ttl = self.registry.heartbeat(&req.get_ref().token).await?;
+        Ok(Response::new(proto::HeartbeatResponse {
+            lease_ttl_ms: ttl_ms(ttl),
+        }))
+    }
+
+    async fn user_logout(
+        &self,
+        req: Request<proto::LogoutRequest>,
+    ) -> Result<Response<proto::LogoutResponse>, Status> {
+        self.registry.logout(&req.get_ref().token).await?;
+        Ok(Response::new(proto::LogoutResponse {}))
+    }
+
+    async fn join_room(
+        &self,
+        req: Request<proto::JoinRoomRequest>,
+    ) -> Result<Response<proto::JoinRoomResponse>, Status> {
+        let req = req.into_inner();
+        let room = room_arg(&req.room)?;
+        let s = self.registry.join(&req.token, &room).await?;
+        Ok(Response::new(proto::JoinRoomResponse {
+            room: s.name,
+            members: s.members.into_iter().map(Into::into).collect(),
+            created: s.created,
+            owner: s.owner,
+            revision: s.revision,
+        }))
+    }
+
+    async fn leave_room(
+        &self,
+        req: Request<proto::LeaveRoomRequest>,
+    ) -> Result<Response<proto::LeaveRoomResponse>, Status> {
+        let req = req.into_inner();
+        let room = room_arg(&req.room)?;
+        self.registry.leave(&req.token, &room).await?;
+        Ok(Response::new(proto::LeaveRoomResponse {}))
+    }
+
+    async fn delete_room(
+        &self,
+        req: Request<proto::DeleteRoomRequest>,
+    ) -> Result<Response<proto::DeleteRoomResponse>, Status> {
+        let req = req.into_inner();
+        let room = room_arg(&req.room)?;
+        self.registry.delete_room(&req.token, &room).await?;
+        Ok(Response::new(proto::DeleteRoomResponse {}))
+    }
+
+    async fn find(
+        &self,
+        req: Request<proto::FindRequest>,
+    ) -> Result<Response<proto::FindResponse>, Status> {
+        let name = Name::parse(&req.get_ref().name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let resp = match name {
+            Name::Nick(nick) => match self.registry.find_user(&nick).await? {
+                Some(m) => proto::FindResponse {
+                    found: true,
+                    name: m.nick.clone(),
+                    members: vec![m.into()],
+                    ..Default::default()
+                },
+                None => proto::FindResponse::default(),
+            },
+            Name::Room(room) => match self.registry.find_room(&room).await? {
+                Some(s) => proto::FindResponse {
+                    found: true,
+                    name: s.name,
+                    members: s.members.into_iter().map(Into::into).collect(),
+                    owner: s.owner,
+                    revision: s.revision,
+                },
+                None => proto::FindResponse::default(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn list_rooms(
+        &self,
+        _req: Request<proto::ListRoomsRequest>,
+    ) -> Result<Response<proto::ListRoomsResponse>, Status> {
+        let rooms = self.registry.list_rooms().await?;
+        Ok(Response::new(proto::ListRoomsResponse {
+            rooms: rooms
+                .into_iter()
+                .map(|r| proto::RoomInfo {
+                    name: r.name,
+                    members: r.members,
+                    owner: r.owner,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        _req: Request<proto::ListUsersRequest>,
+    ) -> Result<Response<proto::ListUsersResponse>, Status> {
+        let users = self.registry.list_users().await?;
+        Ok(Response::new(proto::ListUsersResponse {
+            users: users.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut events = self.registry.watch(&req.get_ref().token).await?;
+        let stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        // A forwarding task, so the stream ends on the server's stop signal
+        // (graceful shutdown is not held open) and when the client goes away.
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tx.closed() => break,
+                    item = events.next() => item,
+                };
+                let Some(item) = item else { break };
+                let item = item.map(Into::into).map_err(Status::from);
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves the router on `listener` until `shutdown` resolves: the `Router`
+/// service, gRPC health, and reflection.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<dyn Registry>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RouterError> {
+    let stop = CancellationToken::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RouterServer<RouterService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Many generic clients still speak only the v1alpha protocol.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router = RouterServer::new(RouterService::new(registry, stop.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("router shutting down");
+            stop.cancel();
+        }
+    };
+    tonic::transport::Server::builder()
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(router)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await?;
+    Ok(())
+}

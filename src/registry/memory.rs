@@ -1,0 +1,794 @@
+//! The embedded registry: everything in one process's memory.
+//!
+//! State sits behind a std `Mutex` that is never held across an `.await`, so
+//! every operation is one short critical section: that is what makes racing
+//! logins and racing room creators end with exactly one winner. Leases expire
+//! through one purge task woken by a `Notify` (mini-redis's design), which
+//! runs on `tokio::time` so tests can pause the clock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::Stream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{
+    check_secret, hash_secret, new_token, Event, EventKind, EventStream, Member, Registry,
+    RegistryError, RoomInfo, RoomSnapshot, Session, Token, MIN_LEASE_TTL,
+};
+use crate::names::{check_address, Nick, Room};
+
+/// Events buffered per watcher before it is cut off as too slow.
+const WATCH_BUFFER: usize = 4096;
+
+/// A cheap, cloneable handle to the in-memory registry. The purge task stops
+/// when the last handle is dropped.
+#[derive(Clone)]
+pub struct MemoryRegistry {
+    shared: Arc<Shared>,
+    _purge: Arc<DropGuard>,
+}
+
+struct Shared {
+    ttl: Duration,
+    /// Never held across an `.await`.
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    /// Wakes the purge task when the earliest expiry may have moved.
+    purge: Notify,
+}
+
+struct SessionState {
+    nick: String,
+    nick_key: String,
+    address: String,
+    secret_hash: [u8; 32],
+    expires: Instant,
+    /// Keys of the rooms this session sits in.
+    rooms: BTreeSet<String>,
+}
+
+struct RoomState {
+    name: String,
+    owner: String,
+    /// Nick keys in join order: the first is the owner's successor.
+    members: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    revision: u64,
+    sessions: HashMap<Token, SessionState>,
+    /// Nick key → token of the session holding it.
+    users: HashMap<String, Token>,
+    /// Room key → room.
+    rooms: HashMap<String, RoomState>,
+    expiry: BTreeSet<(Instant, Token)>,
+}
+
+impl MemoryRegistry {
+    /// A registry whose leases last `ttl` (at least [`MIN_LEASE_TTL`]).
+    /// Must be called inside a tokio runtime: it spawns the purge task.
+    pub fn new(ttl: Duration) -> Result<MemoryRegistry, RegistryError> {
+        if ttl < MIN_LEASE_TTL {
+            return Err(RegistryError::InvalidArgument(format!(
+                "lease TTL must be at least {} s",
+                MIN_LEASE_TTL.as_secs()
+            )));
+        }
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let shared = Arc::new(Shared {
+            ttl,
+            state: Mutex::new(State::default()),
+            events,
+            purge: Notify::new(),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(purge_expired(shared.clone(), stop.clone()));
+        Ok(MemoryRegistry {
+            shared,
+            _purge: Arc::new(stop.drop_guard()),
+        })
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind, never a
+        // half-applied change that later calls could trip on, so poisoning
+        // carries no information worth dying for.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn emit(&mut self, events: &broadcast::Sender<Event>, kind: EventKind) -> u64 {
+        self.revision += 1;
+        // No receivers is fine: nobody is watching.
+        let _ = events.send(Event {
+            revision: self.revision,
+            kind,
+        });
+        self.revision
+    }
+
+    fn live(&self, token: &str, now: Instant) -> Result<&SessionState, RegistryError> {
+        match self.sessions.get(token) {
+            Some(s) if s.expires > now => Ok(s),
+            _ => Err(RegistryError::Unauthenticated),
+        }
+    }
+
+    fn member(&self, nick_key: &str) -> Option<Member> {
+        let token = self.users.get(nick_key)?;
+        let s = self.sessions.get(token)?;
+        Some(Member {
+            nick: s.nick.clone(),
+            address: s.address.clone(),
+        })
+    }
+
+    fn snapshot(&self, key: &str, created: bool) -> Option<RoomSnapshot> {
+        let room = self.rooms.get(key)?;
+        Some(RoomSnapshot {
+            name: room.name.clone(),
+            owner: room.owner.clone(),
+            members: room.members.iter().filter_map(|m| self.member(m)).collect(),
+            created,
+            revision: self.revision,
+        })
+    }
+
+    /// Removes `nick_key` from room `key`, dropping the room when empty and
+    /// handing ownership on when the owner leaves.
+    fn remove_member(&mut self, events: &broadcast::Sender<Event>, key: &str, nick_key: &str) {
+        let Some(member) = self.member(nick_key) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        room.members.retain(|m| m != nick_key);
+        let name = room.name.clone();
+        if room.members.is_empty() {
+            self.rooms.remove(key);
+        } else if room.owner.eq_ignore_ascii_case(&member.nick) {
+            let heir = room.members[0].clone();
+            if let Some(m) = self.member(&heir) {
+                if let Some(room) = self.rooms.get_mut(key) {
+                    room.owner = m.nick;
+                }
+            }
+        }
+        self.emit(events, EventKind::MemberLeft { room: name, member });
+    }
+
+    /// Ends a session: it leaves every room and goes offline.
+    fn end_session(&mut self, events: &broadcast::Sender<Event>, token: &str) {
+        let Some(session) = self.sessions.get(token) else {
+            return;
+        };
+        let nick_key = session.nick_key.clone();
+        let rooms: Vec<String> = session.rooms.iter().cloned().collect();
+        let member = Member {
+            nick: session.nick.clone(),
+            address: session.address.clone(),
+        };
+        let expires = session.expires;
+        for room in rooms {
+            self.remove_member(events, &room, &nick_key);
+        }
+        self.sessions.remove(token);
+        self.expiry.remove(&(expires, token.to_owned()));
+        if self.users.get(&nick_key).is_some_and(|t| t == token) {
+            self.users.remove(&nick_key);
+        }
+        self.emit(events, EventKind::UserOffline(member));
+    }
+
+    /// Ends every session whose lease ran out by `now`; returns the next
+    /// expiry still pending.
+    fn purge(&mut self, events: &broadcast::Sender<Event>, now: Instant) -> Option<Instant> {
+        while let Some((when, token)) = self.expiry.first().cloned() {
+            if when > now {
+                return Some(when);
+            }
+            tracing::debug!(nick = ?self.sessions.get(&token).map(|s| &s.nick), "lease expired");
+            self.end_session(events, &token);
+            // end_session removes the entry; make sure a stale one cannot spin.
+            self.expiry.remove(&(when, token));
+        }
+        None
+    }
+}
+
+async fn purge_expired(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let next = {
+            let mut state = shared.lock();
+            state.purge(&shared.events, Instant::now())
+        };
+        let sleep = async {
+            match next {
+                Some(when) => tokio::time::sleep_until(when).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sleep => {}
+            _ = shared.purge.notified() => {}
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for MemoryRegistry {
+    fn lease_ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    async fn login(
+        &self,
+        nick: &Nick,
+        address: &str,
+        secret: &[u8],
+    ) -> Result<Session, RegistryError> {
+        check_address(address)?;
+        check_secret(secret)?;
+        let secret_hash = hash_secret(secret);
+        let now = Instant::now();
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        // A lease that ran out but is not purged yet must not block the nick.
+        state.purge(&shared.events, now);
+        let nick_key = nick.key();
+        let mut reclaimed = false;
+        if let Some(old) = state.users.get(&nick_key).cloned() {
+            let same = state
+                .sessions
+                .get(&old)
+                .is_some_and(|s| s.secret_hash == secret_hash);
+            if !same {
+                return Err(RegistryError::NickTaken(nick.to_string()));
+            }
+            state.end_session(&shared.events, &old);
+            reclaimed = true;
+        }
+        let token = new_token();
+        let expires = now + shared.ttl;
+        state.sessions.insert(
+            token.clone(),
+            SessionState {
+                nick: nick.to_string(),
+                nick_key: nick_key.clone(),
+                address: address.to_owned(),
+                secret_hash,
+                expires,
+                rooms: BTreeSet::new(),
+            },
+        );
+        state.users.insert(nick_key, token.clone());
+        state.expiry.insert((expires, token.clone()));
+        state.emit(
+            &shared.events,
+            EventKind::UserOnline(Member {
+                nick: nick.to_string(),
+                address: address.to_owned(),
+            }),
+        );
+        drop(state);
+        shared.purge.notify_one();
+        Ok(Session {
+            token,
+            nick: nick.to_string(),
+            lease_ttl: shared.ttl,
+            reclaimed,
+        })
+    }
+
+    async fn heartbeat(&self, token: &str) -> Result<Duration, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        let old = state.live(token, now)?.expires;
+        let expires = now + self.shared.ttl;
+        if let Some(s) = state.sessions.get_mut(token) {
+            s.expires = expires;
+        }
+        state.expiry.remove(&(old, token.to_owned()));
+        state.expiry.insert((expires, token.to_owned()));
+        // The earliest expiry only moves later here, so the purge task's
+        // sleep stays correct (it wakes early at worst): no notify needed.
+        Ok(self.shared.ttl)
+    }
+
+    async fn logout(&self, token: &str) -> Result<(), RegistryError> {
+        let mut state = self.shared.lock();
+        state.live(token, Instant::now())?;
+        state.end_session(&self.shared.events, token);
+        Ok(())
+    }
+
+    async fn join(&self, token: &str, room: &Room) -> Result<RoomSnapshot, RegistryError> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        let session = state.live(token, Instant::now())?;
+        let (nick_key, member) = (
+            session.nick_key.clone(),
+            Member {
+                nick: session.nick.clone(),
+                address: session.address.clone(),
+            },
+        );
+        let key = room.key();
+        let mut created = false;
+        match state.rooms.get_mut(&key) {
+            Some(r) if r.members.contains(&nick_key) => {}
+            Some(r) => r.members.push(nick_key.clone()),
+            None => {
+                created = true;
+                state.rooms.insert(
+                    key.clone(),
+                    RoomState {
+                        name: room.to_string(),
+                        owner: member.nick.clone(),
+                        members: vec![nick_key.clone()],
+                    },
+                );
+            }
+        }
+        let newly = state
+            .sessions
+            .get_mut(token)
+            .is_some_and(|s| s.rooms.insert(key.clone()));
+        if newly {
+            let name = state.rooms.get(&key).map(|r| r.name.clone());
+            state.emit(
+                &shared.events,
+                EventKind::MemberJoined {
+                    room: name.unwrap_or_else(|| room.to_string()),
+                    member,
+                },
+            );
+        }
+        state
+            .snapshot(&key, created)
+            .ok_or_else(|| RegistryError::NoSuchRoom(room.to_string()))
+    }
+
+    async fn leave(&self, token: &str, room: &Room) -> Result<(), RegistryError> {
+        let mut state = self.shared.lock();
+        let session = state.live(token, Instant::now())?;
+        let key = room.key();
+        if !session.rooms.contains(&key) {
+            return Err(RegistryError::NotMember(room.to_string()));
+        }
+        let nick_key = session.nick_key.clone();
+        if let Some(s) = state.sessions.get_mut(token) {
+            s.rooms.remove(&key);
+        }
+        state.remove_member(&self.shared.events, &key, &nick_key);
+        Ok(())
+    }
+
+    async fn delete_room(&self, token: &str, room: &Room) -> Result<(), RegistryError> {
+        let mut state = self.shared.lock();
+        let session = state.live(token, Instant::now())?;
+        let by = session.nick.clone();
+        let key = room.key();
+        let Some(r) = state.rooms.get(&key) else {
+            return Err(RegistryError::NoSuchRoom(room.to_string()));
+        };
+        if !r.owner.eq_ignore_ascii_case(&by) {
+            return Err(RegistryError::NotOwner {
+                room: r.name.clone(),
+                owner: r.owner.clone(),
+            });
+        }
+        let Some(r) = state.rooms.remove(&key) else {
+            return Err(RegistryError::NoSuchRoom(room.to_string()));
+        };
+        for m in &r.members {
+            if let Some(t) = state.users.get(m).cloned() {
+                if let Some(s) = state.sessions.get_mut(&t) {
+                    s.rooms.remove(&key);
+                }
+            }
+        }
+        state.emit(
+            &self.shared.events,
+            EventKind::RoomDeleted { room: r.name, by },
+        );
+        Ok(())
+    }
+
+    async fn find_user(&self, nick: &Nick) -> Result<Option<Member>, RegistryError> {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        Ok(state
+            .users
+            .get(&nick.key())
+            .filter(|t| state.live(t, now).is_ok())
+            .and_then(|_| state.member(&nick.key())))
+    }
+
+    async fn find_room(&self, room: &Room) -> Result<Option<RoomSnapshot>, RegistryError> {
+        Ok(self.shared.lock().snapshot(&room.key(), false))
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<RoomInfo>, RegistryError> {
+        let state = self.shared.lock();
+        let mut rooms: Vec<RoomInfo> = state
+            .rooms
+            .values()
+            .map(|r| RoomInfo {
+                name: r.name.clone(),
+                members: u32::try_from(r.members.len()).unwrap_or(u32::MAX),
+                owner: r.owner.clone(),
+            })
+            .collect();
+        rooms.sort_by_key(|r| r.name.to_ascii_lowercase());
+        Ok(rooms)
+    }
+
+    async fn list_users(&self) -> Result<Vec<Member>, RegistryError> {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        let mut users: Vec<Member> = state
+            .sessions
+            .values()
+            .filter(|s| s.expires > now)
+            .map(|s| Member {
+                nick: s.nick.clone(),
+                address: s.address.clone(),
+            })
+            .collect();
+        users.sort_by_key(|m| m.nick.to_ascii_lowercase());
+        Ok(users)
+    }
+
+    async fn watch(&self, token: &str) -> Result<EventStream, RegistryError> {
+        let (rx, nick) = {
+            let state = self.shared.lock();
+            let s = state.live(token, Instant::now())?;
+            // Subscribing under the lock: no event between the check and the
+            // subscription is lost.
+            (self.shared.events.subscribe(), s.nick.clone())
+        };
+        Ok(Box::pin(Watcher {
+            events: BroadcastStream::new(rx),
+            shared: self.shared.clone(),
+            token: token.to_owned(),
+            nick,
+            done: false,
+        }))
+    }
+}
+
+/// One watcher's events. It ends after its own session's `UserOffline`, and
+/// after reporting that it fell behind (it has lost events and must rebuild).
+struct Watcher {
+    events: BroadcastStream<Event>,
+    shared: Arc<Shared>,
+    token: Token,
+    nick: String,
+    done: bool,
+}
+
+impl Stream for Watcher {
+    type Item = Result<Event, RegistryError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let item = match std::task::ready!(Pin::new(&mut this.events).poll_next(cx)) {
+            None => None,
+            Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
+                this.done = true;
+                Some(Err(RegistryError::Lagged(n)))
+            }
+            Some(Ok(event)) => {
+                if let EventKind::UserOffline(m) = &event.kind {
+                    if m.nick.eq_ignore_ascii_case(&this.nick)
+                        && !this.shared.lock().sessions.contains_key(&this.token)
+                    {
+                        this.done = true;
+                    }
+                }
+                Some(Ok(event))
+            }
+        };
+        Poll::Ready(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    const TTL: Duration = Duration::from_secs(10);
+    const SECRET: &[u8] = b"0123456789abcdef-secret";
+
+    fn nick(s: &str) -> Nick {
+        Nick::parse(s).unwrap()
+    }
+
+    fn room(s: &str) -> Room {
+        Room::parse(s).unwrap()
+    }
+
+    async fn login(r: &MemoryRegistry, n: &str) -> String {
+        let addr = "127.0.0.1:7000";
+        let secret = format!("{n}-secret-0123456789");
+        r.login(&nick(n), addr, secret.as_bytes())
+            .await
+            .unwrap()
+            .token
+    }
+
+    #[tokio::test]
+    async fn ttl_below_etcd_floor_is_refused() {
+        assert!(MemoryRegistry::new(Duration::from_secs(1)).is_err());
+        assert!(MemoryRegistry::new(Duration::from_secs(2)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_expire_without_heartbeat() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        let b = login(&r, "bob").await;
+        r.join(&a, &room("#rust")).await.unwrap();
+        r.join(&b, &room("#rust")).await.unwrap();
+        let mut events = r.watch(&b).await.unwrap();
+
+        // Bob keeps his lease alive, Alice does not.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(4)).await;
+            r.heartbeat(&b).await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(r.find_user(&nick("alice")).await.unwrap(), None);
+        assert_eq!(
+            r.heartbeat(&a).await.unwrap_err(),
+            RegistryError::Unauthenticated
+        );
+        let members = r.find_room(&room("#rust")).await.unwrap().unwrap().members;
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].nick, "bob");
+        // The watcher was told: Alice left the room, then went offline.
+        let e1 = events.next().await.unwrap().unwrap();
+        assert!(
+            matches!(&e1.kind, EventKind::MemberLeft { room, member } if room == "#rust" && member.nick == "alice"),
+            "{e1:?}"
+        );
+        let e2 = events.next().await.unwrap().unwrap();
+        assert!(matches!(&e2.kind, EventKind::UserOffline(m) if m.nick == "alice"));
+        assert!(e2.revision > e1.revision);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_keeps_the_lease() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(9)).await;
+            assert_eq!(r.heartbeat(&a).await.unwrap(), TTL);
+        }
+        assert!(r.find_user(&nick("alice")).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn duplicate_nick_is_refused_whatever_the_case() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "Alice").await;
+        let err = r
+            .login(&nick("aLiCe"), "127.0.0.1:7001", b"another-secret-0123456")
+            .await
+            .unwrap_err();
+        assert_eq!(err, RegistryError::NickTaken("aLiCe".into()));
+        // The holder is untouched.
+        let m = r.find_user(&nick("alice")).await.unwrap().unwrap();
+        assert_eq!(m.address, "127.0.0.1:7000");
+        assert_eq!(m.nick, "Alice");
+        r.heartbeat(&a).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_same_secret_reclaims_the_nick_at_once() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let old = r
+            .login(&nick("alice"), "127.0.0.1:7000", SECRET)
+            .await
+            .unwrap();
+        r.join(&old.token, &room("#rust")).await.unwrap();
+        let new = r
+            .login(&nick("alice"), "127.0.0.1:7100", SECRET)
+            .await
+            .unwrap();
+        assert!(new.reclaimed);
+        assert!(!old.reclaimed);
+        assert_eq!(
+            r.heartbeat(&old.token).await.unwrap_err(),
+            RegistryError::Unauthenticated
+        );
+        let m = r.find_user(&nick("alice")).await.unwrap().unwrap();
+        assert_eq!(m.address, "127.0.0.1:7100");
+        // The old session's rooms went with it.
+        assert!(r.find_room(&room("#rust")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn room_lifecycle() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        let b = login(&r, "bob").await;
+        let s = r.join(&a, &room("#Rust")).await.unwrap();
+        assert!(s.created);
+        assert_eq!(s.owner, "alice");
+        assert_eq!(s.name, "#Rust");
+        let s = r.join(&b, &room("#rust")).await.unwrap();
+        assert!(!s.created);
+        assert_eq!(s.name, "#Rust");
+        let nicks: Vec<_> = s.members.iter().map(|m| m.nick.as_str()).collect();
+        assert_eq!(nicks, ["alice", "bob"]);
+        // Joining twice changes nothing.
+        assert_eq!(r.join(&b, &room("#rust")).await.unwrap().members.len(), 2);
+        assert_eq!(
+            r.list_rooms().await.unwrap(),
+            vec![RoomInfo {
+                name: "#Rust".into(),
+                members: 2,
+                owner: "alice".into()
+            }]
+        );
+        // The owner leaves: the next member inherits the room.
+        r.leave(&a, &room("#rust")).await.unwrap();
+        assert_eq!(r.list_rooms().await.unwrap()[0].owner, "bob");
+        assert_eq!(
+            r.leave(&a, &room("#rust")).await.unwrap_err(),
+            RegistryError::NotMember("#rust".into())
+        );
+        // The last member leaves: the room is gone.
+        r.leave(&b, &room("#rust")).await.unwrap();
+        assert!(r.find_room(&room("#rust")).await.unwrap().is_none());
+        assert!(r.list_rooms().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_deletes_and_everyone_is_told() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        let b = login(&r, "bob").await;
+        r.join(&a, &room("#rust")).await.unwrap();
+        r.join(&b, &room("#rust")).await.unwrap();
+        let mut events = r.watch(&b).await.unwrap();
+        let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
+        assert!(matches!(err, RegistryError::NotOwner { .. }), "{err:?}");
+        assert_eq!(
+            r.find_room(&room("#rust"))
+                .await
+                .unwrap()
+                .unwrap()
+                .members
+                .len(),
+            2
+        );
+        r.delete_room(&a, &room("#RUST")).await.unwrap();
+        assert!(r.find_room(&room("#rust")).await.unwrap().is_none());
+        let e = events.next().await.unwrap().unwrap();
+        assert_eq!(
+            e.kind,
+            EventKind::RoomDeleted {
+                room: "#rust".into(),
+                by: "alice".into()
+            }
+        );
+        // Bob is no longer in it.
+        assert_eq!(
+            r.leave(&b, &room("#rust")).await.unwrap_err(),
+            RegistryError::NotMember("#rust".into())
+        );
+        assert_eq!(
+            r.delete_room(&a, &room("#nope")).await.unwrap_err(),
+            RegistryError::NoSuchRoom("#nope".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_are_refused_everywhere() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let t = "00000000000000000000000000000000";
+        let unauth = RegistryError::Unauthenticated;
+        assert_eq!(r.heartbeat(t).await.unwrap_err(), unauth);
+        assert_eq!(r.logout(t).await.unwrap_err(), unauth);
+        assert_eq!(r.join(t, &room("#a")).await.unwrap_err(), unauth);
+        assert_eq!(r.leave(t, &room("#a")).await.unwrap_err(), unauth);
+        assert_eq!(r.delete_room(t, &room("#a")).await.unwrap_err(), unauth);
+        assert!(r.watch(t).await.is_err());
+        assert!(r.list_rooms().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_and_secrets_are_refused() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        assert!(matches!(
+            r.login(&nick("a"), "nowhere", SECRET).await,
+            Err(RegistryError::InvalidName(_))
+        ));
+        assert!(matches!(
+            r.login(&nick("a"), "127.0.0.1:1", b"short").await,
+            Err(RegistryError::InvalidArgument(_))
+        ));
+        assert!(r.list_users().await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creators_and_logins_have_one_winner() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let mut tokens = Vec::new();
+        for i in 0..16 {
+            tokens.push(login(&r, &format!("u{i}")).await);
+        }
+        let joins: Vec<_> = tokens
+            .iter()
+            .cloned()
+            .map(|t| {
+                let r = r.clone();
+                tokio::spawn(async move { r.join(&t, &room("#race")).await.unwrap() })
+            })
+            .collect();
+        let mut created = 0;
+        for j in joins {
+            created += usize::from(j.await.unwrap().created);
+        }
+        assert_eq!(created, 1);
+        let info = r.list_rooms().await.unwrap();
+        assert_eq!(info[0].members, 16);
+
+        let logins: Vec<_> = (0..16)
+            .map(|i| {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let secret = format!("secret-number-{i:04}");
+                    r.login(&nick("Winner"), "127.0.0.1:9", secret.as_bytes())
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for l in logins {
+            match l.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => assert_eq!(e, RegistryError::NickTaken("Winner".into())),
+            }
+        }
+        assert_eq!(ok, 1);
+    }
+
+    #[tokio::test]
+    async fn logout_leaves_rooms_and_ends_the_watch() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        r.join(&a, &room("#x")).await.unwrap();
+        let mut events = r.watch(&a).await.unwrap();
+        r.logout(&a).await.unwrap();
+        assert!(r.find_room(&room("#x")).await.unwrap().is_none());
+        assert!(r.list_users().await.unwrap().is_empty());
+        let mut kinds = Vec::new();
+        while let Some(e) = events.next().await {
+            kinds.push(e.unwrap().kind);
+        }
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert!(matches!(kinds[1], EventKind::UserOffline(_)));
+    }
+}

@@ -1,0 +1,494 @@
+//! The router over real gRPC: an in-process server on 127.0.0.1:0 driven by
+//! the generated tonic client, plus the built `router` binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TestRouter;
+use parley::proto::registry_event::Kind;
+use parley::proto::router_client::RouterClient;
+use parley::proto::*;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn login(c: &mut RouterClient<Channel>, nick: &str, port: u16) -> String {
+    c.user_login(LoginRequest {
+        nick: nick.into(),
+        address: format!("127.0.0.1:{port}"),
+        reclaim_secret: format!("{nick}-reclaim-secret-xyz").into_bytes(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .token
+}
+
+#[tokio::test]
+async fn login_join_find_and_list_over_grpc() {
+    let router = TestRouter::start(TTL).await;
+    let mut c = router.client().await;
+    let resp = c
+        .user_login(LoginRequest {
+            nick: "Alice".into(),
+            address: "127.0.0.1:7001".into(),
+            reclaim_secret: b"alice-reclaim-secret-xyz".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.token.len(), 32, "128 bits, hex");
+    assert_eq!(resp.lease_ttl_ms, 10_000);
+    let alice = resp.token;
+    let bob = login(&mut c, "bob", 7002).await;
+    assert_ne!(alice, bob);
+
+    let joined = c
+        .join_room(JoinRoomRequest {
+            token: alice.clone(),
+            room: "#Rust".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(joined.created);
+    assert_eq!(joined.owner, "Alice");
+    let joined = c
+        .join_room(JoinRoomRequest {
+            token: bob.clone(),
+            room: "#rust".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!joined.created);
+    assert_eq!(joined.members.len(), 2);
+
+    let found = c
+        .find(FindRequest {
+            name: "ALICE".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(found.found);
+    assert_eq!(found.name, "Alice");
+    assert_eq!(found.members[0].address, "127.0.0.1:7001");
+
+    let room = c
+        .find(FindRequest {
+            name: "#RUST".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(room.found);
+    let mut members: Vec<_> = room
+        .members
+        .iter()
+        .map(|m| (m.nick.as_str(), m.address.as_str()))
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [("Alice", "127.0.0.1:7001"), ("bob", "127.0.0.1:7002")]
+    );
+
+    let nobody = c
+        .find(FindRequest {
+            name: "carol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!nobody.found);
+    assert!(nobody.members.is_empty());
+
+    let rooms = c
+        .list_rooms(ListRoomsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rooms.rooms,
+        vec![RoomInfo {
+            name: "#Rust".into(),
+            members: 2,
+            owner: "Alice".into()
+        }]
+    );
+    let users = c
+        .list_users(ListUsersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let nicks: Vec<_> = users.users.iter().map(|u| u.nick.as_str()).collect();
+    assert_eq!(nicks, ["Alice", "bob"]);
+
+    c.user_logout(LogoutRequest { token: bob.clone() })
+        .await
+        .unwrap();
+    let room = c
+        .find(FindRequest {
+            name: "#rust".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(room.members.len(), 1);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn errors_carry_the_right_codes() {
+    let router = TestRouter::start(TTL).await;
+    let mut c = router.client().await;
+    let alice = login(&mut c, "alice", 7001).await;
+    let bob = login(&mut c, "bob", 7002).await;
+
+    // Nick held by someone else.
+    let err = c
+        .user_login(LoginRequest {
+            nick: "ALICE".into(),
+            address: "127.0.0.1:7003".into(),
+            reclaim_secret: b"somebody-else-secret".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    // Bad names and addresses say what is allowed.
+    let err = c
+        .user_login(LoginRequest {
+            nick: "no spaces".into(),
+            address: "127.0.0.1:7003".into(),
+            reclaim_secret: b"somebody-else-secret".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("A-Z a-z 0-9 _ -"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .user_login(LoginRequest {
+            nick: "carol".into(),
+            address: "not-an-address".into(),
+            reclaim_secret: b"somebody-else-secret".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("host:port"), "{}", err.message());
+    let err = c
+        .join_room(JoinRoomRequest {
+            token: alice.clone(),
+            room: "rust".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Wrong tokens.
+    for token in ["", "deadbeef", "00000000000000000000000000000000"] {
+        let err = c
+            .heartbeat(HeartbeatRequest {
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = c
+            .join_room(JoinRoomRequest {
+                token: token.into(),
+                room: "#x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = c
+            .watch(WatchRequest {
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+
+    // Only the owner deletes.
+    c.join_room(JoinRoomRequest {
+        token: alice.clone(),
+        room: "#a".into(),
+    })
+    .await
+    .unwrap();
+    c.join_room(JoinRoomRequest {
+        token: bob.clone(),
+        room: "#a".into(),
+    })
+    .await
+    .unwrap();
+    let err = c
+        .delete_room(DeleteRoomRequest {
+            token: bob.clone(),
+            room: "#a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .delete_room(DeleteRoomRequest {
+            token: alice.clone(),
+            room: "#missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Nothing changed.
+    let rooms = c
+        .list_rooms(ListRoomsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rooms.rooms.len(), 1);
+    assert_eq!(rooms.rooms[0].members, 2);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn watch_streams_presence_and_membership() {
+    let router = TestRouter::start(TTL).await;
+    let mut c = router.client().await;
+    let alice = login(&mut c, "alice", 7001).await;
+    let mut events = c
+        .watch(WatchRequest {
+            token: alice.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.join_room(JoinRoomRequest {
+        token: alice.clone(),
+        room: "#r".into(),
+    })
+    .await
+    .unwrap();
+    let bob = login(&mut c, "bob", 7002).await;
+    c.join_room(JoinRoomRequest {
+        token: bob.clone(),
+        room: "#r".into(),
+    })
+    .await
+    .unwrap();
+    c.leave_room(LeaveRoomRequest {
+        token: bob.clone(),
+        room: "#r".into(),
+    })
+    .await
+    .unwrap();
+    c.delete_room(DeleteRoomRequest {
+        token: alice.clone(),
+        room: "#r".into(),
+    })
+    .await
+    .unwrap();
+    c.user_logout(LogoutRequest { token: bob }).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut last_rev = 0;
+    while seen.len() < 6 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("event within 5 s")
+            .expect("stream open")
+            .unwrap();
+        assert!(e.revision > last_rev, "revisions grow");
+        last_rev = e.revision;
+        seen.push(match e.kind.unwrap() {
+            Kind::UserOnline(m) => format!("online {}", m.nick),
+            Kind::UserOffline(m) => format!("offline {}", m.nick),
+            Kind::MemberJoined(r) => format!("joined {} {}", r.room, r.member.unwrap().nick),
+            Kind::MemberLeft(r) => format!("left {} {}", r.room, r.member.unwrap().nick),
+            Kind::RoomDeleted(r) => format!("deleted {} by {}", r.room, r.by),
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            "joined #r alice",
+            "online bob",
+            "joined #r bob",
+            "left #r bob",
+            "deleted #r by alice",
+            "offline bob",
+        ]
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams() {
+    let router = TestRouter::start(TTL).await;
+    let mut c = router.client().await;
+    let alice = login(&mut c, "alice", 7001).await;
+    let mut events = c
+        .watch(WatchRequest { token: alice })
+        .await
+        .unwrap()
+        .into_inner();
+    // stop() waits for the server to finish: an open Watch must not hold it.
+    router.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("stream ends promptly");
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+}
+
+#[tokio::test]
+async fn serves_health_and_reflection() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let router = TestRouter::start(TTL).await;
+    let channel = Channel::from_shared(router.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "parley.v1.Router".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status, 1, "SERVING");
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection answer {msg:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"parley.v1.Router"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_secret_takes_the_nick_back_at_once() {
+    let router = TestRouter::start(TTL).await;
+    let mut c = router.client().await;
+    let old = login(&mut c, "alice", 7001).await;
+    let resp = c
+        .user_login(LoginRequest {
+            nick: "alice".into(),
+            address: "127.0.0.1:7009".into(),
+            reclaim_secret: b"alice-reclaim-secret-xyz".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.reclaimed);
+    let err = c
+        .heartbeat(HeartbeatRequest { token: old })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let found = c
+        .find(FindRequest {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.members[0].address, "127.0.0.1:7009");
+    router.stop().await;
+}
+
+/// The built binary prints exactly its listen line on stdout, serves, and
+/// exits cleanly on SIGTERM; a port in use is one line and exit code 1.
+#[tokio::test]
+async fn router_binary_prints_its_address_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
+        .args(["--listen", "127.0.0.1:0", "--lease-ttl", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim_end()
+        .strip_prefix("router listening on ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .to_owned();
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    assert_ne!(sock.port(), 0);
+
+    let mut c = RouterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let token = login(&mut c, "alice", 7001).await;
+    assert_eq!(token.len(), 32);
+
+    // Same port again: one line, exit 1.
+    let busy = Command::new(env!("CARGO_BIN_EXE_router"))
+        .args(["--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(busy.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(busy.stdout.is_empty());
+
+    // SIGTERM, with a Watch stream open: the router still exits promptly.
+    let _events = c.watch(WatchRequest { token }).await.unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "router ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "stdout holds only the listen line: {rest:?}"
+    );
+}
