@@ -5,17 +5,23 @@
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
 //! - [`logging`]: tracing to stderr for the binaries.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
+//! - [`net`]: channels to other peers, kept per address, with deadlines.
+//! - [`peer`]: the peer: chat service, router session, sending, outbox.
 //! - [`registry`]: who is online and who sits in which room, with leases;
 //!   one trait, an in-memory implementation.
 //! - [`router`]: the `Router` gRPC service over a registry, and its server.
 //! - [`shutdown`]: one signal future for Ctrl-C and SIGTERM.
 //! - [`store`]: a peer's durable history in SQLite: messages, versions,
 //!   version vectors, the outbox, and the peer's identity.
+//! - [`sync`]: catching up on a conversation from the other members.
 
 pub mod logging;
 pub mod names;
+pub mod net;
+pub mod peer;
 pub mod proto;
 pub mod registry;
 pub mod router;
 pub mod shutdown;
 pub mod store;
+pub mod sync;

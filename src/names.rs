@@ -19,6 +19,12 @@ pub const MAX_BODY_CHARS: usize = 10_000;
 #[error("{0}")]
 pub struct NameError(String);
 
+impl NameError {
+    pub fn new(msg: impl Into<String>) -> NameError {
+        NameError(msg.into())
+    }
+}
+
 fn allowed_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }

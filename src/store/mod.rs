@@ -1,1 +1,427 @@
-//! placeholder
+//! A peer's durable history: one SQLite file (WAL mode) holding every message
+//! of every conversation this peer takes part in, each conversation's version
+//! (message count) and version vector, the outbox of messages still owed to
+//! members who could not be reached, and the peer's identity (incarnation and
+//! reclaim secret, drawn once when the file is created). It also owns the
+//! data directory's lock, so two peers never share one history. SQLite never
+//! runs on the async runtime: a [`Store`] is a cheap handle sending commands
+//! to one dedicated writer thread, which runs everything queued at that
+//! moment in one transaction (group commit) and replies only after the
+//! commit, so a reply means the data is on disk.
+
+mod db;
+mod error;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+pub use error::StoreError;
+
+use crate::proto::{ChatMessage, VectorEntry};
+
+/// The most commands one transaction takes, so a flood of callers cannot
+/// hold replies back indefinitely.
+const MAX_BATCH: usize = 512;
+
+/// Who this peer is across restarts: drawn once when its history is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Random, nonzero; part of every own message's identity.
+    pub incarnation: u64,
+    /// 32 random bytes.
+    pub reclaim_secret: Vec<u8>,
+}
+
+/// What storing a message found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inserted {
+    /// False when the message (same author, incarnation, seq, conversation)
+    /// was already held; nothing was changed.
+    pub new: bool,
+    /// A message later in display order was already held: this one was
+    /// written during a partition and is shown marked late.
+    pub late: bool,
+    /// Something from this author incarnation below this seq is still
+    /// missing (reported for duplicates too, so redelivery can trigger
+    /// repair).
+    pub gap: bool,
+}
+
+/// A conversation's version: its message count and version vector.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Version {
+    /// How many messages are held.
+    pub count: u64,
+    /// Per author incarnation, the highest seq held with no gap below it.
+    /// Incarnations still missing their seq 1 are omitted (they cover
+    /// nothing). Sorted by lowercased author, then incarnation.
+    pub vector: Vec<VectorEntry>,
+}
+
+/// A position in a conversation's display order.
+///
+/// Field order is the display order, so the derived `Ord` is that order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderKey {
+    pub lamport: u64,
+    pub author_lower: String,
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
+impl OrderKey {
+    pub fn of(m: &ChatMessage) -> OrderKey {
+        OrderKey {
+            lamport: m.lamport,
+            author_lower: m.author.to_ascii_lowercase(),
+            incarnation: m.incarnation,
+            seq: m.seq,
+        }
+    }
+}
+
+/// A message's identity. Seq counts per conversation, so the conversation is
+/// part of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgId {
+    pub conversation: String,
+    pub author_lower: String,
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
+impl MsgId {
+    pub fn of(m: &ChatMessage) -> MsgId {
+        MsgId {
+            conversation: m.conversation.clone(),
+            author_lower: m.author.to_ascii_lowercase(),
+            incarnation: m.incarnation,
+            seq: m.seq,
+        }
+    }
+}
+
+/// Holds the data directory's lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Creates `dir` if needed and takes an exclusive lock on `dir/lock`, so two
+/// peers never write one history. The lock is an OS file lock: it goes away
+/// with the process, however that ends.
+pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file, path }),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Deferred reply: called after the batch's commit with the commit's error,
+/// if any, so no caller hears "done" before the data is durable.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// What running one command produced: its deferred reply, and its error if
+/// it failed (its savepoint is then rolled back).
+struct Outcome {
+    reply: Reply,
+    error: Option<StoreError>,
+}
+
+/// A queued command. Given the connection it runs; given an error (the
+/// transaction could not be started) it only reports that error.
+type Job = Box<dyn FnOnce(Result<&Connection, StoreError>, &Path) -> Outcome + Send>;
+
+/// A handle on a peer's history. Cloning is cheap; all clones talk to the
+/// same writer thread, which stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+    identity: Arc<Identity>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the history at `path`, creating the file, schema and identity
+    /// if it does not exist. An existing file that is not a readable parley
+    /// history is reported as [`StoreError::Corrupt`] and never touched.
+    /// Blocking: call from `spawn_blocking` in async code.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let (conn, identity) = db::open(path)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let owned = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("parley-store".into())
+            .spawn(move || writer(conn, &owned, rx))
+            .map_err(|e| StoreError::io(path, e))?;
+        Ok(Store {
+            tx,
+            identity: Arc::new(identity),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    /// This peer's identity, read at open.
+    pub fn identity(&self) -> Identity {
+        (*self.identity).clone()
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the writer thread inside the current batch's transaction
+    /// and waits for the batch to commit.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn, path| {
+            let result = conn.and_then(|c| f(c).map_err(|e| StoreError::sqlite(path, e)));
+            let error = result.as_ref().err().cloned();
+            let reply: Reply = Box::new(move |commit_err| {
+                let result = match commit_err {
+                    Some(e) if result.is_ok() => Err(e.clone()),
+                    _ => result,
+                };
+                // The caller may have given up waiting; that is fine.
+                let _ = reply_tx.send(result);
+            });
+            Outcome { reply, error }
+        });
+        let closed = || StoreError::Closed {
+            path: self.path.to_path_buf(),
+        };
+        self.tx.send(job).map_err(|_| closed())?;
+        reply_rx.await.map_err(|_| closed())?
+    }
+
+    /// Stores a received message. Storing the same identity twice is a
+    /// no-op (`new == false`).
+    pub async fn insert(&self, msg: ChatMessage) -> Result<Inserted, StoreError> {
+        self.call(move |c| db::insert(c, &msg)).await
+    }
+
+    /// Stores many messages in one transaction; one result per message, in
+    /// the same order.
+    pub async fn insert_many(&self, msgs: Vec<ChatMessage>) -> Result<Vec<Inserted>, StoreError> {
+        self.call(move |c| msgs.iter().map(|m| db::insert(c, m)).collect())
+            .await
+    }
+
+    /// Stores this peer's own new message: seq is one past the highest held
+    /// for (conversation, author, incarnation), lamport one past the highest
+    /// in the conversation; every nick in `pending` gets an outbox entry for
+    /// it. All in one transaction.
+    pub async fn append_own(
+        &self,
+        conversation: &str,
+        author: &str,
+        incarnation: u64,
+        body: &str,
+        sent_at_ms: i64,
+        pending: Vec<String>,
+    ) -> Result<ChatMessage, StoreError> {
+        let (conversation, author, body) = (
+            conversation.to_string(),
+            author.to_string(),
+            body.to_string(),
+        );
+        self.call(move |c| {
+            db::append_own(
+                c,
+                &conversation,
+                &author,
+                incarnation,
+                &body,
+                sent_at_ms,
+                &pending,
+            )
+        })
+        .await
+    }
+
+    /// The conversation's message count and version vector.
+    pub async fn version(&self, conversation: &str) -> Result<Version, StoreError> {
+        let conversation = conversation.to_string();
+        self.call(move |c| db::version(c, &conversation)).await
+    }
+
+    /// Up to `limit` messages of the conversation not covered by `have`
+    /// (same author case-insensitively, same incarnation, seq at most the
+    /// entry's), in display order, strictly after `after`. Page by passing
+    /// the last returned message's [`OrderKey`] as the next `after`.
+    pub async fn missing(
+        &self,
+        conversation: &str,
+        have: Vec<VectorEntry>,
+        after: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let conversation = conversation.to_string();
+        self.call(move |c| db::missing(c, &conversation, &have, after.as_ref(), limit))
+            .await
+    }
+
+    /// The last `limit` messages in display order, oldest first.
+    pub async fn history(
+        &self,
+        conversation: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let conversation = conversation.to_string();
+        self.call(move |c| db::history(c, &conversation, limit))
+            .await
+    }
+
+    /// Every message of the conversation in display order.
+    pub async fn all(&self, conversation: &str) -> Result<Vec<ChatMessage>, StoreError> {
+        let conversation = conversation.to_string();
+        self.call(move |c| db::all(c, &conversation)).await
+    }
+
+    /// Every conversation key with at least one message, sorted.
+    pub async fn conversations(&self) -> Result<Vec<String>, StoreError> {
+        self.call(db::conversations).await
+    }
+
+    /// Records that `recipient` (any case) is still owed these messages.
+    pub async fn outbox_add(&self, recipient: &str, msg_ids: Vec<MsgId>) -> Result<(), StoreError> {
+        let recipient = recipient.to_string();
+        self.call(move |c| db::outbox_add(c, &recipient, &msg_ids))
+            .await
+    }
+
+    /// The messages owed to `recipient`, by conversation, then display order.
+    pub async fn outbox_for(&self, recipient: &str) -> Result<Vec<ChatMessage>, StoreError> {
+        let recipient = recipient.to_string();
+        self.call(move |c| db::outbox_for(c, &recipient)).await
+    }
+
+    /// Forgets the given entries of `recipient`'s outbox (delivered).
+    pub async fn outbox_done(&self, recipient: &str, ids: Vec<MsgId>) -> Result<(), StoreError> {
+        let recipient = recipient.to_string();
+        self.call(move |c| db::outbox_done(c, &recipient, &ids))
+            .await
+    }
+
+    /// Every recipient (lowercased) with something in the outbox, sorted.
+    pub async fn outbox_recipients(&self) -> Result<Vec<String>, StoreError> {
+        self.call(db::outbox_recipients).await
+    }
+}
+
+/// The writer thread: owns the connection; runs until every [`Store`] handle
+/// is dropped.
+fn writer(conn: Connection, path: &Path, rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, path, &mut batch);
+    }
+    tracing::debug!(path = %path.display(), "store writer stopped");
+}
+
+/// Runs every job in one transaction, each in its own savepoint so one
+/// failing command cannot undo or half-apply the others, and replies after
+/// the commit.
+fn run_batch(conn: &Connection, path: &Path, batch: &mut Vec<Job>) {
+    let sql = |conn: &Connection, s: &str| -> Result<(), StoreError> {
+        conn.prepare_cached(s)
+            .and_then(|mut st| st.execute([]))
+            .map(drop)
+            .map_err(|e| StoreError::sqlite(path, e))
+    };
+    let mut pending: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut in_tx = false;
+    for job in batch.drain(..) {
+        if !in_tx {
+            if let Err(e) = sql(conn, "BEGIN IMMEDIATE") {
+                // Could not start: this job fails without running.
+                (job(Err(e), path).reply)(None);
+                continue;
+            }
+            in_tx = true;
+        }
+        if let Err(e) = sql(conn, "SAVEPOINT job") {
+            (job(Err(e), path).reply)(None);
+            continue;
+        }
+        let out = job(Ok(conn), path);
+        match out.error {
+            None => match sql(conn, "RELEASE job") {
+                Ok(()) => pending.push(out.reply),
+                Err(e) => (out.reply)(Some(&e)),
+            },
+            Some(e) => {
+                if conn.is_autocommit() {
+                    // SQLite rolled the whole transaction back (it does for
+                    // SQLITE_FULL, IOERR, NOMEM…): the earlier jobs of this
+                    // batch are lost too, and must not hear success.
+                    for r in pending.drain(..) {
+                        r(Some(&e));
+                    }
+                    in_tx = false;
+                } else {
+                    let _ = sql(conn, "ROLLBACK TO job");
+                    let _ = sql(conn, "RELEASE job");
+                }
+                (out.reply)(None);
+            }
+        }
+    }
+    if in_tx {
+        let commit = sql(conn, "COMMIT");
+        if let Err(e) = &commit {
+            tracing::warn!(error = %e, "store commit failed");
+            if !conn.is_autocommit() {
+                let _ = sql(conn, "ROLLBACK");
+            }
+        }
+        let err = commit.err();
+        for r in pending {
+            r(err.as_ref());
+        }
+    }
+}

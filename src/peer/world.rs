@@ -1,0 +1,273 @@
+//! The peer's picture of the world: who is online at which address, and who
+//! sits in each room this peer has joined. Built from the router's snapshots
+//! (login, join) and kept current by its `Watch` events, so a send needs no
+//! lookup.
+//!
+//! Every registry change carries a revision. A join snapshot says which
+//! revision it reflects; events at or below it are already in it, and events
+//! above it that arrived first (the watch stream can overtake the join's
+//! answer) are replayed from a short log.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::proto::registry_event::Kind;
+use crate::proto::{Member, RegistryEvent};
+
+/// Recent events kept to replay over a snapshot that arrives late.
+const LOG_LEN: usize = 4096;
+
+/// What an applied event means to this peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Nothing,
+    /// A user came online (an outbox may now be flushed to it).
+    Online(Member),
+    /// One of this peer's rooms was deleted (by whom).
+    RoomGone {
+        room: String,
+        by: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct RoomView {
+    name: String,
+    revision: u64,
+    /// Nick key → member.
+    members: BTreeMap<String, Member>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Nick key → member, for every online user.
+    users: HashMap<String, Member>,
+    /// Room key → view, for the rooms this peer sits in.
+    rooms: HashMap<String, RoomView>,
+    log: VecDeque<RegistryEvent>,
+}
+
+/// The picture, behind one lock held only for map updates.
+#[derive(Default)]
+pub struct World {
+    state: Mutex<State>,
+}
+
+fn key(nick: &str) -> String {
+    nick.to_ascii_lowercase()
+}
+
+impl World {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Plain maps: a panic elsewhere cannot leave them half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the set of online users (after login or a re-opened watch).
+    pub fn set_users(&self, users: Vec<Member>) {
+        let mut s = self.lock();
+        s.users = users.into_iter().map(|m| (key(&m.nick), m)).collect();
+    }
+
+    /// Records this peer in `room` with the members of a snapshot taken at
+    /// `revision`, then replays newer events already seen.
+    pub fn set_room(&self, name: &str, members: Vec<Member>, revision: u64) {
+        let mut s = self.lock();
+        let room_key = key(name);
+        let mut view = RoomView {
+            name: name.to_owned(),
+            revision,
+            members: BTreeMap::new(),
+        };
+        for m in members {
+            s.users.insert(key(&m.nick), m.clone());
+            view.members.insert(key(&m.nick), m);
+        }
+        let later: Vec<RegistryEvent> = s
+            .log
+            .iter()
+            .filter(|e| e.revision > revision)
+            .cloned()
+            .collect();
+        s.rooms.insert(room_key, view);
+        for e in later {
+            apply_room_event(&mut s, &e);
+        }
+    }
+
+    /// Forgets `room` (this peer left it).
+    pub fn drop_room(&self, room: &str) {
+        self.lock().rooms.remove(&key(room));
+    }
+
+    /// Forgets every room (the session ended; they are joined again).
+    pub fn clear_rooms(&self) {
+        self.lock().rooms.clear();
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.lock().rooms.contains_key(&key(room))
+    }
+
+    /// The rooms this peer sits in, as first written.
+    pub fn my_rooms(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().rooms.values().map(|r| r.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Members of `room` (this peer included), or None when not in it.
+    pub fn members(&self, room: &str) -> Option<Vec<Member>> {
+        self.lock()
+            .rooms
+            .get(&key(room))
+            .map(|r| r.members.values().cloned().collect())
+    }
+
+    pub fn is_member(&self, room: &str, nick: &str) -> bool {
+        self.lock()
+            .rooms
+            .get(&key(room))
+            .is_some_and(|r| r.members.contains_key(&key(nick)))
+    }
+
+    /// The online user holding `nick`, if this peer knows of one.
+    pub fn user(&self, nick: &str) -> Option<Member> {
+        self.lock().users.get(&key(nick)).cloned()
+    }
+
+    /// Applies one watch event and says what it means to this peer.
+    pub fn apply(&self, event: RegistryEvent) -> Change {
+        let mut s = self.lock();
+        if s.log.len() == LOG_LEN {
+            s.log.pop_front();
+        }
+        s.log.push_back(event.clone());
+        let change = match &event.kind {
+            Some(Kind::UserOnline(m)) => {
+                s.users.insert(key(&m.nick), m.clone());
+                Change::Online(m.clone())
+            }
+            Some(Kind::UserOffline(m)) => {
+                // A reclaim ends an old session after the new one began: only
+                // drop the user if the address is the one going away.
+                let k = key(&m.nick);
+                if s.users.get(&k).is_some_and(|u| u.address == m.address) {
+                    s.users.remove(&k);
+                }
+                Change::Nothing
+            }
+            Some(Kind::RoomDeleted(d)) => match s.rooms.remove(&key(&d.room)) {
+                Some(view) => Change::RoomGone {
+                    room: view.name,
+                    by: d.by.clone(),
+                },
+                None => Change::Nothing,
+            },
+            _ => Change::Nothing,
+        };
+        apply_room_event(&mut s, &event);
+        change
+    }
+}
+
+fn apply_room_event(s: &mut State, e: &RegistryEvent) {
+    let (rm, joined) = match &e.kind {
+        Some(Kind::MemberJoined(rm)) => (rm, true),
+        Some(Kind::MemberLeft(rm)) => (rm, false),
+        _ => return,
+    };
+    let Some(member) = &rm.member else { return };
+    let Some(view) = s.rooms.get_mut(&key(&rm.room)) else {
+        return;
+    };
+    if e.revision <= view.revision {
+        return;
+    }
+    view.revision = e.revision;
+    if joined {
+        view.members.insert(key(&member.nick), member.clone());
+    } else {
+        view.members.remove(&key(&member.nick));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::RoomMember;
+
+    fn m(n: &str) -> Member {
+        Member {
+            nick: n.into(),
+            address: format!("{n}:1"),
+        }
+    }
+
+    fn ev(rev: u64, kind: Kind) -> RegistryEvent {
+        RegistryEvent {
+            revision: rev,
+            kind: Some(kind),
+        }
+    }
+
+    #[test]
+    fn events_that_overtake_the_snapshot_are_replayed() {
+        let w = World::default();
+        // Carol's join (rev 6) arrives before our snapshot at rev 5.
+        w.apply(ev(
+            6,
+            Kind::MemberJoined(RoomMember {
+                room: "#r".into(),
+                member: Some(m("carol")),
+            }),
+        ));
+        // A stale event at rev 4 is already in the snapshot.
+        w.apply(ev(
+            4,
+            Kind::MemberLeft(RoomMember {
+                room: "#r".into(),
+                member: Some(m("bob")),
+            }),
+        ));
+        w.set_room("#R", vec![m("alice"), m("bob")], 5);
+        let mut nicks: Vec<_> = w
+            .members("#r")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.nick)
+            .collect();
+        nicks.sort();
+        assert_eq!(nicks, ["alice", "bob", "carol"]);
+        assert!(w.is_member("#r", "CAROL"));
+        assert_eq!(w.my_rooms(), ["#R"]);
+    }
+
+    #[test]
+    fn deletion_and_presence() {
+        let w = World::default();
+        w.set_room("#r", vec![m("alice")], 1);
+        assert_eq!(
+            w.apply(ev(2, Kind::UserOnline(m("bob")))),
+            Change::Online(m("bob"))
+        );
+        assert_eq!(w.user("Bob"), Some(m("bob")));
+        w.apply(ev(3, Kind::UserOffline(m("bob"))));
+        assert_eq!(w.user("bob"), None);
+        let change = w.apply(ev(
+            4,
+            Kind::RoomDeleted(crate::proto::RoomDeleted {
+                room: "#r".into(),
+                by: "alice".into(),
+            }),
+        ));
+        assert_eq!(
+            change,
+            Change::RoomGone {
+                room: "#r".into(),
+                by: "alice".into()
+            }
+        );
+        assert!(!w.in_room("#r"));
+    }
+}
