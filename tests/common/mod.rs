@@ -75,3 +75,121 @@ impl Drop for TestRouter {
         }
     }
 }
+
+use parley::names::{Nick, Room};
+use parley::peer::{Peer, PeerConfig, PeerEvent};
+use parley::proto::ChatMessage;
+use tokio::sync::mpsc;
+
+/// A peer started in-process on 127.0.0.1:0 with its own data directory.
+pub struct TestPeer {
+    pub peer: Peer,
+    pub events: mpsc::UnboundedReceiver<PeerEvent>,
+    pub dir: std::path::PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestPeer {
+    pub async fn start(router: &TestRouter, nick: &str) -> TestPeer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(nick);
+        let mut p = Self::start_in(router.addr, nick, dir).await.unwrap();
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Starts a peer on a given data directory (to restart one).
+    pub async fn start_in(
+        router: SocketAddr,
+        nick: &str,
+        dir: std::path::PathBuf,
+    ) -> Result<TestPeer, parley::peer::PeerError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (peer, events) = Peer::start(PeerConfig {
+            nick: Nick::parse(nick).unwrap(),
+            router: router.to_string(),
+            listener,
+            data_dir: dir.clone(),
+        })
+        .await?;
+        Ok(TestPeer {
+            peer,
+            events,
+            dir,
+            _tmp: None,
+        })
+    }
+
+    pub async fn join(&self, room: &str) -> parley::peer::Joined {
+        self.peer.join(&Room::parse(room).unwrap()).await.unwrap()
+    }
+
+    pub async fn say(&self, room: &str, body: &str) -> parley::peer::SendReport {
+        self.peer
+            .send_room(&Room::parse(room).unwrap(), body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn tell(&self, nick: &str, body: &str) -> parley::peer::SendReport {
+        self.peer
+            .send_private(&Nick::parse(nick).unwrap(), body)
+            .await
+            .unwrap()
+    }
+
+    /// Every message this peer holds for a conversation, in display order.
+    pub async fn history(&self, conv: &str) -> Vec<ChatMessage> {
+        self.peer.store().all(conv).await.unwrap()
+    }
+
+    /// Waits for the next message event (10 s at most).
+    pub async fn next_message(&mut self) -> (ChatMessage, bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .expect("a message within 10 s")
+                .expect("peer running");
+            if let PeerEvent::Message { msg, late } = ev {
+                return (msg, late);
+            }
+        }
+    }
+
+    /// Waits until this peer holds `n` messages of `conv` (10 s at most).
+    pub async fn wait_for(&self, conv: &str, n: usize) -> Vec<ChatMessage> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let h = self.history(conv).await;
+            if h.len() >= n {
+                return h;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} holds {} of {n} messages of {conv}",
+                self.peer.nick(),
+                h.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.peer.shutdown().await;
+    }
+}
+
+/// The identity and order of a history, for comparing two peers' copies.
+pub fn ids(h: &[ChatMessage]) -> Vec<(String, u64, u64, String)> {
+    h.iter()
+        .map(|m| {
+            (
+                m.author.to_lowercase(),
+                m.incarnation,
+                m.seq,
+                m.body.clone(),
+            )
+        })
+        .collect()
+}
