@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
+//! - [`client`]: the terminal client: commands in, a peer driven, events out.
 //! - [`logging`]: tracing to stderr for the binaries.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`net`]: channels to other peers, kept per address, with deadlines.
@@ -14,7 +15,10 @@
 //! - [`store`]: a peer's durable history in SQLite: messages, versions,
 //!   version vectors, the outbox, and the peer's identity.
 //! - [`sync`]: catching up on a conversation from the other members.
+//! - [`terminal`]: the command parser, the output events (human or JSON) and
+//!   terminal input that printing never garbles.
 
+pub mod client;
 pub mod logging;
 pub mod names;
 pub mod net;
@@ -25,3 +29,4 @@ pub mod router;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod terminal;

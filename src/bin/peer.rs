@@ -1,0 +1,98 @@
+//! `peer`: the program a person runs to chat.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use parley::client::Client;
+use parley::names::{Nick, Room};
+use parley::peer::{Peer, PeerConfig};
+use parley::terminal::{spawn_input, Output};
+
+/// A parley peer: chat with others directly, history kept locally.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Your nick: 1-32 of A-Z a-z 0-9 _ -.
+    #[arg(long, value_parser = |s: &str| Nick::parse(s))]
+    nick: Nick,
+    /// The router's address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    router: String,
+    /// Where this peer's chat service listens; port 0 takes a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// History, identity and lock (default: $XDG_DATA_HOME or
+    /// ~/.local/share, under parley/NICK).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A room to join at start (repeatable).
+    #[arg(long = "join", value_parser = |s: &str| Room::parse(s))]
+    join: Vec<Room>,
+    /// One JSON object per line on stdout, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_data_dir(nick: &Nick) -> Result<PathBuf, String> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .ok_or("neither XDG_DATA_HOME nor HOME is set: pass --data-dir")?;
+            PathBuf::from(home).join(".local").join("share")
+        }
+    };
+    Ok(base.join("parley").join(nick.key()))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    parley::logging::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("peer: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("peer: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir(&args.nick)?,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let (peer, events) = Peer::start(PeerConfig {
+        nick: args.nick.clone(),
+        router: args.router,
+        listener,
+        data_dir,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (lines, printer) = spawn_input(args.json);
+    printer.print(&Output::Ready {
+        nick: peer.nick().to_string(),
+        listen: peer.listen_addr().to_string(),
+    });
+    let mut client = Client::new(peer.clone(), printer);
+    for room in &args.join {
+        client.handle_line(&format!("/join {room}")).await;
+    }
+    client.run(lines, events, parley::shutdown::signal()).await;
+    peer.shutdown().await;
+    Ok(())
+}

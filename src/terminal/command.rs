@@ -1,0 +1,469 @@
+//! Input lines, parsed the way IRC clients do: `/name args` is a command, any
+//! other line is a message to the current conversation, and `//text` sends
+//! `/text` literally.
+//!
+//! The parser only checks what it can see on the line (names, body length,
+//! counts); whether a room exists or a nick is online is the peer's business.
+
+use crate::names::{check_body, NameError, Nick, Room};
+
+/// Where `/history` looks: a room, or the private conversation with a nick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Room(Room),
+    Nick(Nick),
+}
+
+/// One parsed input line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/join #room`
+    Join(Room),
+    /// `/leave [#room]`, alias `/part`; no room means the current one.
+    Leave(Option<Room>),
+    /// `/msg NICK TEXT`
+    Msg(Nick, String),
+    /// `/query NICK`: make the private conversation with NICK the current one.
+    Query(Nick),
+    /// `/who [#room]`
+    Who(Option<Room>),
+    /// `/rooms`, alias `/list`
+    Rooms,
+    /// `/users`
+    Users,
+    /// `/history [#room|@nick] [N]`
+    History {
+        target: Option<Target>,
+        limit: Option<usize>,
+    },
+    /// `/delete #room`
+    Delete(Room),
+    /// `/help`
+    Help,
+    /// `/quit`
+    Quit,
+    /// Any line not starting with `/`: a message to the current conversation.
+    Say(String),
+}
+
+/// One line per command, shown by `/help`.
+pub const HELP: &str = "\
+/join #room              join a room (created if new) and talk there
+/leave [#room]           leave a room, the current one by default (alias /part)
+/msg NICK TEXT           send a private message to NICK
+/query NICK              talk privately to NICK from now on
+/who [#room]             list a room's members, the current room by default
+/rooms                   list the rooms (alias /list)
+/users                   list the users online
+/history [#room|@nick] [N]  show the last N messages of a conversation
+/delete #room            delete a room you own
+/help                    show this help
+/quit                    leave the chat
+TEXT                     send TEXT to the current room or nick (//TEXT sends /TEXT)";
+
+const USAGE_JOIN: &str = "/join #room";
+const USAGE_LEAVE: &str = "/leave [#room]";
+const USAGE_MSG: &str = "/msg NICK TEXT";
+const USAGE_QUERY: &str = "/query NICK";
+const USAGE_WHO: &str = "/who [#room]";
+const USAGE_ROOMS: &str = "/rooms";
+const USAGE_USERS: &str = "/users";
+const USAGE_HISTORY: &str = "/history [#room|@nick] [N]";
+const USAGE_DELETE: &str = "/delete #room";
+const USAGE_HELP: &str = "/help";
+const USAGE_QUIT: &str = "/quit";
+
+/// Why a line could not be parsed; the message is meant for the person typing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The command name, without its slash.
+    #[error("unknown command /{0}: /help lists commands")]
+    Unknown(String),
+    /// A required argument is missing; holds the usage.
+    #[error("missing argument: usage: {0}")]
+    Missing(&'static str),
+    /// More arguments than the command takes; holds the usage.
+    #[error("too many arguments: usage: {0}")]
+    Extra(&'static str),
+    /// A nick or room name that breaks the naming rules.
+    #[error("{0}")]
+    Name(NameError),
+    /// A message body that is empty or over the length limit.
+    #[error("{0}")]
+    Body(NameError),
+    /// `/history` was given a count that is not a positive integer.
+    #[error("invalid count {0:?}: N must be a positive integer; usage: {USAGE_HISTORY}")]
+    BadCount(String),
+    /// An argument of the wrong kind, e.g. `/history bob` (nicks take `@` there).
+    #[error("unexpected argument {arg:?}: usage: {usage}")]
+    BadArgument { arg: String, usage: &'static str },
+}
+
+/// Parses one input line. `Ok(None)` for a blank line (only whitespace).
+pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
+    // Only the line ending is dropped: a message keeps its spaces as typed.
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    if line.starts_with("//") {
+        // IRC habit: `//etc` sends "/etc".
+        return say(&line[1..]).map(Some);
+    }
+    let Some(rest) = line.strip_prefix('/') else {
+        return say(line).map(Some);
+    };
+    // The name runs from the slash to the first whitespace: `/ join` is no command.
+    let (name, args) = match rest.find(char::is_whitespace) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let command = match name.to_ascii_lowercase().as_str() {
+        "join" => Command::Join(room(one(args, USAGE_JOIN)?)?),
+        "leave" | "part" => Command::Leave(optional(args, USAGE_LEAVE)?.map(room).transpose()?),
+        "msg" => {
+            let (who, text) = split_word(args);
+            if who.is_empty() || text.trim().is_empty() {
+                return Err(CommandError::Missing(USAGE_MSG));
+            }
+            check_body(text).map_err(CommandError::Body)?;
+            Command::Msg(nick(who)?, text.to_owned())
+        }
+        "query" => Command::Query(nick(one(args, USAGE_QUERY)?)?),
+        "who" => Command::Who(optional(args, USAGE_WHO)?.map(room).transpose()?),
+        "rooms" | "list" => {
+            none(args, USAGE_ROOMS)?;
+            Command::Rooms
+        }
+        "users" => {
+            none(args, USAGE_USERS)?;
+            Command::Users
+        }
+        "history" => history(args)?,
+        "delete" => Command::Delete(room(one(args, USAGE_DELETE)?)?),
+        "help" => {
+            none(args, USAGE_HELP)?;
+            Command::Help
+        }
+        "quit" => {
+            none(args, USAGE_QUIT)?;
+            Command::Quit
+        }
+        _ => return Err(CommandError::Unknown(name.to_owned())),
+    };
+    Ok(Some(command))
+}
+
+fn say(text: &str) -> Result<Command, CommandError> {
+    check_body(text).map_err(CommandError::Body)?;
+    Ok(Command::Say(text.to_owned()))
+}
+
+/// Splits off the first whitespace-separated word; the rest keeps its inner
+/// and trailing spaces, only the separating whitespace is dropped.
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+fn none(args: &str, usage: &'static str) -> Result<(), CommandError> {
+    match args.split_whitespace().next() {
+        None => Ok(()),
+        Some(_) => Err(CommandError::Extra(usage)),
+    }
+}
+
+fn optional<'a>(args: &'a str, usage: &'static str) -> Result<Option<&'a str>, CommandError> {
+    let mut words = args.split_whitespace();
+    let first = words.next();
+    if words.next().is_some() {
+        return Err(CommandError::Extra(usage));
+    }
+    Ok(first)
+}
+
+fn one<'a>(args: &'a str, usage: &'static str) -> Result<&'a str, CommandError> {
+    optional(args, usage)?.ok_or(CommandError::Missing(usage))
+}
+
+fn room(s: &str) -> Result<Room, CommandError> {
+    Room::parse(s).map_err(CommandError::Name)
+}
+
+/// A nick, with an optional leading `@` (the way `/history` and the prompt
+/// show private conversations), so `/msg @bob hi` works too.
+fn nick(s: &str) -> Result<Nick, CommandError> {
+    Nick::parse(s.strip_prefix('@').unwrap_or(s)).map_err(CommandError::Name)
+}
+
+/// `/history [#room|@nick] [N]`, the two in either order.
+fn history(args: &str) -> Result<Command, CommandError> {
+    let mut target = None;
+    let mut limit = None;
+    for word in args.split_whitespace() {
+        if word.starts_with('#') || word.starts_with('@') {
+            if target.is_some() {
+                return Err(CommandError::Extra(USAGE_HISTORY));
+            }
+            target = Some(if word.starts_with('#') {
+                Target::Room(room(word)?)
+            } else {
+                Target::Nick(nick(word)?)
+            });
+        } else if word.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') {
+            if limit.is_some() {
+                return Err(CommandError::Extra(USAGE_HISTORY));
+            }
+            match word.parse::<usize>() {
+                Ok(n) if n > 0 => limit = Some(n),
+                _ => return Err(CommandError::BadCount(word.to_owned())),
+            }
+        } else {
+            return Err(CommandError::BadArgument {
+                arg: word.to_owned(),
+                usage: USAGE_HISTORY,
+            });
+        }
+    }
+    Ok(Command::History { target, limit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::MAX_BODY_CHARS;
+
+    fn ok(line: &str) -> Command {
+        match parse(line) {
+            Ok(Some(c)) => c,
+            other => panic!("{:?} gave {other:.200?}", short(line)),
+        }
+    }
+
+    fn err(line: &str) -> CommandError {
+        match parse(line) {
+            Err(e) => e,
+            other => panic!("{:?} gave {other:.200?}, expected an error", short(line)),
+        }
+    }
+
+    /// Keeps failure messages readable for the 10,000-character cases.
+    fn short(line: &str) -> String {
+        line.chars().take(60).collect()
+    }
+
+    fn r(s: &str) -> Room {
+        Room::parse(s).unwrap()
+    }
+
+    fn n(s: &str) -> Nick {
+        Nick::parse(s).unwrap()
+    }
+
+    #[test]
+    fn blank_lines_are_nothing() {
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("\n"), Ok(None));
+        assert_eq!(parse("\r\n"), Ok(None));
+        assert_eq!(parse("    "), Ok(None));
+        assert_eq!(parse(" \t \r\n"), Ok(None));
+    }
+
+    #[test]
+    fn plain_text_is_said_as_typed() {
+        assert_eq!(ok("hello"), Command::Say("hello".into()));
+        assert_eq!(ok("hello\r\n"), Command::Say("hello".into()));
+        assert_eq!(
+            ok("  two  spaces  "),
+            Command::Say("  two  spaces  ".into())
+        );
+        assert_eq!(ok("a/b"), Command::Say("a/b".into()));
+    }
+
+    #[test]
+    fn double_slash_sends_a_literal_slash() {
+        assert_eq!(ok("//join #x"), Command::Say("/join #x".into()));
+        assert_eq!(ok("//"), Command::Say("/".into()));
+        assert_eq!(ok("///"), Command::Say("//".into()));
+    }
+
+    #[test]
+    fn every_command() {
+        assert_eq!(ok("/join #rust"), Command::Join(r("#rust")));
+        assert_eq!(ok("/leave"), Command::Leave(None));
+        assert_eq!(ok("/leave #rust"), Command::Leave(Some(r("#rust"))));
+        assert_eq!(ok("/msg bob hi"), Command::Msg(n("bob"), "hi".into()));
+        assert_eq!(ok("/query bob"), Command::Query(n("bob")));
+        assert_eq!(ok("/who"), Command::Who(None));
+        assert_eq!(ok("/who #rust"), Command::Who(Some(r("#rust"))));
+        assert_eq!(ok("/rooms"), Command::Rooms);
+        assert_eq!(ok("/users"), Command::Users);
+        assert_eq!(ok("/delete #rust"), Command::Delete(r("#rust")));
+        assert_eq!(ok("/help"), Command::Help);
+        assert_eq!(ok("/quit"), Command::Quit);
+        assert_eq!(ok("/quit\r\n"), Command::Quit);
+    }
+
+    #[test]
+    fn aliases() {
+        assert_eq!(ok("/part"), Command::Leave(None));
+        assert_eq!(ok("/part #rust"), Command::Leave(Some(r("#rust"))));
+        assert_eq!(ok("/list"), Command::Rooms);
+    }
+
+    #[test]
+    fn commands_ignore_case() {
+        assert_eq!(ok("/JOIN #Rust"), Command::Join(r("#Rust")));
+        assert_eq!(ok("/Part"), Command::Leave(None));
+        assert_eq!(ok("/MSG Bob hi"), Command::Msg(n("Bob"), "hi".into()));
+        assert_eq!(ok("/LIST"), Command::Rooms);
+        assert_eq!(ok("/Quit"), Command::Quit);
+    }
+
+    #[test]
+    fn msg_keeps_the_text_as_typed() {
+        assert_eq!(
+            ok("/msg bob  hello   there  \r\n"),
+            Command::Msg(n("bob"), "hello   there  ".into())
+        );
+        assert_eq!(ok("/msg\tbob\tx y"), Command::Msg(n("bob"), "x y".into()));
+        assert_eq!(ok("/msg @bob hi"), Command::Msg(n("bob"), "hi".into()));
+        assert_eq!(ok("/query @bob"), Command::Query(n("bob")));
+    }
+
+    #[test]
+    fn history_forms() {
+        let h = |target, limit| Command::History { target, limit };
+        assert_eq!(ok("/history"), h(None, None));
+        assert_eq!(ok("/history 50"), h(None, Some(50)));
+        assert_eq!(
+            ok("/history #r 20"),
+            h(Some(Target::Room(r("#r"))), Some(20))
+        );
+        assert_eq!(
+            ok("/history 20 #r"),
+            h(Some(Target::Room(r("#r"))), Some(20))
+        );
+        assert_eq!(ok("/history @bob"), h(Some(Target::Nick(n("bob"))), None));
+        assert_eq!(
+            ok("/HISTORY @bob 5"),
+            h(Some(Target::Nick(n("bob"))), Some(5))
+        );
+    }
+
+    #[test]
+    fn unknown_commands_are_named() {
+        let e = err("/frobnicate now");
+        assert_eq!(e, CommandError::Unknown("frobnicate".into()));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/frobnicate") && msg.contains("/help lists commands"),
+            "{msg}"
+        );
+        assert!(matches!(err("/"), CommandError::Unknown(_)));
+        assert!(matches!(err("/ join"), CommandError::Unknown(_)));
+    }
+
+    #[test]
+    fn missing_arguments_give_the_usage() {
+        assert_eq!(err("/join"), CommandError::Missing(USAGE_JOIN));
+        assert_eq!(err("/msg"), CommandError::Missing(USAGE_MSG));
+        assert_eq!(err("/msg bob"), CommandError::Missing(USAGE_MSG));
+        assert_eq!(err("/msg bob    "), CommandError::Missing(USAGE_MSG));
+        assert_eq!(err("/query"), CommandError::Missing(USAGE_QUERY));
+        assert_eq!(err("/delete "), CommandError::Missing(USAGE_DELETE));
+        assert_eq!(
+            err("/msg bob").to_string(),
+            "missing argument: usage: /msg NICK TEXT"
+        );
+    }
+
+    #[test]
+    fn extra_arguments_are_refused() {
+        assert_eq!(err("/join #a #b"), CommandError::Extra(USAGE_JOIN));
+        assert_eq!(err("/leave #a #b"), CommandError::Extra(USAGE_LEAVE));
+        assert_eq!(err("/query bob carol"), CommandError::Extra(USAGE_QUERY));
+        assert_eq!(err("/who #a #b"), CommandError::Extra(USAGE_WHO));
+        assert_eq!(err("/rooms x"), CommandError::Extra(USAGE_ROOMS));
+        assert_eq!(err("/list x"), CommandError::Extra(USAGE_ROOMS));
+        assert_eq!(err("/users x"), CommandError::Extra(USAGE_USERS));
+        assert_eq!(err("/delete #a #b"), CommandError::Extra(USAGE_DELETE));
+        assert_eq!(err("/help me"), CommandError::Extra(USAGE_HELP));
+        assert_eq!(err("/quit now"), CommandError::Extra(USAGE_QUIT));
+        assert_eq!(err("/history #a #b"), CommandError::Extra(USAGE_HISTORY));
+        assert_eq!(err("/history 1 2"), CommandError::Extra(USAGE_HISTORY));
+        assert!(err("/rooms x").to_string().contains("usage: /rooms"));
+    }
+
+    #[test]
+    fn bad_names_use_the_naming_rules() {
+        for line in [
+            "/join rust",
+            "/join #",
+            "/join #a.b",
+            "/leave nope",
+            "/who bob",
+            "/delete #a!",
+        ] {
+            let e = err(line);
+            assert!(matches!(e, CommandError::Name(_)), "{line}: {e:?}");
+        }
+        let e = err("/msg b@d hi");
+        assert!(matches!(e, CommandError::Name(_)), "{e:?}");
+        assert_eq!(e.to_string(), Nick::parse("b@d").unwrap_err().to_string());
+        assert!(matches!(err("/query #rust"), CommandError::Name(_)));
+        assert!(matches!(err("/history #"), CommandError::Name(_)));
+        assert!(matches!(err("/history @"), CommandError::Name(_)));
+        assert!(err("/join rust").to_string().contains("starts with '#'"));
+    }
+
+    #[test]
+    fn history_counts_are_positive_integers() {
+        for n in ["0", "-5", "+", "1.5", "99999999999999999999999999", "3x"] {
+            let e = err(&format!("/history {n}"));
+            assert_eq!(e, CommandError::BadCount(n.into()), "{n}");
+        }
+        assert!(err("/history 0").to_string().contains("positive integer"));
+        assert!(matches!(
+            err("/history bob"),
+            CommandError::BadArgument { .. }
+        ));
+    }
+
+    #[test]
+    fn bodies_are_bounded() {
+        let max = "x".repeat(MAX_BODY_CHARS);
+        let over = "x".repeat(MAX_BODY_CHARS + 1);
+        assert_eq!(ok(&max), Command::Say(max.clone()));
+        assert!(matches!(err(&over), CommandError::Body(_)));
+        assert!(err(&over).to_string().contains("too long"));
+        assert_eq!(
+            ok(&format!("/msg bob {max}")),
+            Command::Msg(n("bob"), max.clone())
+        );
+        assert!(matches!(
+            err(&format!("/msg bob {over}")),
+            CommandError::Body(_)
+        ));
+        // Characters, not bytes: 10,000 two-byte characters are fine.
+        let wide = "é".repeat(MAX_BODY_CHARS);
+        assert_eq!(ok(&wide), Command::Say(wide.clone()));
+        // The `//` escape counts the text after one slash.
+        let escaped = format!("//{}", "x".repeat(MAX_BODY_CHARS - 1));
+        assert_eq!(ok(&escaped), Command::Say(escaped[1..].to_owned()));
+        assert!(matches!(err(&format!("/{escaped}")), CommandError::Body(_)));
+    }
+
+    #[test]
+    fn help_has_a_line_per_command() {
+        for name in [
+            "/join", "/leave", "/part", "/msg", "/query", "/who", "/rooms", "/list", "/users",
+            "/history", "/delete", "/help", "/quit",
+        ] {
+            assert!(HELP.contains(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The peer's terminal: what a person (or a script) types, and what the peer
+//! prints back.
+//!
+//! - [`command`]: IRC-style input lines (`/join #rust`, `/msg bob hi`, plain
+//!   text) parsed into [`Command`]s, with errors that say the usage.
+//! - [`output`]: every event the peer shows, as one [`Output`] enum that
+//!   renders either as a JSON line (the contract scripts rely on) or as a
+//!   human line.
+//! - [`io`]: reading lines from stdin (rustyline when a person is at a
+//!   terminal) on a dedicated thread, and a [`Printer`] that writes output
+//!   without garbling the line being typed.
+
+pub mod command;
+pub mod io;
+pub mod output;
+
+pub use command::{parse, Command, CommandError, Target, HELP};
+pub use io::{spawn_input, Printer};
+pub use output::{MessageView, Output, RoomView};

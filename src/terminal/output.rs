@@ -1,0 +1,460 @@
+//! Everything the peer shows, as one enum with two renderings: a JSON line
+//! (`--json`, for scripts and the test harness) and a line for a person.
+//!
+//! The JSON field names are a contract with scripts: change them only with
+//! the scripts. `type` names the event; the other fields are the variant's.
+
+use std::fmt::Write as _;
+
+use chrono::{Local, TimeZone};
+use serde::{Deserialize, Serialize};
+
+/// One message as shown: in a `message` event and in `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// `#room` or `@nick`, as the reader sees the conversation.
+    pub conversation: String,
+    pub from: String,
+    pub body: String,
+    pub author_seq: u64,
+    pub lamport: u64,
+    /// The author's wall-clock send time, milliseconds since the Unix epoch.
+    pub sent_at_ms: i64,
+    /// Arrived after later messages were already shown (written in a partition).
+    pub late: bool,
+}
+
+/// One room in a `rooms` listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomView {
+    pub room: String,
+    /// How many members it has.
+    pub members: u32,
+    pub owner: String,
+}
+
+/// An event for the terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Output {
+    /// The peer is up: its nick and the address it listens on.
+    Ready {
+        nick: String,
+        listen: String,
+    },
+    /// A message, received or sent; a newtype so its fields sit beside `type`.
+    Message(MessageView),
+    /// A message we sent was stored; who has it and who will get it later.
+    Sent {
+        conversation: String,
+        author_seq: u64,
+        delivered: Vec<String>,
+        pending: Vec<String>,
+    },
+    /// We joined a room; `version` is how many messages of it we hold.
+    Joined {
+        room: String,
+        members: Vec<String>,
+        version: u64,
+        created: bool,
+    },
+    Left {
+        room: String,
+        reason: String,
+    },
+    Who {
+        room: String,
+        members: Vec<String>,
+    },
+    Rooms {
+        rooms: Vec<RoomView>,
+    },
+    Users {
+        users: Vec<String>,
+    },
+    History {
+        conversation: String,
+        messages: Vec<MessageView>,
+    },
+    Error {
+        message: String,
+    },
+    /// A notice for a person: help text, "now talking to @bob", and the like.
+    Info {
+        message: String,
+    },
+}
+
+impl Output {
+    /// Shorthand for an `error` event.
+    pub fn error(message: impl Into<String>) -> Output {
+        Output::Error {
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for an `info` event.
+    pub fn info(message: impl Into<String>) -> Output {
+        Output::Info {
+            message: message.into(),
+        }
+    }
+
+    /// The event as one JSON line, without the newline.
+    pub fn to_json(&self) -> String {
+        // Only strings, numbers, bools and vectors of them: serialising cannot
+        // fail, but a printer must never panic, so fall back to an error event.
+        serde_json::to_string(self).unwrap_or_else(|err| {
+            tracing::warn!(cause = %err, "could not serialise output");
+            r#"{"type":"error","message":"internal: could not serialise output"}"#.to_owned()
+        })
+    }
+
+    /// The event for a person, without a trailing newline; may span several
+    /// lines (history, help), and is empty when there is nothing worth saying
+    /// (a message that reached everyone).
+    pub fn to_human(&self) -> String {
+        match self {
+            Output::Ready { nick, listen } => {
+                format!("-- you are {nick}, listening on {listen}; /help lists commands")
+            }
+            Output::Message(m) => message_line(m),
+            Output::Sent { pending, .. } if pending.is_empty() => String::new(),
+            Output::Sent { pending, .. } => format!(
+                "-- stored; not delivered yet to {}: they will get it when they are back online",
+                clean(&pending.join(", "))
+            ),
+            Output::Joined {
+                room,
+                members,
+                version,
+                created,
+            } => {
+                let count = plural(members.len(), "member", "members");
+                let list = if members.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", members.join(", "))
+                };
+                let history = plural(*version as usize, "message", "messages");
+                let new = if *created { " (new room)" } else { "" };
+                clean(&format!(
+                    "-- joined {room}{new} ({count}{list}; history: {history})"
+                ))
+            }
+            Output::Left { room, reason } if reason.is_empty() => clean(&format!("-- left {room}")),
+            Output::Left { room, reason } => clean(&format!("-- left {room} ({reason})")),
+            Output::Who { room, members } if members.is_empty() => {
+                clean(&format!("-- {room}: no members"))
+            }
+            Output::Who { room, members } => clean(&format!(
+                "-- {room}: {}: {}",
+                plural(members.len(), "member", "members"),
+                members.join(", ")
+            )),
+            Output::Rooms { rooms } if rooms.is_empty() => {
+                "-- no rooms yet; /join #name makes one".into()
+            }
+            Output::Rooms { rooms } => {
+                let mut s = format!("-- {}:", plural(rooms.len(), "room", "rooms"));
+                for r in rooms {
+                    let _ = write!(
+                        s,
+                        "\n   {} ({}, owner {})",
+                        r.room,
+                        plural(r.members as usize, "member", "members"),
+                        r.owner
+                    );
+                }
+                clean(&s)
+            }
+            Output::Users { users } if users.is_empty() => "-- no users online".into(),
+            Output::Users { users } => clean(&format!(
+                "-- {} online: {}",
+                plural(users.len(), "user", "users"),
+                users.join(", ")
+            )),
+            Output::History {
+                conversation,
+                messages,
+            } if messages.is_empty() => clean(&format!("-- no history for {conversation}")),
+            Output::History {
+                conversation,
+                messages,
+            } => {
+                let mut s = clean(&format!(
+                    "-- history of {conversation}: last {}",
+                    plural(messages.len(), "message", "messages")
+                ));
+                for m in messages {
+                    s.push('\n');
+                    s.push_str(&message_line(m));
+                }
+                s
+            }
+            Output::Error { message } => prefix_lines("!! ", message),
+            Output::Info { message } => prefix_lines("-- ", message),
+        }
+    }
+}
+
+/// `12:03 #rust <bob> hello`, with `[late]` before the body of a late one.
+fn message_line(m: &MessageView) -> String {
+    let late = if m.late { "[late] " } else { "" };
+    let head = format!(
+        "{} {} <{}> {late}",
+        clock(m.sent_at_ms),
+        m.conversation,
+        m.from
+    );
+    // Continuation lines of a multi-line body are indented under the body so
+    // they cannot be mistaken for a message of their own.
+    let indent = " ".repeat(head.chars().count());
+    let body = clean(&m.body).replace('\n', &format!("\n{indent}"));
+    clean(&head) + &body
+}
+
+/// `HH:MM` in local time; `??:??` for a time chrono cannot represent.
+fn clock(ms: i64) -> String {
+    match Local.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("%H:%M").to_string(),
+        None => "??:??".into(),
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+fn prefix_lines(prefix: &str, text: &str) -> String {
+    clean(text)
+        .lines()
+        .map(|l| format!("{prefix}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Text from other peers reaches a person's terminal: control characters
+/// (escape sequences could move the cursor or retitle the window) are
+/// replaced; newlines stay, tabs become a space.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' => '\n',
+            '\t' => ' ',
+            c if c.is_control() => '\u{FFFD}',
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn view(late: bool) -> MessageView {
+        MessageView {
+            conversation: "#rust".into(),
+            from: "bob".into(),
+            body: "hello  there".into(),
+            author_seq: 7,
+            lamport: 42,
+            sent_at_ms: 1_700_000_000_000,
+            late,
+        }
+    }
+
+    fn json_of(out: &Output) -> Value {
+        let line = out.to_json();
+        assert!(!line.contains('\n'), "one line: {line}");
+        serde_json::from_str(&line).expect("valid JSON")
+    }
+
+    #[test]
+    fn message_json_has_exactly_the_contract_fields() {
+        let v = json_of(&Output::Message(view(true)));
+        assert_eq!(
+            v,
+            json!({
+                "type": "message", "conversation": "#rust", "from": "bob",
+                "body": "hello  there", "author_seq": 7, "lamport": 42,
+                "sent_at_ms": 1_700_000_000_000i64, "late": true
+            })
+        );
+    }
+
+    #[test]
+    fn other_json_shapes() {
+        let cases = [
+            (
+                Output::Ready {
+                    nick: "alice".into(),
+                    listen: "127.0.0.1:7001".into(),
+                },
+                json!({"type": "ready", "nick": "alice", "listen": "127.0.0.1:7001"}),
+            ),
+            (
+                Output::Sent {
+                    conversation: "#rust".into(),
+                    author_seq: 3,
+                    delivered: vec!["bob".into()],
+                    pending: vec!["carol".into()],
+                },
+                json!({"type": "sent", "conversation": "#rust", "author_seq": 3,
+                       "delivered": ["bob"], "pending": ["carol"]}),
+            ),
+            (
+                Output::Joined {
+                    room: "#rust".into(),
+                    members: vec!["a".into(), "b".into()],
+                    version: 12,
+                    created: false,
+                },
+                json!({"type": "joined", "room": "#rust", "members": ["a", "b"],
+                       "version": 12, "created": false}),
+            ),
+            (
+                Output::Left {
+                    room: "#rust".into(),
+                    reason: "deleted".into(),
+                },
+                json!({"type": "left", "room": "#rust", "reason": "deleted"}),
+            ),
+            (
+                Output::Who {
+                    room: "#rust".into(),
+                    members: vec!["a".into()],
+                },
+                json!({"type": "who", "room": "#rust", "members": ["a"]}),
+            ),
+            (
+                Output::Rooms {
+                    rooms: vec![RoomView {
+                        room: "#rust".into(),
+                        members: 3,
+                        owner: "alice".into(),
+                    }],
+                },
+                json!({"type": "rooms", "rooms": [{"room": "#rust", "members": 3, "owner": "alice"}]}),
+            ),
+            (
+                Output::Users {
+                    users: vec!["a".into(), "b".into()],
+                },
+                json!({"type": "users", "users": ["a", "b"]}),
+            ),
+            (
+                Output::History {
+                    conversation: "@bob".into(),
+                    messages: vec![view(false)],
+                },
+                json!({"type": "history", "conversation": "@bob", "messages": [{
+                    "conversation": "#rust", "from": "bob", "body": "hello  there",
+                    "author_seq": 7, "lamport": 42, "sent_at_ms": 1_700_000_000_000i64,
+                    "late": false
+                }]}),
+            ),
+            (
+                Output::error("boom"),
+                json!({"type": "error", "message": "boom"}),
+            ),
+            (Output::info("hi"), json!({"type": "info", "message": "hi"})),
+        ];
+        for (out, want) in cases {
+            assert_eq!(json_of(&out), want, "{out:?}");
+            // And it reads back: scripts written in Rust can use the same type.
+            let back: Output = serde_json::from_str(&out.to_json()).expect("round trip");
+            assert_eq!(back, out);
+        }
+    }
+
+    #[test]
+    fn human_message_lines() {
+        let hhmm = clock(1_700_000_000_000);
+        assert_eq!(hhmm.len(), 5);
+        assert_eq!(hhmm.as_bytes()[2], b':');
+        let line = Output::Message(view(false)).to_human();
+        assert_eq!(line, format!("{hhmm} #rust <bob> hello  there"));
+        let late = Output::Message(view(true)).to_human();
+        assert_eq!(late, format!("{hhmm} #rust <bob> [late] hello  there"));
+        let private = Output::Message(MessageView {
+            conversation: "@bob".into(),
+            ..view(false)
+        });
+        assert_eq!(
+            private.to_human(),
+            format!("{hhmm} @bob <bob> hello  there")
+        );
+    }
+
+    #[test]
+    fn human_lines_neutralise_control_characters() {
+        let m = MessageView {
+            body: "a\u{1b}[2Jb\nc".into(),
+            ..view(false)
+        };
+        let line = Output::Message(m).to_human();
+        assert!(!line.contains('\u{1b}'), "{line:?}");
+        let mut lines = line.lines();
+        assert!(lines
+            .next()
+            .is_some_and(|l| l.ends_with("<bob> a\u{FFFD}[2Jb")));
+        assert!(lines
+            .next()
+            .is_some_and(|l| l.trim_start() == "c" && l.starts_with("   ")));
+    }
+
+    #[test]
+    fn human_sent_speaks_only_when_someone_is_missing() {
+        let sent = |pending: Vec<String>| Output::Sent {
+            conversation: "#rust".into(),
+            author_seq: 1,
+            delivered: vec!["bob".into()],
+            pending,
+        };
+        assert_eq!(sent(vec![]).to_human(), "");
+        assert_eq!(
+            sent(vec!["carol".into(), "dave".into()]).to_human(),
+            "-- stored; not delivered yet to carol, dave: they will get it when they are back online"
+        );
+    }
+
+    #[test]
+    fn human_errors_and_notices() {
+        assert_eq!(
+            Output::error("no such room #x").to_human(),
+            "!! no such room #x"
+        );
+        assert_eq!(Output::info("a\nb").to_human(), "-- a\n-- b");
+        let joined = Output::Joined {
+            room: "#rust".into(),
+            members: vec!["a".into(), "b".into(), "c".into()],
+            version: 42,
+            created: false,
+        };
+        assert_eq!(
+            joined.to_human(),
+            "-- joined #rust (3 members: a, b, c; history: 42 messages)"
+        );
+        let new = Output::Joined {
+            room: "#new".into(),
+            members: vec!["me".into()],
+            version: 0,
+            created: true,
+        };
+        assert_eq!(
+            new.to_human(),
+            "-- joined #new (new room) (1 member: me; history: 0 messages)"
+        );
+        let history = Output::History {
+            conversation: "#rust".into(),
+            messages: vec![view(false), view(true)],
+        };
+        assert_eq!(history.to_human().lines().count(), 3);
+    }
+}
