@@ -193,3 +193,106 @@ pub fn ids(h: &[ChatMessage]) -> Vec<(String, u64, u64, String)> {
         })
         .collect()
 }
+
+/// A real `router` or `peer` process, its stdout read line by line.
+pub struct Proc {
+    pub child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Proc {
+    pub fn spawn(bin: &str, args: &[&str]) -> Proc {
+        use std::process::Stdio;
+        let mut child = tokio::process::Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            stdin,
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        }
+    }
+
+    /// Starts the `router` binary on a free port; returns it and its address.
+    pub async fn router(ttl_secs: u64) -> (Proc, String) {
+        let ttl = ttl_secs.to_string();
+        let mut p = Proc::spawn(
+            env!("CARGO_BIN_EXE_router"),
+            &["--listen", "127.0.0.1:0", "--lease-ttl", &ttl],
+        );
+        let line = p.line().await.expect("listen line");
+        let addr = line
+            .strip_prefix("router listening on ")
+            .expect("listen line")
+            .to_owned();
+        (p, addr)
+    }
+
+    /// Starts the `peer` binary in JSON mode and waits for `ready`.
+    pub async fn peer(router: &str, nick: &str, dir: &std::path::Path, extra: &[&str]) -> Proc {
+        let dir = dir.to_str().unwrap();
+        let mut args = vec![
+            "--nick",
+            nick,
+            "--router",
+            router,
+            "--data-dir",
+            dir,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn(env!("CARGO_BIN_EXE_peer"), &args);
+        let ready = p.event("ready").await;
+        assert_eq!(ready["nick"], nick);
+        p
+    }
+
+    /// The next stdout line (10 s at most); None at end of output.
+    pub async fn line(&mut self) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .expect("a line within 10 s")
+            .unwrap()
+    }
+
+    /// Skips lines until a JSON event of type `ty` (10 s at most).
+    pub async fn event(&mut self, ty: &str) -> serde_json::Value {
+        loop {
+            let line = self
+                .line()
+                .await
+                .unwrap_or_else(|| panic!("output ended before a {ty:?} event"));
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Closes stdin (end of input means /quit) and waits for a clean exit.
+    pub async fn quit(mut self) {
+        self.stdin = None;
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exit within 10 s")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}

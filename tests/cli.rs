@@ -1,0 +1,116 @@
+//! The real binaries: a `router` process and `peer` processes in `--json`
+//! mode, driven over pipes as a script would.
+
+mod common;
+
+use common::Proc;
+
+#[tokio::test]
+async fn private_chat_between_peer_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "alice", &tmp.path().join("a"), &[]).await;
+    let mut b = Proc::peer(&addr, "bob", &tmp.path().join("b"), &[]).await;
+
+    a.send("/msg bob hello bob").await;
+    let sent = a.event("sent").await;
+    assert_eq!(sent["conversation"], "@bob");
+    assert_eq!(sent["author_seq"], 1);
+    assert_eq!(sent["delivered"], serde_json::json!(["bob"]));
+    assert_eq!(sent["pending"], serde_json::json!([]));
+    let m = b.event("message").await;
+    assert_eq!(m["conversation"], "@alice");
+    assert_eq!(m["from"], "alice");
+    assert_eq!(m["body"], "hello bob");
+    assert_eq!(m["late"], false);
+
+    b.send("/query alice").await;
+    b.send("hi   alice, spaces kept").await;
+    let m = a.event("message").await;
+    assert_eq!(m["conversation"], "@bob");
+    assert_eq!(m["body"], "hi   alice, spaces kept");
+
+    a.send("/history @bob").await;
+    let h = a.event("history").await;
+    let bodies: Vec<_> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, ["hello bob", "hi   alice, spaces kept"]);
+
+    // Bad input: an error line, and the peer carries on.
+    a.send("/nonsense").await;
+    let e = a.event("error").await;
+    assert!(e["message"].as_str().unwrap().contains("/help"));
+    a.send(&format!("/msg bob {}", "x".repeat(10_001))).await;
+    let e = a.event("error").await;
+    assert!(e["message"].as_str().unwrap().contains("10000"), "{e}");
+    a.send("/users").await;
+    let u = a.event("users").await;
+    assert_eq!(u["users"], serde_json::json!(["alice", "bob"]));
+    a.quit().await;
+    b.quit().await;
+}
+
+#[tokio::test]
+async fn room_chat_between_peer_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &["--join", "#rust"]).await;
+    let j = a.event("joined").await;
+    assert_eq!(j["room"], "#rust");
+    assert_eq!(j["created"], true);
+    a.send("first").await;
+    a.event("sent").await;
+
+    let mut b = Proc::peer(&addr, "b", &tmp.path().join("b"), &["--join", "#RUST"]).await;
+    let j = b.event("joined").await;
+    assert_eq!(j["created"], false);
+    assert_eq!(j["version"], 1, "b synced a's message before joined");
+    assert_eq!(j["members"], serde_json::json!(["a", "b"]));
+    let mut c = Proc::peer(&addr, "c", &tmp.path().join("c"), &["--join", "#rust"]).await;
+    c.event("joined").await;
+
+    b.send("from b").await;
+    let sent = b.event("sent").await;
+    let mut delivered: Vec<String> = sent["delivered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["a", "c"]);
+    for p in [&mut a, &mut c] {
+        let m = p.event("message").await;
+        assert_eq!(
+            (m["conversation"].as_str(), m["from"].as_str()),
+            (Some("#rust"), Some("b"))
+        );
+        assert_eq!(m["body"], "from b");
+    }
+
+    c.send("/who").await;
+    let w = c.event("who").await;
+    assert_eq!(w["members"], serde_json::json!(["a", "b", "c"]));
+    c.send("/rooms").await;
+    let r = c.event("rooms").await;
+    assert_eq!(
+        r["rooms"],
+        serde_json::json!([{"room": "#rust", "members": 3, "owner": "a"}])
+    );
+    // Only the owner deletes; the others are told.
+    c.send("/delete #rust").await;
+    c.event("error").await;
+    a.send("/delete #rust").await;
+    let l = a.event("left").await;
+    assert_eq!(l["room"], "#rust");
+    let l = b.event("left").await;
+    assert_eq!(l["room"], "#rust");
+    assert!(l["reason"].as_str().unwrap().contains("deleted by a"));
+    for p in [a, b, c] {
+        p.quit().await;
+    }
+}
