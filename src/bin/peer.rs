@@ -23,6 +23,10 @@ struct Args {
     /// Where this peer's chat service listens; port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The address others reach this peer at, if not the --listen address
+    /// (behind a proxy or NAT, or listening on 0.0.0.0).
+    #[arg(long, value_parser = advertise_addr)]
+    advertise: Option<String>,
     /// History, identity and lock (default: $XDG_DATA_HOME or
     /// ~/.local/share, under parley/NICK).
     #[arg(long)]
@@ -33,6 +37,12 @@ struct Args {
     /// One JSON object per line on stdout, for scripts.
     #[arg(long)]
     json: bool,
+}
+
+fn advertise_addr(s: &str) -> Result<String, String> {
+    parley::names::check_address(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn default_data_dir(nick: &Nick) -> Result<PathBuf, String> {
@@ -80,6 +90,7 @@ async fn run(args: Args) -> Result<(), String> {
         router: args.router,
         listener,
         data_dir,
+        advertise: args.advertise,
     })
     .await
     .map_err(|e| e.to_string())?;

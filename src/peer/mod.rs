@@ -92,6 +92,9 @@ pub struct PeerConfig {
     pub listener: TcpListener,
     /// Holds the history, the identity and the lock.
     pub data_dir: PathBuf,
+    /// The address others reach this peer at, when it is not the
+    /// listener's own (a proxy, a NAT, or a listener on 0.0.0.0).
+    pub advertise: Option<String>,
 }
 
 /// What a join did.
@@ -122,6 +125,8 @@ struct Inner {
     identity: Identity,
     store: Store,
     listen: SocketAddr,
+    /// The chat address given to the router.
+    advertise: String,
     router_addr: String,
     router: RouterClient<Channel>,
     /// The session token; replaced when the peer logs in again.
@@ -138,7 +143,9 @@ struct Inner {
     events: mpsc::UnboundedSender<PeerEvent>,
     stop: CancellationToken,
     tasks: TaskTracker,
-    _lock: DirLock,
+    /// Released when the peer stops, so a restart in this process can take
+    /// the data directory again.
+    dir_lock: Mutex<Option<DirLock>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,6 +211,7 @@ impl Peer {
             identity: store.identity(),
             store,
             listen,
+            advertise: config.advertise.unwrap_or_else(|| listen.to_string()),
             router_addr: config.router,
             router,
             token: RwLock::new(String::new()),
@@ -216,7 +224,7 @@ impl Peer {
             events,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            _lock: dir_lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
         });
         let peer = Peer { inner };
 
@@ -234,9 +242,11 @@ impl Peer {
         let p = peer.clone();
         peer.inner.tasks.spawn(async move { p.watch_loop().await });
         let p = peer.clone();
+        peer.inner.tasks.spawn(async move { p.outbox_loop().await });
+        let p = peer.clone();
         peer.inner
             .tasks
-            .spawn(async move { p.flush_all_outboxes().await });
+            .spawn(async move { p.sync_private_chats().await });
         Ok((peer, events_rx))
     }
 
@@ -297,7 +307,7 @@ impl Peer {
     async fn login(&self) -> Result<(), PeerError> {
         let req = proto::LoginRequest {
             nick: self.inner.nick.to_string(),
-            address: self.inner.listen.to_string(),
+            address: self.inner.advertise.clone(),
             reclaim_secret: self.inner.identity.reclaim_secret.clone(),
         };
         let resp = match self.router().user_login(req).await {
@@ -349,6 +359,44 @@ impl Peer {
         for room in rooms {
             if let Err(err) = self.join(&room).await {
                 tracing::warn!(%room, cause = %err, "cannot rejoin");
+            }
+        }
+        self.sync_private_chats().await;
+    }
+
+    /// Catches up on every private conversation whose other side is online:
+    /// what it sent while this peer was away.
+    async fn sync_private_chats(&self) {
+        let convs = match self.inner.store.conversations().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot list conversations");
+                return;
+            }
+        };
+        for key in convs {
+            let Ok(Conversation::Private(a, b)) = Conversation::parse_key(&key) else {
+                continue;
+            };
+            let other = if a == self.inner.nick.key() { b } else { a };
+            let Some(member) = self.inner.world.user(&other) else {
+                continue;
+            };
+            let synced = sync::sync_conversation(
+                &self.inner.store,
+                &self.inner.peers,
+                self.inner.nick.as_str(),
+                &key,
+                &[member],
+            )
+            .await;
+            match synced {
+                Ok(s) => {
+                    for (msg, late) in s.pulled {
+                        self.emit(PeerEvent::Message { msg, late });
+                    }
+                }
+                Err(err) => tracing::warn!(cause = %err, "private sync failed"),
             }
         }
     }
@@ -696,8 +744,8 @@ impl Peer {
             pending: offline,
         };
         let mut failed = Vec::new();
-        for ((nick, _), ok) in online.into_iter().zip(results) {
-            if ok {
+        for ((nick, _), result) in online.into_iter().zip(results) {
+            if result == Delivery::Stored {
                 report.delivered.push(nick);
             } else {
                 failed.push(nick);
@@ -713,22 +761,30 @@ impl Peer {
         Ok(report)
     }
 
-    /// One `Deliver` under its deadline; true when the peer stored it.
-    async fn deliver_to(&self, address: &str, msg: ChatMessage) -> bool {
+    /// One `Deliver` under its deadline.
+    async fn deliver_to(&self, address: &str, msg: ChatMessage) -> Delivery {
         let Ok(mut client) = self.inner.peers.client(address) else {
-            return false;
+            return Delivery::Refused;
         };
         let mut req = tonic::Request::new(DeliverRequest { message: Some(msg) });
         req.set_timeout(CALL_DEADLINE);
         match tokio::time::timeout(CALL_DEADLINE, client.deliver(req)).await {
-            Ok(Ok(_)) => true,
+            Ok(Ok(_)) => Delivery::Stored,
             Ok(Err(status)) => {
-                tracing::debug!(address, %status, "deliver refused");
-                false
+                tracing::debug!(address, %status, "deliver failed");
+                match status.code() {
+                    // The peer answered and will never take it as it stands
+                    // (not in the room any more, say): it catches up by its
+                    // own sync when it joins.
+                    Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied => {
+                        Delivery::Refused
+                    }
+                    _ => Delivery::Unreachable,
+                }
             }
             Err(_) => {
                 tracing::debug!(address, "deliver timed out");
-                false
+                Delivery::Unreachable
             }
         }
     }
@@ -759,26 +815,39 @@ impl Peer {
             return Ok(0);
         };
         let mut done = Vec::new();
+        let mut delivered = 0;
         for m in msgs {
             let id = MsgId::of(&m);
-            if !self.deliver_to(&member.address, m).await {
-                break;
+            match self.deliver_to(&member.address, m).await {
+                Delivery::Stored => delivered += 1,
+                Delivery::Refused => {}
+                // Still away: keep the rest, in order, for the next try.
+                Delivery::Unreachable => break,
             }
             done.push(id);
         }
-        let n = done.len();
         self.inner.store.outbox_done(key, done).await?;
-        Ok(n)
+        Ok(delivered)
     }
 
-    async fn flush_all_outboxes(&self) {
-        match self.inner.store.outbox_recipients().await {
-            Ok(nicks) => {
-                for nick in nicks {
-                    self.flush_outbox(&nick).await;
+    /// Retries the outbox for every recipient the picture shows online, now
+    /// and every few seconds: a member cut off without going offline (a
+    /// partition, a frozen process) is never announced as coming back.
+    async fn outbox_loop(&self) {
+        loop {
+            match self.inner.store.outbox_recipients().await {
+                Ok(nicks) => {
+                    for nick in nicks {
+                        if self.inner.world.user(&nick).is_some() {
+                            self.flush_outbox(&nick).await;
+                        }
+                    }
                 }
+                Err(err) => tracing::warn!(cause = %err, "cannot read the outbox"),
             }
-            Err(err) => tracing::warn!(cause = %err, "cannot read the outbox"),
+            if self.sleep_or_stop(OUTBOX_RETRY).await {
+                return;
+            }
         }
     }
 
@@ -832,8 +901,22 @@ impl Peer {
         self.inner.stop.cancel();
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
+        lock(&self.inner.dir_lock).take();
     }
 }
+
+/// How a `Deliver` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Stored,
+    /// The peer answered no: retrying the same message will not help.
+    Refused,
+    /// No answer in time, or no connection: worth retrying later.
+    Unreachable,
+}
+
+/// How often the outbox is retried for recipients that look online.
+const OUTBOX_RETRY: Duration = Duration::from_secs(2);
 
 /// Exponential backoff, capped, reset on success.
 struct Backoff {

@@ -110,6 +110,7 @@ impl TestPeer {
             router: router.to_string(),
             listener,
             data_dir: dir.clone(),
+            advertise: None,
         })
         .await?;
         Ok(TestPeer {
