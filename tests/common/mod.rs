@@ -297,3 +297,92 @@ impl Proc {
         assert!(status.success(), "{status:?}");
     }
 }
+
+/// A TCP proxy on 127.0.0.1:0 in front of a server, which can be cut (every
+/// connection dropped, new ones refused at once) and healed: a real network
+/// partition on loopback.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<JoinHandle<()>>::new()));
+        let (c, k) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                k.lock().unwrap().push(handle);
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Starts a peer whose chat service others reach only through a proxy.
+pub async fn peer_behind_proxy(
+    router: &TestRouter,
+    nick: &str,
+    dir: std::path::PathBuf,
+) -> (TestPeer, Proxy) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(listener.local_addr().unwrap()).await;
+    let (peer, events) = Peer::start(PeerConfig {
+        nick: Nick::parse(nick).unwrap(),
+        router: router.addr.to_string(),
+        listener,
+        data_dir: dir.clone(),
+        advertise: Some(proxy.addr.to_string()),
+    })
+    .await
+    .unwrap();
+    (
+        TestPeer {
+            peer,
+            events,
+            dir,
+            _tmp: None,
+        },
+        proxy,
+    )
+}
