@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,11 +25,16 @@ pub enum NetError {
     BadAddress(String),
 }
 
+/// How long an address that failed to answer is skipped by senders.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+
 /// The channels to other peers, by address. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Peers {
     /// Held only to look up or insert a channel, never across an `.await`.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Addresses that last failed to answer, and when.
+    down: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Peers {
@@ -52,6 +57,26 @@ impl Peers {
         Ok(ChatClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Records that `address` did not answer in time.
+    pub fn mark_down(&self, address: &str) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.insert(address.to_owned(), Instant::now());
+    }
+
+    /// Records that `address` answered.
+    pub fn mark_up(&self, address: &str) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if !down.is_empty() {
+            down.remove(address);
+        }
+    }
+
+    /// Whether `address` failed to answer within the last [`DOWN_FOR`].
+    pub fn is_down(&self, address: &str) -> bool {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(address).is_some_and(|t| t.elapsed() < DOWN_FOR)
     }
 
     /// Forgets the channel to `address` (the peer moved or is gone).

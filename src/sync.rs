@@ -30,6 +30,9 @@ pub struct Synced {
     pub version: u64,
     /// The messages that were new to this peer, in the order received.
     pub pulled: Vec<(ChatMessage, bool)>,
+    /// Members whose vector lacks something this peer holds, with that
+    /// vector.
+    pub behind: Vec<(Member, Vec<VectorEntry>)>,
 }
 
 /// Whether `theirs` holds anything `mine` lacks.
@@ -78,8 +81,44 @@ pub async fn sync_conversation(
         tracing::debug!(from = %member.nick, conversation, pulled = got.len(), "pulled history");
         synced.pulled.extend(got);
     }
-    synced.version = store.version(conversation).await?.count;
+    let mine = store.version(conversation).await?;
+    synced.version = mine.count;
+    synced.behind = answers
+        .into_iter()
+        .filter(|(_, a)| ahead(&mine.vector, &a.vector))
+        .map(|(m, a)| (m.clone(), a.vector))
+        .collect();
     Ok(synced)
+}
+
+/// Most own messages pushed to one member after a sync.
+const MAX_PUSH: usize = 10_000;
+
+/// This peer's own messages of `conversation` that a member holding
+/// `theirs` lacks, in order.
+pub async fn own_missing(
+    store: &Store,
+    conversation: &str,
+    me: &str,
+    theirs: Vec<VectorEntry>,
+) -> Result<Vec<ChatMessage>, StoreError> {
+    let mut own = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .missing(conversation, theirs.clone(), after, PAGE_SIZE as usize)
+            .await?;
+        let done = page.len() < PAGE_SIZE as usize;
+        after = page.last().map(crate::store::OrderKey::of);
+        own.extend(
+            page.into_iter()
+                .filter(|m| m.author.eq_ignore_ascii_case(me)),
+        );
+        if done || own.len() >= MAX_PUSH {
+            own.truncate(MAX_PUSH);
+            return Ok(own);
+        }
+    }
 }
 
 async fn get_version(

@@ -395,6 +395,7 @@ impl Peer {
                     for (msg, late) in s.pulled {
                         self.emit(PeerEvent::Message { msg, late });
                     }
+                    self.push_own(&key, s.behind);
                 }
                 Err(err) => tracing::warn!(cause = %err, "private sync failed"),
             }
@@ -530,6 +531,29 @@ impl Peer {
         }
     }
 
+    /// Hands members that a sync showed lacking some of this peer's own
+    /// messages (sent just before a crash, say) what they lack, in the
+    /// background.
+    fn push_own(&self, conversation: &str, behind: Vec<(Member, Vec<proto::VectorEntry>)>) {
+        for (member, vector) in behind {
+            let p = self.clone();
+            let conv = conversation.to_owned();
+            self.inner.tasks.spawn(async move {
+                let own = sync::own_missing(&p.inner.store, &conv, p.inner.nick.as_str(), vector);
+                match own.await {
+                    Ok(msgs) => {
+                        for m in msgs {
+                            if p.deliver_to(&member.address, m).await != Delivery::Stored {
+                                break;
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(cause = %err, "cannot read own messages to push"),
+                }
+            });
+        }
+    }
+
     /// Joins `room` (creating it if new), syncs its history, and makes it
     /// one this peer rejoins after a router restart.
     pub async fn join(&self, room: &Room) -> Result<Joined, PeerError> {
@@ -555,6 +579,7 @@ impl Peer {
             &resp.members,
         )
         .await?;
+        self.push_own(&room.key(), synced.behind);
         Ok(Joined {
             room: resp.room,
             members: resp.members.into_iter().map(|m| m.nick).collect(),
@@ -606,6 +631,7 @@ impl Peer {
             &members,
         )
         .await?;
+        self.push_own(&conv, synced.behind);
         Ok(synced.version)
     }
 
@@ -732,11 +758,15 @@ impl Peer {
             .into_iter()
             .filter_map(|(n, a)| a.map(|a| (n, a)))
             .collect();
-        let results = join_all(
-            online
-                .iter()
-                .map(|(_, addr)| self.deliver_to(addr, msg.clone())),
-        )
+        let results = join_all(online.iter().map(|(_, addr)| async {
+            // A member that just timed out is not waited for again: the
+            // message goes to the outbox at once (senders never stall on a
+            // frozen member), and the outbox retries it.
+            if self.inner.peers.is_down(addr) {
+                return Delivery::Unreachable;
+            }
+            self.deliver_to(addr, msg.clone()).await
+        }))
         .await;
         let mut report = SendReport {
             message: msg,
@@ -768,7 +798,7 @@ impl Peer {
         };
         let mut req = tonic::Request::new(DeliverRequest { message: Some(msg) });
         req.set_timeout(CALL_DEADLINE);
-        match tokio::time::timeout(CALL_DEADLINE, client.deliver(req)).await {
+        let result = match tokio::time::timeout(CALL_DEADLINE, client.deliver(req)).await {
             Ok(Ok(_)) => Delivery::Stored,
             Ok(Err(status)) => {
                 tracing::debug!(address, %status, "deliver failed");
@@ -786,7 +816,12 @@ impl Peer {
                 tracing::debug!(address, "deliver timed out");
                 Delivery::Unreachable
             }
+        };
+        match result {
+            Delivery::Unreachable => self.inner.peers.mark_down(address),
+            _ => self.inner.peers.mark_up(address),
         }
+        result
     }
 
     /// Delivers what the outbox holds for `nick`, in order, if it is online.
