@@ -199,6 +199,8 @@ pub fn ids(h: &[ChatMessage]) -> Vec<(String, u64, u64, String)> {
 pub struct Proc {
     pub child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
+    /// Events skipped while waiting for another type, oldest first.
+    pub skipped: Vec<serde_json::Value>,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
@@ -218,16 +220,22 @@ impl Proc {
         Proc {
             child,
             stdin,
+            skipped: Vec::new(),
             lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
         }
     }
 
     /// Starts the `router` binary on a free port; returns it and its address.
     pub async fn router(ttl_secs: u64) -> (Proc, String) {
+        Self::router_on("127.0.0.1:0", ttl_secs).await
+    }
+
+    /// Starts the `router` binary on `listen` (to restart one on its port).
+    pub async fn router_on(listen: &str, ttl_secs: u64) -> (Proc, String) {
         let ttl = ttl_secs.to_string();
         let mut p = Proc::spawn(
             env!("CARGO_BIN_EXE_router"),
-            &["--listen", "127.0.0.1:0", "--lease-ttl", &ttl],
+            &["--listen", listen, "--lease-ttl", &ttl],
         );
         let line = p.line().await.expect("listen line");
         let addr = line
@@ -235,6 +243,44 @@ impl Proc {
             .expect("listen line")
             .to_owned();
         (p, addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process running")
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`, `TERM`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone.
+    pub async fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// The messages of `/history CONV` (all of them), as (from, seq, body).
+    pub async fn history(&mut self, conv: &str) -> Vec<(String, u64, String)> {
+        self.send(&format!("/history {conv} 1000000")).await;
+        let h = self.event("history").await;
+        h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["from"].as_str().unwrap().to_owned(),
+                    m["author_seq"].as_u64().unwrap(),
+                    m["body"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
     }
 
     /// Starts the `peer` binary in JSON mode and waits for `ready`.
@@ -254,6 +300,22 @@ impl Proc {
         let ready = p.event("ready").await;
         assert_eq!(ready["nick"], nick);
         p
+    }
+
+    /// Starts the `peer` binary in JSON mode without waiting for it.
+    pub fn spawn_peer(router: &str, nick: &str, dir: &std::path::Path, extra: &[&str]) -> Proc {
+        let dir = dir.to_str().unwrap();
+        let mut args = vec![
+            "--nick",
+            nick,
+            "--router",
+            router,
+            "--data-dir",
+            dir,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(env!("CARGO_BIN_EXE_peer"), &args)
     }
 
     /// The next stdout line (10 s at most); None at end of output.
@@ -276,6 +338,7 @@ impl Proc {
             if v["type"] == ty {
                 return v;
             }
+            self.skipped.push(v);
         }
     }
 
@@ -303,6 +366,7 @@ impl Proc {
 /// partition on loopback.
 pub struct Proxy {
     pub addr: SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     task: JoinHandle<()>,
@@ -310,17 +374,27 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
+        let p = Proxy::unaimed().await;
+        p.aim(target);
+        p
+    }
+
+    /// A proxy whose target is set later with [`Proxy::aim`] (the server
+    /// behind it needs the proxy's address to start).
+    pub async fn unaimed() -> Proxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<JoinHandle<()>>::new()));
-        let (c, k) = (cut.clone(), conns.clone());
+        let target = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let (c, k, t) = (cut.clone(), conns.clone(), target.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
+                let target = *t.lock().unwrap();
+                let Some(target) = target.filter(|_| !c.load(Ordering::SeqCst)) else {
                     continue; // dropped: the connection is reset
-                }
+                };
                 let handle = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -331,10 +405,15 @@ impl Proxy {
         });
         Proxy {
             addr,
+            target,
             cut,
             conns,
             task,
         }
+    }
+
+    pub fn aim(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = Some(target);
     }
 
     /// Drops every connection through the proxy and refuses new ones.
