@@ -259,6 +259,16 @@ impl Proc {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// Stops the process with SIGTERM; it must exit cleanly within 10 s.
+    pub async fn terminate(mut self) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exit within 10 s of SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
     /// Kills the process with SIGKILL and waits for it to be gone.
     pub async fn kill9(mut self) {
         self.signal("KILL");
