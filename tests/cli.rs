@@ -114,3 +114,75 @@ async fn room_chat_between_peer_processes() {
         p.quit().await;
     }
 }
+
+/// Runs the peer binary to its exit; returns (exit code, stderr).
+async fn peer_exit(args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_peer_that_cannot_start_says_why_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
+
+    // No router: the line names the address and how to start one.
+    let (code, err) = peer_exit(&[
+        "--nick",
+        "a",
+        "--router",
+        "127.0.0.1:1",
+        "--data-dir",
+        &dir("x"),
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("router --listen"),
+        "{err}"
+    );
+
+    let (_router, addr) = Proc::router(10).await;
+    let _alice = Proc::peer(&addr, "alice", &tmp.path().join("alice"), &[]).await;
+
+    // The nick is held by someone else.
+    let (code, err) = peer_exit(&[
+        "--nick",
+        "Alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        &dir("y"),
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("taken"), "{err}");
+
+    // A second peer on a data directory in use: refused by the lock.
+    let (code, err) = peer_exit(&[
+        "--nick",
+        "bob",
+        "--router",
+        &addr,
+        "--data-dir",
+        &dir("alice"),
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("in use"), "{err}");
+
+    // A bad nick is refused before anything starts.
+    let (code, err) = peer_exit(&["--nick", "no spaces", "--router", &addr]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("A-Z a-z 0-9 _ -"), "{err}");
+}
