@@ -9,7 +9,7 @@
 mod chat;
 pub mod world;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +38,11 @@ use world::{Change, World};
 /// Largest request the chat service decodes: a message body is at most
 /// 40,000 bytes of UTF-8; a pull request's vector stays far below this.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// How long a gap in an author's sequence may stand before it is pulled:
+/// longer than messages in flight take to overtake each other, far shorter
+/// than a person notices.
+const GAP_GRACE: Duration = Duration::from_millis(500);
 
 /// Errors of the peer layer.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +144,9 @@ struct Inner {
     wanted: Mutex<BTreeMap<String, Room>>,
     /// Recipients whose outbox is being flushed now.
     flushing: Mutex<HashSet<String>>,
+    /// Gap repairs waiting to run, by (conversation, author key,
+    /// incarnation): the highest seq that showed a gap.
+    repairs: Mutex<HashMap<(String, String, u64), u64>>,
     peers: Peers,
     events: mpsc::UnboundedSender<PeerEvent>,
     stop: CancellationToken,
@@ -220,6 +228,7 @@ impl Peer {
             world: World::default(),
             wanted: Mutex::new(BTreeMap::new()),
             flushing: Mutex::new(HashSet::new()),
+            repairs: Mutex::new(HashMap::new()),
             peers: Peers::new(),
             events,
             stop: CancellationToken::new(),
@@ -887,13 +896,39 @@ impl Peer {
     }
 
     /// Pulls from the sender what a delivered message showed was missed.
+    ///
+    /// A sender with several messages in flight has them arrive out of
+    /// order, and each early one shows a gap that the next delivery fills.
+    /// Pulling at once for each of them floods the sender with pulls of
+    /// messages already on their way (quadratic under load), so a repair
+    /// waits [`GAP_GRACE`], runs once per author incarnation however many
+    /// gaps were seen meanwhile, and pulls only if a gap is still there.
     fn repair_gap(&self, msg: &ChatMessage) {
         let Some(author) = self.inner.world.user(&msg.author) else {
             return;
         };
+        let key = (
+            msg.conversation.clone(),
+            msg.author.to_ascii_lowercase(),
+            msg.incarnation,
+        );
+        {
+            let mut repairs = lock(&self.inner.repairs);
+            if let Some(seq) = repairs.get_mut(&key) {
+                *seq = (*seq).max(msg.seq);
+                return;
+            }
+            repairs.insert(key.clone(), msg.seq);
+        }
         let p = self.clone();
-        let conv = msg.conversation.clone();
         self.inner.tasks.spawn(async move {
+            if p.sleep_or_stop(GAP_GRACE).await {
+                return;
+            }
+            let Some(seq) = lock(&p.inner.repairs).remove(&key) else {
+                return;
+            };
+            let (conv, author_key, incarnation) = key;
             let have = match p.inner.store.version(&conv).await {
                 Ok(v) => v.vector,
                 Err(err) => {
@@ -901,6 +936,14 @@ impl Peer {
                     return;
                 }
             };
+            let filled = have.iter().any(|e| {
+                e.incarnation == incarnation
+                    && e.author.eq_ignore_ascii_case(&author_key)
+                    && e.seq >= seq
+            });
+            if filled {
+                return;
+            }
             match sync::pull(
                 &p.inner.store,
                 &p.inner.peers,
