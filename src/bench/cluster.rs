@@ -1,0 +1,338 @@
+//! The bench's own little network on loopback: a router, the member peers
+//! (child processes by default, or in this process), and the in-process
+//! senders. Dropping a [`Cluster`] kills every child and removes every data
+//! directory, however the run ends.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures::future::try_join_all;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use super::child::{LEASE_TTL, READY};
+use crate::names::{Nick, Room};
+use crate::peer::{Peer, PeerConfig, PeerEvent};
+use crate::registry::MemoryRegistry;
+
+/// How long a child may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads and drops a peer's events, so the unbounded queue does not grow
+/// with every message (and inflate the memory figures).
+pub fn drain(mut events: mpsc::UnboundedReceiver<PeerEvent>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while events.recv().await.is_some() {} })
+}
+
+/// A child process of the bench (itself, re-executed).
+struct ChildProc {
+    name: String,
+    child: Child,
+    /// Closing it tells the child to stop.
+    stdin: Option<ChildStdin>,
+}
+
+impl ChildProc {
+    /// Starts `exe args`, its stderr to `log`, and waits for `ready ADDR`.
+    async fn spawn(
+        name: &str,
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<(ChildProc, String)> {
+        let log_file = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let stdout = child.stdout.take().expect("stdout was piped above");
+        let stdin = child.stdin.take();
+        let mut proc = ChildProc {
+            name: name.to_owned(),
+            child,
+            stdin,
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await;
+        let addr = match line {
+            Ok(Ok(Some(l))) => l.strip_prefix(READY).map(str::to_owned),
+            _ => None,
+        };
+        match addr {
+            Some(a) => Ok((proc, a)),
+            None => {
+                let _ = proc.child.start_kill();
+                Err(anyhow!(
+                    "{name} did not start: {}",
+                    last_line(log).unwrap_or_else(|| "no output".into())
+                ))
+            }
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Closes stdin (the child logs out and exits), then kills it if it
+    /// lingers.
+    async fn stop(mut self) {
+        self.stdin = None;
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(child = %self.name, "did not exit; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The last non-empty line of a child's log, for an error message.
+fn last_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+}
+
+enum Node {
+    Proc(Box<ChildProc>),
+    /// A router task in this process, stopped by dropping the sender.
+    RouterTask(oneshot::Sender<()>),
+    Peer(Peer),
+}
+
+/// A member peer: receives, stores, acknowledges.
+pub struct Member {
+    pub nick: Nick,
+    pub addr: String,
+    node: Node,
+}
+
+/// What the cluster holds: who sits in which room is decided by the caller.
+pub struct Cluster {
+    pub router_addr: String,
+    router: Node,
+    pub members: Vec<Member>,
+    /// The sending peers, always in this process.
+    pub senders: Vec<Peer>,
+    pub in_process: bool,
+    /// Dropped last: the data directories of every peer.
+    dir: tempfile::TempDir,
+}
+
+/// One member to start: its nick and the rooms it joins.
+pub struct MemberSpec {
+    pub nick: Nick,
+    pub rooms: Vec<Room>,
+}
+
+impl Cluster {
+    /// Starts the router and the members (each joined to its rooms).
+    pub async fn start(in_process: bool, members: Vec<MemberSpec>) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("parley-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let exe = std::env::current_exe().context("cannot find the bench executable")?;
+        let (router, router_addr) = if in_process {
+            start_router_task().await?
+        } else {
+            let log = dir.path().join("router.log");
+            let args = vec!["__router".to_owned()];
+            let (p, addr) = ChildProc::spawn("router", &exe, &args, &log).await?;
+            (Node::Proc(Box::new(p)), addr)
+        };
+        let mut cluster = Cluster {
+            router_addr,
+            router,
+            members: Vec::new(),
+            senders: Vec::new(),
+            in_process,
+            dir,
+        };
+        let starts = members.into_iter().map(|spec| {
+            let (exe, root, router) = (&exe, cluster.dir.path(), &cluster.router_addr);
+            async move {
+                if in_process {
+                    start_local_member(spec, router, root).await
+                } else {
+                    start_member_proc(spec, exe, router, root).await
+                }
+            }
+        });
+        cluster.members = try_join_all(starts).await?;
+        Ok(cluster)
+    }
+
+    /// Starts a sending peer in this process, joined to `rooms`.
+    pub async fn add_sender(&mut self, nick: Nick, rooms: &[Room]) -> anyhow::Result<Peer> {
+        let peer = start_peer(&nick, &self.router_addr, self.dir.path()).await?;
+        for room in rooms {
+            peer.join(room)
+                .await
+                .with_context(|| format!("{nick} cannot join {room}"))?;
+        }
+        self.senders.push(peer.clone());
+        Ok(peer)
+    }
+
+    /// Peak resident memory (VmHWM, KiB) of the router process and of the
+    /// largest member process; None in-process (there is only this one).
+    pub fn peak_memory_kib(&self) -> (Option<u64>, Option<u64>) {
+        let router = match &self.router {
+            Node::Proc(p) => p.pid().and_then(vm_hwm_kib),
+            _ => None,
+        };
+        let peer = self
+            .members
+            .iter()
+            .filter_map(|m| match &m.node {
+                Node::Proc(p) => p.pid().and_then(vm_hwm_kib),
+                _ => None,
+            })
+            .max();
+        (router, peer)
+    }
+
+    /// Stops everything in order: senders and members log out, then the
+    /// router stops; the data directories go when `self` is dropped.
+    pub async fn stop(self) {
+        let senders = self.senders.iter().map(|p| p.shutdown());
+        futures::future::join_all(senders).await;
+        let members = self.members.into_iter().map(|m| stop_node(m.node));
+        futures::future::join_all(members).await;
+        stop_node(self.router).await;
+        let path = self.dir.path().to_path_buf();
+        if let Err(err) = self.dir.close() {
+            tracing::warn!(dir = %path.display(), cause = %err, "cannot remove the bench's data");
+        }
+    }
+}
+
+async fn stop_node(node: Node) {
+    match node {
+        Node::Proc(p) => p.stop().await,
+        Node::RouterTask(stop) => drop(stop),
+        Node::Peer(p) => p.shutdown().await,
+    }
+}
+
+async fn start_router_task() -> anyhow::Result<(Node, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1")?;
+    let addr = listener.local_addr()?.to_string();
+    let registry = Arc::new(MemoryRegistry::new(LEASE_TTL)?);
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = rx.await;
+        };
+        if let Err(err) = crate::router::serve(listener, registry, stop).await {
+            tracing::error!(cause = %err, "bench router stopped");
+        }
+    });
+    Ok((Node::RouterTask(tx), addr))
+}
+
+async fn start_peer(nick: &Nick, router: &str, root: &Path) -> anyhow::Result<Peer> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1")?;
+    let (peer, events) = Peer::start(PeerConfig {
+        nick: nick.clone(),
+        router: router.to_owned(),
+        listener,
+        data_dir: data_dir(root, nick),
+        advertise: None,
+    })
+    .await
+    .with_context(|| format!("cannot start peer {nick}"))?;
+    drain(events);
+    Ok(peer)
+}
+
+fn data_dir(root: &Path, nick: &Nick) -> PathBuf {
+    root.join(nick.key())
+}
+
+async fn start_local_member(spec: MemberSpec, router: &str, root: &Path) -> anyhow::Result<Member> {
+    let peer = start_peer(&spec.nick, router, root).await?;
+    for room in &spec.rooms {
+        peer.join(room)
+            .await
+            .with_context(|| format!("{} cannot join {room}", spec.nick))?;
+    }
+    Ok(Member {
+        addr: peer.listen_addr().to_string(),
+        nick: spec.nick,
+        node: Node::Peer(peer),
+    })
+}
+
+async fn start_member_proc(
+    spec: MemberSpec,
+    exe: &Path,
+    router: &str,
+    root: &Path,
+) -> anyhow::Result<Member> {
+    let dir = data_dir(root, &spec.nick);
+    let dir_arg = dir
+        .to_str()
+        .ok_or_else(|| anyhow!("temporary directory {} is not UTF-8", dir.display()))?;
+    let mut args = vec![
+        "__peer".to_owned(),
+        "--nick".to_owned(),
+        spec.nick.to_string(),
+        "--router".to_owned(),
+        router.to_owned(),
+        "--data-dir".to_owned(),
+        dir_arg.to_owned(),
+    ];
+    for room in &spec.rooms {
+        args.push("--join".to_owned());
+        args.push(room.to_string());
+    }
+    let log = root.join(format!("{}.log", spec.nick.key()));
+    let (p, addr) = ChildProc::spawn(spec.nick.as_str(), exe, &args, &log).await?;
+    if addr.is_empty() {
+        bail!("{} printed no address", spec.nick);
+    }
+    Ok(Member {
+        nick: spec.nick,
+        addr,
+        node: Node::Proc(Box::new(p)),
+    })
+}
+
+/// `VmHWM` (peak resident set, KiB) of a process, from /proc; None where
+/// /proc is not there (not Linux) or the process is gone.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    read_vm_hwm(&format!("/proc/{pid}/status"))
+}
+
+/// `VmHWM` of this process.
+pub fn own_vm_hwm_kib() -> Option<u64> {
+    read_vm_hwm("/proc/self/status")
+}
+
+fn read_vm_hwm(path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}

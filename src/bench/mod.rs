@@ -1,0 +1,627 @@
+//! The bundled benchmark: starts its own router and peers on loopback, runs
+//! the scenarios of the design parley comes from, and reports latency
+//! percentiles, throughput, the ratio to the figures that design reported
+//! and to the floor (a bare tonic call on the same loopback), and peak
+//! memory.
+//!
+//! The latency of one message runs from the send call until every member
+//! has stored it and acknowledged: a member's `Deliver` answers only after
+//! its store's commit, so `send_room` / `send_private` returning with no
+//! pending recipient means exactly that. A message with a pending recipient
+//! counts as failed.
+//!
+//! Senders are [`Peer`]s in this process, driven through the same API the
+//! `peer` binary drives. The other members are child processes (this same
+//! executable, re-run as [`child::serve_peer`]) unless `in_process` is set.
+//! Scenarios with two senders keep both in this process.
+
+pub mod child;
+pub mod cluster;
+pub mod report;
+pub mod stats;
+mod svg;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::names::{Nick, Room};
+use crate::peer::Peer;
+use cluster::{Cluster, MemberSpec};
+use stats::{micros, summarise, Summary};
+
+/// Unmeasured messages each sender sends before a scenario's clock starts:
+/// channels connect and member lists settle on them.
+pub const WARMUP: usize = 10;
+/// Sends kept in flight by the throughput scenarios.
+pub const IN_FLIGHT: usize = 128;
+/// Throughput scenarios send this many times `--messages`, so the run is
+/// long enough for a steady rate.
+pub const THROUGHPUT_FACTOR: usize = 10;
+
+/// One scenario of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
+    /// A bare `Ping` on a kept channel: the wire's own cost.
+    Floor,
+    Private,
+    PrivateBoth,
+    Room3,
+    Room20,
+    Room3TwoSenders,
+    ThroughputPrivate,
+    ThroughputRoom20,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Floor,
+        Scenario::Private,
+        Scenario::PrivateBoth,
+        Scenario::Room3,
+        Scenario::Room20,
+        Scenario::Room3TwoSenders,
+        Scenario::ThroughputPrivate,
+        Scenario::ThroughputRoom20,
+    ];
+
+    /// The row's name, in the table and the JSON file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Floor => "floor",
+            Scenario::Private => "private",
+            Scenario::PrivateBoth => "private-both",
+            Scenario::Room3 => "room-3",
+            Scenario::Room20 => "room-20",
+            Scenario::Room3TwoSenders => "room-3-two-senders",
+            Scenario::ThroughputPrivate => "throughput-private",
+            Scenario::ThroughputRoom20 => "throughput-room-20",
+        }
+    }
+
+    /// What the Python design reported (mean ms per message), if anything.
+    pub fn reported_ms(self) -> Option<f64> {
+        match self {
+            Scenario::Private => Some(4.0),
+            Scenario::PrivateBoth => Some(6.0),
+            Scenario::Room3 => Some(6.88),
+            Scenario::Room3TwoSenders => Some(10.0),
+            _ => None,
+        }
+    }
+
+    /// The rows a `--scenario NAME` selects: a row's name, or `throughput`
+    /// for both throughput rows.
+    pub fn select(name: &str) -> Result<Vec<Scenario>, String> {
+        if name == "throughput" {
+            return Ok(vec![
+                Scenario::ThroughputPrivate,
+                Scenario::ThroughputRoom20,
+            ]);
+        }
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .map(|s| vec![s])
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                format!(
+                    "no scenario {name:?}; one of {}, throughput",
+                    names.join(", ")
+                )
+            })
+    }
+
+    fn is_throughput(self) -> bool {
+        matches!(
+            self,
+            Scenario::ThroughputPrivate | Scenario::ThroughputRoom20
+        )
+    }
+}
+
+/// How a run goes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rows to run; empty means all. The floor is measured in every run.
+    pub scenarios: Vec<Scenario>,
+    pub messages: usize,
+    /// Members of the `room-20` room, the sender included.
+    pub room_size: usize,
+    /// Bytes of each message body.
+    pub payload: usize,
+    pub in_process: bool,
+    pub json: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            scenarios: Vec::new(),
+            messages: 1000,
+            room_size: 20,
+            payload: 100,
+            in_process: false,
+            json: None,
+            svg: None,
+            quiet: false,
+        }
+    }
+}
+
+/// One row: what was sent and how long it took.
+#[derive(Debug, Clone)]
+pub struct ScenarioResult {
+    pub scenario: Scenario,
+    /// Measured messages sent (all senders together).
+    pub messages: usize,
+    /// Of those, stored and acknowledged by every member.
+    pub delivered: usize,
+    pub failed: usize,
+    pub senders: usize,
+    /// Members of the conversation, senders included.
+    pub members: usize,
+    /// Sends kept in flight per sender.
+    pub in_flight: usize,
+    pub wall: Duration,
+    pub summary: Summary,
+    /// Latencies of delivered messages (µs), sorted.
+    pub samples: Vec<f64>,
+}
+
+impl ScenarioResult {
+    pub fn msgs_per_s(&self) -> f64 {
+        let secs = self.wall.as_secs_f64();
+        if secs > 0.0 {
+            self.delivered as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Latencies gathered by one or more senders.
+#[derive(Default)]
+struct Samples {
+    lat_us: Vec<f64>,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.lat_us.extend(other.lat_us);
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Where a sender sends.
+#[derive(Clone)]
+enum Target {
+    Private(Nick),
+    Room(Room),
+}
+
+/// Sends one message; Ok(latency) when every member stored it.
+async fn send_one(peer: &Peer, target: &Target, body: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    let sent = match target {
+        Target::Private(nick) => peer.send_private(nick, body).await,
+        Target::Room(room) => peer.send_room(room, body).await,
+    };
+    let took = start.elapsed();
+    match sent {
+        Ok(r) if r.pending.is_empty() => Ok(took),
+        Ok(r) => Err(format!(
+            "not acknowledged by {} (kept in the outbox)",
+            r.pending.join(", ")
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn record(samples: &mut Samples, outcome: Result<Duration, String>) {
+    match outcome {
+        Ok(d) => samples.lat_us.push(micros(d)),
+        Err(e) => {
+            samples.failed += 1;
+            samples.first_error.get_or_insert(e);
+        }
+    }
+}
+
+/// `WARMUP` unmeasured sends.
+async fn warm_up(peer: &Peer, target: &Target, body: &str) {
+    for _ in 0..WARMUP {
+        if let Err(err) = send_one(peer, target, body).await {
+            tracing::debug!(cause = %err, "warm-up message failed");
+        }
+    }
+}
+
+/// `n` sends one after another.
+async fn sequential(
+    peer: &Peer,
+    target: &Target,
+    body: &str,
+    n: usize,
+    bar: &ProgressBar,
+) -> Samples {
+    let mut samples = Samples::default();
+    samples.lat_us.reserve(n);
+    for _ in 0..n {
+        record(&mut samples, send_one(peer, target, body).await);
+        bar.inc(1);
+    }
+    samples
+}
+
+/// `n` sends, `IN_FLIGHT` at a time, over the same peer.
+async fn concurrent(
+    peer: &Peer,
+    target: &Target,
+    body: &str,
+    n: usize,
+    bar: &ProgressBar,
+) -> Samples {
+    let next = Arc::new(AtomicUsize::new(0));
+    let body: Arc<str> = Arc::from(body);
+    let tasks: Vec<_> = (0..IN_FLIGHT.min(n.max(1)))
+        .map(|_| {
+            let (peer, target, body, next, bar) = (
+                peer.clone(),
+                target.clone(),
+                body.clone(),
+                next.clone(),
+                bar.clone(),
+            );
+            tokio::spawn(async move {
+                let mut samples = Samples::default();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    record(&mut samples, send_one(&peer, &target, &body).await);
+                    bar.inc(1);
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for joined in futures::future::join_all(tasks).await {
+        match joined {
+            Ok(s) => all.merge(s),
+            Err(err) => {
+                all.failed += 1;
+                all.first_error
+                    .get_or_insert(format!("send task failed: {err}"));
+            }
+        }
+    }
+    all
+}
+
+/// Pings `addr` (a peer's chat service: `Ping` has an empty handler) over
+/// one kept channel, `n` times one after another.
+async fn floor(addr: &str, n: usize, bar: &ProgressBar) -> anyhow::Result<Samples> {
+    let peers = crate::net::Peers::new();
+    let mut client = peers.client(addr)?;
+    let mut samples = Samples::default();
+    for i in 0..WARMUP + n {
+        let start = Instant::now();
+        let pinged = client.ping(crate::proto::PingRequest {}).await;
+        let took = start.elapsed();
+        if i < WARMUP {
+            continue;
+        }
+        record(
+            &mut samples,
+            pinged.map(|_| took).map_err(|s| s.to_string()),
+        );
+        bar.inc(1);
+    }
+    Ok(samples)
+}
+
+/// The rooms of the run.
+fn room(name: &str) -> Room {
+    Room::parse(name).expect("the bench's room names follow the rules")
+}
+
+fn nick(name: &str) -> Nick {
+    Nick::parse(name).expect("the bench's nicks follow the rules")
+}
+
+/// Everything a run measured.
+pub struct Report {
+    pub options: Options,
+    pub results: Vec<ScenarioResult>,
+    /// p50 of the floor, µs.
+    pub floor_p50_us: f64,
+    /// Peak resident memory, KiB: the router process, the largest member
+    /// process, this process (the senders; everything with `in_process`).
+    pub router_peak_kib: Option<u64>,
+    pub peer_peak_kib: Option<u64>,
+    pub bench_peak_kib: Option<u64>,
+    /// Wall time of the whole run, set-up and tear-down included.
+    pub total: Duration,
+}
+
+/// Runs the benchmark. The progress bar goes to stderr unless `quiet`.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    if options.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    if options.room_size < 2 {
+        bail!("--room-size must be at least 2 (the sender and one member)");
+    }
+    if options.payload == 0 || options.payload > crate::names::MAX_BODY_CHARS {
+        bail!(
+            "--payload must be 1 to {} bytes (a message body's limit)",
+            crate::names::MAX_BODY_CHARS
+        );
+    }
+    let mut selected = if options.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        options.scenarios.clone()
+    };
+    // The floor is measured in every run: every row is shown against it.
+    selected.push(Scenario::Floor);
+    selected.sort();
+    selected.dedup();
+    let has = |s: Scenario| selected.contains(&s);
+
+    let room3 = room("#room-3");
+    let room20 = room("#room-20");
+    let room3two = room("#room-3-two");
+    let needs_room20 = has(Scenario::Room20) || has(Scenario::ThroughputRoom20);
+    // m01 is the private partner, in every room, and the floor's server.
+    let mut members_needed = 1;
+    if has(Scenario::Room3) {
+        members_needed = members_needed.max(2);
+    }
+    if needs_room20 {
+        members_needed = members_needed.max(options.room_size - 1);
+    }
+    let specs: Vec<MemberSpec> = (1..=members_needed)
+        .map(|i| {
+            let mut rooms = Vec::new();
+            if has(Scenario::Room3) && i <= 2 {
+                rooms.push(room3.clone());
+            }
+            if needs_room20 && i < options.room_size {
+                rooms.push(room20.clone());
+            }
+            if has(Scenario::Room3TwoSenders) && i == 1 {
+                rooms.push(room3two.clone());
+            }
+            MemberSpec {
+                nick: nick(&format!("m{i:02}")),
+                rooms,
+            }
+        })
+        .collect();
+
+    let bar = progress_bar(&options, &selected);
+    bar.set_message("starting router and peers");
+    let mut cluster = Cluster::start(options.in_process, specs).await?;
+    let measured = measure_all(
+        &options,
+        &selected,
+        &mut cluster,
+        &bar,
+        [room3, room20, room3two],
+    )
+    .await;
+    let (router_peak_kib, peer_peak_kib) = cluster.peak_memory_kib();
+    let bench_peak_kib = cluster::own_vm_hwm_kib();
+    bar.set_message("stopping");
+    cluster.stop().await;
+    bar.finish_and_clear();
+    let results = measured?;
+    let floor_p50_us = results
+        .iter()
+        .find(|r| r.scenario == Scenario::Floor)
+        .map_or(0.0, |r| r.summary.p50_us);
+    let report = Report {
+        options,
+        results,
+        floor_p50_us,
+        router_peak_kib,
+        peer_peak_kib,
+        bench_peak_kib,
+        total: started.elapsed(),
+    };
+    if let Some(path) = &report.options.json {
+        report::write_json(&report, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &report.options.svg {
+        svg::write(&report, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+fn progress_bar(options: &Options, selected: &[Scenario]) -> ProgressBar {
+    let total: usize = selected
+        .iter()
+        .map(|s| {
+            let per_sender = if s.is_throughput() {
+                options.messages * THROUGHPUT_FACTOR
+            } else {
+                options.messages
+            };
+            let senders = match s {
+                Scenario::PrivateBoth | Scenario::Room3TwoSenders => 2,
+                _ => 1,
+            };
+            per_sender * senders
+        })
+        .sum();
+    let target = if options.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .expect("the template is valid"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+async fn measure_all(
+    options: &Options,
+    selected: &[Scenario],
+    cluster: &mut Cluster,
+    bar: &ProgressBar,
+    [room3, room20, room3two]: [Room; 3],
+) -> anyhow::Result<Vec<ScenarioResult>> {
+    let has = |s: Scenario| selected.contains(&s);
+    let m01 = cluster.members[0].nick.clone();
+    let m01_addr = cluster.members[0].addr.clone();
+
+    // The senders join after the members, so each join's snapshot lists
+    // every member; then they join again, so each sees the other sender too.
+    let mut a_rooms = Vec::new();
+    if has(Scenario::Room3) {
+        a_rooms.push(room3.clone());
+    }
+    if has(Scenario::Room20) || has(Scenario::ThroughputRoom20) {
+        a_rooms.push(room20.clone());
+    }
+    if has(Scenario::Room3TwoSenders) {
+        a_rooms.push(room3two.clone());
+    }
+    let a = cluster.add_sender(nick("bench-a"), &a_rooms).await?;
+    let b = if has(Scenario::PrivateBoth) || has(Scenario::Room3TwoSenders) {
+        let b_rooms: Vec<Room> = a_rooms
+            .iter()
+            .filter(|r| **r == room3two)
+            .cloned()
+            .collect();
+        Some(cluster.add_sender(nick("bench-b"), &b_rooms).await?)
+    } else {
+        None
+    };
+    for r in a_rooms.iter().filter(|r| **r == room3two) {
+        a.join(r).await.context("bench-a cannot rejoin")?;
+    }
+
+    let body = "x".repeat(options.payload);
+    let n = options.messages;
+    let mut results = Vec::new();
+    for &scenario in selected {
+        bar.set_message(scenario.name());
+        let mut senders = 1;
+        let mut in_flight = 1;
+        let mut members = 2;
+        let start;
+        let samples = match scenario {
+            Scenario::Floor => {
+                start = Instant::now();
+                floor(&m01_addr, n, bar).await?
+            }
+            Scenario::Private => {
+                let t = Target::Private(m01.clone());
+                warm_up(&a, &t, &body).await;
+                start = Instant::now();
+                sequential(&a, &t, &body, n, bar).await
+            }
+            Scenario::PrivateBoth => {
+                let b = b.as_ref().expect("bench-b starts for private-both");
+                let (ta, tb) = (
+                    Target::Private(b.nick().clone()),
+                    Target::Private(a.nick().clone()),
+                );
+                warm_up(&a, &ta, &body).await;
+                warm_up(b, &tb, &body).await;
+                senders = 2;
+                start = Instant::now();
+                let (mut x, y) = tokio::join!(
+                    sequential(&a, &ta, &body, n, bar),
+                    sequential(b, &tb, &body, n, bar)
+                );
+                x.merge(y);
+                x
+            }
+            Scenario::Room3 => {
+                let t = Target::Room(room3.clone());
+                warm_up(&a, &t, &body).await;
+                members = 3;
+                start = Instant::now();
+                sequential(&a, &t, &body, n, bar).await
+            }
+            Scenario::Room20 => {
+                let t = Target::Room(room20.clone());
+                warm_up(&a, &t, &body).await;
+                members = options.room_size;
+                start = Instant::now();
+                sequential(&a, &t, &body, n, bar).await
+            }
+            Scenario::Room3TwoSenders => {
+                let b = b.as_ref().expect("bench-b starts for room-3-two-senders");
+                let t = Target::Room(room3two.clone());
+                warm_up(&a, &t, &body).await;
+                warm_up(b, &t, &body).await;
+                senders = 2;
+                members = 3;
+                start = Instant::now();
+                let (mut x, y) = tokio::join!(
+                    sequential(&a, &t, &body, n, bar),
+                    sequential(b, &t, &body, n, bar)
+                );
+                x.merge(y);
+                x
+            }
+            Scenario::ThroughputPrivate | Scenario::ThroughputRoom20 => {
+                let t = if scenario == Scenario::ThroughputPrivate {
+                    Target::Private(m01.clone())
+                } else {
+                    members = options.room_size;
+                    Target::Room(room20.clone())
+                };
+                warm_up(&a, &t, &body).await;
+                in_flight = IN_FLIGHT;
+                start = Instant::now();
+                concurrent(&a, &t, &body, n * THROUGHPUT_FACTOR, bar).await
+            }
+        };
+        let wall = start.elapsed();
+        if let Some(err) = &samples.first_error {
+            tracing::warn!(
+                scenario = scenario.name(),
+                failed = samples.failed,
+                "messages failed; the first: {err}"
+            );
+        }
+        let Samples {
+            mut lat_us, failed, ..
+        } = samples;
+        let summary = summarise(&mut lat_us);
+        results.push(ScenarioResult {
+            scenario,
+            messages: lat_us.len() + failed,
+            delivered: lat_us.len(),
+            failed,
+            senders,
+            members,
+            in_flight,
+            wall,
+            summary,
+            samples: lat_us,
+        });
+    }
+    Ok(results)
+}

@@ -1,0 +1,68 @@
+//! Latency summaries: mean and nearest-rank percentiles over one scenario's
+//! samples.
+
+use std::time::Duration;
+
+/// One scenario's latencies, summarised, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Summary {
+    pub count: usize,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// Microseconds, with the sub-microsecond part kept.
+pub fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Sorts `samples` (µs) in place and summarises them; all zeros when empty.
+pub fn summarise(samples: &mut [f64]) -> Summary {
+    if samples.is_empty() {
+        return Summary::default();
+    }
+    samples.sort_by(f64::total_cmp);
+    let sum: f64 = samples.iter().sum();
+    Summary {
+        count: samples.len(),
+        mean_us: sum / samples.len() as f64,
+        p50_us: percentile(samples, 50.0),
+        p90_us: percentile(samples, 90.0),
+        p99_us: percentile(samples, 99.0),
+        max_us: samples[samples.len() - 1],
+    }
+}
+
+/// Nearest-rank percentile of sorted, non-empty samples: the smallest sample
+/// with at least `p`% of the samples at or below it.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let mut s: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let sum = summarise(&mut s);
+        assert_eq!(sum.count, 100);
+        assert_eq!(sum.p50_us, 50.0);
+        assert_eq!(sum.p90_us, 90.0);
+        assert_eq!(sum.p99_us, 99.0);
+        assert_eq!(sum.max_us, 100.0);
+        assert!((sum.mean_us - 50.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_and_none() {
+        assert_eq!(summarise(&mut []), Summary::default());
+        let s = summarise(&mut [7.0]);
+        assert_eq!((s.p50_us, s.p99_us, s.max_us), (7.0, 7.0, 7.0));
+    }
+}

@@ -1,0 +1,139 @@
+//! `bench`: how fast parley is. Starts its own router and peers on
+//! loopback, runs the scenarios, prints a table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use parley::bench::{self, Options, Scenario};
+use parley::names::{Nick, Room};
+
+/// Benchmark parley on loopback: latency and throughput of private and room
+/// messages, against a bare gRPC call (the floor) and the figures of the
+/// Python design parley comes from.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// A scenario to run (repeatable; default all): floor, private,
+    /// private-both, room-3, room-20, room-3-two-senders, throughput
+    /// (= throughput-private and throughput-room-20).
+    #[arg(long = "scenario", value_name = "NAME", value_parser = |s: &str| Scenario::select(s))]
+    scenarios: Vec<Vec<Scenario>>,
+    /// Messages per sender and scenario (throughput sends 10x this).
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// Members of the room-20 room, the sender included.
+    #[arg(long, default_value_t = 20)]
+    room_size: usize,
+    /// Bytes of each message body (1-10000).
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Run every peer and the router in this process instead of starting
+    /// the members as separate processes.
+    #[arg(long)]
+    in_process: bool,
+    /// Write every figure as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw the latency CDF of every scenario as SVG to FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(subcommand)]
+    child: Option<Child>,
+}
+
+/// What the bench runs in its own child processes (hidden from --help).
+#[derive(Subcommand)]
+enum Child {
+    #[command(name = "__router", hide = true)]
+    Router,
+    #[command(name = "__peer", hide = true)]
+    Peer {
+        #[arg(long, value_parser = |s: &str| Nick::parse(s))]
+        nick: Nick,
+        #[arg(long)]
+        router: String,
+        #[arg(long = "join", value_parser = |s: &str| Room::parse(s))]
+        join: Vec<Room>,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    // Quiet by default: the progress bar and the table are the output.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("bench: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match args.child {
+            Some(Child::Router) => bench::child::serve_router().await.map(|()| None),
+            Some(Child::Peer {
+                nick,
+                router,
+                join,
+                data_dir,
+            }) => bench::child::serve_peer(nick, router, join, data_dir)
+                .await
+                .map(|()| None),
+            None => {
+                let options = Options {
+                    scenarios: args.scenarios.into_iter().flatten().collect(),
+                    messages: args.messages,
+                    room_size: args.room_size,
+                    payload: args.payload,
+                    in_process: args.in_process,
+                    json: args.json,
+                    svg: args.svg,
+                    quiet: args.quiet,
+                };
+                // Ctrl-C drops the run: every child is killed on drop and
+                // the temporary data directories are removed.
+                tokio::select! {
+                    report = bench::run(options) => report.map(Some),
+                    _ = parley::shutdown::signal() => Err(Interrupted.into()),
+                }
+            }
+        }
+    });
+    // Don't wait for peers' background tasks: the run is over.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(Some(report)) => {
+            print!("{}", bench::report::table(&report));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!("bench: interrupted; every process it started is stopped");
+            ExitCode::from(130)
+        }
+        Err(err) => {
+            eprintln!("bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM during a run.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+struct Interrupted;
