@@ -122,6 +122,12 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
         }
     }
 
+    // One connection (the writer thread's) is the only one ever open, and
+    // the data directory lock keeps other peers out: exclusive locking lets
+    // WAL skip its shared-memory index and the file locks around every
+    // transaction, a good part of a commit's cost.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
