@@ -295,18 +295,7 @@ impl Proc {
 
     /// Starts the `peer` binary in JSON mode and waits for `ready`.
     pub async fn peer(router: &str, nick: &str, dir: &std::path::Path, extra: &[&str]) -> Proc {
-        let dir = dir.to_str().unwrap();
-        let mut args = vec![
-            "--nick",
-            nick,
-            "--router",
-            router,
-            "--data-dir",
-            dir,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let mut p = Proc::spawn(env!("CARGO_BIN_EXE_peer"), &args);
+        let mut p = Self::spawn_peer(router, nick, dir, extra);
         let ready = p.event("ready").await;
         assert_eq!(ready["nick"], nick);
         p
