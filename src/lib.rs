@@ -6,7 +6,7 @@
 //! - [`bench`]: the bundled benchmark: its own router and peers on
 //!   loopback, latency and throughput against a bare gRPC call.
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
-//! - [`logging`]: tracing to stderr for the binaries.
+//! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`net`]: channels to other peers, kept per address, with deadlines.
 //! - [`peer`]: the peer: chat service, router session, sending, outbox.

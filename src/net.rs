@@ -78,14 +78,6 @@ impl Peers {
         let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         down.get(address).is_some_and(|t| t.elapsed() < DOWN_FOR)
     }
-
-    /// Forgets the channel to `address` (the peer moved or is gone).
-    pub fn forget(&self, address: &str) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(address);
-    }
 }
 
 /// An endpoint with the settings every parley connection uses.

@@ -6,33 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, Proxy};
-use parley::proto::router_client::RouterClient;
-use parley::proto::FindRequest;
+use common::{until_members, Proc, Proxy};
 use serde_json::Value;
 
 type History = Vec<(String, u64, String)>;
-
-/// Waits (at most `within`) until the router shows `room` with `n` members.
-async fn until_members(router: &str, room: &str, n: usize, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(mut c) = RouterClient::connect(format!("http://{router}")).await {
-            let found = c
-                .find(FindRequest { name: room.into() })
-                .await
-                .map(|r| r.into_inner().members.len());
-            if found.is_ok_and(|f| f == n) {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{room} never had {n} members within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Waits (at most 20 s) until every peer's history of `conv` equals the
 /// first one's and holds `n` messages; returns it.

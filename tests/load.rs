@@ -93,6 +93,15 @@ async fn login(c: &mut RouterClient<Channel>, i: usize) -> Result<String, tonic:
     .token)
 }
 
+async fn list_rooms(c: &RouterClient<Channel>) -> Vec<RoomInfo> {
+    let mut c = c.clone();
+    c.list_rooms(ListRoomsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rooms
+}
+
 async fn heartbeat_all(c: &RouterClient<Channel>, tokens: &[String]) -> usize {
     stream::iter(tokens.iter().cloned())
         .map(|token| {
@@ -137,13 +146,7 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
     let logged_in = started.elapsed();
     assert_eq!(tokens.len(), USERS);
     assert_eq!(heartbeat_all(&c, &tokens).await, USERS);
-    let rooms = c
-        .clone()
-        .list_rooms(ListRoomsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .rooms;
+    let rooms = list_rooms(&c).await;
     assert_eq!(rooms.len(), ROOMS);
     assert!(rooms.iter().all(|r| r.members == (USERS / ROOMS) as u32));
 
@@ -180,13 +183,7 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
     let late_by = gone_at.unwrap().saturating_duration_since(expected_gone);
     // The silent ones are gone from rooms and their tokens are refused.
     assert_eq!(heartbeat_all(&c, silent).await, 0);
-    let rooms = c
-        .clone()
-        .list_rooms(ListRoomsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .rooms;
+    let rooms = list_rooms(&c).await;
     let members: u32 = rooms.iter().map(|r| r.members).sum();
     assert_eq!(members as usize, USERS / 2);
     let peak = peak_kib(router.pid()).unwrap_or(0);

@@ -6,35 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ids, peer_behind_proxy, TestPeer, TestRouter};
+use common::{ids, peer_behind_proxy, until_members, TestPeer, TestRouter};
 use parley::names::Room;
 use parley::peer::{now_ms, PeerError, PeerEvent};
 use parley::proto::FindRequest;
 
 const TTL: Duration = Duration::from_secs(10);
-
-/// Waits (10 s at most) until the router shows `name` (a nick or a room)
-/// with `members` members; 0 means not found.
-async fn until_router_shows(router: &TestRouter, name: &str, members: usize) {
-    let mut c = router.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .find(FindRequest { name: name.into() })
-            .await
-            .map(|r| r.into_inner());
-        if let Ok(r) = r {
-            if r.members.len() == members {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "router never showed {name} with {members} members"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_killed_peer_restarts_reclaims_its_nick_and_catches_up() {
@@ -177,7 +154,7 @@ async fn the_chat_goes_on_through_a_router_restart() {
     // themselves.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let router = TestRouter::start_on(listener, ttl).await;
-    until_router_shows(&router, "#r", 3).await;
+    until_members(&router.addr.to_string(), "#r", 3, Duration::from_secs(10)).await;
     for p in &peers {
         let r = p.say("#r", &format!("after from {}", p.peer.nick())).await;
         assert_eq!(r.delivered.len(), 2, "{r:?}");
@@ -320,7 +297,7 @@ async fn a_wiped_peer_comes_back_as_a_new_incarnation() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     // A new secret cannot reclaim the nick: wait for the old lease to end.
-    until_router_shows(&router, "a", 0).await;
+    until_members(&router.addr.to_string(), "a", 0, Duration::from_secs(10)).await;
     let a = TestPeer::start_in(router.addr, "a", dir).await.unwrap();
     assert_ne!(a.peer.incarnation(), old);
     let j = a.join("#r").await;

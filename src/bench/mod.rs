@@ -265,6 +265,22 @@ async fn sequential(
     samples
 }
 
+/// Two senders at once, each sending `n` one after another.
+async fn two_sequential(
+    a: (&Peer, &Target),
+    b: (&Peer, &Target),
+    body: &str,
+    n: usize,
+    bar: &ProgressBar,
+) -> Samples {
+    let (mut x, y) = tokio::join!(
+        sequential(a.0, a.1, body, n, bar),
+        sequential(b.0, b.1, body, n, bar)
+    );
+    x.merge(y);
+    x
+}
+
 /// `n` sends, `IN_FLIGHT` at a time, over the same peer.
 async fn concurrent(
     peer: &Peer,
@@ -549,12 +565,7 @@ async fn measure_all(
                 warm_up(b, &tb, &body).await;
                 senders = 2;
                 start = Instant::now();
-                let (mut x, y) = tokio::join!(
-                    sequential(&a, &ta, &body, n, bar),
-                    sequential(b, &tb, &body, n, bar)
-                );
-                x.merge(y);
-                x
+                two_sequential((&a, &ta), (b, &tb), &body, n, bar).await
             }
             Scenario::Room3 => {
                 let t = Target::Room(room3.clone());
@@ -578,12 +589,7 @@ async fn measure_all(
                 senders = 2;
                 members = 3;
                 start = Instant::now();
-                let (mut x, y) = tokio::join!(
-                    sequential(&a, &t, &body, n, bar),
-                    sequential(b, &t, &body, n, bar)
-                );
-                x.merge(y);
-                x
+                two_sequential((&a, &t), (b, &t), &body, n, bar).await
             }
             Scenario::ThroughputPrivate | Scenario::ThroughputRoom20 => {
                 let t = if scenario == Scenario::ThroughputPrivate {

@@ -60,21 +60,7 @@ fn default_data_dir(nick: &Nick) -> Result<PathBuf, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    parley::logging::init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("peer: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("peer: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    parley::logging::run_main("peer", run(args))
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -22,21 +22,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    parley::logging::init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("router: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("router: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    parley::logging::run_main("router", run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -697,11 +697,6 @@ impl Peer {
             .collect())
     }
 
-    /// The rooms this peer sits in.
-    pub fn my_rooms(&self) -> Vec<String> {
-        self.inner.world.my_rooms()
-    }
-
     /// The last `limit` messages of a conversation (canonical key).
     pub async fn history(&self, conv: &str, limit: usize) -> Result<Vec<ChatMessage>, PeerError> {
         Ok(self.inner.store.history(conv, limit).await?)

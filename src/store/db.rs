@@ -481,11 +481,25 @@ pub(crate) fn outbox_add(
     recipient: &str,
     ids: &[MsgId],
 ) -> rusqlite::Result<()> {
-    let recipient = recipient.to_ascii_lowercase();
-    let mut stmt = conn.prepare_cached(
+    for_each_outbox_row(
+        conn,
         "INSERT OR IGNORE INTO outbox (recipient, conversation, author_lower, incarnation, seq)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
+        recipient,
+        ids,
+    )
+}
+
+/// Runs `sql` (taking recipient, conversation, author, incarnation, seq) once
+/// per id: the one shape outbox writes share.
+fn for_each_outbox_row(
+    conn: &Connection,
+    sql: &str,
+    recipient: &str,
+    ids: &[MsgId],
+) -> rusqlite::Result<()> {
+    let recipient = recipient.to_ascii_lowercase();
+    let mut stmt = conn.prepare_cached(sql)?;
     for id in ids {
         stmt.execute(params![
             recipient,
@@ -518,21 +532,13 @@ pub(crate) fn outbox_done(
     recipient: &str,
     ids: &[MsgId],
 ) -> rusqlite::Result<()> {
-    let recipient = recipient.to_ascii_lowercase();
-    let mut stmt = conn.prepare_cached(
+    for_each_outbox_row(
+        conn,
         "DELETE FROM outbox WHERE recipient = ?1 AND conversation = ?2
            AND author_lower = ?3 AND incarnation = ?4 AND seq = ?5",
-    )?;
-    for id in ids {
-        stmt.execute(params![
-            recipient,
-            id.conversation,
-            id.author_lower.to_ascii_lowercase(),
-            enc(id.incarnation),
-            enc(id.seq)
-        ])?;
-    }
-    Ok(())
+        recipient,
+        ids,
+    )
 }
 
 pub(crate) fn outbox_recipients(conn: &Connection) -> rusqlite::Result<Vec<String>> {

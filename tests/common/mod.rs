@@ -464,3 +464,25 @@ pub async fn peer_behind_proxy(
         proxy,
     )
 }
+
+/// Waits (at most `within`) until the router at `router` shows `name` (a
+/// nick or a #room) with `n` members; 0 means not found.
+pub async fn until_members(router: &str, name: &str, n: usize, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(mut c) = RouterClient::connect(format!("http://{router}")).await {
+            let found = c
+                .find(parley::proto::FindRequest { name: name.into() })
+                .await
+                .map(|r| r.into_inner().members.len());
+            if found.is_ok_and(|f| f == n) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never had {n} members within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
