@@ -102,6 +102,25 @@ pub struct PeerConfig {
     pub advertise: Option<String>,
 }
 
+impl PeerConfig {
+    /// A peer for `nick` on `listener`, logging in to `router`, keeping its
+    /// state in `data_dir`, with every other setting at its default.
+    pub fn new(
+        nick: Nick,
+        router: impl Into<String>,
+        listener: TcpListener,
+        data_dir: PathBuf,
+    ) -> PeerConfig {
+        PeerConfig {
+            nick,
+            router: router.into(),
+            listener,
+            data_dir,
+            advertise: None,
+        }
+    }
+}
+
 /// What a join did.
 #[derive(Debug, Clone)]
 pub struct Joined {
