@@ -52,7 +52,7 @@ impl Client {
     pub async fn run(
         mut self,
         mut lines: mpsc::Receiver<String>,
-        mut events: mpsc::UnboundedReceiver<PeerEvent>,
+        mut events: mpsc::Receiver<PeerEvent>,
         stop: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(stop);
@@ -81,6 +81,16 @@ impl Client {
                     self.current = None;
                 }
                 self.print(Output::Left { room, reason });
+            }
+            PeerEvent::Back { room, new } => {
+                // Back after a restart: the room is where lines go, unless
+                // the person already picked somewhere else.
+                if self.current.is_none() {
+                    if let Ok(r) = Room::parse(&room) {
+                        self.current = Some(Target::Room(r));
+                    }
+                }
+                self.print(Output::Back { room, new });
             }
             PeerEvent::Notice(message) => self.print(Output::info(message)),
         }

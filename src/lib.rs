@@ -7,6 +7,7 @@
 //!   loopback, latency and throughput against a bare gRPC call.
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
 //! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
+//! - [`message`]: what makes a message from the wire valid; the wall clock.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`net`]: channels to other peers, kept per address, with deadlines.
 //! - [`peer`]: the peer: chat service, router session, sending, outbox.
@@ -23,6 +24,7 @@
 pub mod bench;
 pub mod client;
 pub mod logging;
+pub mod message;
 pub mod names;
 pub mod net;
 pub mod peer;

@@ -1,14 +1,17 @@
 //! Connections to other peers: one lazily connected HTTP/2 channel per peer
 //! address, kept and reused for every call (never a connection per
-//! message), each call under a deadline.
+//! message), each call under a deadline; and the one `Deliver` call every
+//! sender (fan-out, outbox, pushes after a sync) makes through them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
 
 use crate::proto::chat_client::ChatClient;
+use crate::proto::{ChatMessage, DeliverRequest};
 
 /// Deadline of one `Deliver` (or version query) to one peer: a frozen or
 /// vanished member must not stall the sender.
@@ -17,6 +20,11 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest message a peer decodes: a history page is capped well below it.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Most channels kept at once. Past it the least recently used one is
+/// dropped (its connection closes once no call holds it): a peer that has
+/// met thousands of addresses over a long life keeps a bounded cache, and a
+/// dropped channel simply reconnects on its next use.
+pub const MAX_CHANNELS: usize = 1024;
 
 /// Errors of reaching another peer.
 #[derive(Debug, thiserror::Error)]
@@ -28,11 +36,45 @@ pub enum NetError {
 /// How long an address that failed to answer is skipped by senders.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
 
+/// How a `Deliver` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The member has committed it (or already held it).
+    Stored,
+    /// The member answered definitely that it will never take this message
+    /// as it stands (malformed, not a member, not a party): retrying the
+    /// same message cannot help.
+    Refused,
+    /// No answer in time, no connection, or an answer that says "not now"
+    /// (the member's router is unreachable, its session is being renewed):
+    /// worth retrying later.
+    Unreachable,
+}
+
+impl Delivery {
+    /// What a failed call's status means. Only codes a member returns when
+    /// it is sure are definite; everything else is worth another try.
+    pub fn of_status(code: Code) -> Delivery {
+        match code {
+            Code::Ok => Delivery::Stored,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied => {
+                Delivery::Refused
+            }
+            _ => Delivery::Unreachable,
+        }
+    }
+}
+
+struct Kept {
+    channel: Channel,
+    used: Instant,
+}
+
 /// The channels to other peers, by address. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Peers {
     /// Held only to look up or insert a channel, never across an `.await`.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, Kept>>>,
     /// Addresses that last failed to answer, and when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -46,12 +88,29 @@ impl Peers {
     /// for it. Connecting happens on first use, and again after a failure.
     pub fn client(&self, address: &str) -> Result<ChatClient<Channel>, NetError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match channels.get(address) {
-            Some(c) => c.clone(),
+        let now = Instant::now();
+        let channel = match channels.get_mut(address) {
+            Some(kept) => {
+                kept.used = now;
+                kept.channel.clone()
+            }
             None => {
-                let c = endpoint(address)?.connect_lazy();
-                channels.insert(address.to_owned(), c.clone());
-                c
+                let channel = endpoint(address)?.connect_lazy();
+                if channels.len() >= MAX_CHANNELS {
+                    let oldest = channels
+                        .iter()
+                        .min_by_key(|(_, k)| k.used)
+                        .map(|(a, _)| a.clone());
+                    if let Some(a) = oldest {
+                        channels.remove(&a);
+                    }
+                }
+                let kept = Kept {
+                    channel: channel.clone(),
+                    used: now,
+                };
+                channels.insert(address.to_owned(), kept);
+                channel
             }
         };
         Ok(ChatClient::new(channel)
@@ -59,9 +118,48 @@ impl Peers {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
+    /// How many channels are kept now.
+    pub fn cached(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// One `Deliver` of `msg` to the peer at `address`, under
+    /// [`CALL_DEADLINE`]. Remembers whether the address answered.
+    pub async fn deliver(&self, address: &str, msg: ChatMessage) -> Delivery {
+        let Ok(mut client) = self.client(address) else {
+            // An address that cannot be parsed today may be replaced by a
+            // good one when the member logs in again: not a refusal.
+            return Delivery::Unreachable;
+        };
+        let mut req = tonic::Request::new(DeliverRequest { message: Some(msg) });
+        req.set_timeout(CALL_DEADLINE);
+        let result = match tokio::time::timeout(CALL_DEADLINE, client.deliver(req)).await {
+            Ok(Ok(_)) => Delivery::Stored,
+            Ok(Err(status)) => {
+                tracing::debug!(address, %status, "deliver failed");
+                Delivery::of_status(status.code())
+            }
+            Err(_) => {
+                tracing::debug!(address, "deliver timed out");
+                Delivery::Unreachable
+            }
+        };
+        match result {
+            Delivery::Unreachable => self.mark_down(address),
+            _ => self.mark_up(address),
+        }
+        result
+    }
+
     /// Records that `address` did not answer in time.
     pub fn mark_down(&self, address: &str) {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries older than DOWN_FOR mean nothing: drop them so the map
+        // stays as small as the set of addresses failing now.
+        down.retain(|_, t| t.elapsed() < DOWN_FOR);
         down.insert(address.to_owned(), Instant::now());
     }
 
@@ -89,4 +187,36 @@ pub fn endpoint(address: &str) -> Result<Endpoint, NetError> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_channel_cache_is_bounded() {
+        let peers = Peers::new();
+        for port in 0..(MAX_CHANNELS + 10) {
+            peers.client(&format!("127.0.0.1:{}", 1 + port)).unwrap();
+        }
+        assert_eq!(peers.cached(), MAX_CHANNELS);
+    }
+
+    #[test]
+    fn only_definite_answers_are_refusals() {
+        assert_eq!(Delivery::of_status(Code::Ok), Delivery::Stored);
+        assert_eq!(
+            Delivery::of_status(Code::PermissionDenied),
+            Delivery::Refused
+        );
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Unauthenticated,
+            Code::ResourceExhausted,
+            Code::Internal,
+        ] {
+            assert_eq!(Delivery::of_status(code), Delivery::Unreachable);
+        }
+    }
 }

@@ -7,8 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::{ids, peer_behind_proxy, until_members, TestPeer, TestRouter};
+use parley::message::now_ms;
 use parley::names::Room;
-use parley::peer::{now_ms, PeerError, PeerEvent};
+use parley::peer::session::SessionError;
+use parley::peer::{PeerError, PeerEvent};
 use parley::proto::FindRequest;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -66,7 +68,10 @@ async fn a_stranger_cannot_take_a_live_nick() {
         .await
         .err()
         .expect("refused");
-    assert!(matches!(err, PeerError::NickTaken(_)), "{err:?}");
+    assert!(
+        matches!(err, PeerError::Session(SessionError::NickTaken(_))),
+        "{err:?}"
+    );
     // Alice is untouched.
     let mut c = router.client().await;
     let found = c

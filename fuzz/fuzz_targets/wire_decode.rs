@@ -23,7 +23,7 @@ fn names(s: &str) {
 }
 
 fn message(m: &ChatMessage) {
-    if let Ok(conv) = parley::peer::valid_message(m) {
+    if let Ok(conv) = parley::message::valid_message(m) {
         // What validates round-trips to the same canonical key.
         assert_eq!(conv.key(), m.conversation);
         assert!(check_body(&m.body).is_ok());

@@ -73,14 +73,7 @@ pub async fn serve_peer(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1")?;
-    let (peer, events) = Peer::start(PeerConfig {
-        nick,
-        router,
-        listener,
-        data_dir,
-        advertise: None,
-    })
-    .await?;
+    let (peer, events) = Peer::start(PeerConfig::new(nick, router, listener, data_dir)).await?;
     let drain = super::cluster::drain(events);
     for room in &rooms {
         peer.join(room).await?;

@@ -24,7 +24,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads and drops a peer's events, so the unbounded queue does not grow
 /// with every message (and inflate the memory figures).
-pub fn drain(mut events: mpsc::UnboundedReceiver<PeerEvent>) -> tokio::task::JoinHandle<()> {
+pub fn drain(mut events: mpsc::Receiver<PeerEvent>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { while events.recv().await.is_some() {} })
 }
 
@@ -251,13 +251,12 @@ async fn start_peer(nick: &Nick, router: &str, root: &Path) -> anyhow::Result<Pe
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1")?;
-    let (peer, events) = Peer::start(PeerConfig {
-        nick: nick.clone(),
-        router: router.to_owned(),
+    let (peer, events) = Peer::start(PeerConfig::new(
+        nick.clone(),
+        router,
         listener,
-        data_dir: data_dir(root, nick),
-        advertise: None,
-    })
+        data_dir(root, nick),
+    ))
     .await
     .with_context(|| format!("cannot start peer {nick}"))?;
     drain(events);

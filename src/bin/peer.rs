@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use parley::client::Client;
@@ -37,6 +38,20 @@ struct Args {
     /// One JSON object per line on stdout, for scripts.
     #[arg(long)]
     json: bool,
+    /// Seconds between comparisons of history with the other members of
+    /// each conversation (anti-entropy; jittered). Decimals work: 0.5.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = sync_interval)]
+    sync_interval: Duration,
+}
+
+fn sync_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.1..=86_400.0).contains(&secs) {
+        return Err("the sync interval is 0.1 to 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn advertise_addr(s: &str) -> Result<String, String> {
@@ -71,15 +86,10 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let (peer, events) = Peer::start(PeerConfig {
-        nick: args.nick.clone(),
-        router: args.router,
-        listener,
-        data_dir,
-        advertise: args.advertise,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut config = PeerConfig::new(args.nick.clone(), args.router, listener, data_dir);
+    config.advertise = args.advertise;
+    config.sync_interval = args.sync_interval;
+    let (peer, events) = Peer::start(config).await.map_err(|e| e.to_string())?;
     let (lines, printer) = spawn_input(args.json);
     printer.print(&Output::Ready {
         nick: peer.nick().to_string(),

@@ -6,13 +6,19 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
-use super::{valid_message, Peer, PeerEvent};
-use crate::names::{Conversation, Nick};
+use super::events::{Events, PeerEvent};
+use super::rooms::Rooms;
+use super::session::Session;
+use crate::message::valid_message;
+use crate::names::{Conversation, Nick, Room};
 use crate::proto::chat_server::Chat;
 use crate::proto::*;
-use crate::store::{OrderKey, StoreError};
+use crate::store::{PullCursor, Store, StoreError};
+use crate::sync::{digest, Syncer};
 
 /// Most messages a history page carries, whatever the requester asks.
 const MAX_PAGE: usize = 1000;
@@ -31,13 +37,22 @@ impl From<StoreError> for Status {
     }
 }
 
+/// What the chat service serves from: the store, the picture of the world
+/// (through the session), the rooms the person wants, and where new
+/// messages and gaps go. Not the peer itself.
 pub(super) struct ChatService {
-    peer: Peer,
+    pub(super) store: Store,
+    pub(super) session: Session,
+    pub(super) rooms: Rooms,
+    pub(super) sync: Syncer,
+    pub(super) events: Events,
+    pub(super) stop: CancellationToken,
+    pub(super) tasks: TaskTracker,
 }
 
 impl ChatService {
-    pub(super) fn new(peer: Peer) -> ChatService {
-        ChatService { peer }
+    fn me(&self) -> &Nick {
+        self.session.nick()
     }
 
     /// Refuses conversations this peer has no part in: a private one must
@@ -47,13 +62,48 @@ impl ChatService {
         if let Conversation::Private(..) = conv {
             let requester = Nick::parse(requester)
                 .map_err(|e| Status::invalid_argument(format!("requester: {e}")))?;
-            if !conv.is_party(&self.peer.inner.nick) || !conv.is_party(&requester) {
+            if !conv.is_party(self.me()) || !conv.is_party(&requester) {
                 return Err(Status::permission_denied(
                     "not a party to that private conversation",
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Whether a room message from `author` may be stored here. Refusals
+    /// (FAILED_PRECONDITION, PERMISSION_DENIED) are definite: the sender
+    /// stops trying. When this peer cannot tell yet (its router is
+    /// unreachable, it is joining the room again) the answer is
+    /// UNAVAILABLE, so the sender keeps the message owed and retries.
+    async fn check_room(&self, room: &Room, author: &Nick) -> Result<(), Status> {
+        let world = self.session.world();
+        if !world.in_room(room.as_str()) {
+            if self.rooms.contains(room.as_str()) {
+                return Err(Status::unavailable(format!(
+                    "joining {room} again; try later"
+                )));
+            }
+            return Err(Status::failed_precondition(format!(
+                "not a member of {room}"
+            )));
+        }
+        match self
+            .session
+            .confirm_member(room.as_str(), author.as_str())
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::permission_denied(format!(
+                "{author} is not a member of {room}"
+            ))),
+            Err(err) => {
+                tracing::debug!(cause = %err, %room, %author, "cannot check membership");
+                Err(Status::unavailable(format!(
+                    "cannot check that {author} is in {room} now; try later"
+                )))
+            }
+        }
     }
 }
 
@@ -70,8 +120,7 @@ impl Chat for ChatService {
             .message
             .ok_or_else(|| Status::invalid_argument("missing message"))?;
         let conv = valid_message(&msg).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let peer = &self.peer;
-        let me = &peer.inner.nick;
+        let me = self.me();
         let author =
             Nick::parse(&msg.author).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if author.key() == me.key() {
@@ -80,20 +129,7 @@ impl Chat for ChatService {
             ));
         }
         match &conv {
-            Conversation::Room(room) => {
-                if !peer.inner.world.in_room(room.as_str()) {
-                    return Err(Status::failed_precondition(format!(
-                        "not a member of {room}"
-                    )));
-                }
-                if !peer.inner.world.is_member(room.as_str(), author.as_str())
-                    && !peer.confirm_member(room.as_str(), author.as_str()).await
-                {
-                    return Err(Status::permission_denied(format!(
-                        "{author} is not a member of {room}"
-                    )));
-                }
-            }
+            Conversation::Room(room) => self.check_room(room, &author).await?,
             Conversation::Private(..) => {
                 if !conv.is_party(me) || !conv.is_party(&author) {
                     return Err(Status::permission_denied(
@@ -102,12 +138,14 @@ impl Chat for ChatService {
                 }
             }
         }
-        let inserted = peer.inner.store.insert(msg.clone()).await?;
+        let inserted = self.store.insert(msg.clone()).await?;
         if inserted.gap {
-            peer.repair_gap(&msg);
+            if let Some(sender) = self.session.world().user(&msg.author) {
+                self.sync.repair_gap(&msg, sender.address);
+            }
         }
         if inserted.new {
-            peer.emit(PeerEvent::Message {
+            self.events.emit(PeerEvent::Message {
                 msg,
                 late: inserted.late,
             });
@@ -125,10 +163,18 @@ impl Chat for ChatService {
         let conv = Conversation::parse_key(&req.conversation)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.check_access(&conv, &req.requester)?;
-        let v = self.peer.inner.store.version(&req.conversation).await?;
+        let v = self.store.version(&req.conversation).await?;
+        if !req.digest.is_empty() && req.digest == digest(&v.vector) {
+            return Ok(Response::new(GetVersionResponse {
+                version: v.count,
+                vector: Vec::new(),
+                same: true,
+            }));
+        }
         Ok(Response::new(GetVersionResponse {
             version: v.count,
             vector: v.vector,
+            same: false,
         }))
     }
 
@@ -143,25 +189,25 @@ impl Chat for ChatService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.check_access(&conv, &req.requester)?;
         let page = (req.page_size as usize).clamp(1, MAX_PAGE);
-        let store = self.peer.inner.store.clone();
+        let store = self.store.clone();
         let (tx, rx) = mpsc::channel(4);
-        let stop = self.peer.inner.stop.clone();
-        self.peer.inner.tasks.spawn(async move {
-            let mut after: Option<OrderKey> = None;
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            let mut cursor = PullCursor::default();
             loop {
                 let batch = tokio::select! {
                     _ = stop.cancelled() => return,
-                    b = store.missing(&req.conversation, req.have.clone(), after.clone(), page) => b,
+                    b = store.missing_page(&req.conversation, req.have.clone(), None, std::mem::take(&mut cursor), page) => b,
                 };
-                let batch = match batch {
+                let (batch, next) = match batch {
                     Ok(b) => b,
                     Err(err) => {
                         let _ = tx.send(Err(Status::from(err))).await;
                         return;
                     }
                 };
-                let last = batch.len() < page;
-                after = batch.last().map(OrderKey::of);
+                let last = next.is_none();
+                cursor = next.unwrap_or_default();
                 // Split by size so no frame nears the transport's limit.
                 let mut messages = Vec::new();
                 let mut bytes = 0;

@@ -7,15 +7,36 @@
 //! revision it reflects; events at or below it are already in it, and events
 //! above it that arrived first (the watch stream can overtake the join's
 //! answer) are replayed from a short log.
+//!
+//! A snapshot can miss members that are still there: right after a router
+//! restart, those that have not logged in again yet. So a member that a
+//! snapshot drops without a `MemberLeft` event stays *absent* for a while
+//! ([`ABSENT_FOR`]): sends owe it the message (an outbox row) instead of
+//! forgetting it, and a message from it is neither taken nor refused until
+//! the router can say.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::proto::registry_event::Kind;
 use crate::proto::{Member, RegistryEvent};
 
 /// Recent events kept to replay over a snapshot that arrives late.
 const LOG_LEN: usize = 4096;
+/// How long a member dropped by a snapshot stays absent: every live peer
+/// logs in again within a lease or two of a router's return.
+pub const ABSENT_FOR: Duration = Duration::from_secs(60);
+
+/// What the picture says of a nick in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Member,
+    /// Dropped by a snapshot, not seen leaving: maybe still there.
+    Absent,
+    /// Not in the picture (or this peer is not in the room).
+    Unknown,
+}
 
 /// What an applied event means to this peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +57,8 @@ struct RoomView {
     revision: u64,
     /// Nick key → member.
     members: BTreeMap<String, Member>,
+    /// Nick key → (nick as written, since when): see the module doc.
+    absent: BTreeMap<String, (String, Instant)>,
 }
 
 #[derive(Default)]
@@ -78,10 +101,23 @@ impl World {
             name: name.to_owned(),
             revision,
             members: BTreeMap::new(),
+            absent: BTreeMap::new(),
         };
         for m in members {
             s.users.insert(key(&m.nick), m.clone());
             view.members.insert(key(&m.nick), m);
+        }
+        if let Some(old) = s.rooms.get(&room_key) {
+            let now = Instant::now();
+            let dropped = old
+                .members
+                .iter()
+                .map(|(k, m)| (k.clone(), (m.nick.clone(), now)))
+                .chain(old.absent.clone())
+                .filter(|(k, (_, since))| {
+                    !view.members.contains_key(k) && now.duration_since(*since) < ABSENT_FOR
+                });
+            view.absent = dropped.collect();
         }
         let later: Vec<RegistryEvent> = s
             .log
@@ -100,9 +136,15 @@ impl World {
         self.lock().rooms.remove(&key(room));
     }
 
-    /// Forgets every room (the session ended; they are joined again).
-    pub fn clear_rooms(&self) {
-        self.lock().rooms.clear();
+    /// A new session began (the router may have restarted and counts
+    /// revisions afresh): events logged so far mean nothing to the next
+    /// snapshots, and every room takes whatever comes until its snapshot.
+    pub fn new_session(&self) {
+        let mut s = self.lock();
+        s.log.clear();
+        for view in s.rooms.values_mut() {
+            view.revision = 0;
+        }
     }
 
     pub fn in_room(&self, room: &str) -> bool {
@@ -124,11 +166,49 @@ impl World {
             .map(|r| r.members.values().cloned().collect())
     }
 
+    /// Members of `room` without this peer's own nick `me`: those online
+    /// (with addresses) and those absent (nicks only). None when not in it.
+    pub fn recipients(&self, room: &str, me: &str) -> Option<(Vec<Member>, Vec<String>)> {
+        let s = self.lock();
+        let view = s.rooms.get(&key(room))?;
+        let me = key(me);
+        let now = Instant::now();
+        let present = view
+            .members
+            .iter()
+            .filter(|(k, _)| **k != me)
+            .map(|(_, m)| m.clone())
+            .collect();
+        let absent = view
+            .absent
+            .iter()
+            .filter(|(k, (_, since))| **k != me && now.duration_since(*since) < ABSENT_FOR)
+            .map(|(_, (nick, _))| nick.clone())
+            .collect();
+        Some((present, absent))
+    }
+
     pub fn is_member(&self, room: &str, nick: &str) -> bool {
-        self.lock()
-            .rooms
-            .get(&key(room))
-            .is_some_and(|r| r.members.contains_key(&key(nick)))
+        self.membership(room, nick) == Membership::Member
+    }
+
+    pub fn membership(&self, room: &str, nick: &str) -> Membership {
+        let s = self.lock();
+        let Some(view) = s.rooms.get(&key(room)) else {
+            return Membership::Unknown;
+        };
+        let k = key(nick);
+        if view.members.contains_key(&k) {
+            Membership::Member
+        } else if view
+            .absent
+            .get(&k)
+            .is_some_and(|(_, since)| since.elapsed() < ABSENT_FOR)
+        {
+            Membership::Absent
+        } else {
+            Membership::Unknown
+        }
     }
 
     /// The online user holding `nick`, if this peer knows of one.
@@ -185,6 +265,7 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) {
         return;
     }
     view.revision = e.revision;
+    view.absent.remove(&key(&member.nick));
     if joined {
         view.members.insert(key(&member.nick), member.clone());
     } else {
@@ -241,6 +322,40 @@ mod tests {
         assert_eq!(nicks, ["alice", "bob", "carol"]);
         assert!(w.is_member("#r", "CAROL"));
         assert_eq!(w.my_rooms(), ["#R"]);
+    }
+
+    #[test]
+    fn a_member_a_snapshot_drops_is_absent_not_forgotten() {
+        let w = World::default();
+        w.set_room("#r", vec![m("alice"), m("bob"), m("carol")], 7);
+        // The router restarted: only alice and carol are back so far.
+        w.new_session();
+        w.set_room("#r", vec![m("alice"), m("carol")], 2);
+        assert_eq!(w.membership("#r", "bob"), Membership::Absent);
+        let (present, absent) = w.recipients("#r", "alice").unwrap();
+        assert_eq!(present, vec![m("carol")]);
+        assert_eq!(absent, vec!["bob".to_string()]);
+        // Bob's join (revision 3 of the new router) makes him a member again.
+        w.apply(ev(
+            3,
+            Kind::MemberJoined(RoomMember {
+                room: "#r".into(),
+                member: Some(m("bob")),
+            }),
+        ));
+        assert_eq!(w.membership("#r", "bob"), Membership::Member);
+        let (present, absent) = w.recipients("#r", "alice").unwrap();
+        assert_eq!(present.len(), 2);
+        assert!(absent.is_empty());
+        // One seen leaving is gone, not absent.
+        w.apply(ev(
+            4,
+            Kind::MemberLeft(RoomMember {
+                room: "#r".into(),
+                member: Some(m("carol")),
+            }),
+        ));
+        assert_eq!(w.membership("#r", "carol"), Membership::Unknown);
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! The schema and the synchronous SQL behind every store command. Everything
 //! here runs on the writer thread, inside its open transaction.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
-use super::{Identity, Inserted, MsgId, OrderKey, StoreError, Version};
+use super::{Identity, Inserted, MsgId, OrderKey, PullCursor, StoreError, Version};
 use crate::proto::{ChatMessage, VectorEntry};
 
 /// `PRAGMA application_id` of a parley history ("PRLY"), so a foreign SQLite
 /// file is recognised as such rather than adopted.
 const APPLICATION_ID: i32 = 0x5052_4c59;
-/// `PRAGMA user_version`: the schema revision.
-const SCHEMA_VERSION: i32 = 1;
+/// `PRAGMA user_version`: the schema revision. A file at an older revision is
+/// upgraded in place at open; a newer one is refused.
+const SCHEMA_VERSION: i32 = 2;
 
 /// Incarnations are random over the full u64 range and seq / lamport arrive
 /// from other peers, but SQLite integers are i64. Flipping the top bit maps
@@ -27,7 +29,10 @@ pub(crate) fn dec(x: i64) -> u64 {
     (x as u64) ^ (1 << 63)
 }
 
-const SCHEMA: &str = "
+/// The first schema, as version 1 files hold it. A new file is created at
+/// this revision and upgraded through [`MIGRATIONS`] like an old one, so
+/// there is one path to the current schema and it is exercised every time.
+const SCHEMA_V1: &str = "
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -72,6 +77,33 @@ CREATE TABLE outbox (
 ) WITHOUT ROWID;
 ";
 
+/// `MIGRATIONS[i]` upgrades revision `i + 1` to `i + 2`; one per revision
+/// after the first.
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2
+    "
+-- The rooms this peer is in, kept across restarts.
+CREATE TABLE rooms (
+    room_key TEXT PRIMARY KEY,  -- the name, ASCII-lowercased
+    name     TEXT NOT NULL      -- as first written
+) WITHOUT ROWID;
+-- Arrival order within a conversation (an index carries the rowid as its
+-- last column): a pull serves what was stored while it paged from here.
+CREATE INDEX messages_arrival ON messages (conversation);
+-- The owed message's lamport, copied in, so a recipient's queue reads in
+-- display order straight from an index instead of sorting all of it.
+ALTER TABLE outbox ADD COLUMN lamport INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET lamport = coalesce(
+    (SELECT m.lamport FROM messages m
+      WHERE m.conversation = outbox.conversation AND m.author_lower = outbox.author_lower
+        AND m.incarnation = outbox.incarnation AND m.seq = outbox.seq),
+    0);
+CREATE INDEX outbox_order
+    ON outbox (recipient, conversation, lamport, author_lower, incarnation, seq);
+",
+];
+const _: () = assert!(MIGRATIONS.len() + 1 == SCHEMA_VERSION as usize);
+
 /// Opens (creating if absent) the database at `path`, checks it really is a
 /// parley history, and returns the connection and the peer's identity.
 pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
@@ -103,7 +135,7 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
         path: path.to_path_buf(),
         cause: cause.to_string(),
     };
-    if tables > 0 {
+    let version = if tables > 0 {
         let app: i32 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
             .map_err(err)?;
@@ -115,12 +147,15 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
                 "a SQLite database, but not one written by parley (application_id differs)",
             ));
         }
-        if ver != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&ver) {
             return Err(corrupt(&format!(
-                "schema version {ver}, this parley understands {SCHEMA_VERSION}"
+                "schema version {ver}, this parley understands 1 to {SCHEMA_VERSION}"
             )));
         }
-    }
+        ver
+    } else {
+        0
+    };
 
     // One connection (the writer thread's) is the only one ever open, and
     // the data directory lock keeps other peers out: exclusive locking lets
@@ -134,11 +169,27 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
 
-    if tables == 0 {
+    if version == 0 {
         create(&conn).map_err(err)?;
+    } else if version < SCHEMA_VERSION {
+        in_transaction(&conn, || migrate(&conn, version)).map_err(err)?;
+        tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, "history schema upgraded");
     }
     let identity = read_identity(&conn, path)?;
     Ok((conn, identity))
+}
+
+/// Runs `f` in one transaction: committed if it succeeds, rolled back if not.
+fn in_transaction(
+    conn: &Connection,
+    f: impl FnOnce() -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = f().and_then(|()| conn.execute_batch("COMMIT"));
+    if r.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    r
 }
 
 /// Creates the schema and draws the identity, in one transaction so a crash
@@ -151,21 +202,28 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
         }
     };
     let secret: [u8; 32] = rand::random();
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let r = (|| {
-        conn.execute_batch(SCHEMA)?;
+    in_transaction(conn, || {
+        conn.execute_batch(SCHEMA_V1)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('incarnation', ?1), ('reclaim_secret', ?2)",
             params![incarnation.to_be_bytes().to_vec(), secret.to_vec()],
         )?;
-        conn.execute_batch("COMMIT")
-    })();
-    if r.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+        migrate(conn, 1)
+    })
+}
+
+/// Upgrades the schema from revision `from` to [`SCHEMA_VERSION`], inside
+/// the caller's transaction: `user_version` lives in the file header and is
+/// written with the rest, so a crash leaves the old revision whole.
+fn migrate(conn: &Connection, from: i32) -> rusqlite::Result<()> {
+    for (to, sql) in (2..).zip(MIGRATIONS) {
+        if to > from {
+            conn.execute_batch(sql)?;
+            conn.pragma_update(None, "user_version", to)?;
+        }
     }
-    r
+    Ok(())
 }
 
 fn read_identity(conn: &Connection, path: &Path) -> Result<Identity, StoreError> {
@@ -386,16 +444,75 @@ pub(crate) fn version(conn: &Connection, conversation: &str) -> rusqlite::Result
     })
 }
 
-pub(crate) fn missing(
-    conn: &Connection,
-    conversation: &str,
-    have: &[VectorEntry],
-    after: Option<&OrderKey>,
-    limit: usize,
-) -> rusqlite::Result<Vec<ChatMessage>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
+/// Where a pull has got to; the inside of [`PullCursor`].
+///
+/// A pull serves what was held when it started (rowid at most the
+/// watermark) author incarnation by author incarnation, each by the
+/// messages' primary key from just past what the puller covers, so covered
+/// rows are never read; then what was stored since, by rowid through
+/// `messages_arrival`. Messages are never deleted and rowids are given in
+/// increasing order (SQLite takes one past the largest; the table is never
+/// vacuumed), so the two parts split every message held by the last page
+/// exactly once.
+#[derive(Debug, Clone)]
+pub(crate) enum PullState {
+    Held {
+        watermark: i64,
+        /// Those with something left to serve.
+        sources: Vec<PullSource>,
+    },
+    /// Past the held part; the last rowid read.
+    Since { after_rowid: i64 },
+}
+
+/// One author incarnation's part of the held messages.
+#[derive(Debug, Clone)]
+pub(crate) struct PullSource {
+    author_lower: String,
+    incarnation: u64,
+    /// Highest seq served (or covered): the next read starts above it.
+    after: u64,
+    /// Highest seq held when the pull started: the read stops there, so a
+    /// source still being written to is not scanned past it.
+    last: u64,
+}
+
+/// Fewest rows read from one source at a time: the page's merge reads
+/// ahead this much per source, so it bounds the waste on sources whose rows
+/// do not make it into the page.
+const MIN_RUN: usize = 8;
+
+const PULL_SOURCES: &str = "SELECT author_lower, incarnation FROM vector
+     WHERE conversation = ?1 AND (?2 IS NULL OR author_lower = ?2)";
+const PULL_LAST_SEQ: &str = "SELECT max(seq) FROM messages
+     WHERE conversation = ?1 AND author_lower = ?2 AND incarnation = ?3";
+/// `rowid <= watermark` leaves messages stored since the pull started to
+/// the arrival-order part.
+const PULL_RUN: &str = "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+     FROM messages
+     WHERE conversation = ?1 AND author_lower = ?2 AND incarnation = ?3
+       AND seq > ?4 AND seq <= ?5 AND rowid <= ?6
+     ORDER BY seq LIMIT ?7";
+const PULL_SINCE: &str = "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body,
+            rowid
+     FROM messages WHERE conversation = ?1 AND rowid > ?2
+     ORDER BY rowid LIMIT ?3";
+
+/// The reads that must go by index, named, for a test to check their plans.
+#[cfg(test)]
+pub(crate) const INDEXED_READS: &[(&str, &str)] = &[
+    ("pull sources", PULL_SOURCES),
+    ("pull last seq", PULL_LAST_SEQ),
+    ("pull run", PULL_RUN),
+    ("pull since", PULL_SINCE),
+    ("outbox page", OUTBOX_PAGE),
+    ("display page, first", DISPLAY_FIRST),
+    ("display page, after", DISPLAY_AFTER),
+];
+
+/// Per author incarnation (author lowercased), the highest seq `have`
+/// covers.
+fn covered_by(have: &[VectorEntry]) -> HashMap<(String, u64), u64> {
     let mut covered: HashMap<(String, u64), u64> = HashMap::with_capacity(have.len());
     for e in have {
         let slot = covered
@@ -403,40 +520,231 @@ pub(crate) fn missing(
             .or_insert(0);
         *slot = (*slot).max(e.seq);
     }
-    let cursor =
-        "AND lamport >= ?2 AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)";
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MSG_COLS}, author_lower FROM messages
-         WHERE conversation = ?1 {}
-         ORDER BY lamport, author_lower, incarnation, seq",
-        if after.is_some() { cursor } else { "" }
-    ))?;
-    let mut rows = match after {
-        Some(k) => stmt.query(params![
-            conversation,
-            enc(k.lamport),
-            k.author_lower,
-            enc(k.incarnation),
-            enc(k.seq)
-        ])?,
-        None => stmt.query([conversation])?,
+    covered
+}
+
+/// One page of a pull; see [`super::Store::missing_page`]. Reads at most
+/// twice `limit` rows plus [`MIN_RUN`] per author incarnation still being
+/// served; the first page also reads one row and one index seek per author
+/// incarnation.
+pub(crate) fn missing_page(
+    conn: &Connection,
+    conversation: &str,
+    have: &[VectorEntry],
+    author: Option<&str>,
+    cursor: PullCursor,
+    limit: usize,
+) -> rusqlite::Result<(Vec<ChatMessage>, Option<PullCursor>)> {
+    // A zero-sized page would never finish.
+    let limit = limit.max(1);
+    let covered = covered_by(have);
+    let author = author.map(str::to_ascii_lowercase);
+    let covers = |author_lower: &str, inc: u64| {
+        covered
+            .get(&(author_lower.to_string(), inc))
+            .copied()
+            .unwrap_or(0)
+    };
+
+    let state = match cursor.state {
+        Some(state) => state,
+        None => pull_start(conn, conversation, author.as_deref())?,
     };
     let mut out = Vec::new();
-    // Rows are stepped lazily: a page stops reading once it is full.
+    let after_rowid = match state {
+        PullState::Since { after_rowid } => after_rowid,
+        PullState::Held {
+            watermark,
+            mut sources,
+        } => {
+            for s in &mut sources {
+                s.after = s.after.max(covers(&s.author_lower, s.incarnation));
+            }
+            sources.retain(|s| s.after < s.last);
+            pull_held(conn, conversation, watermark, &mut sources, limit, &mut out)?;
+            if !sources.is_empty() {
+                let state = PullState::Held { watermark, sources };
+                return Ok((out, Some(PullCursor { state: Some(state) })));
+            }
+            watermark
+        }
+    };
+
+    // What was stored since the pull started, in arrival order. Covered rows
+    // are read here, but only ones that arrived during the pull, and no more
+    // than the page has room for.
+    let room = limit - out.len();
+    if room == 0 {
+        let state = PullState::Since { after_rowid };
+        return Ok((out, Some(PullCursor { state: Some(state) })));
+    }
+    let mut stmt = conn.prepare_cached(PULL_SINCE)?;
+    let mut rows = stmt.query(params![conversation, after_rowid, sql_limit(room)])?;
+    let (mut read, mut last_rowid) = (0, after_rowid);
     while let Some(r) = rows.next()? {
         let m = row_to_msg(r)?;
-        let author_lower: String = r.get(7)?;
-        let held = covered
-            .get(&(author_lower, m.incarnation))
-            .is_some_and(|&s| m.seq <= s);
-        if !held {
+        last_rowid = r.get(7)?;
+        read += 1;
+        let lower = m.author.to_ascii_lowercase();
+        if author.as_ref().is_none_or(|a| *a == lower) && m.seq > covers(&lower, m.incarnation) {
             out.push(m);
-            if out.len() >= limit {
-                break;
-            }
         }
     }
-    Ok(out)
+    drop(rows);
+    count_steps(&stmt);
+    // Late arrivals go where they belong within the page.
+    out.sort_by_key(OrderKey::of);
+    let next = (read == room).then_some(PullCursor {
+        state: Some(PullState::Since {
+            after_rowid: last_rowid,
+        }),
+    });
+    Ok((out, next))
+}
+
+/// The first page's snapshot: the watermark and, per author incarnation,
+/// the highest seq then held.
+fn pull_start(
+    conn: &Connection,
+    conversation: &str,
+    author: Option<&str>,
+) -> rusqlite::Result<PullState> {
+    let watermark: i64 = conn
+        .prepare_cached("SELECT coalesce(max(rowid), 0) FROM messages")?
+        .query_row([], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(PULL_SOURCES)?;
+    let keys = stmt
+        .query_map(params![conversation, author], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    count_steps(&stmt);
+    let mut last_seq = conn.prepare_cached(PULL_LAST_SEQ)?;
+    let mut sources = Vec::with_capacity(keys.len());
+    for (author_lower, inc) in keys {
+        let last: Option<i64> =
+            last_seq.query_row(params![conversation, author_lower, inc], |r| r.get(0))?;
+        if let Some(last) = last {
+            sources.push(PullSource {
+                author_lower,
+                incarnation: dec(inc),
+                after: 0,
+                last: dec(last),
+            });
+        }
+    }
+    count_steps(&last_seq);
+    Ok(PullState::Held { watermark, sources })
+}
+
+/// Fills `out` (up to `limit`) from `sources` in display order: a merge of
+/// the per-source runs, each read in seq order (display order within one
+/// author incarnation whenever its lamports rise with its seqs, as an
+/// honest peer's do). Advances each source past what it served and drops
+/// the sources with nothing left.
+fn pull_held(
+    conn: &Connection,
+    conversation: &str,
+    watermark: i64,
+    sources: &mut Vec<PullSource>,
+    limit: usize,
+    out: &mut Vec<ChatMessage>,
+) -> rusqlite::Result<()> {
+    struct Run {
+        buf: VecDeque<ChatMessage>,
+        /// Seq of the last row read.
+        read_to: u64,
+        /// The last read was full: there may be more.
+        more: bool,
+    }
+    let batch = (limit / sources.len().max(1)).clamp(MIN_RUN.min(limit), limit);
+    let mut stmt = conn.prepare_cached(PULL_RUN)?;
+    let mut fill = |s: &PullSource, run: &mut Run| -> rusqlite::Result<()> {
+        let rows = stmt
+            .query_map(
+                params![
+                    conversation,
+                    s.author_lower,
+                    enc(s.incarnation),
+                    enc(run.read_to),
+                    enc(s.last),
+                    watermark,
+                    sql_limit(batch)
+                ],
+                row_to_msg,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        run.more = rows.len() == batch;
+        if let Some(m) = rows.last() {
+            run.read_to = m.seq;
+        }
+        run.buf.extend(rows);
+        Ok(())
+    };
+
+    let mut runs = Vec::with_capacity(sources.len());
+    let mut heads = BinaryHeap::with_capacity(sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        let mut run = Run {
+            buf: VecDeque::new(),
+            read_to: s.after,
+            more: true,
+        };
+        fill(s, &mut run)?;
+        if let Some(m) = run.buf.front() {
+            heads.push(Reverse((OrderKey::of(m), i)));
+        }
+        runs.push(run);
+    }
+    while out.len() < limit {
+        let Some(Reverse((_, i))) = heads.pop() else {
+            break;
+        };
+        let (s, run) = (&mut sources[i], &mut runs[i]);
+        let Some(m) = run.buf.pop_front() else {
+            continue;
+        };
+        s.after = m.seq;
+        out.push(m);
+        if run.buf.is_empty() && run.more {
+            fill(s, run)?;
+        }
+        if let Some(m) = run.buf.front() {
+            heads.push(Reverse((OrderKey::of(m), i)));
+        }
+    }
+    count_steps(&stmt);
+    // Done: served up to the end, or read to the end with nothing buffered.
+    let mut runs = runs.into_iter();
+    sources.retain(|s| {
+        let run = runs.next();
+        s.after < s.last && run.is_some_and(|r| r.more || !r.buf.is_empty())
+    });
+    Ok(())
+}
+
+// Test builds count the SQLite VM steps the pull's statements take, so a
+// test can check a page reads only what it should, whatever the machine's
+// speed.
+#[cfg(test)]
+thread_local! {
+    static PULL_STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_steps(stmt: &rusqlite::Statement<'_>) {
+    #[cfg(test)]
+    {
+        let n = stmt.reset_status(rusqlite::StatementStatus::VmStep);
+        PULL_STEPS.with(|c| c.set(c.get() + u64::try_from(n).unwrap_or(0)));
+    }
+    #[cfg(not(test))]
+    let _ = stmt;
+}
+
+/// The VM steps counted on this (the writer) thread since the last call.
+#[cfg(test)]
+pub(crate) fn take_pull_steps() -> u64 {
+    PULL_STEPS.with(|c| c.replace(0))
 }
 
 pub(crate) fn history(
@@ -456,15 +764,48 @@ pub(crate) fn history(
     Ok(v)
 }
 
-pub(crate) fn all(conn: &Connection, conversation: &str) -> rusqlite::Result<Vec<ChatMessage>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MSG_COLS} FROM messages WHERE conversation = ?1
-         ORDER BY lamport, author_lower, incarnation, seq"
-    ))?;
-    let v = stmt
-        .query_map([conversation], row_to_msg)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(v)
+const DISPLAY_FIRST: &str =
+    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+     FROM messages WHERE conversation = ?1
+     ORDER BY lamport, author_lower, incarnation, seq LIMIT ?2";
+/// `lamport >= ?2` gives the planner a plain index range; the row value does
+/// the exact tie-break.
+const DISPLAY_AFTER: &str =
+    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+     FROM messages
+     WHERE conversation = ?1 AND lamport >= ?2
+       AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
+     ORDER BY lamport, author_lower, incarnation, seq LIMIT ?6";
+
+/// Up to `limit` messages of the conversation in display order, strictly
+/// after `after`.
+pub(crate) fn display_page(
+    conn: &Connection,
+    conversation: &str,
+    after: Option<&OrderKey>,
+    limit: usize,
+) -> rusqlite::Result<Vec<ChatMessage>> {
+    let limit = sql_limit(limit);
+    match after {
+        None => conn
+            .prepare_cached(DISPLAY_FIRST)?
+            .query_map(params![conversation, limit], row_to_msg)?
+            .collect(),
+        Some(k) => conn
+            .prepare_cached(DISPLAY_AFTER)?
+            .query_map(
+                params![
+                    conversation,
+                    enc(k.lamport),
+                    k.author_lower,
+                    enc(k.incarnation),
+                    enc(k.seq),
+                    limit
+                ],
+                row_to_msg,
+            )?
+            .collect(),
+    }
 }
 
 pub(crate) fn conversations(conn: &Connection) -> rusqlite::Result<Vec<String>> {
@@ -483,8 +824,14 @@ pub(crate) fn outbox_add(
 ) -> rusqlite::Result<()> {
     for_each_outbox_row(
         conn,
-        "INSERT OR IGNORE INTO outbox (recipient, conversation, author_lower, incarnation, seq)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        // An entry for a message not held is kept as before (lamport 0); it
+        // is never read back, as reads join the message.
+        "INSERT OR IGNORE INTO outbox
+         (recipient, conversation, author_lower, incarnation, seq, lamport)
+         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(
+            (SELECT lamport FROM messages
+              WHERE conversation = ?2 AND author_lower = ?3 AND incarnation = ?4 AND seq = ?5),
+            0))",
         recipient,
         ids,
     )
@@ -512,17 +859,28 @@ fn for_each_outbox_row(
     Ok(())
 }
 
-pub(crate) fn outbox_for(conn: &Connection, recipient: &str) -> rusqlite::Result<Vec<ChatMessage>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms, m.body
-         FROM outbox o JOIN messages m
-           ON m.conversation = o.conversation AND m.author_lower = o.author_lower
-          AND m.incarnation = o.incarnation AND m.seq = o.seq
-         WHERE o.recipient = ?1
-         ORDER BY m.conversation, m.lamport, m.author_lower, m.incarnation, m.seq",
-    )?;
+/// Ordered by the outbox's own columns so `outbox_order` serves it and the
+/// read stops at the limit instead of sorting the whole queue.
+const OUTBOX_PAGE: &str =
+    "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms, m.body
+     FROM outbox o JOIN messages m
+       ON m.conversation = o.conversation AND m.author_lower = o.author_lower
+      AND m.incarnation = o.incarnation AND m.seq = o.seq
+     WHERE o.recipient = ?1
+     ORDER BY o.conversation, o.lamport, o.author_lower, o.incarnation, o.seq
+     LIMIT ?2";
+
+pub(crate) fn outbox_for(
+    conn: &Connection,
+    recipient: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<ChatMessage>> {
+    let mut stmt = conn.prepare_cached(OUTBOX_PAGE)?;
     let v = stmt
-        .query_map([recipient.to_ascii_lowercase()], row_to_msg)?
+        .query_map(
+            params![recipient.to_ascii_lowercase(), sql_limit(limit)],
+            row_to_msg,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(v)
 }
@@ -544,6 +902,27 @@ pub(crate) fn outbox_done(
 pub(crate) fn outbox_recipients(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt =
         conn.prepare_cached("SELECT DISTINCT recipient FROM outbox ORDER BY recipient")?;
+    let v = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(v)
+}
+
+pub(crate) fn rooms_add(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    // OR IGNORE: a room already held keeps the name it was first written with.
+    conn.prepare_cached("INSERT OR IGNORE INTO rooms (room_key, name) VALUES (?1, ?2)")?
+        .execute(params![name.to_ascii_lowercase(), name])?;
+    Ok(())
+}
+
+pub(crate) fn rooms_remove(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM rooms WHERE room_key = ?1")?
+        .execute([name.to_ascii_lowercase()])?;
+    Ok(())
+}
+
+pub(crate) fn rooms(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM rooms ORDER BY room_key")?;
     let v = stmt
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;

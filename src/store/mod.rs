@@ -2,12 +2,19 @@
 //! of every conversation this peer takes part in, each conversation's version
 //! (message count) and version vector, the outbox of messages still owed to
 //! members who could not be reached, and the peer's identity (incarnation and
-//! reclaim secret, drawn once when the file is created). It also owns the
+//! reclaim secret, drawn once when the file is created) and the rooms it is
+//! in. A file written by an older parley is upgraded in place at open, in one
+//! transaction; one from a newer parley is refused. It also owns the
 //! data directory's lock, so two peers never share one history. SQLite never
 //! runs on the async runtime: a [`Store`] is a cheap handle sending commands
 //! to one dedicated writer thread, which runs everything queued at that
 //! moment in one transaction (group commit) and replies only after the
 //! commit, so a reply means the data is on disk.
+//!
+//! The queue to the writer is bounded (`QUEUE_DEPTH`, 4096 commands). When it is
+//! full, callers wait for room (backpressure): nothing is dropped or refused,
+//! and a caller that gives up while waiting has queued nothing. Each job does
+//! bounded work (reads are paged) so no caller waits behind a long scan.
 
 mod db;
 mod error;
@@ -16,10 +23,10 @@ mod tests;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
 
@@ -28,6 +35,14 @@ use crate::proto::{ChatMessage, VectorEntry};
 /// The most commands one transaction takes, so a flood of callers cannot
 /// hold replies back indefinitely.
 const MAX_BATCH: usize = 512;
+
+/// The most commands waiting for the writer. Past it callers wait to queue
+/// (backpressure), so a burst costs latency rather than unbounded memory;
+/// a few full batches deep, so the writer never idles while callers wait.
+const QUEUE_DEPTH: usize = 4096;
+
+/// Rows per job when [`Store::all`] reads a conversation.
+const ALL_PAGE: usize = 1000;
 
 /// Who this peer is across restarts: drawn once when its history is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +99,14 @@ impl OrderKey {
             seq: m.seq,
         }
     }
+}
+
+/// Where a paged read of what a peer lacks has got to. Opaque; start with
+/// `PullCursor::default()`. See [`Store::missing_page`].
+#[derive(Debug, Clone, Default)]
+pub struct PullCursor {
+    /// `None` before the first page.
+    state: Option<db::PullState>,
 }
 
 /// A message's identity. Seq counts per conversation, so the conversation is
@@ -180,7 +203,7 @@ impl Store {
     /// Blocking: call from `spawn_blocking` in async code.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let (conn, identity) = db::open(path)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let owned = path.to_path_buf();
         std::thread::Builder::new()
             .name("parley-store".into())
@@ -227,7 +250,8 @@ impl Store {
         let closed = || StoreError::Closed {
             path: self.path.to_path_buf(),
         };
-        self.tx.send(job).map_err(|_| closed())?;
+        // Waits for room when the queue is full; see the module doc.
+        self.tx.send(job).await.map_err(|_| closed())?;
         reply_rx.await.map_err(|_| closed())?
     }
 
@@ -282,20 +306,47 @@ impl Store {
         self.call(move |c| db::version(c, &conversation)).await
     }
 
-    /// Up to `limit` messages of the conversation not covered by `have`
-    /// (same author case-insensitively, same incarnation, seq at most the
-    /// entry's), in display order, strictly after `after`. Page by passing
-    /// the last returned message's [`OrderKey`] as the next `after`.
-    pub async fn missing(
+    /// Up to `limit` messages of `conversation` not covered by `have`
+    /// (author case-insensitive, same incarnation, seq <= entry's seq) and
+    /// not returned by earlier pages of this cursor, restricted to `author`
+    /// (case-insensitive) when given. Returns the page and the cursor for
+    /// the next one; `None` when nothing is left. A message stored at any
+    /// time before the final page is read is returned by some page (none
+    /// skipped), none twice.
+    ///
+    /// Pages come in display order as far as the cursor allows: what was
+    /// held when the pull started comes first, in display order across
+    /// pages; what was stored during the pull comes after it (sorted into
+    /// the page where the two meet). A page may
+    /// be short, even empty, while the cursor is `Some`: keep going until
+    /// it is `None`. Pass the same `have` and `author` with every page of
+    /// one cursor. A `limit` of 0 is taken as 1.
+    ///
+    /// Reads go through indexes: a page costs about the rows it returns
+    /// plus the author incarnations still being served, never the covered
+    /// history (past the first page, also the messages stored during the
+    /// pull).
+    pub async fn missing_page(
         &self,
         conversation: &str,
         have: Vec<VectorEntry>,
-        after: Option<OrderKey>,
+        author: Option<String>,
+        cursor: PullCursor,
         limit: usize,
-    ) -> Result<Vec<ChatMessage>, StoreError> {
+    ) -> Result<(Vec<ChatMessage>, Option<PullCursor>), StoreError> {
         let conversation = conversation.to_string();
-        self.call(move |c| db::missing(c, &conversation, &have, after.as_ref(), limit))
+        self.call(move |c| {
+            db::missing_page(c, &conversation, &have, author.as_deref(), cursor, limit)
+        })
+        .await
+    }
+
+    /// The VM steps the pull's statements took since the last call.
+    #[cfg(test)]
+    pub(crate) async fn take_pull_steps(&self) -> u64 {
+        self.call(|_| Ok(db::take_pull_steps()))
             .await
+            .expect("the test's store is open")
     }
 
     /// The last `limit` messages in display order, oldest first.
@@ -309,10 +360,26 @@ impl Store {
             .await
     }
 
-    /// Every message of the conversation in display order.
+    /// Every message of the conversation in display order. Read in jobs of
+    /// at most 1000 rows, so a long conversation never holds the writer for
+    /// long; the pages are not one snapshot: a message stored meanwhile may
+    /// or may not be included.
     pub async fn all(&self, conversation: &str) -> Result<Vec<ChatMessage>, StoreError> {
-        let conversation = conversation.to_string();
-        self.call(move |c| db::all(c, &conversation)).await
+        let mut out = Vec::new();
+        let mut after: Option<OrderKey> = None;
+        loop {
+            let conversation = conversation.to_string();
+            let at = after.take();
+            let page = self
+                .call(move |c| db::display_page(c, &conversation, at.as_ref(), ALL_PAGE))
+                .await?;
+            let done = page.len() < ALL_PAGE;
+            after = page.last().map(OrderKey::of);
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
     }
 
     /// Every conversation key with at least one message, sorted.
@@ -327,10 +394,17 @@ impl Store {
             .await
     }
 
-    /// The messages owed to `recipient`, by conversation, then display order.
-    pub async fn outbox_for(&self, recipient: &str) -> Result<Vec<ChatMessage>, StoreError> {
+    /// The first `limit` messages owed to `recipient` (any case), by
+    /// conversation, then display order. Read from an index: the cost is
+    /// the page's, not the queue's.
+    pub async fn outbox_for(
+        &self,
+        recipient: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         let recipient = recipient.to_string();
-        self.call(move |c| db::outbox_for(c, &recipient)).await
+        self.call(move |c| db::outbox_for(c, &recipient, limit))
+            .await
     }
 
     /// Forgets the given entries of `recipient`'s outbox (delivered).
@@ -338,6 +412,39 @@ impl Store {
         let recipient = recipient.to_string();
         self.call(move |c| db::outbox_done(c, &recipient, &ids))
             .await
+    }
+
+    /// Records that this peer is in room `name`. Idempotent: rooms are keyed
+    /// by the ASCII-lowercased name, and the name first written is kept.
+    pub async fn rooms_add(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| db::rooms_add(c, &name)).await
+    }
+
+    /// Records that this peer left room `name` (any case). Leaving a room
+    /// not held is a no-op.
+    pub async fn rooms_remove(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| db::rooms_remove(c, &name)).await
+    }
+
+    /// The rooms this peer is in, as first written, sorted by lowercased
+    /// name.
+    pub async fn rooms(&self) -> Result<Vec<String>, StoreError> {
+        self.call(db::rooms).await
+    }
+
+    /// Forgets delivered entries of many recipients' outboxes in one job:
+    /// per recipient (any case), the entries given.
+    pub async fn outbox_done_many(
+        &self,
+        done: Vec<(String, Vec<MsgId>)>,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            done.iter()
+                .try_for_each(|(recipient, ids)| db::outbox_done(c, recipient, ids))
+        })
+        .await
     }
 
     /// Every recipient (lowercased) with something in the outbox, sorted.
@@ -348,9 +455,10 @@ impl Store {
 
 /// The writer thread: owns the connection; runs until every [`Store`] handle
 /// is dropped.
-fn writer(conn: Connection, path: &Path, rx: mpsc::Receiver<Job>) {
+fn writer(conn: Connection, path: &Path, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
+    // A plain thread, outside any runtime, so blocking here is what it is for.
+    while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

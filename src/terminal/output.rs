@@ -62,6 +62,12 @@ pub enum Output {
         room: String,
         reason: String,
     },
+    /// A restarted peer is back in a room it was in; `new` messages were
+    /// sent there while it was away (and are now in its history).
+    Back {
+        room: String,
+        new: usize,
+    },
     Who {
         room: String,
         members: Vec<String>,
@@ -144,6 +150,7 @@ impl Output {
             }
             Output::Left { room, reason } if reason.is_empty() => clean(&format!("-- left {room}")),
             Output::Left { room, reason } => clean(&format!("-- left {room} ({reason})")),
+            Output::Back { room, new } => clean(&format!("-- back in {room} ({new} new)")),
             Output::Who { room, members } if members.is_empty() => {
                 clean(&format!("-- {room}: no members"))
             }

@@ -84,7 +84,7 @@ use tokio::sync::mpsc;
 /// A peer started in-process on 127.0.0.1:0 with its own data directory.
 pub struct TestPeer {
     pub peer: Peer,
-    pub events: mpsc::UnboundedReceiver<PeerEvent>,
+    pub events: mpsc::Receiver<PeerEvent>,
     pub dir: std::path::PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -111,6 +111,7 @@ impl TestPeer {
             listener,
             data_dir: dir.clone(),
             advertise: None,
+            sync_interval: parley::peer::DEFAULT_SYNC_INTERVAL,
         })
         .await?;
         Ok(TestPeer {
@@ -451,6 +452,7 @@ pub async fn peer_behind_proxy(
         listener,
         data_dir: dir.clone(),
         advertise: Some(proxy.addr.to_string()),
+        sync_interval: parley::peer::DEFAULT_SYNC_INTERVAL,
     })
     .await
     .unwrap();

@@ -1,0 +1,74 @@
+//! What a chat message is, below everything that moves or stores one: the
+//! rules a message from the wire must follow, and the wall clock it carries.
+//! (The Lamport clock is the store's: a new message's time is one past the
+//! highest it holds for the conversation, allocated in the same transaction.)
+
+use crate::names::{check_body, Conversation, NameError, Nick};
+use crate::proto::ChatMessage;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Checks a message from the wire: conversation key, author, counters, body.
+pub fn valid_message(m: &ChatMessage) -> Result<Conversation, NameError> {
+    let conv = Conversation::parse_key(&m.conversation)?;
+    Nick::parse(&m.author)?;
+    check_body(&m.body)?;
+    if m.seq == 0 || m.lamport == 0 || m.incarnation == 0 {
+        return Err(NameError::new(
+            "invalid message: seq, lamport and incarnation start at 1",
+        ));
+    }
+    Ok(conv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> ChatMessage {
+        ChatMessage {
+            conversation: "#rust".into(),
+            author: "alice".into(),
+            incarnation: 1,
+            seq: 1,
+            lamport: 1,
+            sent_at_ms: now_ms(),
+            body: "hi".into(),
+        }
+    }
+
+    #[test]
+    fn counters_start_at_one_and_names_follow_the_rules() {
+        assert!(valid_message(&msg()).is_ok());
+        for broken in [
+            ChatMessage { seq: 0, ..msg() },
+            ChatMessage {
+                lamport: 0,
+                ..msg()
+            },
+            ChatMessage {
+                incarnation: 0,
+                ..msg()
+            },
+            ChatMessage {
+                author: "#x".into(),
+                ..msg()
+            },
+            ChatMessage {
+                conversation: "rust".into(),
+                ..msg()
+            },
+            ChatMessage {
+                body: String::new(),
+                ..msg()
+            },
+        ] {
+            assert!(valid_message(&broken).is_err(), "{broken:?}");
+        }
+    }
+}

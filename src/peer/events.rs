@@ -1,0 +1,98 @@
+//! What the peer tells the person, through a bounded queue.
+//!
+//! The chat service must never wait on a slow screen (a `Deliver` would
+//! stall its sender), so a full queue drops the newest event and counts it;
+//! the next event that fits is preceded by a notice saying how many were
+//! dropped. Every dropped message is in the history (`/history`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::proto::ChatMessage;
+
+/// Events queued for the person before new ones are dropped.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// Something that happened that the person should see.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// A message arrived (live, by gap repair, by a sync, or from an outbox).
+    Message { msg: ChatMessage, late: bool },
+    /// This peer is no longer in a room.
+    Left { room: String, reason: String },
+    /// A restarted peer is back in a room it was in, having caught up on
+    /// `new` messages sent while it was away.
+    Back { room: String, new: usize },
+    /// Anything else worth a line: the router went away and came back, an
+    /// outbox was flushed.
+    Notice(String),
+}
+
+/// The sending side of the queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<PeerEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Events {
+    pub fn new() -> (Events, mpsc::Receiver<PeerEvent>) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let events = Events {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (events, rx)
+    }
+
+    pub fn emit(&self, event: PeerEvent) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let notice = PeerEvent::Notice(format!(
+                "{dropped} event(s) were dropped while the screen was busy; /history shows every message"
+            ));
+            if self.tx.try_send(notice).is_ok() {
+                self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+            }
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // Nobody listening (the UI is gone) is not an error.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Messages that a sync stored and were new here.
+    pub fn messages(&self, msgs: Vec<(ChatMessage, bool)>) {
+        for (msg, late) in msgs {
+            self.emit(PeerEvent::Message { msg, late });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_then_says_so() {
+        let (events, mut rx) = Events::new();
+        for i in 0..EVENT_QUEUE + 5 {
+            events.emit(PeerEvent::Notice(i.to_string()));
+        }
+        for _ in 0..EVENT_QUEUE {
+            rx.recv().await.unwrap();
+        }
+        events.emit(PeerEvent::Notice("after".into()));
+        match rx.recv().await.unwrap() {
+            PeerEvent::Notice(n) => assert!(n.starts_with("5 event(s) were dropped"), "{n}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rx.recv().await.unwrap(), PeerEvent::Notice(n) if n == "after"));
+    }
+}

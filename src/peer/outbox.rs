@@ -1,0 +1,237 @@
+//! Delivery: the fan-out of a new message to every other member at once,
+//! and the outbox of what is still owed to members that could not take it.
+//!
+//! A message and an outbox row for every recipient are written in one
+//! transaction, before anything is sent, so a crash at any point after the
+//! commit leaves the peer knowing whom it owes. A row ends only with a
+//! definite answer: stored, or refused for good (see
+//! [`Delivery`](crate::net::Delivery)). Anything else (a timeout, no
+//! connection, a member whose router is unreachable) keeps the row, which
+//! the retry loop delivers when the member looks online.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::events::{Events, PeerEvent};
+use super::session::Session;
+use crate::message::now_ms;
+use crate::net::{Delivery, Peers};
+use crate::proto::{ChatMessage, Member};
+use crate::store::{MsgId, Store, StoreError};
+
+/// How often the outbox is retried for recipients that look online.
+pub const OUTBOX_RETRY: Duration = Duration::from_secs(2);
+/// Most messages one flush reads for one recipient; the rest wait for the
+/// next one.
+const FLUSH_BATCH: usize = 1000;
+
+/// What a send did: the stored message and who has it.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    pub message: ChatMessage,
+    pub delivered: Vec<String>,
+    pub pending: Vec<String>,
+}
+
+/// The sending side of a peer. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    peers: Peers,
+    session: Session,
+    events: Events,
+    /// Woken after a failed delivery: anti-entropy compares histories.
+    failed: Arc<Notify>,
+    /// Recipients whose outbox is being flushed now.
+    flushing: Mutex<HashSet<String>>,
+    incarnation: u64,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Outbox {
+    #[allow(clippy::too_many_arguments)] // each is one distinct collaborator
+    pub fn new(
+        store: Store,
+        peers: Peers,
+        session: Session,
+        events: Events,
+        failed: Arc<Notify>,
+        incarnation: u64,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Outbox {
+        Outbox {
+            inner: Arc::new(Inner {
+                store,
+                peers,
+                session,
+                events,
+                failed,
+                flushing: Mutex::new(HashSet::new()),
+                incarnation,
+                stop,
+                tasks,
+            }),
+        }
+    }
+
+    /// Stores `body` as this peer's next message of `conv`, owed to every
+    /// recipient, then delivers it to every `online` one at once. `offline`
+    /// recipients (no address now) keep their rows for later.
+    pub async fn send(
+        &self,
+        conv: String,
+        online: Vec<Member>,
+        offline: Vec<String>,
+        body: &str,
+    ) -> Result<SendReport, StoreError> {
+        let inner = &self.inner;
+        let owed: Vec<String> = online
+            .iter()
+            .map(|m| m.nick.clone())
+            .chain(offline.iter().cloned())
+            .collect();
+        let msg = inner
+            .store
+            .append_own(
+                &conv,
+                inner.session.nick().as_str(),
+                inner.incarnation,
+                body,
+                now_ms(),
+                owed,
+            )
+            .await?;
+        let results = join_all(online.iter().map(|m| async {
+            // A member that just timed out is not waited for again: the
+            // message stays owed at once (senders never stall on a frozen
+            // member), and the retry loop delivers it.
+            if inner.peers.is_down(&m.address) {
+                return Delivery::Unreachable;
+            }
+            inner.peers.deliver(&m.address, msg.clone()).await
+        }))
+        .await;
+        let mut report = SendReport {
+            message: msg,
+            delivered: Vec::new(),
+            pending: offline,
+        };
+        let mut settled = Vec::new();
+        let mut failed = false;
+        for (member, result) in online.into_iter().zip(results) {
+            match result {
+                Delivery::Stored => report.delivered.push(member.nick.clone()),
+                Delivery::Refused => report.pending.push(member.nick.clone()),
+                Delivery::Unreachable => {
+                    failed = true;
+                    report.pending.push(member.nick.clone());
+                    continue;
+                }
+            }
+            settled.push(member.nick);
+        }
+        if failed {
+            inner.failed.notify_one();
+        }
+        if !settled.is_empty() {
+            // Ending the rows need not hold up the sender: a row left by a
+            // crash here only means one harmless redelivery.
+            let store = inner.store.clone();
+            let id = MsgId::of(&report.message);
+            let done = settled
+                .into_iter()
+                .map(|nick| (nick, vec![id.clone()]))
+                .collect();
+            inner.tasks.spawn(async move {
+                if let Err(err) = store.outbox_done_many(done).await {
+                    tracing::warn!(cause = %err, "cannot end outbox rows");
+                }
+            });
+        }
+        Ok(report)
+    }
+
+    /// Delivers what the outbox holds for `nick`, in order, if it is online.
+    pub async fn flush(&self, nick: &str) {
+        let key = nick.to_ascii_lowercase();
+        if !self.lock_flushing().insert(key.clone()) {
+            return;
+        }
+        let result = self.flush_once(&key).await;
+        self.lock_flushing().remove(&key);
+        match result {
+            Ok(0) => {}
+            Ok(n) => self.inner.events.emit(PeerEvent::Notice(format!(
+                "delivered {n} waiting message(s) to {nick}"
+            ))),
+            Err(err) => tracing::warn!(nick, cause = %err, "outbox flush failed"),
+        }
+    }
+
+    fn lock_flushing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A plain set: a panic elsewhere cannot leave it half-updated.
+        self.inner
+            .flushing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn flush_once(&self, key: &str) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let Some(member) = inner.session.world().user(key) else {
+            return Ok(0);
+        };
+        let msgs = inner.store.outbox_for(key, FLUSH_BATCH).await?;
+        let mut done = Vec::new();
+        let mut delivered = 0;
+        for m in msgs {
+            let id = MsgId::of(&m);
+            match inner.peers.deliver(&member.address, m).await {
+                Delivery::Stored => delivered += 1,
+                // Definite: it will never take this one.
+                Delivery::Refused => {}
+                // Still away (or not sure yet): keep the rest, in order.
+                Delivery::Unreachable => break,
+            }
+            done.push(id);
+        }
+        if !done.is_empty() {
+            inner.store.outbox_done(key, done).await?;
+        }
+        Ok(delivered)
+    }
+
+    /// Retries the outbox for every recipient the picture shows online, now
+    /// and every [`OUTBOX_RETRY`]: a member cut off without going offline
+    /// (a partition, a frozen process) is never announced as coming back.
+    pub async fn run(&self) {
+        loop {
+            match self.inner.store.outbox_recipients().await {
+                Ok(nicks) => {
+                    for nick in nicks {
+                        if self.inner.session.world().user(&nick).is_some() {
+                            self.flush(&nick).await;
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(cause = %err, "cannot read the outbox"),
+            }
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                _ = tokio::time::sleep(OUTBOX_RETRY) => {}
+            }
+        }
+    }
+}

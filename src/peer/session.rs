@@ -1,0 +1,542 @@
+//! The peer's session with the router: login, the session token, logging in
+//! again when the session is lost, the heartbeat and watch loops, and the
+//! picture of the world they keep current.
+//!
+//! Every router call goes through [`Session::call`], which maps statuses to
+//! [`SessionError`] in one place and, when the token is refused, logs in
+//! again and retries once. What follows a new login (rejoining rooms,
+//! syncing) is not done here: a [`SessionEvent::LoggedInAgain`] tells the
+//! peer, which runs it in its own task, so a long sync can never hold up
+//! the heartbeats that keep the lease alive.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::world::{Change, Membership, World};
+use crate::names::{Nick, Room};
+use crate::proto::router_client::RouterClient;
+use crate::proto::{self, Member};
+
+/// Session events queued for the peer. Past this the newest are dropped
+/// with a warning: an `Online` lost is retried by the outbox loop anyway.
+const EVENT_QUEUE: usize = 1024;
+
+/// Errors of talking to the router.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no router at {addr}: start one with `router --listen {addr}`")]
+    Unreachable { addr: String },
+    #[error("nick {0} is taken by someone else")]
+    NickTaken(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The router answered no, for a reason it gives.
+    #[error("router refused {what}: {message}")]
+    Refused {
+        what: &'static str,
+        code: Code,
+        message: String,
+    },
+}
+
+impl SessionError {
+    /// True when the router could not be asked (as opposed to answering).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SessionError::Unreachable { .. })
+    }
+}
+
+/// What the session tells the peer.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// A user came online (an outbox may now be flushed to it).
+    Online(Member),
+    /// One of this peer's rooms was deleted.
+    RoomGone { room: String, by: String },
+    /// The session was lost and a new one began: rooms must be joined again.
+    LoggedInAgain,
+    /// The `Watch` stream was opened again after a break: events may have
+    /// been missed, so it is worth comparing histories.
+    Reconnected,
+}
+
+/// Who this peer is to the router.
+pub struct SessionConfig {
+    pub nick: Nick,
+    /// host:port of the router.
+    pub router: String,
+    /// The chat address others reach this peer at.
+    pub advertise: String,
+    pub reclaim_secret: Vec<u8>,
+}
+
+/// The session handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SessionConfig,
+    router: RouterClient<Channel>,
+    /// The session token; replaced when the peer logs in again.
+    token: RwLock<String>,
+    /// Serialises logins so two tasks noticing a lost session log in once.
+    relogin: tokio::sync::Mutex<()>,
+    lease: Mutex<Duration>,
+    world: World,
+    events: mpsc::Sender<SessionEvent>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Session {
+    /// Connects to the router. [`Session::login`] logs in; the loops start
+    /// with [`Session::spawn_loops`].
+    pub async fn connect(
+        config: SessionConfig,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<(Session, mpsc::Receiver<SessionEvent>), SessionError> {
+        let unreachable = || SessionError::Unreachable {
+            addr: config.router.clone(),
+        };
+        let channel = crate::net::endpoint(&config.router)
+            .map_err(|_| unreachable())?
+            .connect()
+            .await
+            .map_err(|_| unreachable())?;
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let session = Session {
+            inner: Arc::new(Inner {
+                config,
+                router: RouterClient::new(channel),
+                token: RwLock::new(String::new()),
+                relogin: tokio::sync::Mutex::new(()),
+                lease: Mutex::new(Duration::from_secs(10)),
+                world: World::default(),
+                events,
+                stop,
+                tasks,
+            }),
+        };
+        Ok((session, events_rx))
+    }
+
+    /// Starts the heartbeat and watch loops.
+    pub fn spawn_loops(&self) {
+        let s = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { s.heartbeat_loop().await });
+        let s = self.clone();
+        self.inner.tasks.spawn(async move { s.watch_loop().await });
+    }
+
+    pub fn world(&self) -> &World {
+        &self.inner.world
+    }
+
+    pub fn nick(&self) -> &Nick {
+        &self.inner.config.nick
+    }
+
+    fn token(&self) -> String {
+        self.inner
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn emit(&self, event: SessionEvent) {
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.inner.events.try_send(event) {
+            tracing::warn!(?event, "session events queue full; dropping one");
+        }
+    }
+
+    fn error(&self, what: &'static str, status: Status) -> SessionError {
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                SessionError::Unreachable {
+                    addr: self.inner.config.router.clone(),
+                }
+            }
+            Code::AlreadyExists => SessionError::NickTaken(self.inner.config.nick.to_string()),
+            Code::NotFound => SessionError::NotFound(status.message().to_owned()),
+            code => SessionError::Refused {
+                what,
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    /// Runs one router call with the current token. A refused token (the
+    /// router restarted, the lease ran out) makes the peer log in once and
+    /// retry; every other failure maps to a [`SessionError`].
+    pub async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, SessionError>
+    where
+        F: Fn(RouterClient<Channel>, String) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let token = self.token();
+        match f(self.inner.router.clone(), token.clone()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == Code::Unauthenticated => {
+                self.relogin(&token, false).await?;
+                f(self.inner.router.clone(), self.token())
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| self.error(what, s))
+            }
+            Err(s) => Err(self.error(what, s)),
+        }
+    }
+
+    /// Logs in: a new session token, the world's users refreshed.
+    pub async fn login(&self) -> Result<(), SessionError> {
+        let c = &self.inner.config;
+        let req = proto::LoginRequest {
+            nick: c.nick.to_string(),
+            address: c.advertise.clone(),
+            reclaim_secret: c.reclaim_secret.clone(),
+        };
+        let resp = self
+            .inner
+            .router
+            .clone()
+            .user_login(req)
+            .await
+            .map_err(|s| self.error("login", s))?
+            .into_inner();
+        if resp.reclaimed {
+            tracing::info!("took the nick back from this peer's previous session");
+        }
+        *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = resp.token;
+        *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) =
+            Duration::from_millis(resp.lease_ttl_ms.max(1000));
+        self.refresh_users().await;
+        Ok(())
+    }
+
+    /// The session was lost: log in again (`persist`: until it works or the
+    /// peer stops; else once). `stale` is the token seen failing, so racing
+    /// callers log in once. Only the login happens under the guard.
+    async fn relogin(&self, stale: &str, persist: bool) -> Result<(), SessionError> {
+        let _guard = self.inner.relogin.lock().await;
+        if self.token() != stale {
+            return Ok(());
+        }
+        let mut backoff = Backoff::new();
+        loop {
+            match self.login().await {
+                Ok(()) => break,
+                Err(err) if !persist => return Err(err),
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot log in again; retrying");
+                    if self.sleep_or_stop(backoff.next()).await {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        self.inner.world.new_session();
+        self.emit(SessionEvent::LoggedInAgain);
+        Ok(())
+    }
+
+    async fn refresh_users(&self) {
+        let users = self
+            .inner
+            .router
+            .clone()
+            .list_users(proto::ListUsersRequest {})
+            .await;
+        match users {
+            Ok(r) => self.inner.world.set_users(r.into_inner().users),
+            Err(status) => tracing::warn!(%status, "cannot list users"),
+        }
+    }
+
+    /// Sleeps, or returns true at once if the peer is stopping.
+    async fn sleep_or_stop(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.inner.stop.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+
+    async fn heartbeat_loop(&self) {
+        loop {
+            let lease = *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner());
+            // A third of the lease, with jitter so peers do not beat in step.
+            let third = lease / 3;
+            let jitter = rand::rng().random_range(0.8..1.0);
+            if self.sleep_or_stop(third.mul_f64(jitter)).await {
+                return;
+            }
+            let token = self.token();
+            let req = proto::HeartbeatRequest {
+                token: token.clone(),
+            };
+            match self.inner.router.clone().heartbeat(req).await {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    tracing::warn!("session lost; logging in again");
+                    let _ = self.relogin(&token, true).await;
+                }
+                Err(s) => tracing::warn!(status = %s, "heartbeat failed"),
+            }
+        }
+    }
+
+    async fn watch_loop(&self) {
+        let mut backoff = Backoff::new();
+        let mut first = true;
+        loop {
+            let token = self.token();
+            let opened = self
+                .inner
+                .router
+                .clone()
+                .watch(proto::WatchRequest {
+                    token: token.clone(),
+                })
+                .await;
+            match opened {
+                Ok(stream) => {
+                    backoff.reset();
+                    let mut stream = stream.into_inner();
+                    // Rebuild the picture: events missed while the stream was
+                    // down are not replayed.
+                    self.refresh_users().await;
+                    self.refresh_rooms().await;
+                    if !first {
+                        self.emit(SessionEvent::Reconnected);
+                    }
+                    first = false;
+                    loop {
+                        let next = tokio::select! {
+                            _ = self.inner.stop.cancelled() => return,
+                            n = stream.next() => n,
+                        };
+                        match next {
+                            Some(Ok(event)) => self.on_event(event),
+                            Some(Err(status)) => {
+                                tracing::debug!(%status, "watch stream broke");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    let _ = self.relogin(&token, true).await;
+                    continue;
+                }
+                Err(s) => tracing::debug!(status = %s, "cannot open watch"),
+            }
+            if self.sleep_or_stop(backoff.next()).await {
+                return;
+            }
+        }
+    }
+
+    /// Re-reads the members of every room this peer sits in.
+    async fn refresh_rooms(&self) {
+        for name in self.inner.world.my_rooms() {
+            if let Ok(r) = self.find(&name).await {
+                if r.found {
+                    self.inner.world.set_room(&r.name, r.members, r.revision);
+                }
+            }
+        }
+    }
+
+    fn on_event(&self, event: proto::RegistryEvent) {
+        match self.inner.world.apply(event) {
+            Change::Nothing => {}
+            Change::Online(member) => {
+                if !member
+                    .nick
+                    .eq_ignore_ascii_case(self.inner.config.nick.as_str())
+                {
+                    self.emit(SessionEvent::Online(member));
+                }
+            }
+            Change::RoomGone { room, by } => self.emit(SessionEvent::RoomGone { room, by }),
+        }
+    }
+
+    /// Joins `room` at the router and records its members in the picture.
+    pub async fn join(&self, room: &Room) -> Result<proto::JoinRoomResponse, SessionError> {
+        let resp = self
+            .call("join", |mut r, token| {
+                let req = proto::JoinRoomRequest {
+                    token,
+                    room: room.to_string(),
+                };
+                async move { r.join_room(req).await }
+            })
+            .await?;
+        self.inner
+            .world
+            .set_room(&resp.room, resp.members.clone(), resp.revision);
+        Ok(resp)
+    }
+
+    pub async fn leave(&self, room: &Room) -> Result<(), SessionError> {
+        self.inner.world.drop_room(room.as_str());
+        self.call("leave", |mut r, token| {
+            let req = proto::LeaveRoomRequest {
+                token,
+                room: room.to_string(),
+            };
+            async move { r.leave_room(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_room(&self, room: &Room) -> Result<(), SessionError> {
+        self.call("delete", |mut r, token| {
+            let req = proto::DeleteRoomRequest {
+                token,
+                room: room.to_string(),
+            };
+            async move { r.delete_room(req).await }
+        })
+        .await?;
+        self.inner.world.drop_room(room.as_str());
+        Ok(())
+    }
+
+    pub async fn find(&self, name: &str) -> Result<proto::FindResponse, SessionError> {
+        self.call("find", |mut r, _| {
+            let req = proto::FindRequest {
+                name: name.to_owned(),
+            };
+            async move { r.find(req).await }
+        })
+        .await
+    }
+
+    pub async fn list_rooms(&self) -> Result<Vec<proto::RoomInfo>, SessionError> {
+        let r = self
+            .call("list rooms", |mut r, _| async move {
+                r.list_rooms(proto::ListRoomsRequest {}).await
+            })
+            .await?;
+        Ok(r.rooms)
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<Member>, SessionError> {
+        let r = self
+            .call("list users", |mut r, _| async move {
+                r.list_users(proto::ListUsersRequest {}).await
+            })
+            .await?;
+        Ok(r.users)
+    }
+
+    /// The online user `nick`, from the picture or, failing that, a fresh
+    /// look at the router.
+    pub async fn lookup_user(&self, nick: &Nick) -> Option<Member> {
+        if let Some(m) = self.inner.world.user(nick.as_str()) {
+            return Some(m);
+        }
+        let r = self.find(nick.as_str()).await.ok()?;
+        r.members.into_iter().next().filter(|_| r.found)
+    }
+
+    /// Whether `author` sits in `room` (which this peer is in). The picture
+    /// answers when it knows; otherwise the router is asked afresh (a
+    /// `Watch` event can trail a join) and the picture updated. An error
+    /// means nobody could say: not a refusal.
+    pub async fn confirm_member(&self, room: &str, author: &str) -> Result<bool, SessionError> {
+        let world = &self.inner.world;
+        match world.membership(room, author) {
+            Membership::Member => return Ok(true),
+            Membership::Absent | Membership::Unknown => {}
+        }
+        let r = self.find(room).await;
+        let r = match r {
+            Ok(r) => r,
+            // A room the router does not know has no members at all.
+            Err(SessionError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if r.found && world.in_room(room) {
+            world.set_room(&r.name, r.members, r.revision);
+        }
+        match world.membership(room, author) {
+            Membership::Member => Ok(true),
+            // Dropped by a snapshot and not back yet (the router restarted
+            // and it has not logged in again): ask again later.
+            Membership::Absent => Err(SessionError::Unreachable {
+                addr: self.inner.config.router.clone(),
+            }),
+            Membership::Unknown => Ok(false),
+        }
+    }
+
+    /// Ends the session at the router (bounded: the router may be gone).
+    pub async fn logout(&self) {
+        let req = proto::LogoutRequest {
+            token: self.token(),
+        };
+        let mut router = self.inner.router.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), router.user_logout(req)).await;
+    }
+}
+
+/// Exponential backoff, capped, reset on success.
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        d
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_resets() {
+        let mut b = Backoff::new();
+        let seen: Vec<_> = (0..10).map(|_| b.next()).collect();
+        assert_eq!(seen[0], Duration::from_millis(100));
+        assert_eq!(seen[1], Duration::from_millis(200));
+        assert!(seen.iter().all(|d| *d <= Backoff::CAP));
+        assert_eq!(seen[9], Backoff::CAP);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,503 @@
+//! Catching up: how a peer comes to hold what the other members of a
+//! conversation hold, without anyone sending again.
+//!
+//! - [`Syncer::conversation`]: ask every member for its version and vector
+//!   at once (short deadline), pull what this peer lacks from the member
+//!   with the highest version, then from any member whose vector still holds
+//!   something this peer lacks. Pulls are exact (the vector says what is
+//!   held) and come in pages. Used on join, on opening a private chat, after
+//!   a login, and by anti-entropy.
+//! - Anti-entropy ([`Syncer::round`]): the same comparison with every member
+//!   of every conversation this peer is in, every period and after failures.
+//!   A version query carries a digest of the asker's vector, so when nothing
+//!   is missing the exchange is a few dozen bytes.
+//! - Gap repair ([`repair`]): a delivered message that skips ahead of what
+//!   is held pulls the gap from its sender.
+//! - Pushing one's own messages to members a sync showed lacking them.
+//!
+//! It takes the store and the peer channels, never the peer.
+
+mod repair;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::message::valid_message;
+use crate::names::{Conversation, Nick};
+use crate::net::{Delivery, Peers};
+use crate::proto::{
+    ChatMessage, GetVersionRequest, GetVersionResponse, Member, PullHistoryRequest, VectorEntry,
+};
+use crate::store::{PullCursor, Store, StoreError};
+
+/// Deadline of a version query during sync.
+pub const VERSION_DEADLINE: Duration = Duration::from_secs(1);
+/// How long one whole pull from one peer may take.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(60);
+/// Messages asked for per page.
+pub const PAGE_SIZE: u32 = 500;
+/// Most own messages pushed to one member after a sync.
+const MAX_PUSH: usize = 10_000;
+
+/// Errors of catching up.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Members were asked and none answered: this peer may be behind, and
+    /// cannot know.
+    #[error("none of the {asked} other member(s) of {conversation} answered")]
+    NobodyReachable { conversation: String, asked: usize },
+}
+
+/// What a sync did.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Messages this peer holds for the conversation afterwards.
+    pub version: u64,
+    /// The messages that were new to this peer, in the order received.
+    pub pulled: Vec<(ChatMessage, bool)>,
+    /// Members whose vector lacks something this peer holds, with that
+    /// vector.
+    pub behind: Vec<(Member, Vec<VectorEntry>)>,
+}
+
+/// Counters of the work sync does, for measuring what anti-entropy costs.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Version queries sent.
+    pub queries: AtomicU64,
+    /// Bytes of those queries and their answers (protobuf encoded).
+    pub query_bytes: AtomicU64,
+    /// Pulls started.
+    pub pulls: AtomicU64,
+    /// Messages pulled that were new here.
+    pub pulled: AtomicU64,
+}
+
+/// A snapshot of [`SyncStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub queries: u64,
+    pub query_bytes: u64,
+    pub pulls: u64,
+    pub pulled: u64,
+}
+
+impl SyncStats {
+    pub fn snapshot(&self) -> SyncCounts {
+        SyncCounts {
+            queries: self.queries.load(Ordering::Relaxed),
+            query_bytes: self.query_bytes.load(Ordering::Relaxed),
+            pulls: self.pulls.load(Ordering::Relaxed),
+            pulled: self.pulled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Called with the messages a background sync (gap repair, anti-entropy,
+/// login) stored that were new here, so the person sees them.
+pub type OnFresh = Arc<dyn Fn(Vec<(ChatMessage, bool)>) + Send + Sync>;
+
+/// Whether `theirs` holds anything `mine` lacks.
+pub fn ahead(theirs: &[VectorEntry], mine: &[VectorEntry]) -> bool {
+    theirs.iter().any(|t| {
+        let held = mine
+            .iter()
+            .find(|m| m.incarnation == t.incarnation && m.author.eq_ignore_ascii_case(&t.author))
+            .map_or(0, |m| m.seq);
+        t.seq > held
+    })
+}
+
+/// A vector's digest: equal vectors (authors compared without case) have
+/// equal digests, whoever computes them.
+pub fn digest(vector: &[VectorEntry]) -> Vec<u8> {
+    let mut entries: Vec<(String, u64, u64)> = vector
+        .iter()
+        .filter(|e| e.seq > 0)
+        .map(|e| (e.author.to_ascii_lowercase(), e.incarnation, e.seq))
+        .collect();
+    entries.sort();
+    let mut h = Sha256::new();
+    for (author, inc, seq) in entries {
+        h.update(author.as_bytes());
+        h.update([0]);
+        h.update(inc.to_be_bytes());
+        h.update(seq.to_be_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+/// The catching-up machinery of one peer. Cheap to clone.
+#[derive(Clone)]
+pub struct Syncer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    peers: Peers,
+    me: Nick,
+    on_fresh: OnFresh,
+    stats: SyncStats,
+    /// Gap repairs waiting to run: see [`repair`].
+    repairs: Mutex<HashMap<repair::Key, u64>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Syncer {
+    /// Background work (pushes, repairs) runs on `tasks` and ends with
+    /// `stop`.
+    pub fn new(
+        store: Store,
+        peers: Peers,
+        me: Nick,
+        on_fresh: OnFresh,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Syncer {
+        Syncer {
+            inner: Arc::new(Inner {
+                store,
+                peers,
+                me,
+                on_fresh,
+                stats: SyncStats::default(),
+                repairs: Mutex::new(HashMap::new()),
+                tasks,
+                stop,
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> SyncCounts {
+        self.inner.stats.snapshot()
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Brings this peer's copy of `conversation` up to the union of what the
+    /// reachable `members` hold. Unreachable members are skipped; if every
+    /// other member is, that is [`SyncError::NobodyReachable`].
+    pub async fn conversation(
+        &self,
+        conversation: &str,
+        members: &[Member],
+    ) -> Result<Synced, SyncError> {
+        let me = self.inner.me.as_str();
+        let others: Vec<&Member> = members
+            .iter()
+            .filter(|m| !m.nick.eq_ignore_ascii_case(me))
+            .collect();
+        let mine = self.store().version(conversation).await?;
+        let my_digest = digest(&mine.vector);
+        let asks = others
+            .iter()
+            .map(|m| self.get_version(&m.address, conversation, my_digest.clone()));
+        let answers: Vec<(&Member, Option<GetVersionResponse>)> =
+            others.iter().copied().zip(join_all(asks).await).collect();
+        let answered = answers.iter().filter(|(_, a)| a.is_some()).count();
+        if !others.is_empty() && answered == 0 {
+            return Err(SyncError::NobodyReachable {
+                conversation: conversation.to_owned(),
+                asked: others.len(),
+            });
+        }
+        // Those with the same vector have nothing to give or take.
+        let mut answers: Vec<(&Member, GetVersionResponse)> = answers
+            .into_iter()
+            .filter_map(|(m, a)| a.filter(|a| !a.same).map(|a| (m, a)))
+            .collect();
+        // Highest version first: it is the one most likely to hold everything.
+        answers.sort_by_key(|a| std::cmp::Reverse(a.1.version));
+
+        let mut synced = Synced::default();
+        for (member, answer) in &answers {
+            let mine = self.store().version(conversation).await?.vector;
+            if !ahead(&answer.vector, &mine) {
+                continue;
+            }
+            let got = self.pull(&member.address, conversation, mine).await?;
+            tracing::debug!(from = %member.nick, conversation, pulled = got.len(), "pulled history");
+            synced.pulled.extend(got);
+        }
+        let mine = self.store().version(conversation).await?;
+        synced.version = mine.count;
+        synced.behind = answers
+            .into_iter()
+            .filter(|(_, a)| ahead(&mine.vector, &a.vector))
+            .map(|(m, a)| (m.clone(), a.vector))
+            .collect();
+        Ok(synced)
+    }
+
+    /// One anti-entropy pass over `conversations` (key and members each):
+    /// pulls what any reachable member holds that this peer lacks, and
+    /// pushes this peer's own messages to members lacking them. New
+    /// messages go to the person. Conversations whose members cannot be
+    /// reached are left for the next pass.
+    pub async fn round(&self, conversations: Vec<(String, Vec<Member>)>) {
+        for (conv, members) in conversations {
+            if self.inner.stop.is_cancelled() {
+                return;
+            }
+            match self.conversation(&conv, &members).await {
+                Ok(synced) => {
+                    self.fresh(synced.pulled);
+                    self.push_own(&conv, synced.behind);
+                }
+                Err(SyncError::NobodyReachable { .. }) => {
+                    tracing::debug!(conversation = %conv, "anti-entropy: nobody answered")
+                }
+                Err(err) => {
+                    tracing::warn!(conversation = %conv, cause = %err, "anti-entropy failed")
+                }
+            }
+        }
+    }
+
+    /// Catches up on every private conversation whose other side `online`
+    /// shows: what it sent while this peer was away.
+    pub async fn private_chats(&self, online: impl Fn(&str) -> Option<Member>) {
+        let convs = match self.store().conversations().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot list conversations");
+                return;
+            }
+        };
+        let mut todo = Vec::new();
+        for key in convs {
+            if let Some(member) = self.private_partner(&key).and_then(|n| online(n.as_str())) {
+                todo.push((key, vec![member]));
+            }
+        }
+        self.round(todo).await;
+    }
+
+    /// The other party of a private conversation key, if it is one of ours.
+    pub fn private_partner(&self, key: &str) -> Option<Nick> {
+        let Ok(Conversation::Private(a, b)) = Conversation::parse_key(key) else {
+            return None;
+        };
+        let me = self.inner.me.key();
+        let other = if a == me {
+            b
+        } else if b == me {
+            a
+        } else {
+            return None;
+        };
+        Nick::parse(&other).ok()
+    }
+
+    fn fresh(&self, msgs: Vec<(ChatMessage, bool)>) {
+        if !msgs.is_empty() {
+            (self.inner.on_fresh)(msgs);
+        }
+    }
+
+    /// Hands members that a sync showed lacking some of this peer's own
+    /// messages (sent just before a crash, say) what they lack, in the
+    /// background.
+    pub fn push_own(&self, conversation: &str, behind: Vec<(Member, Vec<VectorEntry>)>) {
+        for (member, vector) in behind {
+            let s = self.clone();
+            let conv = conversation.to_owned();
+            self.inner.tasks.spawn(async move {
+                match s.own_missing(&conv, vector).await {
+                    Ok(msgs) => {
+                        for m in msgs {
+                            if s.inner.peers.deliver(&member.address, m).await != Delivery::Stored {
+                                break;
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(cause = %err, "cannot read own messages to push"),
+                }
+            });
+        }
+    }
+
+    /// This peer's own messages of `conversation` that a member holding
+    /// `theirs` lacks, in order.
+    pub async fn own_missing(
+        &self,
+        conversation: &str,
+        theirs: Vec<VectorEntry>,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let me = self.inner.me.to_string();
+        let mut own = Vec::new();
+        let mut cursor = Some(PullCursor::default());
+        while let Some(at) = cursor {
+            let (page, next) = self
+                .store()
+                .missing_page(
+                    conversation,
+                    theirs.clone(),
+                    Some(me.clone()),
+                    at,
+                    PAGE_SIZE as usize,
+                )
+                .await?;
+            own.extend(page);
+            if own.len() >= MAX_PUSH {
+                own.truncate(MAX_PUSH);
+                break;
+            }
+            cursor = next;
+        }
+        Ok(own)
+    }
+
+    async fn get_version(
+        &self,
+        address: &str,
+        conversation: &str,
+        digest: Vec<u8>,
+    ) -> Option<GetVersionResponse> {
+        use prost::Message;
+        let mut client = self.inner.peers.client(address).ok()?;
+        let ask = GetVersionRequest {
+            conversation: conversation.to_owned(),
+            requester: self.inner.me.to_string(),
+            digest,
+        };
+        let stats = &self.inner.stats;
+        stats.queries.fetch_add(1, Ordering::Relaxed);
+        stats
+            .query_bytes
+            .fetch_add(ask.encoded_len() as u64, Ordering::Relaxed);
+        let mut req = tonic::Request::new(ask);
+        req.set_timeout(VERSION_DEADLINE);
+        match tokio::time::timeout(VERSION_DEADLINE, client.get_version(req)).await {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                stats
+                    .query_bytes
+                    .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
+                Some(resp)
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(address, %status, "version query refused");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(address, "version query timed out");
+                None
+            }
+        }
+    }
+
+    /// Pulls from the peer at `address` every message of `conversation` not
+    /// covered by `have`, storing each page as it arrives. Returns the
+    /// messages that were new here, with their `late` flags. A peer failing
+    /// mid-pull keeps what arrived so far.
+    pub async fn pull(
+        &self,
+        address: &str,
+        conversation: &str,
+        have: Vec<VectorEntry>,
+    ) -> Result<Vec<(ChatMessage, bool)>, SyncError> {
+        let mut fresh = Vec::new();
+        let Ok(mut client) = self.inner.peers.client(address) else {
+            return Ok(fresh);
+        };
+        self.inner.stats.pulls.fetch_add(1, Ordering::Relaxed);
+        let req = PullHistoryRequest {
+            conversation: conversation.to_owned(),
+            requester: self.inner.me.to_string(),
+            have,
+            page_size: PAGE_SIZE,
+        };
+        let store = self.store();
+        let work = async {
+            let mut pages = match client.pull_history(req).await {
+                Ok(resp) => resp.into_inner(),
+                Err(status) => {
+                    tracing::debug!(address, %status, "pull refused");
+                    return Ok(());
+                }
+            };
+            while let Some(page) = pages.next().await {
+                let page = match page {
+                    Ok(p) => p,
+                    Err(status) => {
+                        tracing::debug!(address, %status, "pull broken off");
+                        return Ok(());
+                    }
+                };
+                let msgs: Vec<ChatMessage> = page
+                    .messages
+                    .into_iter()
+                    .filter(|m| m.conversation == conversation && valid_message(m).is_ok())
+                    .collect();
+                let results = store.insert_many(msgs.clone()).await?;
+                for (m, r) in msgs.into_iter().zip(results) {
+                    if r.new {
+                        fresh.push((m, r.late));
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        match tokio::time::timeout(PULL_DEADLINE, work).await {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!(
+                address,
+                conversation,
+                "pull took too long; keeping what arrived"
+            ),
+        }
+        self.inner
+            .stats
+            .pulled
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(a: &str, inc: u64, seq: u64) -> VectorEntry {
+        VectorEntry {
+            author: a.into(),
+            incarnation: inc,
+            seq,
+        }
+    }
+
+    #[test]
+    fn ahead_compares_per_author_incarnation() {
+        assert!(!ahead(&[], &[]));
+        assert!(ahead(&[e("a", 1, 1)], &[]));
+        assert!(!ahead(&[e("a", 1, 3)], &[e("A", 1, 3)]));
+        assert!(ahead(&[e("a", 1, 4)], &[e("a", 1, 3)]));
+        assert!(ahead(&[e("a", 2, 1)], &[e("a", 1, 9)]));
+        assert!(!ahead(&[e("a", 1, 2)], &[e("a", 1, 3), e("b", 1, 1)]));
+    }
+
+    #[test]
+    fn digests_agree_on_equal_vectors_only() {
+        let v = [e("Alice", 1, 3), e("bob", 2, 1)];
+        let same = [e("bob", 2, 1), e("alice", 1, 3)];
+        assert_eq!(digest(&v), digest(&same));
+        assert_ne!(digest(&v), digest(&[e("alice", 1, 4), e("bob", 2, 1)]));
+        assert_ne!(digest(&v), digest(&[e("alice", 1, 3)]));
+        assert_eq!(digest(&[]), digest(&[e("carol", 9, 0)]));
+    }
+}
