@@ -488,3 +488,28 @@ pub async fn until_members(router: &str, name: &str, n: usize, within: Duration)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Starts a peer on `dir` whose configuration `tune` adjusts first (a short
+/// sync interval, an advertised address).
+pub async fn peer_with(
+    router: SocketAddr,
+    nick: &str,
+    dir: std::path::PathBuf,
+    tune: impl FnOnce(&mut PeerConfig),
+) -> TestPeer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = PeerConfig::new(
+        Nick::parse(nick).unwrap(),
+        router.to_string(),
+        listener,
+        dir.clone(),
+    );
+    tune(&mut config);
+    let (peer, events) = Peer::start(config).await.unwrap();
+    TestPeer {
+        peer,
+        events,
+        dir,
+        _tmp: None,
+    }
+}

@@ -1,0 +1,282 @@
+//! Convergence: every online member ends with every message another member
+//! holds, without anyone sending again — through a router that cannot
+//! answer, a crash between commit and fan-out, an author gone for good, a
+//! restart, and a long sync after a new login.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{peer_with, until_members, Proc, Proxy, TestPeer, TestRouter};
+use parley::peer::PeerEvent;
+use parley::proto::router_client::RouterClient;
+use parley::proto::FindRequest;
+use parley::store::Store;
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// Waits (at most `within`) until `p` holds `n` messages of `conv`.
+async fn holds_within(p: &TestPeer, conv: &str, n: usize, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if p.history(conv).await.len() >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not hold {n} message(s) of {conv} within {within:?}",
+            p.peer.nick()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_member_whose_router_cannot_answer_still_gets_the_message() {
+    let router = TestRouter::start(TTL).await;
+    // Bob reaches the router only through this proxy.
+    let to_router = Proxy::start(router.addr).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = TestPeer::start(&router, "alice").await;
+    let bob = peer_with(to_router.addr, "bob", tmp.path().join("bob"), |_| {}).await;
+    let carol = TestPeer::start(&router, "carol").await;
+    alice.join("#r").await;
+    bob.join("#r").await;
+
+    // Bob loses the router, then carol joins: bob never hears of her, and
+    // cannot ask whether she is a member.
+    to_router.cut();
+    carol.join("#r").await;
+    let sent = carol.say("#r", "hello from the newcomer").await;
+    assert_eq!(sent.delivered, ["alice"], "{sent:?}");
+    assert_eq!(sent.pending, ["bob"], "{sent:?}");
+    // "Cannot tell now" is not a refusal: carol still owes it to bob.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let owed = carol.peer.store().outbox_for("bob", 10).await.unwrap();
+    assert_eq!(owed.len(), 1, "carol forgot what she owes bob");
+
+    to_router.heal();
+    let held = bob.wait_for("#r", 1).await;
+    assert_eq!(held[0].body, "hello from the newcomer");
+    for p in [alice, bob, carol] {
+        p.stop().await;
+    }
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_fan_out_leaves_the_message_owed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let alice_dir = tmp.path().join("alice");
+    let mut alice = Proc::peer(&addr, "alice", &alice_dir, &[]).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &[]).await;
+
+    // Bob freezes: alice's Deliver hangs until its deadline, and alice is
+    // killed while it does, after her commit.
+    bob.signal("STOP");
+    alice.send("/msg bob are you there").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    alice.kill9().await;
+
+    let store = {
+        let path = alice_dir.join("history.db");
+        tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let owed = store.outbox_for("bob", 10).await.unwrap();
+    assert_eq!(owed.len(), 1, "the message is not owed to bob");
+    assert_eq!(owed[0].body, "are you there");
+    drop(store);
+
+    // Alice comes back; bob thaws: he gets it without anyone sending again.
+    bob.signal("CONT");
+    let mut alice = Proc::peer(&addr, "alice", &alice_dir, &[]).await;
+    let m = bob.event("message").await;
+    assert_eq!(m["body"], "are you there");
+    assert_eq!(m["from"], "alice");
+    alice.send("/quit").await;
+    alice.quit().await;
+    bob.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn a_message_one_member_got_reaches_the_others_after_its_author_is_gone() {
+    let router = TestRouter::start(TTL).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let every = Duration::from_secs(1);
+    let fast = |c: &mut parley::peer::PeerConfig| c.sync_interval = every;
+    let alice = peer_with(router.addr, "alice", tmp.path().join("alice"), fast).await;
+    let bob = peer_with(router.addr, "bob", tmp.path().join("bob"), fast).await;
+    // Others reach carol only through a proxy, which is cut below.
+    let to_carol = Proxy::unaimed().await;
+    let carol = peer_with(router.addr, "carol", tmp.path().join("carol"), |c| {
+        c.sync_interval = every;
+        c.advertise = Some(to_carol.addr.to_string());
+    })
+    .await;
+    to_carol.aim(carol.peer.listen_addr());
+    for p in [&alice, &bob, &carol] {
+        p.join("#r").await;
+    }
+
+    to_carol.cut();
+    let sent = alice.say("#r", "only bob hears this").await;
+    assert_eq!(sent.delivered, ["bob"], "{sent:?}");
+    assert_eq!(sent.pending, ["carol"], "{sent:?}");
+    // The author dies for good, its outbox with it.
+    alice.peer.stop_now().await;
+    to_carol.heal();
+
+    // Within one sync interval (jittered up to 1.2x, plus the pull).
+    holds_within(&carol, "#r", 1, every * 3).await;
+    assert_eq!(carol.history("#r").await[0].body, "only bob hears this");
+    bob.stop().await;
+    carol.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_restarted_after_quit_is_back_in_its_rooms_with_what_it_missed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let bob_dir = tmp.path().join("bob");
+    let mut alice = Proc::peer(&addr, "alice", &tmp.path().join("alice"), &["--join", "#r"]).await;
+    alice.event("joined").await;
+    let mut bob = Proc::peer(&addr, "bob", &bob_dir, &["--join", "#r"]).await;
+    bob.event("joined").await;
+    bob.send("/quit").await;
+    bob.quit().await;
+
+    for i in 0..3 {
+        alice.send(&format!("while bob was away {i}")).await;
+        alice.event("sent").await;
+    }
+    // No --join: bob is back in #r because he was in it.
+    let mut bob = Proc::peer(&addr, "bob", &bob_dir, &[]).await;
+    let back = bob.event("back").await;
+    assert_eq!(back["room"], "#r");
+    assert_eq!(back["new"], 3);
+    let held = bob.history("#r").await;
+    assert_eq!(held.len(), 3, "{held:?}");
+    until_members(&addr, "#r", 2, Duration::from_secs(5)).await;
+    // And the room goes on live, in the room he is back in.
+    alice.send("welcome back").await;
+    let sent = alice.event("sent").await;
+    assert_eq!(sent["delivered"], serde_json::json!(["bob"]));
+    let m = bob.event("message").await;
+    assert_eq!(m["body"], "welcome back");
+    bob.send("thanks").await;
+    let sent = bob.event("sent").await;
+    assert_eq!(sent["conversation"], "#r");
+    alice.quit().await;
+    bob.quit().await;
+    router.terminate().await;
+}
+
+/// A peer address that accepts connections and never answers: a frozen
+/// member, as far as anyone calling it can tell.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_long_sync_after_a_new_login_does_not_let_the_lease_lapse() {
+    let lease = Duration::from_secs(2);
+    let router = TestRouter::start(lease).await;
+    let addr = router.addr;
+    let tmp = tempfile::tempdir().unwrap();
+    let rooms = ["#r1", "#r2", "#r3", "#r4"];
+    let p = peer_with(addr, "p", tmp.path().join("p"), |_| {}).await;
+    for r in rooms {
+        p.join(r).await;
+    }
+    // Q sits in every room, but whoever calls it waits for nothing: each
+    // of P's room syncs after its new login waits out a version query.
+    let (hole, hole_task) = black_hole().await;
+    let q = peer_with(addr, "q", tmp.path().join("q"), |c| {
+        c.advertise = Some(hole.to_string())
+    })
+    .await;
+    for r in rooms {
+        q.join(r).await;
+    }
+
+    // The router restarts empty: both log in again and rejoin. It stays
+    // down long enough for the watch loops to back off past its return, so
+    // the heartbeat loops are the ones that find the session gone.
+    router.stop().await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let router = TestRouter::start_on(listener, lease).await;
+    until_members(&addr.to_string(), "#r4", 2, Duration::from_secs(10)).await;
+
+    // P's syncs take ~1 s per room; its lease (2 s) must never lapse
+    // meanwhile.
+    let mut client = RouterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + 3 * lease;
+    while tokio::time::Instant::now() < until {
+        let found = client
+            .find(FindRequest { name: "p".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .found;
+        assert!(found, "p's lease lapsed during its syncs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.stop().await;
+    q.stop().await;
+    hole_task.abort();
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_in_process_peer_says_it_is_back() {
+    let router = TestRouter::start(TTL).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = TestPeer::start(&router, "alice").await;
+    let bob = peer_with(router.addr, "bob", tmp.path().join("bob"), |_| {}).await;
+    alice.join("#r").await;
+    bob.join("#r").await;
+    bob.stop().await;
+    alice.say("#r", "one").await;
+    alice.say("#r", "two").await;
+    let mut bob = peer_with(router.addr, "bob", tmp.path().join("bob"), |_| {}).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, bob.events.recv())
+            .await
+            .expect("a back event within 10 s")
+            .expect("peer running");
+        if let PeerEvent::Back { room, new } = ev {
+            assert_eq!((room.as_str(), new), ("#r", 2));
+            break;
+        }
+    }
+    assert_eq!(bob.history("#r").await.len(), 2);
+    assert_eq!(
+        bob.peer
+            .rooms_in()
+            .iter()
+            .map(|r| r.key())
+            .collect::<Vec<_>>(),
+        ["#r"]
+    );
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
