@@ -3,8 +3,6 @@
 //! # Layout
 //!
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
-//! - [`bench`]: the bundled benchmark: its own router and peers on
-//!   loopback, latency and throughput against a bare gRPC call.
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
 //! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
@@ -20,7 +18,6 @@
 //! - [`terminal`]: the command parser, the output events (human or JSON) and
 //!   terminal input that printing never garbles.
 
-pub mod bench;
 pub mod client;
 pub mod logging;
 pub mod names;

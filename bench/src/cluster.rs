@@ -10,23 +10,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures::future::try_join_all;
+use parley::names::{Nick, Room};
+use parley::peer::{Peer, PeerConfig};
+use parley::registry::MemoryRegistry;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::child::{LEASE_TTL, READY};
-use crate::names::{Nick, Room};
-use crate::peer::{Peer, PeerConfig, PeerEvent};
-use crate::registry::MemoryRegistry;
+use crate::node::{drain, LEASE_TTL, READY};
 
 /// How long a child may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Reads and drops a peer's events, so the unbounded queue does not grow
-/// with every message (and inflate the memory figures).
-pub fn drain(mut events: mpsc::UnboundedReceiver<PeerEvent>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move { while events.recv().await.is_some() {} })
-}
 
 /// A child process of the bench (itself, re-executed).
 struct ChildProc {
@@ -127,7 +121,6 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The sending peers, always in this process.
     pub senders: Vec<Peer>,
-    pub in_process: bool,
     /// Dropped last: the data directories of every peer.
     dir: tempfile::TempDir,
 }
@@ -159,7 +152,6 @@ impl Cluster {
             router,
             members: Vec::new(),
             senders: Vec::new(),
-            in_process,
             dir,
         };
         let starts = members.into_iter().map(|spec| {
@@ -240,7 +232,7 @@ async fn start_router_task() -> anyhow::Result<(Node, String)> {
         let stop = async {
             let _ = rx.await;
         };
-        if let Err(err) = crate::router::serve(listener, registry, stop).await {
+        if let Err(err) = parley::router::serve(listener, registry, stop).await {
             tracing::error!(cause = %err, "bench router stopped");
         }
     });

@@ -6,20 +6,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
+use parley::names::{Nick, Room};
+use parley::peer::{Peer, PeerConfig};
+use parley::registry::MemoryRegistry;
 use tokio::io::AsyncReadExt;
 
-use crate::names::{Nick, Room};
-use crate::peer::{Peer, PeerConfig};
-use crate::registry::MemoryRegistry;
-
-/// Lease of the bench's router: the default a person's router uses.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
-
-/// The line a child prints once it serves.
-pub const READY: &str = "ready ";
+use crate::node::{drain, LEASE_TTL, READY};
 
 /// Resolves when stdin reaches its end (or fails): the parent is gone, so a
 /// child never outlives the bench, even one killed with SIGKILL.
@@ -38,7 +32,7 @@ async fn parent_gone() {
 async fn until_stopped() {
     tokio::select! {
         _ = parent_gone() => {}
-        _ = crate::shutdown::signal() => {}
+        _ = parley::shutdown::signal() => {}
     }
 }
 
@@ -59,7 +53,7 @@ pub async fn serve_router() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let registry = MemoryRegistry::new(LEASE_TTL)?;
     ready(addr);
-    crate::router::serve(listener, Arc::new(registry), until_stopped()).await?;
+    parley::router::serve(listener, Arc::new(registry), until_stopped()).await?;
     Ok(())
 }
 
@@ -81,7 +75,7 @@ pub async fn serve_peer(
         advertise: None,
     })
     .await?;
-    let drain = super::cluster::drain(events);
+    let drain = drain(events);
     for room in &rooms {
         peer.join(room).await?;
     }
