@@ -90,3 +90,9 @@ pub fn endpoint(address: &str) -> Result<Endpoint, NetError> {
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true))
 }
+
+/// A listener on a free port of 127.0.0.1 (port 0): where the tests and the
+/// bench serve.
+pub async fn bind_loopback() -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await
+}

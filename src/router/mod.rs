@@ -5,15 +5,17 @@
 //! and maps [`RegistryError`] to `tonic::Status` in one place.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -41,6 +43,10 @@ pub enum RouterError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("router task ended abnormally: {0}")]
+    Task(#[source] JoinError),
+    #[error("router did not stop within {0:?}")]
+    StopTimedOut(Duration),
 }
 
 impl From<RegistryError> for Status {
@@ -326,4 +332,56 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
+}
+
+/// A router serving in this process, in a task of the runtime it was
+/// spawned on; stops on [`RouterHandle::stop`] or on drop.
+#[derive(Debug)]
+pub struct RouterHandle {
+    addr: SocketAddr,
+    /// Fires `serve`'s shutdown future when dropped.
+    stop: DropGuard,
+    task: JoinHandle<Result<(), RouterError>>,
+}
+
+impl RouterHandle {
+    /// How long [`RouterHandle::stop`] waits for the server to end; a
+    /// router still up after it is stuck.
+    pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
+    /// Serves `registry` on an already bound listener (see [`serve`]), in a
+    /// task. Fails only if the listener has no local address.
+    pub fn spawn(
+        listener: TcpListener,
+        registry: Arc<dyn Registry>,
+    ) -> std::io::Result<RouterHandle> {
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, registry, stop.clone().cancelled_owned()));
+        Ok(RouterHandle {
+            addr,
+            stop: stop.drop_guard(),
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it and waits (at most [`RouterHandle::STOP_WAIT`]) until it
+    /// has shut down; reports an error `serve` ended with.
+    pub async fn stop(self) -> Result<(), RouterError> {
+        let RouterHandle { stop, mut task, .. } = self;
+        drop(stop);
+        match tokio::time::timeout(Self::STOP_WAIT, &mut task).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(err)) => Err(RouterError::Task(err)),
+            Err(_) => {
+                task.abort();
+                Err(RouterError::StopTimedOut(Self::STOP_WAIT))
+            }
+        }
+    }
 }
