@@ -32,6 +32,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// through middleboxes).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping router waits for its connections to close. tonic's
+/// graceful shutdown waits for every connection to finish HTTP/2's close,
+/// and a peer that cannot answer (frozen by SIGSTOP, its host gone, its
+/// TCP window full) holds that up until keepalive gives up on it, 15 s
+/// later, or forever if nothing detects it. Past this the router stops
+/// anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Events queued per Watch stream on the wire; past it the registry's own
 /// buffer fills and a slow watcher is cut.
 const WATCH_QUEUE: usize = 256;
@@ -292,7 +299,8 @@ impl Router for RouterService {
 }
 
 /// Serves the router on `listener` until `shutdown` resolves: the `Router`
-/// service, gRPC health, and reflection.
+/// service, gRPC health, and reflection. Once `shutdown` resolves, open
+/// connections get [`SHUTDOWN_GRACE`] to close before it returns.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<dyn Registry>,
@@ -321,7 +329,7 @@ pub async fn serve(
             stop.cancel();
         }
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(CALL_TIMEOUT)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -329,8 +337,23 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(router)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace_over => {
+            // Dropping the server stops accepting (the listener is already
+            // closed); the connections still open keep their own tasks
+            // until they close or the process exits.
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "connections still open after the shutdown grace; stopping without them"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -345,8 +368,8 @@ pub struct RouterHandle {
 }
 
 impl RouterHandle {
-    /// How long [`RouterHandle::stop`] waits for the server to end; a
-    /// router still up after it is stuck.
+    /// How long [`RouterHandle::stop`] waits for the server to end: past
+    /// [`SHUTDOWN_GRACE`] with room to spare, a router still up is stuck.
     pub const STOP_WAIT: Duration = Duration::from_secs(10);
 
     /// Serves `registry` on an already bound listener (see [`serve`]), in a

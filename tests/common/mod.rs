@@ -249,11 +249,16 @@ impl Proc {
     }
 
     /// Stops the process with SIGTERM; it must exit cleanly within 10 s.
-    pub async fn terminate(mut self) {
+    pub async fn terminate(self) {
+        self.terminate_within(Duration::from_secs(10)).await;
+    }
+
+    /// Stops the process with SIGTERM; it must exit cleanly within `within`.
+    pub async fn terminate_within(mut self, within: Duration) {
         self.signal("TERM");
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let status = tokio::time::timeout(within, self.child.wait())
             .await
-            .expect("exit within 10 s of SIGTERM")
+            .unwrap_or_else(|_| panic!("exit within {within:?} of SIGTERM"))
             .unwrap();
         assert!(status.success(), "{status:?}");
     }
