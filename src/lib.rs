@@ -3,8 +3,6 @@
 //! # Layout
 //!
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
-//! - [`bench`]: the bundled benchmark: its own router and peers on
-//!   loopback, latency and throughput against a bare gRPC call.
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
 //! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
@@ -21,7 +19,6 @@
 //! - [`terminal`]: the command parser, the output events (human or JSON) and
 //!   terminal input that printing never garbles.
 
-pub mod bench;
 pub mod client;
 pub mod logging;
 pub mod message;

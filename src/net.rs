@@ -189,6 +189,12 @@ pub fn endpoint(address: &str) -> Result<Endpoint, NetError> {
         .keep_alive_while_idle(true))
 }
 
+/// A listener on a free port of 127.0.0.1 (port 0): where the tests and the
+/// bench serve.
+pub async fn bind_loopback() -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

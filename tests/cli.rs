@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::Proc;
 
 #[tokio::test]
@@ -185,4 +187,21 @@ async fn a_peer_that_cannot_start_says_why_in_one_line() {
     let (code, err) = peer_exit(&["--nick", "no spaces", "--router", &addr]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("A-Z a-z 0-9 _ -"), "{err}");
+}
+
+/// A frozen peer (SIGSTOP) never finishes HTTP/2's graceful close of its
+/// connection; the router's shutdown is bounded, so SIGTERM still ends it.
+#[tokio::test]
+async fn a_router_stops_on_sigterm_while_a_peer_is_frozen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    // Joined, the peer holds a Watch stream open on the router.
+    let mut peer = Proc::peer(&addr, "frozen", &tmp.path().join("f"), &["--join", "#r"]).await;
+    peer.event("joined").await;
+    peer.signal("STOP");
+    let started = Instant::now();
+    router.terminate_within(Duration::from_secs(6)).await;
+    println!("router exited {:?} after SIGTERM", started.elapsed());
+    peer.signal("CONT");
+    peer.kill9().await;
 }

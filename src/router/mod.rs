@@ -5,15 +5,17 @@
 //! and maps [`RegistryError`] to `tonic::Status` in one place.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -30,6 +32,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// through middleboxes).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping router waits for its connections to close. tonic's
+/// graceful shutdown waits for every connection to finish HTTP/2's close,
+/// and a peer that cannot answer (frozen by SIGSTOP, its host gone, its
+/// TCP window full) holds that up until keepalive gives up on it, 15 s
+/// later, or forever if nothing detects it. Past this the router stops
+/// anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Events queued per Watch stream on the wire; past it the registry's own
 /// buffer fills and a slow watcher is cut.
 const WATCH_QUEUE: usize = 256;
@@ -41,6 +50,10 @@ pub enum RouterError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("router task ended abnormally: {0}")]
+    Task(#[source] JoinError),
+    #[error("router did not stop within {0:?}")]
+    StopTimedOut(Duration),
 }
 
 impl From<RegistryError> for Status {
@@ -286,7 +299,8 @@ impl Router for RouterService {
 }
 
 /// Serves the router on `listener` until `shutdown` resolves: the `Router`
-/// service, gRPC health, and reflection.
+/// service, gRPC health, and reflection. Once `shutdown` resolves, open
+/// connections get [`SHUTDOWN_GRACE`] to close before it returns.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<dyn Registry>,
@@ -315,7 +329,7 @@ pub async fn serve(
             stop.cancel();
         }
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(CALL_TIMEOUT)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -323,7 +337,74 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(router)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace_over => {
+            // Dropping the server stops accepting (the listener is already
+            // closed); the connections still open keep their own tasks
+            // until they close or the process exits.
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "connections still open after the shutdown grace; stopping without them"
+            );
+        }
+    }
     Ok(())
+}
+
+/// A router serving in this process, in a task of the runtime it was
+/// spawned on; stops on [`RouterHandle::stop`] or on drop.
+#[derive(Debug)]
+pub struct RouterHandle {
+    addr: SocketAddr,
+    /// Fires `serve`'s shutdown future when dropped.
+    stop: DropGuard,
+    task: JoinHandle<Result<(), RouterError>>,
+}
+
+impl RouterHandle {
+    /// How long [`RouterHandle::stop`] waits for the server to end: past
+    /// [`SHUTDOWN_GRACE`] with room to spare, a router still up is stuck.
+    pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
+    /// Serves `registry` on an already bound listener (see [`serve`]), in a
+    /// task. Fails only if the listener has no local address.
+    pub fn spawn(
+        listener: TcpListener,
+        registry: Arc<dyn Registry>,
+    ) -> std::io::Result<RouterHandle> {
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, registry, stop.clone().cancelled_owned()));
+        Ok(RouterHandle {
+            addr,
+            stop: stop.drop_guard(),
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it and waits (at most [`RouterHandle::STOP_WAIT`]) until it
+    /// has shut down; reports an error `serve` ended with.
+    pub async fn stop(self) -> Result<(), RouterError> {
+        let RouterHandle { stop, mut task, .. } = self;
+        drop(stop);
+        match tokio::time::timeout(Self::STOP_WAIT, &mut task).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(err)) => Err(RouterError::Task(err)),
+            Err(_) => {
+                task.abort();
+                Err(RouterError::StopTimedOut(Self::STOP_WAIT))
+            }
+        }
+    }
 }

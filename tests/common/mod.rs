@@ -7,42 +7,34 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parley::net::bind_loopback;
 use parley::proto::router_client::RouterClient;
 use parley::registry::MemoryRegistry;
-use tokio::sync::oneshot;
+use parley::router::RouterHandle;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-/// A router serving an in-memory registry on an ephemeral loopback port.
+/// A router serving an in-memory registry on an ephemeral loopback port;
+/// dropping it stops it.
 pub struct TestRouter {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    router: RouterHandle,
 }
 
 impl TestRouter {
     pub async fn start(ttl: Duration) -> TestRouter {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(listener, ttl).await
+        Self::start_on(bind_loopback().await.unwrap(), ttl).await
     }
 
     /// Starts a router on an already bound listener (to restart one on the
     /// same port).
-    pub async fn start_on(listener: tokio::net::TcpListener, ttl: Duration) -> TestRouter {
-        let addr = listener.local_addr().unwrap();
+    pub async fn start_on(listener: TcpListener, ttl: Duration) -> TestRouter {
         let registry = Arc::new(MemoryRegistry::new(ttl).unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            parley::router::serve(listener, registry, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
+        let router = RouterHandle::spawn(listener, registry).unwrap();
         TestRouter {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
+            addr: router.addr(),
+            router,
         }
     }
 
@@ -55,24 +47,8 @@ impl TestRouter {
     }
 
     /// Stops the router and waits until it has shut down.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("router did not stop within 10 s")
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for TestRouter {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) {
+        self.router.stop().await.expect("router stops cleanly");
     }
 }
 
@@ -104,16 +80,28 @@ impl TestPeer {
         nick: &str,
         dir: std::path::PathBuf,
     ) -> Result<TestPeer, parley::peer::PeerError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (peer, events) = Peer::start(PeerConfig {
-            nick: Nick::parse(nick).unwrap(),
-            router: router.to_string(),
+        let listener = bind_loopback().await.unwrap();
+        Self::launch(router, nick, listener, dir, |_| {}).await
+    }
+
+    /// Every peer of the harness starts here: on `listener`, with
+    /// [`PeerConfig::new`]'s defaults as `tune` adjusts them (an advertised
+    /// address, a short sync interval).
+    async fn launch(
+        router: SocketAddr,
+        nick: &str,
+        listener: TcpListener,
+        dir: std::path::PathBuf,
+        tune: impl FnOnce(&mut PeerConfig),
+    ) -> Result<TestPeer, parley::peer::PeerError> {
+        let mut config = PeerConfig::new(
+            Nick::parse(nick).unwrap(),
+            router.to_string(),
             listener,
-            data_dir: dir.clone(),
-            advertise: None,
-            sync_interval: parley::peer::DEFAULT_SYNC_INTERVAL,
-        })
-        .await?;
+            dir.clone(),
+        );
+        tune(&mut config);
+        let (peer, events) = Peer::start(config).await?;
         Ok(TestPeer {
             peer,
             events,
@@ -261,11 +249,16 @@ impl Proc {
     }
 
     /// Stops the process with SIGTERM; it must exit cleanly within 10 s.
-    pub async fn terminate(mut self) {
+    pub async fn terminate(self) {
+        self.terminate_within(Duration::from_secs(10)).await;
+    }
+
+    /// Stops the process with SIGTERM; it must exit cleanly within `within`.
+    pub async fn terminate_within(mut self, within: Duration) {
         self.signal("TERM");
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let status = tokio::time::timeout(within, self.child.wait())
             .await
-            .expect("exit within 10 s of SIGTERM")
+            .unwrap_or_else(|_| panic!("exit within {within:?} of SIGTERM"))
             .unwrap();
         assert!(status.success(), "{status:?}");
     }
@@ -383,7 +376,7 @@ impl Proxy {
     /// behind it needs the proxy's address to start).
     pub async fn unaimed() -> Proxy {
         use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = bind_loopback().await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<JoinHandle<()>>::new()));
@@ -444,27 +437,15 @@ pub async fn peer_behind_proxy(
     nick: &str,
     dir: std::path::PathBuf,
 ) -> (TestPeer, Proxy) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = bind_loopback().await.unwrap();
     let proxy = Proxy::start(listener.local_addr().unwrap()).await;
-    let (peer, events) = Peer::start(PeerConfig {
-        nick: Nick::parse(nick).unwrap(),
-        router: router.addr.to_string(),
-        listener,
-        data_dir: dir.clone(),
-        advertise: Some(proxy.addr.to_string()),
-        sync_interval: parley::peer::DEFAULT_SYNC_INTERVAL,
+    let advertise = proxy.addr.to_string();
+    let peer = TestPeer::launch(router.addr, nick, listener, dir, |c| {
+        c.advertise = Some(advertise)
     })
     .await
     .unwrap();
-    (
-        TestPeer {
-            peer,
-            events,
-            dir,
-            _tmp: None,
-        },
-        proxy,
-    )
+    (peer, proxy)
 }
 
 /// Waits (at most `within`) until the router at `router` shows `name` (a
@@ -497,19 +478,8 @@ pub async fn peer_with(
     dir: std::path::PathBuf,
     tune: impl FnOnce(&mut PeerConfig),
 ) -> TestPeer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = PeerConfig::new(
-        Nick::parse(nick).unwrap(),
-        router.to_string(),
-        listener,
-        dir.clone(),
-    );
-    tune(&mut config);
-    let (peer, events) = Peer::start(config).await.unwrap();
-    TestPeer {
-        peer,
-        events,
-        dir,
-        _tmp: None,
-    }
+    let listener = bind_loopback().await.unwrap();
+    TestPeer::launch(router, nick, listener, dir, tune)
+        .await
+        .unwrap()
 }

@@ -1,8 +1,5 @@
-//! The bundled benchmark: starts its own router and peers on loopback, runs
-//! the scenarios of the design parley comes from, and reports latency
-//! percentiles, throughput, the ratio to the figures that design reported
-//! and to the floor (a bare tonic call on the same loopback), and peak
-//! memory.
+//! A run of the benchmark: starts the cluster, sends through the senders,
+//! times every message, and writes the figures where the options ask.
 //!
 //! The latency of one message runs from the send call until every member
 //! has stored it and acknowledged: a member's `Deliver` answers only after
@@ -12,179 +9,25 @@
 //!
 //! Senders are [`Peer`]s in this process, driven through the same API the
 //! `peer` binary drives. The other members are child processes (this same
-//! executable, re-run as [`child::serve_peer`]) unless `in_process` is set.
-//! Scenarios with two senders keep both in this process.
+//! executable, re-run as [`crate::child::serve_peer`]) unless `in_process`
+//! is set. Scenarios with two senders keep both in this process.
 
-pub mod child;
-pub mod cluster;
-pub mod report;
-pub mod stats;
-mod svg;
-
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parley::names::{Nick, Room, MAX_BODY_CHARS};
+use parley::peer::Peer;
 
-use crate::names::{Nick, Room};
-use crate::peer::Peer;
-use cluster::{Cluster, MemberSpec};
-use stats::{micros, summarise, Summary};
-
-/// Unmeasured messages each sender sends before a scenario's clock starts:
-/// channels connect and member lists settle on them.
-pub const WARMUP: usize = 10;
-/// Sends kept in flight by the throughput scenarios.
-pub const IN_FLIGHT: usize = 128;
-/// Throughput scenarios send this many times `--messages`, so the run is
-/// long enough for a steady rate.
-pub const THROUGHPUT_FACTOR: usize = 10;
-
-/// One scenario of the benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scenario {
-    /// A bare `Ping` on a kept channel: the wire's own cost.
-    Floor,
-    Private,
-    PrivateBoth,
-    Room3,
-    Room20,
-    Room3TwoSenders,
-    ThroughputPrivate,
-    ThroughputRoom20,
-}
-
-impl Scenario {
-    pub const ALL: [Scenario; 8] = [
-        Scenario::Floor,
-        Scenario::Private,
-        Scenario::PrivateBoth,
-        Scenario::Room3,
-        Scenario::Room20,
-        Scenario::Room3TwoSenders,
-        Scenario::ThroughputPrivate,
-        Scenario::ThroughputRoom20,
-    ];
-
-    /// The row's name, in the table and the JSON file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Floor => "floor",
-            Scenario::Private => "private",
-            Scenario::PrivateBoth => "private-both",
-            Scenario::Room3 => "room-3",
-            Scenario::Room20 => "room-20",
-            Scenario::Room3TwoSenders => "room-3-two-senders",
-            Scenario::ThroughputPrivate => "throughput-private",
-            Scenario::ThroughputRoom20 => "throughput-room-20",
-        }
-    }
-
-    /// What the Python design reported (mean ms per message), if anything.
-    pub fn reported_ms(self) -> Option<f64> {
-        match self {
-            Scenario::Private => Some(4.0),
-            Scenario::PrivateBoth => Some(6.0),
-            Scenario::Room3 => Some(6.88),
-            Scenario::Room3TwoSenders => Some(10.0),
-            _ => None,
-        }
-    }
-
-    /// The rows a `--scenario NAME` selects: a row's name, or `throughput`
-    /// for both throughput rows.
-    pub fn select(name: &str) -> Result<Vec<Scenario>, String> {
-        if name == "throughput" {
-            return Ok(vec![
-                Scenario::ThroughputPrivate,
-                Scenario::ThroughputRoom20,
-            ]);
-        }
-        Scenario::ALL
-            .into_iter()
-            .find(|s| s.name() == name)
-            .map(|s| vec![s])
-            .ok_or_else(|| {
-                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                format!(
-                    "no scenario {name:?}; one of {}, throughput",
-                    names.join(", ")
-                )
-            })
-    }
-
-    fn is_throughput(self) -> bool {
-        matches!(
-            self,
-            Scenario::ThroughputPrivate | Scenario::ThroughputRoom20
-        )
-    }
-}
-
-/// How a run goes.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Rows to run; empty means all. The floor is measured in every run.
-    pub scenarios: Vec<Scenario>,
-    pub messages: usize,
-    /// Members of the `room-20` room, the sender included.
-    pub room_size: usize,
-    /// Bytes of each message body.
-    pub payload: usize,
-    pub in_process: bool,
-    pub json: Option<PathBuf>,
-    pub svg: Option<PathBuf>,
-    pub quiet: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            scenarios: Vec::new(),
-            messages: 1000,
-            room_size: 20,
-            payload: 100,
-            in_process: false,
-            json: None,
-            svg: None,
-            quiet: false,
-        }
-    }
-}
-
-/// One row: what was sent and how long it took.
-#[derive(Debug, Clone)]
-pub struct ScenarioResult {
-    pub scenario: Scenario,
-    /// Measured messages sent (all senders together).
-    pub messages: usize,
-    /// Of those, stored and acknowledged by every member.
-    pub delivered: usize,
-    pub failed: usize,
-    pub senders: usize,
-    /// Members of the conversation, senders included.
-    pub members: usize,
-    /// Sends kept in flight per sender.
-    pub in_flight: usize,
-    pub wall: Duration,
-    pub summary: Summary,
-    /// Latencies of delivered messages (µs), sorted.
-    pub samples: Vec<f64>,
-}
-
-impl ScenarioResult {
-    pub fn msgs_per_s(&self) -> f64 {
-        let secs = self.wall.as_secs_f64();
-        if secs > 0.0 {
-            self.delivered as f64 / secs
-        } else {
-            0.0
-        }
-    }
-}
+use crate::cluster::{self, Cluster, MemberSpec};
+use crate::report;
+use crate::scenario::{
+    Options, Report, Scenario, ScenarioResult, IN_FLIGHT, THROUGHPUT_FACTOR, WARMUP,
+};
+use crate::stats::{micros, summarise};
+use crate::svg;
 
 /// Latencies gathered by one or more senders.
 #[derive(Default)]
@@ -327,12 +170,12 @@ async fn concurrent(
 /// Pings `addr` (a peer's chat service: `Ping` has an empty handler) over
 /// one kept channel, `n` times one after another.
 async fn floor(addr: &str, n: usize, bar: &ProgressBar) -> anyhow::Result<Samples> {
-    let peers = crate::net::Peers::new();
+    let peers = parley::net::Peers::new();
     let mut client = peers.client(addr)?;
     let mut samples = Samples::default();
     for i in 0..WARMUP + n {
         let start = Instant::now();
-        let pinged = client.ping(crate::proto::PingRequest {}).await;
+        let pinged = client.ping(parley::proto::PingRequest {}).await;
         let took = start.elapsed();
         if i < WARMUP {
             continue;
@@ -355,21 +198,6 @@ fn nick(name: &str) -> Nick {
     Nick::parse(name).expect("the bench's nicks follow the rules")
 }
 
-/// Everything a run measured.
-pub struct Report {
-    pub options: Options,
-    pub results: Vec<ScenarioResult>,
-    /// p50 of the floor, µs.
-    pub floor_p50_us: f64,
-    /// Peak resident memory, KiB: the router process, the largest member
-    /// process, this process (the senders; everything with `in_process`).
-    pub router_peak_kib: Option<u64>,
-    pub peer_peak_kib: Option<u64>,
-    pub bench_peak_kib: Option<u64>,
-    /// Wall time of the whole run, set-up and tear-down included.
-    pub total: Duration,
-}
-
 /// Runs the benchmark. The progress bar goes to stderr unless `quiet`.
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -379,10 +207,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     if options.room_size < 2 {
         bail!("--room-size must be at least 2 (the sender and one member)");
     }
-    if options.payload == 0 || options.payload > crate::names::MAX_BODY_CHARS {
+    if options.payload == 0 || options.payload > MAX_BODY_CHARS {
         bail!(
             "--payload must be 1 to {} bytes (a message body's limit)",
-            crate::names::MAX_BODY_CHARS
+            MAX_BODY_CHARS
         );
     }
     let mut selected = if options.scenarios.is_empty() {

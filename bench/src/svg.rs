@@ -5,8 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::report::fmt_us;
-use super::Report;
+use crate::report::{fmt_us, vs_floor};
+use crate::scenario::Report;
 
 /// Points drawn per curve at most: enough for a smooth line, few enough
 /// for a small file.
@@ -68,7 +68,7 @@ pub fn write(report: &Report, path: &Path) -> anyhow::Result<()> {
             "{}  p50 {}  ({:.1}x floor)",
             r.scenario.name(),
             fmt_us(r.summary.p50_us),
-            super::report::vs_floor(report, r)
+            vs_floor(report, r)
         );
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))

@@ -1,12 +1,37 @@
 //! `bench`: how fast parley is. Starts its own router and peers on
-//! loopback, runs the scenarios, prints a table.
+//! loopback, runs the scenarios of the design parley comes from, and prints
+//! a table: latency percentiles, throughput, the ratio to the figures that
+//! design reported and to the floor (a bare tonic call on the same
+//! loopback), and peak memory.
+//!
+//! # Layout
+//!
+//! - [`scenario`]: the scenarios, a run's options, what a run measured.
+//! - [`run`]: a run: the cluster started, messages sent and timed.
+//! - [`cluster`]: the router and member peers on loopback, as child
+//!   processes or in this process, and the senders.
+//! - [`child`]: what this executable runs when re-run as a child.
+//! - [`node`]: what routers and peers share wherever they run.
+//! - [`stats`]: latency summaries.
+//! - [`report`]: the table and the JSON file.
+//! - [`svg`]: the latency CDF as a picture.
+
+mod child;
+mod cluster;
+mod node;
+mod report;
+mod run;
+mod scenario;
+mod stats;
+mod svg;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use parley::bench::{self, Options, Scenario};
 use parley::names::{Nick, Room};
+
+use crate::scenario::{Options, Scenario};
 
 /// Benchmark parley on loopback: latency and throughput of private and room
 /// messages, against a bare gRPC call (the floor) and the figures of the
@@ -85,13 +110,13 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match args.child {
-            Some(Child::Router) => bench::child::serve_router().await.map(|()| None),
+            Some(Child::Router) => child::serve_router().await.map(|()| None),
             Some(Child::Peer {
                 nick,
                 router,
                 join,
                 data_dir,
-            }) => bench::child::serve_peer(nick, router, join, data_dir)
+            }) => child::serve_peer(nick, router, join, data_dir)
                 .await
                 .map(|()| None),
             None => {
@@ -108,7 +133,7 @@ fn main() -> ExitCode {
                 // Ctrl-C drops the run: every child is killed on drop and
                 // the temporary data directories are removed.
                 tokio::select! {
-                    report = bench::run(options) => report.map(Some),
+                    report = run::run(options) => report.map(Some),
                     _ = parley::shutdown::signal() => Err(Interrupted.into()),
                 }
             }
@@ -118,7 +143,7 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match outcome {
         Ok(Some(report)) => {
-            print!("{}", bench::report::table(&report));
+            print!("{}", report::table(&report));
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,

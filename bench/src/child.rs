@@ -5,21 +5,11 @@
 //! signal arrives.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
+use parley::names::{Nick, Room};
 use tokio::io::AsyncReadExt;
 
-use crate::names::{Nick, Room};
-use crate::peer::{Peer, PeerConfig};
-use crate::registry::MemoryRegistry;
-
-/// Lease of the bench's router: the default a person's router uses.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
-
-/// The line a child prints once it serves.
-pub const READY: &str = "ready ";
+use crate::node::{self, READY};
 
 /// Resolves when stdin reaches its end (or fails): the parent is gone, so a
 /// child never outlives the bench, even one killed with SIGKILL.
@@ -38,7 +28,7 @@ async fn parent_gone() {
 async fn until_stopped() {
     tokio::select! {
         _ = parent_gone() => {}
-        _ = crate::shutdown::signal() => {}
+        _ = parley::shutdown::signal() => {}
     }
 }
 
@@ -51,15 +41,14 @@ fn ready(addr: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
-/// A router over an in-memory registry on a free loopback port.
+/// A router over an in-memory registry on a free loopback port, served in
+/// the foreground until the bench is gone.
 pub async fn serve_router() -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
+    let listener = node::listener().await?;
     let addr = listener.local_addr()?;
-    let registry = MemoryRegistry::new(LEASE_TTL)?;
+    let registry = node::registry()?;
     ready(addr);
-    crate::router::serve(listener, Arc::new(registry), until_stopped()).await?;
+    parley::router::serve(listener, registry, until_stopped()).await?;
     Ok(())
 }
 
@@ -70,17 +59,9 @@ pub async fn serve_peer(
     rooms: Vec<Room>,
     data_dir: PathBuf,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
-    let (peer, events) = Peer::start(PeerConfig::new(nick, router, listener, data_dir)).await?;
-    let drain = super::cluster::drain(events);
-    for room in &rooms {
-        peer.join(room).await?;
-    }
+    let peer = node::start_peer(&nick, &router, data_dir, &rooms).await?;
     ready(peer.listen_addr());
     until_stopped().await;
     peer.shutdown().await;
-    drain.abort();
     Ok(())
 }

@@ -5,28 +5,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures::future::try_join_all;
+use parley::names::{Nick, Room};
+use parley::peer::Peer;
+use parley::router::RouterHandle;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, oneshot};
 
-use super::child::{LEASE_TTL, READY};
-use crate::names::{Nick, Room};
-use crate::peer::{Peer, PeerConfig, PeerEvent};
-use crate::registry::MemoryRegistry;
+use crate::node::{self, READY};
 
 /// How long a child may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Reads and drops a peer's events, so the unbounded queue does not grow
-/// with every message (and inflate the memory figures).
-pub fn drain(mut events: mpsc::Receiver<PeerEvent>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move { while events.recv().await.is_some() {} })
-}
 
 /// A child process of the bench (itself, re-executed).
 struct ChildProc {
@@ -108,8 +100,8 @@ fn last_line(log: &Path) -> Option<String> {
 
 enum Node {
     Proc(Box<ChildProc>),
-    /// A router task in this process, stopped by dropping the sender.
-    RouterTask(oneshot::Sender<()>),
+    /// A router in this process.
+    Router(RouterHandle),
     Peer(Peer),
 }
 
@@ -127,7 +119,6 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The sending peers, always in this process.
     pub senders: Vec<Peer>,
-    pub in_process: bool,
     /// Dropped last: the data directories of every peer.
     dir: tempfile::TempDir,
 }
@@ -147,7 +138,10 @@ impl Cluster {
             .context("cannot create a temporary directory")?;
         let exe = std::env::current_exe().context("cannot find the bench executable")?;
         let (router, router_addr) = if in_process {
-            start_router_task().await?
+            let router = RouterHandle::spawn(node::listener().await?, node::registry()?)
+                .context("cannot start the router")?;
+            let addr = router.addr().to_string();
+            (Node::Router(router), addr)
         } else {
             let log = dir.path().join("router.log");
             let args = vec!["__router".to_owned()];
@@ -159,7 +153,6 @@ impl Cluster {
             router,
             members: Vec::new(),
             senders: Vec::new(),
-            in_process,
             dir,
         };
         let starts = members.into_iter().map(|spec| {
@@ -178,12 +171,8 @@ impl Cluster {
 
     /// Starts a sending peer in this process, joined to `rooms`.
     pub async fn add_sender(&mut self, nick: Nick, rooms: &[Room]) -> anyhow::Result<Peer> {
-        let peer = start_peer(&nick, &self.router_addr, self.dir.path()).await?;
-        for room in rooms {
-            peer.join(room)
-                .await
-                .with_context(|| format!("{nick} cannot join {room}"))?;
-        }
+        let dir = data_dir(self.dir.path(), &nick);
+        let peer = node::start_peer(&nick, &self.router_addr, dir, rooms).await?;
         self.senders.push(peer.clone());
         Ok(peer)
     }
@@ -224,43 +213,13 @@ impl Cluster {
 async fn stop_node(node: Node) {
     match node {
         Node::Proc(p) => p.stop().await,
-        Node::RouterTask(stop) => drop(stop),
+        Node::Router(router) => {
+            if let Err(err) = router.stop().await {
+                tracing::warn!(cause = %err, "the bench's router did not stop cleanly");
+            }
+        }
         Node::Peer(p) => p.shutdown().await,
     }
-}
-
-async fn start_router_task() -> anyhow::Result<(Node, String)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
-    let addr = listener.local_addr()?.to_string();
-    let registry = Arc::new(MemoryRegistry::new(LEASE_TTL)?);
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let stop = async {
-            let _ = rx.await;
-        };
-        if let Err(err) = crate::router::serve(listener, registry, stop).await {
-            tracing::error!(cause = %err, "bench router stopped");
-        }
-    });
-    Ok((Node::RouterTask(tx), addr))
-}
-
-async fn start_peer(nick: &Nick, router: &str, root: &Path) -> anyhow::Result<Peer> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
-    let (peer, events) = Peer::start(PeerConfig::new(
-        nick.clone(),
-        router,
-        listener,
-        data_dir(root, nick),
-    ))
-    .await
-    .with_context(|| format!("cannot start peer {nick}"))?;
-    drain(events);
-    Ok(peer)
 }
 
 fn data_dir(root: &Path, nick: &Nick) -> PathBuf {
@@ -268,12 +227,8 @@ fn data_dir(root: &Path, nick: &Nick) -> PathBuf {
 }
 
 async fn start_local_member(spec: MemberSpec, router: &str, root: &Path) -> anyhow::Result<Member> {
-    let peer = start_peer(&spec.nick, router, root).await?;
-    for room in &spec.rooms {
-        peer.join(room)
-            .await
-            .with_context(|| format!("{} cannot join {room}", spec.nick))?;
-    }
+    let dir = data_dir(root, &spec.nick);
+    let peer = node::start_peer(&spec.nick, router, dir, &spec.rooms).await?;
     Ok(Member {
         addr: peer.listen_addr().to_string(),
         nick: spec.nick,

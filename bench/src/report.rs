@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Report, Scenario, ScenarioResult};
+use crate::scenario::{Report, Scenario, ScenarioResult, IN_FLIGHT, THROUGHPUT_FACTOR, WARMUP};
 
 /// A target the benchmark checks on every run (never a timed test).
 #[derive(Debug, Clone, Serialize)]
@@ -120,9 +120,7 @@ pub fn table(report: &Report) -> String {
     let _ = writeln!(
         s,
         "parley bench: {} messages per scenario ({}x for throughput), {}-byte bodies, {mode}",
-        o.messages,
-        super::THROUGHPUT_FACTOR,
-        o.payload
+        o.messages, THROUGHPUT_FACTOR, o.payload
     );
     let _ = writeln!(s, "machine: {} cores, {}, {}", m.cores, m.cpu, m.os);
     let _ = writeln!(s);
@@ -312,12 +310,12 @@ pub fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
         machine: machine(),
         config: JsonConfig {
             messages: o.messages,
-            throughput_messages: o.messages * super::THROUGHPUT_FACTOR,
+            throughput_messages: o.messages * THROUGHPUT_FACTOR,
             room_size: o.room_size,
             payload_bytes: o.payload,
             in_process: o.in_process,
-            in_flight: super::IN_FLIGHT,
-            warmup: super::WARMUP,
+            in_flight: IN_FLIGHT,
+            warmup: WARMUP,
         },
         parley_version: env!("CARGO_PKG_VERSION"),
         total_s: report.total.as_secs_f64(),
