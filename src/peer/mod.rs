@@ -552,6 +552,12 @@ impl Peer {
     /// picture (a router restart) included.
     pub async fn send_room(&self, room: &Room, body: &str) -> Result<SendReport, PeerError> {
         check_body(body)?;
+        let world = self.inner.session.world();
+        if world.has_absent(room.as_str()) {
+            // Right after a router restart the picture may lack members
+            // that are back already: ask once rather than owe them.
+            self.inner.session.refresh_room(room.as_str()).await;
+        }
         let (online, absent) = self
             .inner
             .session

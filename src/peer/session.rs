@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,6 +95,9 @@ struct Inner {
     lease: Mutex<Duration>,
     world: World,
     events: mpsc::Sender<SessionEvent>,
+    /// Wakes the watch loop out of its backoff after a new login, so the
+    /// picture is current again at once.
+    rewatch: Notify,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -125,6 +128,7 @@ impl Session {
                 lease: Mutex::new(Duration::from_secs(10)),
                 world: World::default(),
                 events,
+                rewatch: Notify::new(),
                 stop,
                 tasks,
             }),
@@ -251,6 +255,7 @@ impl Session {
             }
         }
         self.inner.world.new_session();
+        self.inner.rewatch.notify_one();
         self.emit(SessionEvent::LoggedInAgain);
         Ok(())
     }
@@ -346,8 +351,10 @@ impl Session {
                 }
                 Err(s) => tracing::debug!(status = %s, "cannot open watch"),
             }
-            if self.sleep_or_stop(backoff.next()).await {
-                return;
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = self.inner.rewatch.notified() => backoff.reset(),
             }
         }
     }
@@ -355,10 +362,16 @@ impl Session {
     /// Re-reads the members of every room this peer sits in.
     async fn refresh_rooms(&self) {
         for name in self.inner.world.my_rooms() {
-            if let Ok(r) = self.find(&name).await {
-                if r.found {
-                    self.inner.world.set_room(&r.name, r.members, r.revision);
-                }
+            self.refresh_room(&name).await;
+        }
+    }
+
+    /// Re-reads the members of `room` (one this peer sits in) from the
+    /// router; the picture stays as it was if the router cannot answer.
+    pub async fn refresh_room(&self, room: &str) {
+        if let Ok(r) = self.find(room).await {
+            if r.found && self.inner.world.in_room(room) {
+                self.inner.world.set_room(&r.name, r.members, r.revision);
             }
         }
     }

@@ -188,6 +188,17 @@ impl World {
         Some((present, absent))
     }
 
+    /// Whether the picture of `room` holds members that a snapshot
+    /// dropped and that have not come back: then it is worth asking the
+    /// router afresh before a send.
+    pub fn has_absent(&self, room: &str) -> bool {
+        self.lock().rooms.get(&key(room)).is_some_and(|r| {
+            r.absent
+                .values()
+                .any(|(_, since)| since.elapsed() < ABSENT_FOR)
+        })
+    }
+
     pub fn is_member(&self, room: &str, nick: &str) -> bool {
         self.membership(room, nick) == Membership::Member
     }
