@@ -70,8 +70,8 @@ pub enum PeerError {
     NoSuchRoom(String),
     #[error("that is you: a private message needs someone else")]
     ToSelf,
-    #[error("cannot serve chat on {addr}: {cause}")]
-    Serve { addr: String, cause: std::io::Error },
+    #[error("cannot serve chat: the listener has no address ({0})")]
+    Listener(#[source] std::io::Error),
     #[error("the history store's thread could not start: {0}")]
     StoreThread(String),
 }
@@ -162,13 +162,7 @@ impl Peer {
         })
         .await
         .map_err(|e| PeerError::StoreThread(e.to_string()))??;
-        let listen = config
-            .listener
-            .local_addr()
-            .map_err(|cause| PeerError::Serve {
-                addr: "the given listener".into(),
-                cause,
-            })?;
+        let listen = config.listener.local_addr().map_err(PeerError::Listener)?;
         let identity = store.identity();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

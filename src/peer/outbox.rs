@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +30,13 @@ pub const OUTBOX_RETRY: Duration = Duration::from_secs(2);
 /// Most messages one flush reads for one recipient; the rest wait for the
 /// next one.
 const FLUSH_BATCH: usize = 1000;
+/// Settled rows waiting to be ended. Past it a sender ends its rows itself.
+const SETTLE_QUEUE: usize = 65_536;
+/// Most rows ended in one store job.
+const SETTLE_BATCH: usize = 4096;
+
+/// One recipient's row for one message.
+type Row = (String, MsgId);
 
 /// What a send did: the stored message and who has it.
 #[derive(Debug, Clone)]
@@ -54,6 +61,13 @@ struct Inner {
     failed: Arc<Notify>,
     /// Recipients whose outbox is being flushed now.
     flushing: Mutex<HashSet<String>>,
+    /// Rows of sends still in progress, or settled but not yet ended: the
+    /// retry loop leaves them alone (redelivering them would be harmless,
+    /// but it is work, under load a lot of it).
+    in_flight: Mutex<HashSet<Row>>,
+    /// Rows whose recipient has answered definitely, to be ended in batches
+    /// by the settler task: one store job for many sends.
+    settle: mpsc::Sender<Row>,
     incarnation: u64,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -71,7 +85,8 @@ impl Outbox {
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Outbox {
-        Outbox {
+        let (settle, settled) = mpsc::channel(SETTLE_QUEUE);
+        let outbox = Outbox {
             inner: Arc::new(Inner {
                 store,
                 peers,
@@ -79,10 +94,69 @@ impl Outbox {
                 events,
                 failed,
                 flushing: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashSet::new()),
+                settle,
                 incarnation,
                 stop,
                 tasks,
             }),
+        };
+        let o = outbox.clone();
+        outbox
+            .inner
+            .tasks
+            .spawn(async move { o.settler(settled).await });
+        outbox
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<Row>> {
+        // A plain set: a panic elsewhere cannot leave it half-updated.
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends settled rows, many per store job. A row left by a crash before
+    /// it is ended only means one harmless redelivery after the restart.
+    async fn settler(&self, mut settled: mpsc::Receiver<Row>) {
+        loop {
+            let first = tokio::select! {
+                _ = self.inner.stop.cancelled() => None,
+                r = settled.recv() => r,
+            };
+            let Some(first) = first else { return };
+            let mut rows = vec![first];
+            while rows.len() < SETTLE_BATCH {
+                match settled.try_recv() {
+                    Ok(row) => rows.push(row),
+                    Err(_) => break,
+                }
+            }
+            self.end_rows(rows).await;
+        }
+    }
+
+    async fn end_rows(&self, rows: Vec<Row>) {
+        let mut by_recipient: std::collections::HashMap<String, Vec<MsgId>> =
+            std::collections::HashMap::new();
+        for (nick, id) in &rows {
+            by_recipient
+                .entry(nick.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        let done = self
+            .inner
+            .store
+            .outbox_done_many(by_recipient.into_iter().collect())
+            .await;
+        if let Err(err) = done {
+            tracing::warn!(cause = %err, "cannot end outbox rows");
+        }
+        let mut in_flight = self.in_flight();
+        for row in &rows {
+            in_flight.remove(row);
         }
     }
 
@@ -113,6 +187,12 @@ impl Outbox {
                 owed,
             )
             .await?;
+        let id = MsgId::of(&msg);
+        self.in_flight().extend(
+            online
+                .iter()
+                .map(|m| (m.nick.to_ascii_lowercase(), id.clone())),
+        );
         let results = join_all(online.iter().map(|m| async {
             // A member that just timed out is not waited for again: the
             // message stays owed at once (senders never stall on a frozen
@@ -128,37 +208,27 @@ impl Outbox {
             delivered: Vec::new(),
             pending: offline,
         };
-        let mut settled = Vec::new();
         let mut failed = false;
         for (member, result) in online.into_iter().zip(results) {
+            let row = (member.nick.to_ascii_lowercase(), id.clone());
             match result {
-                Delivery::Stored => report.delivered.push(member.nick.clone()),
-                Delivery::Refused => report.pending.push(member.nick.clone()),
+                Delivery::Stored => report.delivered.push(member.nick),
+                Delivery::Refused => report.pending.push(member.nick),
                 Delivery::Unreachable => {
+                    // Still owed: the retry loop may take it from here.
                     failed = true;
-                    report.pending.push(member.nick.clone());
+                    report.pending.push(member.nick);
+                    self.in_flight().remove(&row);
                     continue;
                 }
             }
-            settled.push(member.nick);
+            // Ending the row need not hold up the sender.
+            if let Err(mpsc::error::TrySendError::Full(row)) = inner.settle.try_send(row) {
+                self.end_rows(vec![row]).await;
+            }
         }
         if failed {
             inner.failed.notify_one();
-        }
-        if !settled.is_empty() {
-            // Ending the rows need not hold up the sender: a row left by a
-            // crash here only means one harmless redelivery.
-            let store = inner.store.clone();
-            let id = MsgId::of(&report.message);
-            let done = settled
-                .into_iter()
-                .map(|nick| (nick, vec![id.clone()]))
-                .collect();
-            inner.tasks.spawn(async move {
-                if let Err(err) = store.outbox_done_many(done).await {
-                    tracing::warn!(cause = %err, "cannot end outbox rows");
-                }
-            });
         }
         Ok(report)
     }
@@ -194,6 +264,12 @@ impl Outbox {
             return Ok(0);
         };
         let msgs = inner.store.outbox_for(key, FLUSH_BATCH).await?;
+        let msgs: Vec<ChatMessage> = {
+            let in_flight = self.in_flight();
+            msgs.into_iter()
+                .filter(|m| !in_flight.contains(&(key.to_owned(), MsgId::of(m))))
+                .collect()
+        };
         let mut done = Vec::new();
         let mut delivered = 0;
         for m in msgs {
