@@ -362,6 +362,24 @@ impl Peer {
         back
     }
 
+    /// Joins again, and catches up on, kept rooms the picture does not
+    /// show this peer in (a rejoin that failed while the router was away).
+    async fn rejoin_missing(&self) {
+        let world = self.inner.session.world();
+        let mut back = Vec::new();
+        for room in self.inner.rooms.all() {
+            // Checked again at each step: the person may leave meanwhile.
+            if world.in_room(room.as_str()) || !self.inner.rooms.contains(room.as_str()) {
+                continue;
+            }
+            match self.inner.session.join(&room).await {
+                Ok(_) => back.push(room),
+                Err(err) => tracing::debug!(%room, cause = %err, "cannot rejoin yet"),
+            }
+        }
+        self.catch_up_rooms(back, false).await;
+    }
+
     /// Catches up on `rooms` just joined again; `announce`: tell the person
     /// (`-- back in #rust (3 new)`), as after a restart.
     async fn catch_up_rooms(&self, rooms: Vec<Room>, announce: bool) {
@@ -423,6 +441,7 @@ impl Peer {
                     }
                 }
             }
+            self.rejoin_missing().await;
             let mut convs: Vec<(String, Vec<Member>)> = self
                 .inner
                 .rooms
