@@ -2,20 +2,28 @@
 //!
 //! # Layout
 //!
+//! `docs/architecture.md` draws the same map with the direction of every
+//! dependency; the benchmark is its own package (`bench/`).
+//!
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
 //! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
-//! - [`net`]: channels to other peers, kept per address, with deadlines.
-//! - [`peer`]: the peer: chat service, router session, sending, outbox.
+//! - [`net`]: channels to other peers (a bounded cache, deadlines) and the
+//!   one `Deliver` call, with what its answer means.
+//! - [`peer`]: the [`peer::Peer`] handle over its parts: the router session
+//!   and the picture of the world, fan-out and the outbox, the `Chat`
+//!   service, the rooms kept across restarts, the events for the person.
 //! - [`registry`]: who is online and who sits in which room, with leases;
 //!   one trait, an in-memory implementation.
-//! - [`router`]: the `Router` gRPC service over a registry, and its server.
+//! - [`router`]: the `Router` gRPC service over a registry, its server, and
+//!   a handle to run one in-process.
 //! - [`shutdown`]: one signal future for Ctrl-C and SIGTERM.
 //! - [`store`]: a peer's durable history in SQLite: messages, versions,
-//!   version vectors, the outbox, and the peer's identity.
-//! - [`sync`]: catching up on a conversation from the other members.
+//!   version vectors, the outbox, the rooms it is in, and its identity.
+//! - [`sync`]: catching up from the other members: join syncs,
+//!   anti-entropy, gap repair, pushing own messages.
 //! - [`terminal`]: the command parser, the output events (human or JSON) and
 //!   terminal input that printing never garbles.
 

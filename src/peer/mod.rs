@@ -5,7 +5,7 @@
 //! - [`session`]: the router session (login, heartbeat, watch, the picture
 //!   of the world in [`world`]);
 //! - [`outbox`]: fan-out of new messages and the outbox of what is owed;
-//! - [`chat`]: the `Chat` service others call, given only what it serves
+//! - `chat`: the `Chat` service others call, given only what it serves
 //!   from;
 //! - [`rooms`]: the rooms the person is in, kept across restarts;
 //! - [`events`]: what the person is told, through a bounded queue;

@@ -5,7 +5,7 @@
 //! transaction, before anything is sent, so a crash at any point after the
 //! commit leaves the peer knowing whom it owes. A row ends only with a
 //! definite answer: stored, or refused for good (see
-//! [`Delivery`](crate::net::Delivery)). Anything else (a timeout, no
+//! [`Delivery`]). Anything else (a timeout, no
 //! connection, a member whose router is unreachable) keeps the row, which
 //! the retry loop delivers when the member looks online.
 

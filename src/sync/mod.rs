@@ -11,7 +11,7 @@
 //!   of every conversation this peer is in, every period and after failures.
 //!   A version query carries a digest of the asker's vector, so when nothing
 //!   is missing the exchange is a few dozen bytes.
-//! - Gap repair ([`repair`]): a delivered message that skips ahead of what
+//! - Gap repair (`repair`): a delivered message that skips ahead of what
 //!   is held pulls the gap from its sender.
 //! - Pushing one's own messages to members a sync showed lacking them.
 //!
@@ -149,7 +149,7 @@ struct Inner {
     me: Nick,
     on_fresh: OnFresh,
     stats: SyncStats,
-    /// Gap repairs waiting to run: see [`repair`].
+    /// Gap repairs waiting to run: see the `repair` module.
     repairs: Mutex<HashMap<repair::Key, u64>>,
     tasks: TaskTracker,
     stop: CancellationToken,
