@@ -164,6 +164,9 @@ impl Peer {
         .map_err(|e| PeerError::StoreThread(e.to_string()))??;
         let listen = config.listener.local_addr().map_err(PeerError::Listener)?;
         let identity = store.identity();
+        // Before anything starts a task: a failure here leaves nothing
+        // running.
+        let rooms = Rooms::load(store.clone()).await?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (session, session_events) = Session::connect(
@@ -202,7 +205,6 @@ impl Peer {
             stop.clone(),
             tasks.clone(),
         );
-        let rooms = Rooms::load(store.clone()).await?;
         let peer = Peer {
             inner: Arc::new(Inner {
                 identity,
