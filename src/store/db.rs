@@ -747,21 +747,47 @@ pub(crate) fn take_pull_steps() -> u64 {
     PULL_STEPS.with(|c| c.replace(0))
 }
 
-pub(crate) fn history(
+/// Up to `limit` messages of the conversation in reverse display order
+/// (newest first), strictly before `before` when given.
+pub(crate) fn history_page(
     conn: &Connection,
     conversation: &str,
+    before: Option<&OrderKey>,
     limit: usize,
 ) -> rusqlite::Result<Vec<ChatMessage>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MSG_COLS} FROM messages WHERE conversation = ?1
-         ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC
-         LIMIT ?2"
-    ))?;
-    let mut v = stmt
-        .query_map(params![conversation, sql_limit(limit)], row_to_msg)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    v.reverse();
-    Ok(v)
+    let limit = sql_limit(limit);
+    match before {
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {MSG_COLS} FROM messages WHERE conversation = ?1
+                 ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC
+                 LIMIT ?2"
+            ))?
+            .query_map(params![conversation, limit], row_to_msg)?
+            .collect(),
+        // `lamport <= ?2` gives the planner a plain index range; the row
+        // value does the exact tie-break.
+        Some(k) => conn
+            .prepare_cached(&format!(
+                "SELECT {MSG_COLS} FROM messages
+                 WHERE conversation = ?1 AND lamport <= ?2
+                   AND (lamport, author_lower, incarnation, seq) < (?2, ?3, ?4, ?5)
+                 ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC
+                 LIMIT ?6"
+            ))?
+            .query_map(
+                params![
+                    conversation,
+                    enc(k.lamport),
+                    k.author_lower,
+                    enc(k.incarnation),
+                    enc(k.seq),
+                    limit
+                ],
+                row_to_msg,
+            )?
+            .collect(),
+    }
 }
 
 const DISPLAY_FIRST: &str =

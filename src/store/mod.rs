@@ -349,15 +349,32 @@ impl Store {
             .expect("the test's store is open")
     }
 
-    /// The last `limit` messages in display order, oldest first.
+    /// The last `limit` messages in display order, oldest first. Read
+    /// newest first in jobs of at most 1000 rows, however many are asked
+    /// for, so a long read never holds the writer for long.
     pub async fn history(
         &self,
         conversation: &str,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let conversation = conversation.to_string();
-        self.call(move |c| db::history(c, &conversation, limit))
-            .await
+        let mut out = Vec::new();
+        let mut before: Option<OrderKey> = None;
+        while out.len() < limit {
+            let conversation = conversation.to_string();
+            let at = before.take();
+            let want = (limit - out.len()).min(ALL_PAGE);
+            let page = self
+                .call(move |c| db::history_page(c, &conversation, at.as_ref(), want))
+                .await?;
+            let done = page.len() < want;
+            before = page.last().map(OrderKey::of);
+            out.extend(page);
+            if done {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Every message of the conversation in display order. Read in jobs of

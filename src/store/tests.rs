@@ -899,3 +899,24 @@ fn reads_use_indexes() {
         }
     }
 }
+
+#[tokio::test]
+async fn history_reads_past_one_job_in_display_order() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    let c = "#long";
+    // 2,500 messages by two authors sharing lamports: ties break by author.
+    let mut msgs = Vec::new();
+    for i in 1..=1250u64 {
+        msgs.push(msg(c, "ann", 1, i, i));
+        msgs.push(msg(c, "Ben", 2, i, i));
+    }
+    s.insert_many(msgs).await.unwrap();
+    let all = s.all(c).await.unwrap();
+    assert_eq!(all.len(), 2500);
+    for limit in [1, 999, 1000, 1001, 2499, 2500, 1_000_000] {
+        let h = s.history(c, limit).await.unwrap();
+        let want = &all[all.len() - limit.min(all.len())..];
+        assert_eq!(h, want, "limit {limit}");
+    }
+}
