@@ -274,6 +274,14 @@ fn sql_limit(limit: usize) -> i64 {
 
 /// Stores one message; see [`Inserted`] for what the flags mean.
 pub(crate) fn insert(conn: &Connection, m: &ChatMessage) -> rusqlite::Result<Inserted> {
+    insert_as(conn, m, false)
+}
+
+/// Stores `m`; `own`: this peer's new message, whose seq and lamport are one
+/// past the highest held (see [`append_own`]), so nothing can follow it in
+/// display order or in its author's sequence and those two reads are
+/// skipped.
+fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<Inserted> {
     let author_lower = m.author.to_ascii_lowercase();
     let (inc, seq, lamport) = (enc(m.incarnation), enc(m.seq), enc(m.lamport));
 
@@ -306,14 +314,15 @@ pub(crate) fn insert(conn: &Connection, m: &ChatMessage) -> rusqlite::Result<Ins
 
     // `lamport >= ?2` gives the planner a plain index range; the row value
     // does the exact tie-break.
-    let late = conn
-        .prepare_cached(
-            "SELECT 1 FROM messages
-             WHERE conversation = ?1 AND lamport >= ?2
-               AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
-             LIMIT 1",
-        )?
-        .exists(params![m.conversation, lamport, author_lower, inc, seq])?;
+    let late = !own
+        && conn
+            .prepare_cached(
+                "SELECT 1 FROM messages
+                 WHERE conversation = ?1 AND lamport >= ?2
+                   AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
+                 LIMIT 1",
+            )?
+            .exists(params![m.conversation, lamport, author_lower, inc, seq])?;
 
     conn.prepare_cached(
         "INSERT INTO conversations (conversation, count) VALUES (?1, 1)
@@ -323,7 +332,9 @@ pub(crate) fn insert(conn: &Connection, m: &ChatMessage) -> rusqlite::Result<Ins
 
     let old = contiguous(conn, &m.conversation, &author_lower, inc)?;
     let mut now = old;
-    if m.seq == old.wrapping_add(1) {
+    if own && m.seq == old.wrapping_add(1) {
+        now = m.seq;
+    } else if m.seq == old.wrapping_add(1) {
         // Advance over anything that arrived early; each seq is stepped over
         // once in its life, so this is amortised O(1) per insert.
         now = m.seq;
@@ -408,10 +419,21 @@ pub(crate) fn append_own(
         sent_at_ms,
         body: body.to_string(),
     };
-    insert(conn, &msg)?;
-    let id = MsgId::of(&msg);
+    insert_as(conn, &msg, true)?;
+    let mut owe = conn.prepare_cached(
+        "INSERT OR IGNORE INTO outbox
+         (recipient, conversation, author_lower, incarnation, seq, lamport)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
     for nick in pending {
-        outbox_add(conn, nick, std::slice::from_ref(&id))?;
+        owe.execute(params![
+            nick.to_ascii_lowercase(),
+            msg.conversation,
+            author_lower,
+            enc(msg.incarnation),
+            enc(msg.seq),
+            enc(msg.lamport)
+        ])?;
     }
     Ok(msg)
 }
