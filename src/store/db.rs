@@ -254,8 +254,6 @@ fn read_identity(conn: &Connection, path: &Path) -> Result<Identity, StoreError>
     })
 }
 
-const MSG_COLS: &str = "conversation, author, incarnation, seq, lamport, sent_at_ms, body";
-
 fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
     Ok(ChatMessage {
         conversation: r.get(0)?,
@@ -528,8 +526,10 @@ pub(crate) const INDEXED_READS: &[(&str, &str)] = &[
     ("pull run", PULL_RUN),
     ("pull since", PULL_SINCE),
     ("outbox page", OUTBOX_PAGE),
-    ("display page, first", DISPLAY_FIRST),
-    ("display page, after", DISPLAY_AFTER),
+    ("display page, first", ORDERED_PAGES[0].0),
+    ("display page, after", ORDERED_PAGES[0].1),
+    ("newest first, first", ORDERED_PAGES[1].0),
+    ("newest first, after", ORDERED_PAGES[1].1),
 ];
 
 /// Per author incarnation (author lowercased), the highest seq `have`
@@ -769,78 +769,57 @@ pub(crate) fn take_pull_steps() -> u64 {
     PULL_STEPS.with(|c| c.replace(0))
 }
 
-/// Up to `limit` messages of the conversation in reverse display order
-/// (newest first), strictly before `before` when given.
-pub(crate) fn history_page(
-    conn: &Connection,
-    conversation: &str,
-    before: Option<&OrderKey>,
-    limit: usize,
-) -> rusqlite::Result<Vec<ChatMessage>> {
-    let limit = sql_limit(limit);
-    match before {
-        None => conn
-            .prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM messages WHERE conversation = ?1
-                 ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC
-                 LIMIT ?2"
-            ))?
-            .query_map(params![conversation, limit], row_to_msg)?
-            .collect(),
-        // `lamport <= ?2` gives the planner a plain index range; the row
-        // value does the exact tie-break.
-        Some(k) => conn
-            .prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM messages
-                 WHERE conversation = ?1 AND lamport <= ?2
-                   AND (lamport, author_lower, incarnation, seq) < (?2, ?3, ?4, ?5)
-                 ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC
-                 LIMIT ?6"
-            ))?
-            .query_map(
-                params![
-                    conversation,
-                    enc(k.lamport),
-                    k.author_lower,
-                    enc(k.incarnation),
-                    enc(k.seq),
-                    limit
-                ],
-                row_to_msg,
-            )?
-            .collect(),
-    }
+/// Which way a conversation is read: display order, or newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Oldest = 0,
+    Newest = 1,
 }
 
-const DISPLAY_FIRST: &str =
-    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
-     FROM messages WHERE conversation = ?1
-     ORDER BY lamport, author_lower, incarnation, seq LIMIT ?2";
-/// `lamport >= ?2` gives the planner a plain index range; the row value does
-/// the exact tie-break.
-const DISPLAY_AFTER: &str =
-    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
-     FROM messages
-     WHERE conversation = ?1 AND lamport >= ?2
-       AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
-     ORDER BY lamport, author_lower, incarnation, seq LIMIT ?6";
+/// `(first page, page after a cursor)` for each direction. In the cursor
+/// form `lamport >= ?2` (or `<=`) gives the planner a plain index range;
+/// the row value does the exact tie-break.
+const ORDERED_PAGES: [(&str, &str); 2] = [
+    (
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+         FROM messages WHERE conversation = ?1
+         ORDER BY lamport, author_lower, incarnation, seq LIMIT ?2",
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+         FROM messages
+         WHERE conversation = ?1 AND lamport >= ?2
+           AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
+         ORDER BY lamport, author_lower, incarnation, seq LIMIT ?6",
+    ),
+    (
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+         FROM messages WHERE conversation = ?1
+         ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC LIMIT ?2",
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+         FROM messages
+         WHERE conversation = ?1 AND lamport <= ?2
+           AND (lamport, author_lower, incarnation, seq) < (?2, ?3, ?4, ?5)
+         ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC LIMIT ?6",
+    ),
+];
 
-/// Up to `limit` messages of the conversation in display order, strictly
-/// after `after`.
-pub(crate) fn display_page(
+/// Up to `limit` messages of the conversation read in `direction`,
+/// strictly past `from` when given.
+pub(crate) fn ordered_page(
     conn: &Connection,
     conversation: &str,
-    after: Option<&OrderKey>,
+    direction: Direction,
+    from: Option<&OrderKey>,
     limit: usize,
 ) -> rusqlite::Result<Vec<ChatMessage>> {
     let limit = sql_limit(limit);
-    match after {
+    let (first, after) = ORDERED_PAGES[direction as usize];
+    match from {
         None => conn
-            .prepare_cached(DISPLAY_FIRST)?
+            .prepare_cached(first)?
             .query_map(params![conversation, limit], row_to_msg)?
             .collect(),
         Some(k) => conn
-            .prepare_cached(DISPLAY_AFTER)?
+            .prepare_cached(after)?
             .query_map(
                 params![
                     conversation,

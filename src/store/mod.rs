@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::StoreError;
 
 use crate::proto::{ChatMessage, VectorEntry};
+use db::Direction;
 
 /// The most commands one transaction takes, so a flood of callers cannot
 /// hold replies back indefinitely.
@@ -41,8 +42,9 @@ const MAX_BATCH: usize = 512;
 /// a few full batches deep, so the writer never idles while callers wait.
 const QUEUE_DEPTH: usize = 4096;
 
-/// Rows per job when [`Store::all`] reads a conversation.
-const ALL_PAGE: usize = 1000;
+/// Rows per job when [`Store::all`] or [`Store::history`] reads a
+/// conversation.
+const READ_PAGE: usize = 1000;
 
 /// Who this peer is across restarts: drawn once when its history is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,54 +351,49 @@ impl Store {
             .expect("the test's store is open")
     }
 
-    /// The last `limit` messages in display order, oldest first. Read
-    /// newest first in jobs of at most 1000 rows, however many are asked
-    /// for, so a long read never holds the writer for long.
+    /// The last `limit` messages in display order, oldest first.
     pub async fn history(
         &self,
         conversation: &str,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut newest = self.read(conversation, Direction::Newest, limit).await?;
+        newest.reverse();
+        Ok(newest)
+    }
+
+    /// Every message of the conversation in display order.
+    pub async fn all(&self, conversation: &str) -> Result<Vec<ChatMessage>, StoreError> {
+        self.read(conversation, Direction::Oldest, usize::MAX).await
+    }
+
+    /// Up to `limit` messages of the conversation in `direction`, read in
+    /// jobs of at most [`READ_PAGE`] rows, so a long read never holds the
+    /// writer for long. The pages are not one snapshot: a message stored
+    /// meanwhile may or may not be included.
+    async fn read(
+        &self,
+        conversation: &str,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         let mut out = Vec::new();
-        let mut before: Option<OrderKey> = None;
+        let mut from: Option<OrderKey> = None;
         while out.len() < limit {
             let conversation = conversation.to_string();
-            let at = before.take();
-            let want = (limit - out.len()).min(ALL_PAGE);
+            let at = from.take();
+            let want = (limit - out.len()).min(READ_PAGE);
             let page = self
-                .call(move |c| db::history_page(c, &conversation, at.as_ref(), want))
+                .call(move |c| db::ordered_page(c, &conversation, direction, at.as_ref(), want))
                 .await?;
             let done = page.len() < want;
-            before = page.last().map(OrderKey::of);
+            from = page.last().map(OrderKey::of);
             out.extend(page);
             if done {
                 break;
             }
         }
-        out.reverse();
         Ok(out)
-    }
-
-    /// Every message of the conversation in display order. Read in jobs of
-    /// at most 1000 rows, so a long conversation never holds the writer for
-    /// long; the pages are not one snapshot: a message stored meanwhile may
-    /// or may not be included.
-    pub async fn all(&self, conversation: &str) -> Result<Vec<ChatMessage>, StoreError> {
-        let mut out = Vec::new();
-        let mut after: Option<OrderKey> = None;
-        loop {
-            let conversation = conversation.to_string();
-            let at = after.take();
-            let page = self
-                .call(move |c| db::display_page(c, &conversation, at.as_ref(), ALL_PAGE))
-                .await?;
-            let done = page.len() < ALL_PAGE;
-            after = page.last().map(OrderKey::of);
-            out.extend(page);
-            if done {
-                return Ok(out);
-            }
-        }
     }
 
     /// Every conversation key with at least one message, sorted.
