@@ -53,9 +53,8 @@ pub async fn start_peer(
     Ok(peer)
 }
 
-/// Reads and drops a peer's events, so the unbounded queue does not grow
-/// with every message (and inflate the memory figures). Ends when the peer
-/// does.
+/// Reads and drops a peer's events, so its queue never fills (a full queue
+/// drops events and counts them). Ends when the peer does.
 fn drain(mut events: mpsc::Receiver<PeerEvent>) {
     tokio::spawn(async move { while events.recv().await.is_some() {} });
 }

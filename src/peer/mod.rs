@@ -124,6 +124,16 @@ pub struct Joined {
     pub new: usize,
 }
 
+/// What catching up on one conversation did.
+struct Caught {
+    /// Messages held afterwards.
+    version: u64,
+    /// Messages it brought in.
+    new: usize,
+    /// Whether any other member answered.
+    reached: bool,
+}
+
 /// A running peer. Cheap to clone.
 #[derive(Clone)]
 pub struct Peer {
@@ -231,13 +241,14 @@ impl Peer {
             return Err(e.into());
         }
         peer.inner.session.spawn_loops();
-        let back = peer.rejoin_at_router().await;
+        let back = peer.rejoin(false).await;
         peer.spawn(|p| async move { p.react(session_events).await });
         peer.spawn(|p| async move { p.inner.outbox.run().await });
         peer.spawn(|p| async move { p.anti_entropy().await });
         peer.spawn(|p| async move {
-            p.catch_up_rooms(back, true).await;
-            p.sync_private_chats().await;
+            p.announce_back(back).await;
+            let private = p.private_conversations().await;
+            p.inner.sync.round(private).await;
         });
         Ok((peer, events_rx))
     }
@@ -341,9 +352,10 @@ impl Peer {
                         .events
                         .emit(PeerEvent::Notice("logged in to the router again".into()));
                     self.spawn(|p| async move {
-                        let back = p.rejoin_at_router().await;
-                        p.catch_up_rooms(back, false).await;
-                        p.sync_private_chats().await;
+                        let back = p.rejoin(false).await;
+                        let mut convs = p.room_conversations(back);
+                        convs.extend(p.private_conversations().await);
+                        p.inner.sync.round(convs).await;
                     });
                 }
                 SessionEvent::Reconnected => self.inner.kick.notify_one(),
@@ -351,11 +363,20 @@ impl Peer {
         }
     }
 
-    /// Joins every kept room at the router again (quick: no sync), so this
-    /// peer can send and receive in them at once. Returns those rejoined.
-    async fn rejoin_at_router(&self) -> Vec<Room> {
+    /// Joins kept rooms at the router again (quick: no sync), so this peer
+    /// can send and receive in them at once: every one after a new login,
+    /// or (`only_missing`) those the picture does not show this peer in (a
+    /// rejoin that failed while the router was away). Returns those
+    /// rejoined.
+    async fn rejoin(&self, only_missing: bool) -> Vec<Room> {
+        let world = self.inner.session.world();
         let mut back = Vec::new();
         for room in self.inner.rooms.all() {
+            // Checked at each step: the person may leave meanwhile.
+            let skip = only_missing && world.in_room(room.as_str());
+            if skip || !self.inner.rooms.contains(room.as_str()) {
+                continue;
+            }
             match self.inner.session.join(&room).await {
                 Ok(_) => back.push(room),
                 Err(err) => tracing::warn!(%room, cause = %err, "cannot rejoin"),
@@ -364,49 +385,47 @@ impl Peer {
         back
     }
 
-    /// Joins again, and catches up on, kept rooms the picture does not
-    /// show this peer in (a rejoin that failed while the router was away).
-    async fn rejoin_missing(&self) {
-        let world = self.inner.session.world();
-        let mut back = Vec::new();
-        for room in self.inner.rooms.all() {
-            // Checked again at each step: the person may leave meanwhile.
-            if world.in_room(room.as_str()) || !self.inner.rooms.contains(room.as_str()) {
-                continue;
-            }
-            match self.inner.session.join(&room).await {
-                Ok(_) => back.push(room),
-                Err(err) => tracing::debug!(%room, cause = %err, "cannot rejoin yet"),
-            }
-        }
-        self.catch_up_rooms(back, false).await;
-    }
-
-    /// Catches up on `rooms` just joined again; `announce`: tell the person
-    /// (`-- back in #rust (3 new)`), as after a restart.
-    async fn catch_up_rooms(&self, rooms: Vec<Room>, announce: bool) {
+    /// Catches up on `rooms`, rejoined at start, and tells the person:
+    /// `-- back in #rust (3 new)`.
+    async fn announce_back(&self, rooms: Vec<Room>) {
         for room in rooms {
             let members = self.room_members(&room);
-            let new = match self.inner.sync.conversation(&room.key(), &members).await {
-                Ok(synced) => {
-                    let new = synced.pulled.len();
-                    self.inner.sync.push_own(&room.key(), synced.behind);
-                    if !announce {
-                        self.inner.events.messages(synced.pulled);
-                    }
-                    new
-                }
+            let new = match self.catch_up(&room.key(), &members).await {
+                Ok(caught) => caught.new,
                 Err(err) => {
                     tracing::warn!(%room, cause = %err, "cannot catch up; anti-entropy will retry");
                     0
                 }
             };
-            if announce {
-                self.inner.events.emit(PeerEvent::Back {
-                    room: room.to_string(),
-                    new,
-                });
+            self.inner.events.emit(PeerEvent::Back {
+                room: room.to_string(),
+                new,
+            });
+        }
+    }
+
+    /// Syncs one conversation from `members` and pushes this peer's own
+    /// messages to those lacking them. Nobody answering is not an error:
+    /// anti-entropy is woken to try again soon.
+    async fn catch_up(&self, conv: &str, members: &[Member]) -> Result<Caught, PeerError> {
+        match self.inner.sync.conversation(conv, members).await {
+            Ok(synced) => {
+                self.inner.sync.push_own(conv, synced.behind);
+                Ok(Caught {
+                    version: synced.version,
+                    new: synced.pulled.len(),
+                    reached: true,
+                })
             }
+            Err(SyncError::NobodyReachable { .. }) => {
+                self.inner.kick.notify_one();
+                Ok(Caught {
+                    version: self.inner.store.version(conv).await?.count,
+                    new: 0,
+                    reached: false,
+                })
+            }
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -419,10 +438,22 @@ impl Peer {
             .unwrap_or_default()
     }
 
-    /// Catches up on every private conversation whose other side is online.
-    async fn sync_private_chats(&self) {
+    /// `rooms` with their members, as anti-entropy takes them.
+    fn room_conversations(&self, rooms: Vec<Room>) -> Vec<(String, Vec<Member>)> {
+        rooms
+            .into_iter()
+            .map(|room| (room.key(), self.room_members(&room)))
+            .filter(|(_, members)| !members.is_empty())
+            .collect()
+    }
+
+    /// Private conversations whose other side the picture shows online.
+    async fn private_conversations(&self) -> Vec<(String, Vec<Member>)> {
         let world = self.inner.session.world();
-        self.inner.sync.private_chats(|nick| world.user(nick)).await;
+        self.inner
+            .sync
+            .private_conversations(|nick| world.user(nick))
+            .await
     }
 
     /// Compares histories with every member of every conversation this peer
@@ -443,27 +474,9 @@ impl Peer {
                     }
                 }
             }
-            self.rejoin_missing().await;
-            let mut convs: Vec<(String, Vec<Member>)> = self
-                .inner
-                .rooms
-                .all()
-                .into_iter()
-                .map(|room| {
-                    let members = self.room_members(&room);
-                    (room.key(), members)
-                })
-                .filter(|(_, members)| !members.is_empty())
-                .collect();
-            let world = self.inner.session.world();
-            match self.inner.store.conversations().await {
-                Ok(keys) => convs.extend(keys.into_iter().filter_map(|key| {
-                    let partner = self.inner.sync.private_partner(&key)?;
-                    let member = world.user(partner.as_str())?;
-                    Some((key, vec![member]))
-                })),
-                Err(err) => tracing::warn!(cause = %err, "cannot list conversations"),
-            }
+            self.rejoin(true).await;
+            let mut convs = self.room_conversations(self.inner.rooms.all());
+            convs.extend(self.private_conversations().await);
             self.inner.sync.round(convs).await;
         }
     }
@@ -473,31 +486,18 @@ impl Peer {
     pub async fn join(&self, room: &Room) -> Result<Joined, PeerError> {
         let resp = self.inner.session.join(room).await?;
         self.inner.rooms.add(room).await?;
-        let (version, new) = match self
-            .inner
-            .sync
-            .conversation(&room.key(), &resp.members)
-            .await
-        {
-            Ok(synced) => {
-                self.inner.sync.push_own(&room.key(), synced.behind);
-                (synced.version, synced.pulled.len())
-            }
-            Err(SyncError::NobodyReachable { .. }) => {
-                self.inner.events.emit(PeerEvent::Notice(format!(
-                    "no member of {room} answered; catching up later"
-                )));
-                self.inner.kick.notify_one();
-                (self.inner.store.version(&room.key()).await?.count, 0)
-            }
-            Err(err) => return Err(err.into()),
-        };
+        let caught = self.catch_up(&room.key(), &resp.members).await?;
+        if !caught.reached {
+            self.inner.events.emit(PeerEvent::Notice(format!(
+                "no member of {room} answered; catching up later"
+            )));
+        }
         Ok(Joined {
             room: resp.room,
             members: resp.members.into_iter().map(|m| m.nick).collect(),
-            version,
+            version: caught.version,
             created: resp.created,
-            new,
+            new: caught.new,
         })
     }
 
@@ -526,17 +526,7 @@ impl Peer {
             .await
             .into_iter()
             .collect();
-        match self.inner.sync.conversation(&conv, &members).await {
-            Ok(synced) => {
-                self.inner.sync.push_own(&conv, synced.behind);
-                Ok(synced.version)
-            }
-            Err(SyncError::NobodyReachable { .. }) => {
-                self.inner.kick.notify_one();
-                Ok(self.inner.store.version(&conv).await?.count)
-            }
-            Err(err) => Err(err.into()),
-        }
+        Ok(self.catch_up(&conv, &members).await?.version)
     }
 
     /// Members of a room this peer sits in (from the router, fresh).
@@ -571,7 +561,9 @@ impl Peer {
         if world.has_absent(room.as_str()) {
             // Right after a router restart the picture may lack members
             // that are back already: ask once rather than owe them.
-            self.inner.session.refresh_room(room.as_str()).await;
+            if let Err(err) = self.inner.session.refresh_room(room.as_str()).await {
+                tracing::debug!(%room, cause = %err, "cannot refresh before sending");
+            }
         }
         let (online, absent) = self
             .inner

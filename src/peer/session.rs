@@ -362,18 +362,20 @@ impl Session {
     /// Re-reads the members of every room this peer sits in.
     async fn refresh_rooms(&self) {
         for name in self.inner.world.my_rooms() {
-            self.refresh_room(&name).await;
+            if let Err(err) = self.refresh_room(&name).await {
+                tracing::debug!(room = %name, cause = %err, "cannot refresh a room");
+            }
         }
     }
 
     /// Re-reads the members of `room` (one this peer sits in) from the
     /// router; the picture stays as it was if the router cannot answer.
-    pub async fn refresh_room(&self, room: &str) {
-        if let Ok(r) = self.find(room).await {
-            if r.found && self.inner.world.in_room(room) {
-                self.inner.world.set_room(&r.name, r.members, r.revision);
-            }
+    pub async fn refresh_room(&self, room: &str) -> Result<(), SessionError> {
+        let r = self.find(room).await?;
+        if r.found && self.inner.world.in_room(room) {
+            self.inner.world.set_room(&r.name, r.members, r.revision);
         }
+        Ok(())
     }
 
     fn on_event(&self, event: proto::RegistryEvent) {
@@ -482,15 +484,11 @@ impl Session {
             Membership::Member => return Ok(true),
             Membership::Absent | Membership::Unknown => {}
         }
-        let r = self.find(room).await;
-        let r = match r {
-            Ok(r) => r,
+        match self.refresh_room(room).await {
             // A room the router does not know has no members at all.
             Err(SessionError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
-        };
-        if r.found && world.in_room(room) {
-            world.set_room(&r.name, r.members, r.revision);
+            Ok(()) => {}
         }
         match world.membership(room, author) {
             Membership::Member => Ok(true),
@@ -514,7 +512,7 @@ impl Session {
 }
 
 /// Exponential backoff, capped, reset on success.
-pub(crate) struct Backoff {
+struct Backoff {
     next: Duration,
 }
 
@@ -522,17 +520,17 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(5);
 
-    pub(crate) fn new() -> Backoff {
+    fn new() -> Backoff {
         Backoff { next: Self::FIRST }
     }
 
-    pub(crate) fn next(&mut self) -> Duration {
+    fn next(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(Self::CAP);
         d
     }
 
-    pub(crate) fn reset(&mut self) {
+    fn reset(&mut self) {
         self.next = Self::FIRST;
     }
 }

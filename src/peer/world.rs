@@ -76,6 +76,11 @@ pub struct World {
     state: Mutex<State>,
 }
 
+/// Whether a member dropped by a snapshot at `since` still counts as absent.
+fn still_absent(since: &Instant) -> bool {
+    since.elapsed() < ABSENT_FOR
+}
+
 fn key(nick: &str) -> String {
     nick.to_ascii_lowercase()
 }
@@ -114,9 +119,7 @@ impl World {
                 .iter()
                 .map(|(k, m)| (k.clone(), (m.nick.clone(), now)))
                 .chain(old.absent.clone())
-                .filter(|(k, (_, since))| {
-                    !view.members.contains_key(k) && now.duration_since(*since) < ABSENT_FOR
-                });
+                .filter(|(k, (_, since))| !view.members.contains_key(k) && still_absent(since));
             view.absent = dropped.collect();
         }
         let later: Vec<RegistryEvent> = s
@@ -172,7 +175,6 @@ impl World {
         let s = self.lock();
         let view = s.rooms.get(&key(room))?;
         let me = key(me);
-        let now = Instant::now();
         let present = view
             .members
             .iter()
@@ -182,7 +184,7 @@ impl World {
         let absent = view
             .absent
             .iter()
-            .filter(|(k, (_, since))| **k != me && now.duration_since(*since) < ABSENT_FOR)
+            .filter(|(k, (_, since))| **k != me && still_absent(since))
             .map(|(_, (nick, _))| nick.clone())
             .collect();
         Some((present, absent))
@@ -192,11 +194,10 @@ impl World {
     /// dropped and that have not come back: then it is worth asking the
     /// router afresh before a send.
     pub fn has_absent(&self, room: &str) -> bool {
-        self.lock().rooms.get(&key(room)).is_some_and(|r| {
-            r.absent
-                .values()
-                .any(|(_, since)| since.elapsed() < ABSENT_FOR)
-        })
+        self.lock()
+            .rooms
+            .get(&key(room))
+            .is_some_and(|r| r.absent.values().any(|(_, since)| still_absent(since)))
     }
 
     pub fn is_member(&self, room: &str, nick: &str) -> bool {
@@ -214,7 +215,7 @@ impl World {
         } else if view
             .absent
             .get(&k)
-            .is_some_and(|(_, since)| since.elapsed() < ABSENT_FOR)
+            .is_some_and(|(_, since)| still_absent(since))
         {
             Membership::Absent
         } else {

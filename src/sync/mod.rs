@@ -268,27 +268,31 @@ impl Syncer {
         }
     }
 
-    /// Catches up on every private conversation whose other side `online`
-    /// shows: what it sent while this peer was away.
-    pub async fn private_chats(&self, online: impl Fn(&str) -> Option<Member>) {
-        let convs = match self.store().conversations().await {
-            Ok(c) => c,
+    /// Every private conversation whose other side `online` shows, with
+    /// that member: what anti-entropy compares besides rooms.
+    pub async fn private_conversations(
+        &self,
+        online: impl Fn(&str) -> Option<Member>,
+    ) -> Vec<(String, Vec<Member>)> {
+        let keys = match self.store().conversations().await {
+            Ok(keys) => keys,
             Err(err) => {
                 tracing::warn!(cause = %err, "cannot list conversations");
-                return;
+                return Vec::new();
             }
         };
-        let mut todo = Vec::new();
-        for key in convs {
-            if let Some(member) = self.private_partner(&key).and_then(|n| online(n.as_str())) {
-                todo.push((key, vec![member]));
-            }
-        }
-        self.round(todo).await;
+        keys.into_iter()
+            .filter_map(|key| {
+                let member = self
+                    .private_partner(&key)
+                    .and_then(|n| online(n.as_str()))?;
+                Some((key, vec![member]))
+            })
+            .collect()
     }
 
     /// The other party of a private conversation key, if it is one of ours.
-    pub fn private_partner(&self, key: &str) -> Option<Nick> {
+    fn private_partner(&self, key: &str) -> Option<Nick> {
         let Ok(Conversation::Private(a, b)) = Conversation::parse_key(key) else {
             return None;
         };
