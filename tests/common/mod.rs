@@ -135,14 +135,28 @@ impl TestPeer {
 
     /// Waits for the next message event (10 s at most).
     pub async fn next_message(&mut self) -> (ChatMessage, bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.next_event(Duration::from_secs(10), |ev| match ev {
+            PeerEvent::Message { msg, late } => Some((msg, late)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits (at most `within`) for the next event `pick` takes, skipping
+    /// the others.
+    pub async fn next_event<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(PeerEvent) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let ev = tokio::time::timeout_at(deadline, self.events.recv())
                 .await
-                .expect("a message within 10 s")
+                .unwrap_or_else(|_| panic!("{}: no such event within {within:?}", self.peer.nick()))
                 .expect("peer running");
-            if let PeerEvent::Message { msg, late } = ev {
-                return (msg, late);
+            if let Some(picked) = pick(ev) {
+                return picked;
             }
         }
     }
