@@ -93,6 +93,10 @@ impl Client {
                 self.print(Output::Back { room, new });
             }
             PeerEvent::Notice(message) => self.print(Output::info(message)),
+            PeerEvent::Warning { nick, text } => self.print(Output::Warning {
+                nick,
+                message: text,
+            }),
         }
     }
 
@@ -196,6 +200,26 @@ impl Client {
                 self.print(Output::History {
                     conversation: shown,
                     messages: msgs.iter().map(|m| view(&me, m, false)).collect(),
+                });
+            }
+            Command::Whois(nick) => {
+                let w = peer.whois(&nick).await.map_err(|e| e.to_string())?;
+                let fp = |k: Option<crate::identity::PublicKey>| {
+                    k.map(|k| k.fingerprint()).unwrap_or_default()
+                };
+                self.print(Output::Whois {
+                    nick: w.nick,
+                    address: w.address.unwrap_or_default(),
+                    key: fp(w.key),
+                    known: fp(w.known),
+                    pending: fp(w.pending),
+                });
+            }
+            Command::Trust(nick) => {
+                let key = peer.trust(&nick).await.map_err(|e| e.to_string())?;
+                self.print(Output::Trusted {
+                    nick: nick.to_string(),
+                    key: key.fingerprint(),
                 });
             }
             Command::Delete(room) => {

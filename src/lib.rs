@@ -28,6 +28,7 @@
 //!   terminal input that printing never garbles.
 
 pub mod client;
+pub mod identity;
 pub mod logging;
 pub mod message;
 pub mod names;
@@ -40,3 +41,5 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod terminal;
+pub mod tls;
+pub mod trust;

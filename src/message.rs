@@ -39,6 +39,7 @@ mod tests {
             lamport: 1,
             sent_at_ms: now_ms(),
             body: "hi".into(),
+            signature: Vec::new(),
         }
     }
 

@@ -1,7 +1,10 @@
-//! Connections to other peers: one lazily connected HTTP/2 channel per peer
-//! address, kept and reused for every call (never a connection per
-//! message), each call under a deadline; and the one `Deliver` call every
-//! sender (fan-out, outbox, pushes after a sync) makes through them.
+//! Connections to other peers: one lazily connected HTTP/2 channel over TLS
+//! per peer address and key, kept and reused for every call (never a
+//! connection per message), each call under a deadline; and the one
+//! `Deliver` call every sender (fan-out, outbox, pushes after a sync) makes
+//! through them. A channel reaches only the key the registry gave for the
+//! member, and only if that key is the one this peer knows for the nick
+//! (see [`crate::trust`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +13,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::identity::PublicKey;
 use crate::proto::chat_client::ChatClient;
-use crate::proto::{ChatMessage, DeliverRequest};
+use crate::proto::{ChatMessage, DeliverRequest, Member};
+use crate::tls::{Expect, Tls};
+use crate::trust::{KnownKeys, Trust};
 
 /// Deadline of one `Deliver` (or version query) to one peer: a frozen or
 /// vanished member must not stall the sender.
@@ -31,7 +37,20 @@ pub const MAX_CHANNELS: usize = 1024;
 pub enum NetError {
     #[error("invalid peer address {0:?}")]
     BadAddress(String),
+    #[error("{0} has no valid key in the registry")]
+    BadKey(String),
+    #[error("{nick} now presents key {got}, not the known {known}: /trust {nick} to accept it")]
+    Untrusted {
+        nick: String,
+        known: PublicKey,
+        got: PublicKey,
+    },
+    #[error("cannot remember {nick}'s key: {cause}")]
+    Trust { nick: String, cause: String },
 }
+
+/// Told once per changed key: (nick, known key, new key).
+pub type OnChanged = Arc<dyn Fn(&str, PublicKey, PublicKey) + Send + Sync>;
 
 /// How long an address that failed to answer is skipped by senders.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -70,32 +89,79 @@ struct Kept {
     used: Instant,
 }
 
-/// The channels to other peers, by address. Cheap to clone.
-#[derive(Clone, Default)]
+/// The channels to other peers, by address and key. Cheap to clone.
+#[derive(Clone)]
 pub struct Peers {
+    tls: Tls,
+    known: KnownKeys,
+    on_changed: OnChanged,
     /// Held only to look up or insert a channel, never across an `.await`.
-    channels: Arc<Mutex<HashMap<String, Kept>>>,
+    channels: Arc<Mutex<HashMap<(String, PublicKey), Kept>>>,
     /// Addresses that last failed to answer, and when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Peers {
-    pub fn new() -> Peers {
-        Peers::default()
+    /// Links presenting `tls`'s key, reaching keys `known` trusts;
+    /// `on_changed` hears of a nick that comes back with another key.
+    pub fn new(tls: Tls, known: KnownKeys, on_changed: OnChanged) -> Peers {
+        Peers {
+            tls,
+            known,
+            on_changed,
+            channels: Arc::default(),
+            down: Arc::default(),
+        }
     }
 
-    /// A client for the peer at `address` (host:port), over the channel kept
-    /// for it. Connecting happens on first use, and again after a failure.
-    pub fn client(&self, address: &str) -> Result<ChatClient<Channel>, NetError> {
+    /// The known keys this peer trusts.
+    pub fn known(&self) -> &KnownKeys {
+        &self.known
+    }
+
+    /// Whether `key` may be believed for `nick`: known, or met now for the
+    /// first time (and remembered). A changed key is refused, and told once.
+    pub fn trusted(&self, nick: &str, key: &PublicKey) -> Result<(), NetError> {
+        match self.known.check(nick, key) {
+            Ok((Trust::Known | Trust::New, _)) => Ok(()),
+            Ok((Trust::Changed { known }, first)) => {
+                if first {
+                    (self.on_changed)(nick, known, *key);
+                }
+                Err(NetError::Untrusted {
+                    nick: nick.to_owned(),
+                    known,
+                    got: *key,
+                })
+            }
+            Err(err) => Err(NetError::Trust {
+                nick: nick.to_owned(),
+                cause: err.to_string(),
+            }),
+        }
+    }
+
+    /// A client for `member`'s chat service, over the channel kept for its
+    /// address and key. Connecting happens on first use, and again after a
+    /// failure; the link must present the member's key, and that key must
+    /// be the one trusted for its nick.
+    pub fn client(&self, member: &Member) -> Result<ChatClient<Channel>, NetError> {
+        let key = PublicKey::from_bytes(&member.key)
+            .map_err(|_| NetError::BadKey(member.nick.clone()))?;
+        self.trusted(&member.nick, &key)?;
+        let address = member.address.as_str();
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let channel = match channels.get_mut(address) {
+        let slot = (address.to_owned(), key);
+        let channel = match channels.get_mut(&slot) {
             Some(kept) => {
                 kept.used = now;
                 kept.channel.clone()
             }
             None => {
-                let channel = endpoint(address)?.connect_lazy();
+                let channel = self
+                    .tls
+                    .channel(endpoint(address)?, address, Expect::key(&key));
                 if channels.len() >= MAX_CHANNELS {
                     let oldest = channels
                         .iter()
@@ -109,7 +175,7 @@ impl Peers {
                     channel: channel.clone(),
                     used: now,
                 };
-                channels.insert(address.to_owned(), kept);
+                channels.insert(slot, kept);
                 channel
             }
         };
@@ -126,13 +192,19 @@ impl Peers {
             .len()
     }
 
-    /// One `Deliver` of `msg` to the peer at `address`, under
-    /// [`CALL_DEADLINE`]. Remembers whether the address answered.
-    pub async fn deliver(&self, address: &str, msg: ChatMessage) -> Delivery {
-        let Ok(mut client) = self.client(address) else {
-            // An address that cannot be parsed today may be replaced by a
-            // good one when the member logs in again: not a refusal.
-            return Delivery::Unreachable;
+    /// One `Deliver` of `msg` to `member`, under [`CALL_DEADLINE`].
+    /// Remembers whether the address answered.
+    pub async fn deliver(&self, member: &Member, msg: ChatMessage) -> Delivery {
+        let address = member.address.as_str();
+        let mut client = match self.client(member) {
+            Ok(c) => c,
+            Err(err) => {
+                // An address that cannot be parsed today may be replaced by
+                // a good one when the member logs in again, and a changed
+                // key may be trusted: not a refusal, the message waits.
+                tracing::debug!(%err, "not delivering");
+                return Delivery::Unreachable;
+            }
         };
         let mut req = tonic::Request::new(DeliverRequest { message: Some(msg) });
         req.set_timeout(CALL_DEADLINE);
@@ -201,9 +273,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_channel_cache_is_bounded() {
-        let peers = Peers::new();
+        let id = crate::identity::Identity::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let known = KnownKeys::open(&dir.path().join("known_keys")).unwrap();
+        let peers = Peers::new(Tls::new(&id).unwrap(), known, Arc::new(|_, _, _| {}));
+        let key = crate::identity::Identity::generate().public().to_vec();
         for port in 0..(MAX_CHANNELS + 10) {
-            peers.client(&format!("127.0.0.1:{}", 1 + port)).unwrap();
+            let member = Member {
+                nick: "bob".into(),
+                address: format!("127.0.0.1:{}", 1 + port),
+                key: key.clone(),
+            };
+            peers.client(&member).unwrap();
         }
         assert_eq!(peers.cached(), MAX_CHANNELS);
     }

@@ -48,7 +48,8 @@ pub async fn serve_router() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let registry = node::registry()?;
     ready(addr);
-    parley::router::serve(listener, registry, until_stopped()).await?;
+    let identity = parley::identity::Identity::generate();
+    parley::router::serve(listener, registry, &identity, until_stopped()).await?;
     Ok(())
 }
 

@@ -138,8 +138,12 @@ impl Cluster {
             .context("cannot create a temporary directory")?;
         let exe = std::env::current_exe().context("cannot find the bench executable")?;
         let (router, router_addr) = if in_process {
-            let router = RouterHandle::spawn(node::listener().await?, node::registry()?)
-                .context("cannot start the router")?;
+            let router = RouterHandle::spawn(
+                node::listener().await?,
+                node::registry()?,
+                parley::identity::Identity::generate(),
+            )
+            .context("cannot start the router")?;
             let addr = router.addr().to_string();
             (Node::Router(router), addr)
         } else {

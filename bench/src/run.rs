@@ -168,10 +168,16 @@ async fn concurrent(
 }
 
 /// Pings `addr` (a peer's chat service: `Ping` has an empty handler) over
-/// one kept channel, `n` times one after another.
+/// one kept channel of the kind messages use (TLS with a key on each side),
+/// `n` times one after another.
 async fn floor(addr: &str, n: usize, bar: &ProgressBar) -> anyhow::Result<Samples> {
-    let peers = parley::net::Peers::new();
-    let mut client = peers.client(addr)?;
+    let tls = parley::tls::Tls::new(&parley::identity::Identity::generate())?;
+    let channel = tls.channel(
+        parley::net::endpoint(addr)?,
+        addr,
+        parley::tls::Expect::first_seen(),
+    );
+    let mut client = parley::proto::chat_client::ChatClient::new(channel);
     let mut samples = Samples::default();
     for i in 0..WARMUP + n {
         let start = Instant::now();

@@ -21,6 +21,10 @@ struct Args {
     /// The router's address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     router: String,
+    /// The router's key fingerprint (SHA256:..., the second line the router
+    /// prints). Without it the key met on first contact is pinned.
+    #[arg(long, value_name = "FINGERPRINT", value_parser = |s: &str| parley::identity::parse_fingerprint(s))]
+    router_key: Option<String>,
     /// Where this peer's chat service listens; port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -89,6 +93,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut config = PeerConfig::new(args.nick.clone(), args.router, listener, data_dir);
     config.advertise = args.advertise;
     config.sync_interval = args.sync_interval;
+    config.router_key = args.router_key;
     let (peer, events) = Peer::start(config).await.map_err(|e| e.to_string())?;
     let (lines, printer) = spawn_input(args.json);
     printer.print(&Output::Ready {

@@ -1,6 +1,7 @@
 //! `router`: the registry every peer logs in to.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,26 @@ struct Args {
     /// Seconds a lease lasts without a heartbeat (at least 2).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(MIN_LEASE_TTL.as_secs()..=3600))]
     lease_ttl: u64,
+    /// The router's identity key (made, mode 0600, if absent). Peers pin
+    /// it on first contact, so keep it across restarts. Default:
+    /// $XDG_DATA_HOME or ~/.local/share, under parley/router.key.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+fn default_key_file() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set: pass --key-file")
+                })?;
+            PathBuf::from(home).join(".local").join("share")
+        }
+    };
+    Ok(base.join("parley").join("router.key"))
 }
 
 fn main() -> ExitCode {
@@ -26,12 +47,28 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let key_file = match args.key_file {
+        Some(f) => f,
+        None => default_key_file()?,
+    };
+    if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    let identity = parley::identity::Identity::load_or_create(&key_file)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     let registry = MemoryRegistry::new(Duration::from_secs(args.lease_ttl))?;
     println!("router listening on {addr}");
-    parley::router::serve(listener, Arc::new(registry), parley::shutdown::signal()).await?;
+    println!("router key {}", identity.public().fingerprint());
+    parley::router::serve(
+        listener,
+        Arc::new(registry),
+        &identity,
+        parley::shutdown::signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -1,5 +1,10 @@
 //! The `Chat` service every peer serves: `Deliver` stores one message,
 //! `GetVersion` and `PullHistory` let others sync from this peer.
+//!
+//! Every call is judged by the caller's key, which its TLS link proved
+//! (never by a name in the request): a `Deliver` must come from the key the
+//! author's nick is bound to and carry that key's signature; a private
+//! conversation is read only by its other party, a room only by members.
 
 use std::pin::Pin;
 
@@ -13,12 +18,14 @@ use tonic::{Request, Response, Status};
 use super::events::{Events, PeerEvent};
 use super::rooms::Rooms;
 use super::session::Session;
+use crate::identity::PublicKey;
 use crate::message::valid_message;
 use crate::names::{Conversation, Nick, Room};
+use crate::net::Peers;
 use crate::proto::chat_server::Chat;
 use crate::proto::*;
 use crate::store::{PullCursor, Store, StoreError};
-use crate::sync::{digest, Syncer};
+use crate::sync::{digest, KeyOf, Syncer};
 
 /// Most messages a history page carries, whatever the requester asks.
 const MAX_PAGE: usize = 1000;
@@ -45,6 +52,7 @@ pub(super) struct ChatService {
     pub(super) session: Session,
     pub(super) rooms: Rooms,
     pub(super) sync: Syncer,
+    pub(super) peers: Peers,
     pub(super) events: Events,
     pub(super) stop: CancellationToken,
     pub(super) tasks: TaskTracker,
@@ -55,20 +63,85 @@ impl ChatService {
         self.session.nick()
     }
 
-    /// Refuses conversations this peer has no part in: a private one must
-    /// name this peer and the requester; `requester` may be empty only for
-    /// rooms.
-    fn check_access(&self, conv: &Conversation, requester: &str) -> Result<(), Status> {
-        if let Conversation::Private(..) = conv {
-            let requester = Nick::parse(requester)
-                .map_err(|e| Status::invalid_argument(format!("requester: {e}")))?;
-            if !conv.is_party(self.me()) || !conv.is_party(&requester) {
-                return Err(Status::permission_denied(
-                    "not a party to that private conversation",
-                ));
+    /// Whether `caller` holds the key `nick` is bound to: the key this
+    /// peer knows for it, or (first meeting) the router's binding. A known
+    /// nick calling with the key the router now binds it to is a changed
+    /// key: refused, and the person told (see `Peers::trusted`).
+    async fn is_key_of(&self, nick: &str, caller: &PublicKey) -> Result<(), Status> {
+        let refuse = || {
+            tracing::warn!(nick, caller = %caller, "refused a caller that does not hold the nick's key");
+            Status::permission_denied(format!("the calling key is not {nick}'s"))
+        };
+        match self.sync.key_of(nick).await {
+            KeyOf::Key(k) if k == *caller => Ok(()),
+            KeyOf::Key(_) => {
+                // Either an impostor or a real change of key; only the
+                // second is worth telling the person about.
+                if let Ok(Some(bound)) = self.session.bound_key(nick).await {
+                    if bound == *caller {
+                        let _ = self.peers.trusted(nick, caller);
+                        return Err(Status::permission_denied(format!(
+                            "{nick}'s key changed; refused until the person here trusts it"
+                        )));
+                    }
+                }
+                Err(refuse())
+            }
+            KeyOf::Unbound => Err(refuse()),
+            KeyOf::Unsure => Err(Status::unavailable(format!(
+                "cannot learn {nick}'s key now; try later"
+            ))),
+        }
+    }
+
+    /// Refuses a caller with no right to `conv`: a private conversation is
+    /// read only by its other party, a room only by its members.
+    async fn check_access(&self, conv: &Conversation, caller: &PublicKey) -> Result<(), Status> {
+        match conv {
+            Conversation::Private(a, b) => {
+                if !conv.is_party(self.me()) {
+                    return Err(Status::permission_denied(
+                        "not a party to that private conversation",
+                    ));
+                }
+                let other = if *a == self.me().key() { b } else { a };
+                self.is_key_of(other, caller).await
+            }
+            Conversation::Room(room) => {
+                let world = self.session.world();
+                if !world.in_room(room.as_str()) {
+                    return Err(Status::failed_precondition(format!(
+                        "not a member of {room}"
+                    )));
+                }
+                let holder = |w: &super::world::World| {
+                    w.members(room.as_str())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|m| m.key == caller.as_bytes())
+                };
+                let member = match holder(world) {
+                    Some(m) => Some(m),
+                    None => {
+                        // A Watch event can trail a join: ask afresh.
+                        if let Err(err) = self.session.refresh_room(room.as_str()).await {
+                            tracing::debug!(cause = %err, %room, "cannot refresh members");
+                            return Err(Status::unavailable("cannot check membership now"));
+                        }
+                        holder(world)
+                    }
+                };
+                match member {
+                    Some(m) => self
+                        .peers
+                        .trusted(&m.nick, caller)
+                        .map_err(|e| Status::permission_denied(e.to_string())),
+                    None => Err(Status::permission_denied(format!(
+                        "the calling key is not a member of {room}"
+                    ))),
+                }
             }
         }
-        Ok(())
     }
 
     /// Whether a room message from `author` may be stored here. Refusals
@@ -107,6 +180,13 @@ impl ChatService {
     }
 }
 
+/// The key that called, as its link proved it.
+fn caller<T>(req: &Request<T>) -> Result<PublicKey, Status> {
+    crate::tls::caller(req).ok_or_else(|| {
+        Status::unauthenticated("no caller key: parley links are TLS with a certificate")
+    })
+}
+
 type PageStream = Pin<Box<dyn Stream<Item = Result<HistoryPage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -115,6 +195,7 @@ impl Chat for ChatService {
         &self,
         req: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
+        let caller = caller(&req)?;
         let msg = req
             .into_inner()
             .message
@@ -128,6 +209,15 @@ impl Chat for ChatService {
                 "a message from this peer's own nick",
             ));
         }
+        // Deliver carries the caller's own messages only: whatever name it
+        // writes, the key decides, and the signature must be that key's.
+        self.is_key_of(author.as_str(), &caller).await?;
+        if !caller.verify_message(&msg) {
+            tracing::warn!(author = %msg.author, caller = %caller, conversation = %msg.conversation, seq = msg.seq, "refused a message whose signature does not check");
+            return Err(Status::invalid_argument(
+                "the message's signature does not check against its author's key",
+            ));
+        }
         match &conv {
             Conversation::Room(room) => self.check_room(room, &author).await?,
             Conversation::Private(..) => {
@@ -139,9 +229,15 @@ impl Chat for ChatService {
             }
         }
         let inserted = self.store.insert(msg.clone()).await?;
+        if inserted.implausible {
+            tracing::warn!(author = %msg.author, seq = msg.seq, lamport = msg.lamport, "refused a message whose clock runs implausibly far ahead");
+            return Err(Status::invalid_argument(
+                "seq or Lamport time runs implausibly far ahead of what is held",
+            ));
+        }
         if inserted.gap {
             if let Some(sender) = self.session.world().user(&msg.author) {
-                self.sync.repair_gap(&msg, sender.address);
+                self.sync.repair_gap(&msg, sender);
             }
         }
         if inserted.new {
@@ -159,10 +255,11 @@ impl Chat for ChatService {
         &self,
         req: Request<GetVersionRequest>,
     ) -> Result<Response<GetVersionResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let conv = Conversation::parse_key(&req.conversation)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.check_access(&conv, &req.requester)?;
+        self.check_access(&conv, &caller).await?;
         let v = self.store.version(&req.conversation).await?;
         if !req.digest.is_empty() && req.digest == digest(&v.vector) {
             return Ok(Response::new(GetVersionResponse {
@@ -184,10 +281,11 @@ impl Chat for ChatService {
         &self,
         req: Request<PullHistoryRequest>,
     ) -> Result<Response<Self::PullHistoryStream>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let conv = Conversation::parse_key(&req.conversation)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.check_access(&conv, &req.requester)?;
+        self.check_access(&conv, &caller).await?;
         let page = (req.page_size as usize).clamp(1, MAX_PAGE);
         let store = self.store.clone();
         let (tx, rx) = mpsc::channel(4);

@@ -28,6 +28,9 @@ pub enum PeerEvent {
     /// Anything else worth a line: the router went away and came back, an
     /// outbox was flushed.
     Notice(String),
+    /// Something the person must act on: a known nick came back with
+    /// another key.
+    Warning { nick: String, text: String },
 }
 
 /// The sending side of the queue. Cheap to clone.

@@ -28,14 +28,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 
+use crate::identity::{Identity as Key, IdentityError, PublicKey};
 use crate::names::{check_body, private_key, NameError, Nick, Room};
 use crate::net::Peers;
 use crate::proto::chat_server::ChatServer;
 use crate::proto::{self, ChatMessage, Member};
 use crate::store::{lock_data_dir, DirLock, Identity, Store, StoreError};
 use crate::sync::{SyncCounts, SyncError, Syncer};
+use crate::tls::{Tls, TlsError};
+use crate::trust::{KnownKeys, TrustError};
 use events::Events;
 pub use events::PeerEvent;
 use outbox::Outbox;
@@ -74,6 +76,30 @@ pub enum PeerError {
     Listener(#[source] std::io::Error),
     #[error("the history store's thread could not start: {0}")]
     StoreThread(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0} has never logged in anywhere this router knows")]
+    Unbound(String),
+    #[error("{0}'s key has not changed: nothing to trust")]
+    NothingToTrust(String),
+}
+
+/// What `/whois` tells of a nick.
+#[derive(Debug, Clone)]
+pub struct Whois {
+    pub nick: String,
+    /// Online now, at this address.
+    pub address: Option<String>,
+    /// The key the router binds the nick to.
+    pub key: Option<PublicKey>,
+    /// The key this peer knows for it (first met).
+    pub known: Option<PublicKey>,
+    /// Another key it came back with, not trusted yet.
+    pub pending: Option<PublicKey>,
 }
 
 /// How a peer starts.
@@ -90,6 +116,9 @@ pub struct PeerConfig {
     pub advertise: Option<String>,
     /// How often histories are compared with the other members (jittered).
     pub sync_interval: Duration,
+    /// The router's key fingerprint, when given (`--router-key`); else the
+    /// key pinned on first contact.
+    pub router_key: Option<String>,
 }
 
 impl PeerConfig {
@@ -108,6 +137,7 @@ impl PeerConfig {
             data_dir,
             advertise: None,
             sync_interval: DEFAULT_SYNC_INTERVAL,
+            router_key: None,
         }
     }
 }
@@ -142,11 +172,14 @@ pub struct Peer {
 
 struct Inner {
     identity: Identity,
+    key: Arc<Key>,
+    known: KnownKeys,
     store: Store,
     listen: SocketAddr,
     session: Session,
     outbox: Outbox,
     sync: Syncer,
+    peers: Peers,
     rooms: Rooms,
     events: Events,
     /// Wakes anti-entropy early (a failed delivery, a reconnection).
@@ -165,13 +198,16 @@ impl Peer {
     /// and the events the person should see.
     pub async fn start(config: PeerConfig) -> Result<(Peer, mpsc::Receiver<PeerEvent>), PeerError> {
         let dir = config.data_dir.clone();
-        let (dir_lock, store) = tokio::task::spawn_blocking(move || {
+        let (dir_lock, store, key, known) = tokio::task::spawn_blocking(move || {
             let lock = lock_data_dir(&dir)?;
-            let store = Store::open(&dir.join("history.db"))?;
-            Ok::<_, StoreError>((lock, store))
+            let key = Arc::new(Key::load_or_create(&dir.join("identity.key"))?);
+            let known = KnownKeys::open(&dir.join("known_keys"))?;
+            let store = Store::open_signed(&dir.join("history.db"), Some(key.clone()))?;
+            Ok::<_, PeerError>((lock, store, key, known))
         })
         .await
         .map_err(|e| PeerError::StoreThread(e.to_string()))??;
+        let tls = Tls::new(&key)?;
         let listen = config.listener.local_addr().map_err(PeerError::Listener)?;
         let identity = store.identity();
         // Before anything starts a task: a failure here leaves nothing
@@ -184,14 +220,30 @@ impl Peer {
                 nick: config.nick.clone(),
                 router: config.router,
                 advertise: config.advertise.unwrap_or_else(|| listen.to_string()),
-                reclaim_secret: identity.reclaim_secret.clone(),
+                identity: key.clone(),
+                tls: tls.clone(),
+                known: known.clone(),
+                router_key: config.router_key,
             },
             stop.clone(),
             tasks.clone(),
         )
         .await?;
         let (events, events_rx) = Events::new();
-        let peers = Peers::new();
+        let on_changed = {
+            let events = events.clone();
+            Arc::new(move |nick: &str, known: PublicKey, got: PublicKey| {
+                tracing::warn!(nick, %known, %got, "a known nick came back with another key");
+                events.emit(PeerEvent::Warning {
+                    nick: nick.to_owned(),
+                    text: format!(
+                        "{nick} now presents key {got}, not the {known} first met: nothing goes to \
+                         or comes from {nick} until you check with them and /trust {nick}"
+                    ),
+                });
+            })
+        };
+        let peers = Peers::new(tls.clone(), known.clone(), on_changed);
         let kick = Arc::new(Notify::new());
         let on_fresh = {
             let events = events.clone();
@@ -200,6 +252,7 @@ impl Peer {
         let sync = Syncer::new(
             store.clone(),
             peers.clone(),
+            Arc::new(session.clone()),
             config.nick.clone(),
             on_fresh,
             tasks.clone(),
@@ -207,7 +260,7 @@ impl Peer {
         );
         let outbox = Outbox::new(
             store.clone(),
-            peers,
+            peers.clone(),
             session.clone(),
             events.clone(),
             kick.clone(),
@@ -218,11 +271,14 @@ impl Peer {
         let peer = Peer {
             inner: Arc::new(Inner {
                 identity,
+                key,
+                known,
                 store,
                 listen,
                 session,
                 outbox,
                 sync,
+                peers,
                 rooms,
                 events,
                 kick,
@@ -235,7 +291,7 @@ impl Peer {
 
         // Serve before logging in: the router hands our address to others
         // the moment we are online.
-        peer.spawn_server(config.listener);
+        peer.spawn_server(config.listener, &tls);
         if let Err(e) = peer.inner.session.login().await {
             peer.stop_now().await;
             return Err(e.into());
@@ -287,13 +343,54 @@ impl Peer {
         self.inner.rooms.all()
     }
 
-    fn spawn_server(&self, listener: TcpListener) {
+    /// This peer's public key.
+    pub fn key(&self) -> PublicKey {
+        self.inner.key.public()
+    }
+
+    /// What is known of `nick`'s key: the router's binding, the key first
+    /// met, and a changed one waiting for `/trust`.
+    pub async fn whois(&self, nick: &Nick) -> Result<Whois, PeerError> {
+        let r = self.inner.session.find(nick.as_str()).await?;
+        let key = if r.key.is_empty() {
+            None
+        } else {
+            PublicKey::from_bytes(&r.key).ok()
+        };
+        Ok(Whois {
+            nick: if r.found { r.name } else { nick.to_string() },
+            address: r.members.into_iter().next().map(|m| m.address),
+            key,
+            known: self.inner.known.get(nick.as_str()),
+            pending: self.inner.known.pending(nick.as_str()),
+        })
+    }
+
+    /// Accepts the key `nick` came back with (after checking with them).
+    /// Returns the key now trusted.
+    pub async fn trust(&self, nick: &Nick) -> Result<PublicKey, PeerError> {
+        let known = self.inner.known.get(nick.as_str());
+        let key = match self.inner.known.pending(nick.as_str()) {
+            Some(k) => k,
+            None => match self.inner.session.bound_key(nick.as_str()).await? {
+                Some(k) if Some(k) != known => k,
+                Some(_) => return Err(PeerError::NothingToTrust(nick.to_string())),
+                None => return Err(PeerError::Unbound(nick.to_string())),
+            },
+        };
+        self.inner.known.trust(nick.as_str(), &key)?;
+        self.inner.kick.notify_one();
+        Ok(key)
+    }
+
+    fn spawn_server(&self, listener: TcpListener, tls: &Tls) {
         let inner = &self.inner;
         let service = chat::ChatService {
             store: inner.store.clone(),
             session: inner.session.clone(),
             rooms: inner.rooms.clone(),
             sync: inner.sync.clone(),
+            peers: inner.peers.clone(),
             events: inner.events.clone(),
             stop: inner.stop.clone(),
             tasks: inner.tasks.clone(),
@@ -302,7 +399,7 @@ impl Peer {
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
         let stop = inner.stop.clone();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = tls.incoming(listener);
         inner.tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .timeout(Duration::from_secs(30))
@@ -591,6 +688,7 @@ impl Peer {
                 vec![Member {
                     nick: nick.to_string(),
                     address: m.address,
+                    key: m.key,
                 }],
                 vec![],
             ),

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::events::{Events, PeerEvent};
 use super::session::Session;
 use crate::message::now_ms;
+use crate::names::Nick;
 use crate::net::{Delivery, Peers};
 use crate::proto::{ChatMessage, Member};
 use crate::store::{MsgId, Store, StoreError};
@@ -200,7 +201,7 @@ impl Outbox {
             if inner.peers.is_down(&m.address) {
                 return Delivery::Unreachable;
             }
-            inner.peers.deliver(&m.address, msg.clone()).await
+            inner.peers.deliver(m, msg.clone()).await
         }))
         .await;
         let mut report = SendReport {
@@ -260,8 +261,17 @@ impl Outbox {
 
     async fn flush_once(&self, key: &str) -> Result<usize, StoreError> {
         let inner = &self.inner;
-        let Some(member) = inner.session.world().user(key) else {
-            return Ok(0);
+        // The picture knows co-members; anyone else (a private partner
+        // sharing no room) is looked up afresh.
+        let member = match inner.session.world().user(key) {
+            Some(m) => m,
+            None => match Nick::parse(key) {
+                Ok(nick) => match inner.session.lookup_user(&nick).await {
+                    Some(m) => m,
+                    None => return Ok(0),
+                },
+                Err(_) => return Ok(0),
+            },
         };
         let msgs = inner.store.outbox_for(key, FLUSH_BATCH).await?;
         let msgs: Vec<ChatMessage> = {
@@ -274,7 +284,7 @@ impl Outbox {
         let mut delivered = 0;
         for m in msgs {
             let id = MsgId::of(&m);
-            match inner.peers.deliver(&member.address, m).await {
+            match inner.peers.deliver(&member, m).await {
                 Delivery::Stored => delivered += 1,
                 // Definite: it will never take this one.
                 Delivery::Refused => {}
@@ -297,9 +307,7 @@ impl Outbox {
             match self.inner.store.outbox_recipients().await {
                 Ok(nicks) => {
                     for nick in nicks {
-                        if self.inner.session.world().user(&nick).is_some() {
-                            self.flush(&nick).await;
-                        }
+                        self.flush(&nick).await;
                     }
                 }
                 Err(err) => tracing::warn!(cause = %err, "cannot read the outbox"),

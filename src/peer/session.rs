@@ -22,9 +22,12 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::world::{Change, Membership, World};
+use crate::identity::{login_bytes, Identity, PublicKey};
 use crate::names::{Nick, Room};
 use crate::proto::router_client::RouterClient;
 use crate::proto::{self, Member};
+use crate::tls::{Expect, Tls};
+use crate::trust::{KnownKeys, Trust};
 
 /// Session events queued for the peer. Past this the newest are dropped
 /// with a warning: an `Online` lost is retried by the outbox loop anyway.
@@ -35,8 +38,10 @@ const EVENT_QUEUE: usize = 1024;
 pub enum SessionError {
     #[error("no router at {addr}: start one with `router --listen {addr}`")]
     Unreachable { addr: String },
-    #[error("nick {0} is taken by someone else")]
+    #[error("nick {0} is taken by someone else (another key holds it)")]
     NickTaken(String),
+    #[error("{0}")]
+    RouterKey(String),
     #[error("{0}")]
     NotFound(String),
     /// The router answered no, for a reason it gives.
@@ -76,7 +81,19 @@ pub struct SessionConfig {
     pub router: String,
     /// The chat address others reach this peer at.
     pub advertise: String,
-    pub reclaim_secret: Vec<u8>,
+    /// This peer's key: logins are signed with it.
+    pub identity: Arc<Identity>,
+    pub tls: Tls,
+    /// The keys this peer knows, the router's among them.
+    pub known: KnownKeys,
+    /// The router key given on the command line (a fingerprint), if any.
+    pub router_key: Option<String>,
+}
+
+/// The name a router's key is kept under in the known keys: nicks cannot
+/// hold an `@`.
+pub fn router_name(address: &str) -> String {
+    format!("router@{address}")
 }
 
 /// The session handle. Cheap to clone.
@@ -88,6 +105,9 @@ pub struct Session {
 struct Inner {
     config: SessionConfig,
     router: RouterClient<Channel>,
+    /// The router key the link must present (pinned, given, or the first
+    /// one seen).
+    expect: Expect,
     /// The session token; replaced when the peer logs in again.
     token: RwLock<String>,
     /// Serialises logins so two tasks noticing a lost session log in once.
@@ -113,16 +133,20 @@ impl Session {
         let unreachable = || SessionError::Unreachable {
             addr: config.router.clone(),
         };
-        let channel = crate::net::endpoint(&config.router)
-            .map_err(|_| unreachable())?
-            .connect()
-            .await
-            .map_err(|_| unreachable())?;
+        let name = router_name(&config.router);
+        let expect = match (&config.router_key, config.known.get(&name)) {
+            (Some(fp), _) => Expect::fingerprint(fp.clone()),
+            (None, Some(pinned)) => Expect::key(&pinned),
+            (None, None) => Expect::first_seen(),
+        };
+        let endpoint = crate::net::endpoint(&config.router).map_err(|_| unreachable())?;
+        let channel = config.tls.channel(endpoint, &config.router, expect.clone());
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let session = Session {
             inner: Arc::new(Inner {
                 config,
                 router: RouterClient::new(channel),
+                expect,
                 token: RwLock::new(String::new()),
                 relogin: tokio::sync::Mutex::new(()),
                 lease: Mutex::new(Duration::from_secs(10)),
@@ -171,6 +195,13 @@ impl Session {
     fn error(&self, what: &'static str, status: Status) -> SessionError {
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                if let Some(refusal) = self.inner.expect.refused() {
+                    return SessionError::RouterKey(format!(
+                        "{refusal}; if the router's key changed on purpose, start with \
+                         --router-key {}",
+                        refusal.got
+                    ));
+                }
                 SessionError::Unreachable {
                     addr: self.inner.config.router.clone(),
                 }
@@ -207,22 +238,27 @@ impl Session {
         }
     }
 
-    /// Logs in: a new session token, the world's users refreshed.
+    /// Logs in, proving the nick's key by signing the router's challenge:
+    /// a new session token, the world's users refreshed. The router's key is
+    /// remembered on the first login to it.
     pub async fn login(&self) -> Result<(), SessionError> {
         let c = &self.inner.config;
-        let req = proto::LoginRequest {
-            nick: c.nick.to_string(),
-            address: c.advertise.clone(),
-            reclaim_secret: c.reclaim_secret.clone(),
-        };
-        let resp = self
-            .inner
-            .router
-            .clone()
+        let mut router = self.inner.router.clone();
+        let challenge = router
+            .login_challenge(proto::ChallengeRequest {})
+            .await
+            .map_err(|s| self.error("login", s))?
+            .into_inner()
+            .challenge;
+        let req = login_request(&c.identity, c.nick.as_str(), &c.advertise, challenge);
+        let resp = router
             .user_login(req)
             .await
             .map_err(|s| self.error("login", s))?
             .into_inner();
+        if let Some(key) = self.inner.expect.seen() {
+            self.pin_router(&key);
+        }
         if resp.reclaimed {
             tracing::info!("took the nick back from this peer's previous session");
         }
@@ -231,6 +267,17 @@ impl Session {
             Duration::from_millis(resp.lease_ttl_ms.max(1000));
         self.refresh_users().await;
         Ok(())
+    }
+
+    fn pin_router(&self, key: &PublicKey) {
+        let name = router_name(&self.inner.config.router);
+        match self.inner.config.known.check(&name, key) {
+            Ok((Trust::New, _)) => {
+                tracing::info!(router = %self.inner.config.router, key = %key, "pinned the router's key")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(cause = %err, "cannot remember the router's key"),
+        }
     }
 
     /// The session was lost: log in again (`persist`: until it works or the
@@ -265,7 +312,9 @@ impl Session {
             .inner
             .router
             .clone()
-            .list_users(proto::ListUsersRequest {})
+            .list_users(proto::ListUsersRequest {
+                token: self.token(),
+            })
             .await;
         match users {
             Ok(r) => self.inner.world.set_users(r.into_inner().users),
@@ -437,9 +486,10 @@ impl Session {
     }
 
     pub async fn find(&self, name: &str) -> Result<proto::FindResponse, SessionError> {
-        self.call("find", |mut r, _| {
+        self.call("find", |mut r, token| {
             let req = proto::FindRequest {
                 name: name.to_owned(),
+                token,
             };
             async move { r.find(req).await }
         })
@@ -448,8 +498,8 @@ impl Session {
 
     pub async fn list_rooms(&self) -> Result<Vec<proto::RoomInfo>, SessionError> {
         let r = self
-            .call("list rooms", |mut r, _| async move {
-                r.list_rooms(proto::ListRoomsRequest {}).await
+            .call("list rooms", |mut r, token| async move {
+                r.list_rooms(proto::ListRoomsRequest { token }).await
             })
             .await?;
         Ok(r.rooms)
@@ -457,11 +507,26 @@ impl Session {
 
     pub async fn list_users(&self) -> Result<Vec<Member>, SessionError> {
         let r = self
-            .call("list users", |mut r, _| async move {
-                r.list_users(proto::ListUsersRequest {}).await
+            .call("list users", |mut r, token| async move {
+                r.list_users(proto::ListUsersRequest { token }).await
             })
             .await?;
         Ok(r.users)
+    }
+
+    /// The key `nick` is bound to at the router (online or not).
+    pub async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, SessionError> {
+        let r = self.find(nick).await?;
+        if r.key.is_empty() {
+            return Ok(None);
+        }
+        PublicKey::from_bytes(&r.key)
+            .map(Some)
+            .map_err(|e| SessionError::Refused {
+                what: "find",
+                code: Code::Internal,
+                message: format!("the router gave a bad key: {e}"),
+            })
     }
 
     /// The online user `nick`, from the picture or, failing that, a fresh
@@ -549,5 +614,33 @@ mod tests {
         assert_eq!(seen[9], Backoff::CAP);
         b.reset();
         assert_eq!(b.next(), Duration::from_millis(100));
+    }
+}
+
+/// A login request for `nick` at `address`, proven by `identity`'s
+/// signature over the router's `challenge`.
+pub fn login_request(
+    identity: &Identity,
+    nick: &str,
+    address: &str,
+    challenge: Vec<u8>,
+) -> proto::LoginRequest {
+    let key = identity.public();
+    let signature = identity.sign(&login_bytes(&challenge, nick, address, &key));
+    proto::LoginRequest {
+        nick: nick.to_owned(),
+        address: address.to_owned(),
+        key: key.to_vec(),
+        challenge,
+        signature,
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::sync::KeyLookup for Session {
+    async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, ()> {
+        Session::bound_key(self, nick).await.map_err(|err| {
+            tracing::debug!(nick, cause = %err, "cannot look a key up");
+        })
     }
 }

@@ -294,6 +294,7 @@ mod tests {
         Member {
             nick: n.into(),
             address: format!("{n}:1"),
+            key: Vec::new(),
         }
     }
 

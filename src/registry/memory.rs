@@ -6,7 +6,7 @@
 //! through one purge task woken by a `Notify` (mini-redis's design), which
 //! runs on `tokio::time` so tests can pause the clock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -20,9 +20,10 @@ use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    check_secret, hash_secret, new_token, Event, EventKind, EventStream, Member, Registry,
-    RegistryError, RoomInfo, RoomSnapshot, Session, Token, MIN_LEASE_TTL,
+    new_token, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
+    RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
+use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
 
 /// Events buffered per watcher before it is cut off as too slow.
@@ -40,7 +41,7 @@ struct Shared {
     ttl: Duration,
     /// Never held across an `.await`.
     state: Mutex<State>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Scoped>,
     /// Wakes the purge task when the earliest expiry may have moved.
     purge: Notify,
 }
@@ -49,11 +50,21 @@ struct SessionState {
     nick: String,
     nick_key: String,
     address: String,
-    secret_hash: [u8; 32],
+    key: PublicKey,
     expires: Instant,
     /// Keys of the rooms this session sits in.
     rooms: BTreeSet<String>,
 }
+
+/// An event and the sessions that need it, fixed when it happens (after
+/// a leave or a delete the room no longer says who was in it).
+#[derive(Clone)]
+struct Scoped {
+    event: Event,
+    audience: Arc<HashSet<Token>>,
+}
+
+type Events = broadcast::Sender<Scoped>;
 
 struct RoomState {
     name: String,
@@ -68,6 +79,8 @@ struct State {
     sessions: HashMap<Token, SessionState>,
     /// Nick key → token of the session holding it.
     users: HashMap<String, Token>,
+    /// Nick key → the key it is bound to, for the registry's whole life.
+    bindings: HashMap<String, PublicKey>,
     /// Room key → room.
     rooms: HashMap<String, RoomState>,
     expiry: BTreeSet<(Instant, Token)>,
@@ -109,14 +122,41 @@ impl Shared {
 }
 
 impl State {
-    fn emit(&mut self, events: &broadcast::Sender<Event>, kind: EventKind) -> u64 {
+    fn emit(&mut self, events: &Events, kind: EventKind, audience: HashSet<Token>) -> u64 {
         self.revision += 1;
         // No receivers is fine: nobody is watching.
-        let _ = events.send(Event {
-            revision: self.revision,
-            kind,
+        let _ = events.send(Scoped {
+            event: Event {
+                revision: self.revision,
+                kind,
+            },
+            audience: Arc::new(audience),
         });
         self.revision
+    }
+
+    /// The sessions sitting in room `key`.
+    fn room_audience(&self, key: &str) -> HashSet<Token> {
+        self.rooms
+            .get(key)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter_map(|m| self.users.get(m).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The session `token` and every session sharing a room with it.
+    fn peers_audience(&self, token: &str) -> HashSet<Token> {
+        let mut out = HashSet::from([token.to_owned()]);
+        if let Some(s) = self.sessions.get(token) {
+            for room in &s.rooms {
+                out.extend(self.room_audience(room));
+            }
+        }
+        out
     }
 
     fn live(&self, token: &str, now: Instant) -> Result<&SessionState, RegistryError> {
@@ -132,6 +172,7 @@ impl State {
         Some(Member {
             nick: s.nick.clone(),
             address: s.address.clone(),
+            key: s.key,
         })
     }
 
@@ -148,10 +189,11 @@ impl State {
 
     /// Removes `nick_key` from room `key`, dropping the room when empty and
     /// handing ownership on when the owner leaves.
-    fn remove_member(&mut self, events: &broadcast::Sender<Event>, key: &str, nick_key: &str) {
+    fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str) {
         let Some(member) = self.member(nick_key) else {
             return;
         };
+        let audience = self.room_audience(key);
         let Some(room) = self.rooms.get_mut(key) else {
             return;
         };
@@ -167,11 +209,15 @@ impl State {
                 }
             }
         }
-        self.emit(events, EventKind::MemberLeft { room: name, member });
+        self.emit(
+            events,
+            EventKind::MemberLeft { room: name, member },
+            audience,
+        );
     }
 
     /// Ends a session: it leaves every room and goes offline.
-    fn end_session(&mut self, events: &broadcast::Sender<Event>, token: &str) {
+    fn end_session(&mut self, events: &Events, token: &str) {
         let Some(session) = self.sessions.get(token) else {
             return;
         };
@@ -180,8 +226,10 @@ impl State {
         let member = Member {
             nick: session.nick.clone(),
             address: session.address.clone(),
+            key: session.key,
         };
         let expires = session.expires;
+        let audience = self.peers_audience(token);
         for room in rooms {
             self.remove_member(events, &room, &nick_key);
         }
@@ -190,12 +238,12 @@ impl State {
         if self.users.get(&nick_key).is_some_and(|t| t == token) {
             self.users.remove(&nick_key);
         }
-        self.emit(events, EventKind::UserOffline(member));
+        self.emit(events, EventKind::UserOffline(member), audience);
     }
 
     /// Ends every session whose lease ran out by `now`; returns the next
     /// expiry still pending.
-    fn purge(&mut self, events: &broadcast::Sender<Event>, now: Instant) -> Option<Instant> {
+    fn purge(&mut self, events: &Events, now: Instant) -> Option<Instant> {
         while let Some((when, token)) = self.expiry.first().cloned() {
             if when > now {
                 return Some(when);
@@ -239,26 +287,26 @@ impl Registry for MemoryRegistry {
         &self,
         nick: &Nick,
         address: &str,
-        secret: &[u8],
+        key: &PublicKey,
     ) -> Result<Session, RegistryError> {
         check_address(address)?;
-        check_secret(secret)?;
-        let secret_hash = hash_secret(secret);
         let now = Instant::now();
         let shared = &self.shared;
         let mut state = shared.lock();
         // A lease that ran out but is not purged yet must not block the nick.
         state.purge(&shared.events, now);
         let nick_key = nick.key();
+        match state.bindings.get(&nick_key) {
+            Some(bound) if bound != key => {
+                return Err(RegistryError::KeyMismatch(nick.to_string()))
+            }
+            Some(_) => {}
+            None => {
+                state.bindings.insert(nick_key.clone(), *key);
+            }
+        }
         let mut reclaimed = false;
         if let Some(old) = state.users.get(&nick_key).cloned() {
-            let same = state
-                .sessions
-                .get(&old)
-                .is_some_and(|s| s.secret_hash == secret_hash);
-            if !same {
-                return Err(RegistryError::NickTaken(nick.to_string()));
-            }
             state.end_session(&shared.events, &old);
             reclaimed = true;
         }
@@ -270,7 +318,7 @@ impl Registry for MemoryRegistry {
                 nick: nick.to_string(),
                 nick_key: nick_key.clone(),
                 address: address.to_owned(),
-                secret_hash,
+                key: *key,
                 expires,
                 rooms: BTreeSet::new(),
             },
@@ -282,7 +330,9 @@ impl Registry for MemoryRegistry {
             EventKind::UserOnline(Member {
                 nick: nick.to_string(),
                 address: address.to_owned(),
+                key: *key,
             }),
+            HashSet::from([token.clone()]),
         );
         drop(state);
         shared.purge.notify_one();
@@ -325,6 +375,7 @@ impl Registry for MemoryRegistry {
             Member {
                 nick: session.nick.clone(),
                 address: session.address.clone(),
+                key: session.key,
             },
         );
         let key = room.key();
@@ -350,12 +401,14 @@ impl Registry for MemoryRegistry {
             .is_some_and(|s| s.rooms.insert(key.clone()));
         if newly {
             let name = state.rooms.get(&key).map(|r| r.name.clone());
+            let audience = state.room_audience(&key);
             state.emit(
                 &shared.events,
                 EventKind::MemberJoined {
                     room: name.unwrap_or_else(|| room.to_string()),
                     member,
                 },
+                audience,
             );
         }
         state
@@ -392,6 +445,7 @@ impl Registry for MemoryRegistry {
                 owner: r.owner.clone(),
             });
         }
+        let audience = state.room_audience(&key);
         let Some(r) = state.rooms.remove(&key) else {
             return Err(RegistryError::NoSuchRoom(room.to_string()));
         };
@@ -405,26 +459,39 @@ impl Registry for MemoryRegistry {
         state.emit(
             &self.shared.events,
             EventKind::RoomDeleted { room: r.name, by },
+            audience,
         );
         Ok(())
     }
 
-    async fn find_user(&self, nick: &Nick) -> Result<Option<Member>, RegistryError> {
+    async fn find_user(&self, token: &str, nick: &Nick) -> Result<UserLookup, RegistryError> {
         let state = self.shared.lock();
         let now = Instant::now();
-        Ok(state
+        state.live(token, now)?;
+        let online = state
             .users
             .get(&nick.key())
             .filter(|t| state.live(t, now).is_ok())
-            .and_then(|_| state.member(&nick.key())))
+            .and_then(|_| state.member(&nick.key()));
+        Ok(UserLookup {
+            online,
+            key: state.bindings.get(&nick.key()).copied(),
+        })
     }
 
-    async fn find_room(&self, room: &Room) -> Result<Option<RoomSnapshot>, RegistryError> {
-        Ok(self.shared.lock().snapshot(&room.key(), false))
-    }
-
-    async fn list_rooms(&self) -> Result<Vec<RoomInfo>, RegistryError> {
+    async fn find_room(
+        &self,
+        token: &str,
+        room: &Room,
+    ) -> Result<Option<RoomSnapshot>, RegistryError> {
         let state = self.shared.lock();
+        state.live(token, Instant::now())?;
+        Ok(state.snapshot(&room.key(), false))
+    }
+
+    async fn list_rooms(&self, token: &str) -> Result<Vec<RoomInfo>, RegistryError> {
+        let state = self.shared.lock();
+        state.live(token, Instant::now())?;
         let mut rooms: Vec<RoomInfo> = state
             .rooms
             .values()
@@ -438,9 +505,10 @@ impl Registry for MemoryRegistry {
         Ok(rooms)
     }
 
-    async fn list_users(&self) -> Result<Vec<Member>, RegistryError> {
+    async fn list_users(&self, token: &str) -> Result<Vec<Member>, RegistryError> {
         let state = self.shared.lock();
         let now = Instant::now();
+        state.live(token, now)?;
         let mut users: Vec<Member> = state
             .sessions
             .values()
@@ -448,6 +516,7 @@ impl Registry for MemoryRegistry {
             .map(|s| Member {
                 nick: s.nick.clone(),
                 address: s.address.clone(),
+                key: s.key,
             })
             .collect();
         users.sort_by_key(|m| m.nick.to_ascii_lowercase());
@@ -475,7 +544,7 @@ impl Registry for MemoryRegistry {
 /// One watcher's events. It ends after its own session's `UserOffline`, and
 /// after reporting that it fell behind (it has lost events and must rebuild).
 struct Watcher {
-    events: BroadcastStream<Event>,
+    events: BroadcastStream<Scoped>,
     shared: Arc<Shared>,
     token: Token,
     nick: String,
@@ -490,7 +559,15 @@ impl Stream for Watcher {
         if this.done {
             return Poll::Ready(None);
         }
-        let item = match std::task::ready!(Pin::new(&mut this.events).poll_next(cx)) {
+        let item = loop {
+            match std::task::ready!(Pin::new(&mut this.events).poll_next(cx)) {
+                // Not this session's business: the next one.
+                Some(Ok(scoped)) if !scoped.audience.contains(&this.token) => continue,
+                Some(Ok(scoped)) => break Some(Ok(scoped.event)),
+                other => break other.map(|r| r.map(|s| s.event)),
+            }
+        };
+        let item = match item {
             None => None,
             Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
                 this.done = true;
@@ -517,7 +594,13 @@ mod tests {
     use tokio_stream::StreamExt;
 
     const TTL: Duration = Duration::from_secs(10);
-    const SECRET: &[u8] = b"0123456789abcdef-secret";
+
+    /// The same key for the same name, a different one for another.
+    fn key(n: &str) -> PublicKey {
+        use sha2::Digest;
+        let seed: [u8; 32] = sha2::Sha256::digest(n.to_ascii_lowercase()).into();
+        crate::identity::Identity::from_seed(seed).public()
+    }
 
     fn nick(s: &str) -> Nick {
         Nick::parse(s).unwrap()
@@ -529,11 +612,7 @@ mod tests {
 
     async fn login(r: &MemoryRegistry, n: &str) -> String {
         let addr = "127.0.0.1:7000";
-        let secret = format!("{n}-secret-0123456789");
-        r.login(&nick(n), addr, secret.as_bytes())
-            .await
-            .unwrap()
-            .token
+        r.login(&nick(n), addr, &key(n)).await.unwrap().token
     }
 
     #[tokio::test]
@@ -557,12 +636,20 @@ mod tests {
             r.heartbeat(&b).await.unwrap();
         }
         tokio::task::yield_now().await;
-        assert_eq!(r.find_user(&nick("alice")).await.unwrap(), None);
+        let found = r.find_user(&b, &nick("alice")).await.unwrap();
+        assert_eq!(found.online, None);
+        // The nick stays bound to its key after the lease is gone.
+        assert_eq!(found.key, Some(key("alice")));
         assert_eq!(
             r.heartbeat(&a).await.unwrap_err(),
             RegistryError::Unauthenticated
         );
-        let members = r.find_room(&room("#rust")).await.unwrap().unwrap().members;
+        let members = r
+            .find_room(&b, &room("#rust"))
+            .await
+            .unwrap()
+            .unwrap()
+            .members;
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].nick, "bob");
         // The watcher was told: Alice left the room, then went offline.
@@ -584,35 +671,54 @@ mod tests {
             tokio::time::advance(Duration::from_secs(9)).await;
             assert_eq!(r.heartbeat(&a).await.unwrap(), TTL);
         }
-        assert!(r.find_user(&nick("alice")).await.unwrap().is_some());
+        assert!(r
+            .find_user(&a, &nick("alice"))
+            .await
+            .unwrap()
+            .online
+            .is_some());
     }
 
     #[tokio::test]
-    async fn duplicate_nick_is_refused_whatever_the_case() {
+    async fn another_key_is_refused_whatever_the_case_and_after_logout() {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "Alice").await;
         let err = r
-            .login(&nick("aLiCe"), "127.0.0.1:7001", b"another-secret-0123456")
+            .login(&nick("aLiCe"), "127.0.0.1:7001", &key("mallory"))
             .await
             .unwrap_err();
-        assert_eq!(err, RegistryError::NickTaken("aLiCe".into()));
+        assert_eq!(err, RegistryError::KeyMismatch("aLiCe".into()));
         // The holder is untouched.
-        let m = r.find_user(&nick("alice")).await.unwrap().unwrap();
+        let m = r
+            .find_user(&a, &nick("alice"))
+            .await
+            .unwrap()
+            .online
+            .unwrap();
         assert_eq!(m.address, "127.0.0.1:7000");
         assert_eq!(m.nick, "Alice");
+        assert_eq!(m.key, key("alice"));
         r.heartbeat(&a).await.unwrap();
+        // Gone offline, the nick is still bound to its key.
+        r.logout(&a).await.unwrap();
+        let err = r
+            .login(&nick("alice"), "127.0.0.1:7001", &key("mallory"))
+            .await
+            .unwrap_err();
+        assert_eq!(err, RegistryError::KeyMismatch("alice".into()));
+        login(&r, "alice").await;
     }
 
     #[tokio::test]
-    async fn the_same_secret_reclaims_the_nick_at_once() {
+    async fn the_same_key_reclaims_the_nick_at_once() {
         let r = MemoryRegistry::new(TTL).unwrap();
         let old = r
-            .login(&nick("alice"), "127.0.0.1:7000", SECRET)
+            .login(&nick("alice"), "127.0.0.1:7000", &key("alice"))
             .await
             .unwrap();
         r.join(&old.token, &room("#rust")).await.unwrap();
         let new = r
-            .login(&nick("alice"), "127.0.0.1:7100", SECRET)
+            .login(&nick("alice"), "127.0.0.1:7100", &key("alice"))
             .await
             .unwrap();
         assert!(new.reclaimed);
@@ -621,10 +727,19 @@ mod tests {
             r.heartbeat(&old.token).await.unwrap_err(),
             RegistryError::Unauthenticated
         );
-        let m = r.find_user(&nick("alice")).await.unwrap().unwrap();
+        let m = r
+            .find_user(&new.token, &nick("alice"))
+            .await
+            .unwrap()
+            .online
+            .unwrap();
         assert_eq!(m.address, "127.0.0.1:7100");
         // The old session's rooms went with it.
-        assert!(r.find_room(&room("#rust")).await.unwrap().is_none());
+        assert!(r
+            .find_room(&new.token, &room("#rust"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -644,7 +759,7 @@ mod tests {
         // Joining twice changes nothing.
         assert_eq!(r.join(&b, &room("#rust")).await.unwrap().members.len(), 2);
         assert_eq!(
-            r.list_rooms().await.unwrap(),
+            r.list_rooms(&a).await.unwrap(),
             vec![RoomInfo {
                 name: "#Rust".into(),
                 members: 2,
@@ -653,15 +768,15 @@ mod tests {
         );
         // The owner leaves: the next member inherits the room.
         r.leave(&a, &room("#rust")).await.unwrap();
-        assert_eq!(r.list_rooms().await.unwrap()[0].owner, "bob");
+        assert_eq!(r.list_rooms(&a).await.unwrap()[0].owner, "bob");
         assert_eq!(
             r.leave(&a, &room("#rust")).await.unwrap_err(),
             RegistryError::NotMember("#rust".into())
         );
         // The last member leaves: the room is gone.
         r.leave(&b, &room("#rust")).await.unwrap();
-        assert!(r.find_room(&room("#rust")).await.unwrap().is_none());
-        assert!(r.list_rooms().await.unwrap().is_empty());
+        assert!(r.find_room(&a, &room("#rust")).await.unwrap().is_none());
+        assert!(r.list_rooms(&a).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -675,7 +790,7 @@ mod tests {
         let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
         assert!(matches!(err, RegistryError::NotOwner { .. }), "{err:?}");
         assert_eq!(
-            r.find_room(&room("#rust"))
+            r.find_room(&a, &room("#rust"))
                 .await
                 .unwrap()
                 .unwrap()
@@ -684,7 +799,7 @@ mod tests {
             2
         );
         r.delete_room(&a, &room("#RUST")).await.unwrap();
-        assert!(r.find_room(&room("#rust")).await.unwrap().is_none());
+        assert!(r.find_room(&a, &room("#rust")).await.unwrap().is_none());
         let e = events.next().await.unwrap().unwrap();
         assert_eq!(
             e.kind,
@@ -715,21 +830,22 @@ mod tests {
         assert_eq!(r.leave(t, &room("#a")).await.unwrap_err(), unauth);
         assert_eq!(r.delete_room(t, &room("#a")).await.unwrap_err(), unauth);
         assert!(r.watch(t).await.is_err());
-        assert!(r.list_rooms().await.unwrap().is_empty());
+        assert_eq!(r.list_rooms(t).await.unwrap_err(), unauth);
+        assert_eq!(r.list_users(t).await.unwrap_err(), unauth);
+        assert_eq!(r.find_user(t, &nick("a")).await.unwrap_err(), unauth);
+        assert_eq!(r.find_room(t, &room("#a")).await.unwrap_err(), unauth);
     }
 
     #[tokio::test]
-    async fn bad_addresses_and_secrets_are_refused() {
+    async fn bad_addresses_are_refused() {
         let r = MemoryRegistry::new(TTL).unwrap();
         assert!(matches!(
-            r.login(&nick("a"), "nowhere", SECRET).await,
+            r.login(&nick("a"), "nowhere", &key("a")).await,
             Err(RegistryError::InvalidName(_))
         ));
-        assert!(matches!(
-            r.login(&nick("a"), "127.0.0.1:1", b"short").await,
-            Err(RegistryError::InvalidArgument(_))
-        ));
-        assert!(r.list_users().await.unwrap().is_empty());
+        let obs = login(&r, "observer").await;
+        let users = r.list_users(&obs).await.unwrap();
+        assert_eq!(users.len(), 1, "only the observer: {users:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -752,15 +868,14 @@ mod tests {
             created += usize::from(j.await.unwrap().created);
         }
         assert_eq!(created, 1);
-        let info = r.list_rooms().await.unwrap();
+        let info = r.list_rooms(&tokens[0]).await.unwrap();
         assert_eq!(info[0].members, 16);
 
         let logins: Vec<_> = (0..16)
             .map(|i| {
                 let r = r.clone();
                 tokio::spawn(async move {
-                    let secret = format!("secret-number-{i:04}");
-                    r.login(&nick("Winner"), "127.0.0.1:9", secret.as_bytes())
+                    r.login(&nick("Winner"), "127.0.0.1:9", &key(&format!("w{i}")))
                         .await
                 })
             })
@@ -769,7 +884,7 @@ mod tests {
         for l in logins {
             match l.await.unwrap() {
                 Ok(_) => ok += 1,
-                Err(e) => assert_eq!(e, RegistryError::NickTaken("Winner".into())),
+                Err(e) => assert_eq!(e, RegistryError::KeyMismatch("Winner".into())),
             }
         }
         assert_eq!(ok, 1);
@@ -782,13 +897,78 @@ mod tests {
         r.join(&a, &room("#x")).await.unwrap();
         let mut events = r.watch(&a).await.unwrap();
         r.logout(&a).await.unwrap();
-        assert!(r.find_room(&room("#x")).await.unwrap().is_none());
-        assert!(r.list_users().await.unwrap().is_empty());
+        let obs = login(&r, "observer").await;
+        assert!(r.find_room(&obs, &room("#x")).await.unwrap().is_none());
+        assert_eq!(r.list_users(&obs).await.unwrap().len(), 1);
         let mut kinds = Vec::new();
         while let Some(e) = events.next().await {
             kinds.push(e.unwrap().kind);
         }
         assert_eq!(kinds.len(), 2, "{kinds:?}");
         assert!(matches!(kinds[1], EventKind::UserOffline(_)));
+    }
+}
+
+#[cfg(test)]
+mod scoped_watch {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn key(n: &str) -> PublicKey {
+        use sha2::Digest;
+        let seed: [u8; 32] = sha2::Sha256::digest(n).into();
+        crate::identity::Identity::from_seed(seed).public()
+    }
+
+    async fn login(r: &MemoryRegistry, n: &str) -> String {
+        r.login(&Nick::parse(n).unwrap(), "127.0.0.1:7000", &key(n))
+            .await
+            .unwrap()
+            .token
+    }
+
+    /// A watcher hears of its own rooms and of the users it shares one
+    /// with, and of nothing else.
+    #[tokio::test]
+    async fn a_watch_carries_only_what_its_session_needs() {
+        let r = MemoryRegistry::new(Duration::from_secs(10)).unwrap();
+        let (a, b, c) = (
+            login(&r, "alice").await,
+            login(&r, "bob").await,
+            login(&r, "carol").await,
+        );
+        let rust = Room::parse("#rust").unwrap();
+        let go = Room::parse("#go").unwrap();
+        r.join(&a, &rust).await.unwrap();
+        let mut watch = r.watch(&a).await.unwrap();
+        // Carol's room and Carol's presence are none of Alice's business.
+        r.join(&c, &go).await.unwrap();
+        r.leave(&c, &go).await.unwrap();
+        r.logout(&c).await.unwrap();
+        // Bob joins Alice's room, then goes: both are hers to know.
+        r.join(&b, &rust).await.unwrap();
+        r.logout(&b).await.unwrap();
+        r.logout(&a).await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(e) = watch.next().await {
+            seen.push(e.unwrap().kind);
+        }
+        let who = |k: &EventKind| match k {
+            EventKind::UserOnline(m) | EventKind::UserOffline(m) => m.nick.clone(),
+            EventKind::MemberJoined { member, .. } | EventKind::MemberLeft { member, .. } => {
+                member.nick.clone()
+            }
+            EventKind::RoomDeleted { by, .. } => by.clone(),
+        };
+        assert!(seen.iter().all(|k| who(k) != "carol"), "{seen:?}");
+        assert!(
+            matches!(&seen[0], EventKind::MemberJoined { member, .. } if member.nick == "bob"),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|k| matches!(k, EventKind::UserOffline(m) if m.nick == "bob")),
+            "{seen:?}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_stream::Stream;
 
+use crate::identity::PublicKey;
 use crate::names::{NameError, Nick, Room};
 
 /// Shortest lease a registry accepts: etcd's own floor, so every registry
@@ -28,6 +29,17 @@ pub struct Member {
     pub nick: String,
     /// host:port of the user's chat service.
     pub address: String,
+    /// The key the nick is bound to; the chat service presents it.
+    pub key: PublicKey,
+}
+
+/// What the registry knows of a nick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserLookup {
+    /// The user, while online.
+    pub online: Option<Member>,
+    /// The key the nick is bound to, online or not.
+    pub key: Option<PublicKey>,
 }
 
 /// What a login hands back.
@@ -36,7 +48,7 @@ pub struct Session {
     pub token: Token,
     pub nick: String,
     pub lease_ttl: Duration,
-    /// The login took the nick over from a live session with the same secret.
+    /// The login took the nick over from a live session of the same key.
     pub reclaimed: bool,
 }
 
@@ -88,6 +100,8 @@ pub enum RegistryError {
     InvalidArgument(String),
     #[error("nick {0:?} is already in use")]
     NickTaken(String),
+    #[error("nick {0:?} belongs to another key")]
+    KeyMismatch(String),
     #[error("unknown or expired session token: log in again")]
     Unauthenticated,
     #[error("no room {0}")]
@@ -111,13 +125,15 @@ pub trait Registry: Send + Sync + 'static {
     /// How long a lease lasts without a heartbeat.
     fn lease_ttl(&self) -> Duration;
 
-    /// Claims `nick` for `address`. A nick held by a live lease is refused
-    /// unless `secret` matches the live session's, which then ends.
+    /// Claims `nick` for `address` as `key` (the caller has proven it holds
+    /// it). A nick is bound to the first key that claims it for as long as
+    /// the registry lasts: another key is refused; the same key takes over
+    /// a live session, which then ends.
     async fn login(
         &self,
         nick: &Nick,
         address: &str,
-        secret: &[u8],
+        key: &PublicKey,
     ) -> Result<Session, RegistryError>;
 
     /// Renews the session's lease.
@@ -135,36 +151,25 @@ pub trait Registry: Send + Sync + 'static {
     /// Deletes `room`: owner only; every member is removed.
     async fn delete_room(&self, token: &str, room: &Room) -> Result<(), RegistryError>;
 
-    /// The online user holding `nick`.
-    async fn find_user(&self, nick: &Nick) -> Result<Option<Member>, RegistryError>;
+    /// The online user holding `nick`, and the key it is bound to. Lookups
+    /// need a live session (`token`).
+    async fn find_user(&self, token: &str, nick: &Nick) -> Result<UserLookup, RegistryError>;
 
     /// The room and its members.
-    async fn find_room(&self, room: &Room) -> Result<Option<RoomSnapshot>, RegistryError>;
+    async fn find_room(
+        &self,
+        token: &str,
+        room: &Room,
+    ) -> Result<Option<RoomSnapshot>, RegistryError>;
 
-    async fn list_rooms(&self) -> Result<Vec<RoomInfo>, RegistryError>;
+    async fn list_rooms(&self, token: &str) -> Result<Vec<RoomInfo>, RegistryError>;
 
-    async fn list_users(&self) -> Result<Vec<Member>, RegistryError>;
+    async fn list_users(&self, token: &str) -> Result<Vec<Member>, RegistryError>;
 
-    /// Events from now on, for the session holding `token`.
+    /// Events from now on for the session holding `token`, only those it
+    /// needs: membership changes of its own rooms, and the presence of the
+    /// users it shares a room with (and its own).
     async fn watch(&self, token: &str) -> Result<EventStream, RegistryError>;
-}
-
-/// Hash of a reclaim secret: the registry never keeps the secret itself.
-pub(crate) fn hash_secret(secret: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret).into()
-}
-
-/// Reclaim secrets are 16 to 64 bytes: enough entropy, bounded size.
-pub(crate) fn check_secret(secret: &[u8]) -> Result<(), RegistryError> {
-    if (16..=64).contains(&secret.len()) {
-        Ok(())
-    } else {
-        Err(RegistryError::InvalidArgument(format!(
-            "reclaim secret must be 16-64 bytes, got {}",
-            secret.len()
-        )))
-    }
 }
 
 /// A fresh session token: 128 random bits.

@@ -4,11 +4,12 @@
 //! This layer turns wire requests into validated names, calls the registry,
 //! and maps [`RegistryError`] to `tonic::Status` in one place.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -16,13 +17,14 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::identity::{login_bytes, Identity, PublicKey};
 use crate::names::{Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
 use crate::registry::{Event, EventKind, Member, Registry, RegistryError};
+use crate::tls::{Tls, TlsError};
 
 /// Largest request the router decodes: its messages are names and tokens.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -39,6 +41,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// later, or forever if nothing detects it. Past this the router stops
 /// anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long a login challenge stays good.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(30);
+/// Most challenges outstanding at once: a client asking for challenges and
+/// never logging in costs bounded memory.
+const MAX_CHALLENGES: usize = 65_536;
 /// Events queued per Watch stream on the wire; past it the registry's own
 /// buffer fills and a slow watcher is cut.
 const WATCH_QUEUE: usize = 256;
@@ -54,6 +61,8 @@ pub enum RouterError {
     Task(#[source] JoinError),
     #[error("router did not stop within {0:?}")]
     StopTimedOut(Duration),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl From<RegistryError> for Status {
@@ -63,7 +72,9 @@ impl From<RegistryError> for Status {
             RegistryError::InvalidName(_) | RegistryError::InvalidArgument(_) => {
                 Status::invalid_argument(msg)
             }
-            RegistryError::NickTaken(_) => Status::already_exists(msg),
+            RegistryError::NickTaken(_) | RegistryError::KeyMismatch(_) => {
+                Status::already_exists(msg)
+            }
             RegistryError::Unauthenticated => Status::unauthenticated(msg),
             RegistryError::NoSuchRoom(_) => Status::not_found(msg),
             RegistryError::NotMember(_) => Status::failed_precondition(msg),
@@ -84,6 +95,7 @@ impl From<Member> for proto::Member {
         proto::Member {
             nick: m.nick,
             address: m.address,
+            key: m.key.to_vec(),
         }
     }
 }
@@ -121,16 +133,56 @@ fn room_arg(room: &str) -> Result<Room, Status> {
     Room::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Login challenges handed out and not used yet. Each is good once, for
+/// [`CHALLENGE_TTL`].
+#[derive(Default)]
+struct Challenges {
+    issued: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl Challenges {
+    fn issue(&self) -> Result<[u8; 32], Status> {
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if issued.len() >= MAX_CHALLENGES {
+            issued.retain(|_, t| t.elapsed() < CHALLENGE_TTL);
+            if issued.len() >= MAX_CHALLENGES {
+                return Err(Status::resource_exhausted(
+                    "too many logins in progress; try again",
+                ));
+            }
+        }
+        let challenge = rand::random::<[u8; 32]>();
+        issued.insert(challenge, Instant::now());
+        Ok(challenge)
+    }
+
+    /// Takes `challenge` if it was issued here and is still good.
+    fn redeem(&self, challenge: &[u8]) -> bool {
+        let Ok(c) = <[u8; 32]>::try_from(challenge) else {
+            return false;
+        };
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        issued
+            .remove(&c)
+            .is_some_and(|t| t.elapsed() < CHALLENGE_TTL)
+    }
+}
+
 /// The `Router` service. Watch streams end when `stop` fires, so a graceful
 /// shutdown is not held open by them.
 pub struct RouterService {
     registry: Arc<dyn Registry>,
     stop: CancellationToken,
+    challenges: Challenges,
 }
 
 impl RouterService {
     pub fn new(registry: Arc<dyn Registry>, stop: CancellationToken) -> RouterService {
-        RouterService { registry, stop }
+        RouterService {
+            registry,
+            stop,
+            challenges: Challenges::default(),
+        }
     }
 }
 
@@ -138,17 +190,39 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::RegistryEvent, Status
 
 #[tonic::async_trait]
 impl Router for RouterService {
+    async fn login_challenge(
+        &self,
+        _req: Request<proto::ChallengeRequest>,
+    ) -> Result<Response<proto::ChallengeResponse>, Status> {
+        Ok(Response::new(proto::ChallengeResponse {
+            challenge: self.challenges.issue()?.to_vec(),
+        }))
+    }
+
     async fn user_login(
         &self,
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
         let req = req.into_inner();
         let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let s = self
-            .registry
-            .login(&nick, &req.address, &req.reclaim_secret)
-            .await?;
-        tracing::info!(nick = %s.nick, address = %req.address, reclaimed = s.reclaimed, "login");
+        let key = PublicKey::from_bytes(&req.key)
+            .map_err(|e| Status::invalid_argument(format!("key: {e}")))?;
+        if !self.challenges.redeem(&req.challenge) {
+            return Err(Status::unauthenticated(
+                "unknown, used or expired login challenge: ask for a new one",
+            ));
+        }
+        if !key.verify(
+            &login_bytes(&req.challenge, &req.nick, &req.address, &key),
+            &req.signature,
+        ) {
+            tracing::warn!(nick = %req.nick, key = %key, "login with a signature that does not check");
+            return Err(Status::unauthenticated(
+                "the login signature does not check against the key",
+            ));
+        }
+        let s = self.registry.login(&nick, &req.address, &key).await?;
+        tracing::info!(nick = %s.nick, address = %req.address, key = %key, reclaimed = s.reclaimed, "login");
         Ok(Response::new(proto::LoginResponse {
             token: s.token,
             lease_ttl_ms: ttl_ms(s.lease_ttl),
@@ -215,25 +289,34 @@ impl Router for RouterService {
         &self,
         req: Request<proto::FindRequest>,
     ) -> Result<Response<proto::FindResponse>, Status> {
-        let name = Name::parse(&req.get_ref().name)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let req = req.into_inner();
+        let name = Name::parse(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let resp = match name {
-            Name::Nick(nick) => match self.registry.find_user(&nick).await? {
-                Some(m) => proto::FindResponse {
-                    found: true,
-                    name: m.nick.clone(),
-                    members: vec![m.into()],
-                    ..Default::default()
-                },
-                None => proto::FindResponse::default(),
-            },
-            Name::Room(room) => match self.registry.find_room(&room).await? {
+            Name::Nick(nick) => {
+                let found = self.registry.find_user(&req.token, &nick).await?;
+                let key = found.key.map(|k| k.to_vec()).unwrap_or_default();
+                match found.online {
+                    Some(m) => proto::FindResponse {
+                        found: true,
+                        name: m.nick.clone(),
+                        members: vec![m.into()],
+                        key,
+                        ..Default::default()
+                    },
+                    None => proto::FindResponse {
+                        key,
+                        ..Default::default()
+                    },
+                }
+            }
+            Name::Room(room) => match self.registry.find_room(&req.token, &room).await? {
                 Some(s) => proto::FindResponse {
                     found: true,
                     name: s.name,
                     members: s.members.into_iter().map(Into::into).collect(),
                     owner: s.owner,
                     revision: s.revision,
+                    key: Vec::new(),
                 },
                 None => proto::FindResponse::default(),
             },
@@ -243,9 +326,9 @@ impl Router for RouterService {
 
     async fn list_rooms(
         &self,
-        _req: Request<proto::ListRoomsRequest>,
+        req: Request<proto::ListRoomsRequest>,
     ) -> Result<Response<proto::ListRoomsResponse>, Status> {
-        let rooms = self.registry.list_rooms().await?;
+        let rooms = self.registry.list_rooms(&req.get_ref().token).await?;
         Ok(Response::new(proto::ListRoomsResponse {
             rooms: rooms
                 .into_iter()
@@ -260,9 +343,9 @@ impl Router for RouterService {
 
     async fn list_users(
         &self,
-        _req: Request<proto::ListUsersRequest>,
+        req: Request<proto::ListUsersRequest>,
     ) -> Result<Response<proto::ListUsersResponse>, Status> {
-        let users = self.registry.list_users().await?;
+        let users = self.registry.list_users(&req.get_ref().token).await?;
         Ok(Response::new(proto::ListUsersResponse {
             users: users.into_iter().map(Into::into).collect(),
         }))
@@ -299,13 +382,16 @@ impl Router for RouterService {
 }
 
 /// Serves the router on `listener` until `shutdown` resolves: the `Router`
-/// service, gRPC health, and reflection. Once `shutdown` resolves, open
-/// connections get [`SHUTDOWN_GRACE`] to close before it returns.
+/// service, gRPC health, and reflection, over TLS links presenting
+/// `identity`'s key. Once `shutdown` resolves, open connections get
+/// [`SHUTDOWN_GRACE`] to close before it returns.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<dyn Registry>,
+    identity: &Identity,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RouterError> {
+    let tls = Tls::new(identity)?;
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RouterServer<RouterService>>().await;
@@ -320,7 +406,7 @@ pub async fn serve(
         .build_v1alpha()?;
     let router = RouterServer::new(RouterService::new(registry, stop.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tls.incoming(listener);
     let signal = {
         let stop = stop.clone();
         async move {
@@ -362,6 +448,7 @@ pub async fn serve(
 #[derive(Debug)]
 pub struct RouterHandle {
     addr: SocketAddr,
+    key: PublicKey,
     /// Fires `serve`'s shutdown future when dropped.
     stop: DropGuard,
     task: JoinHandle<Result<(), RouterError>>,
@@ -377,12 +464,17 @@ impl RouterHandle {
     pub fn spawn(
         listener: TcpListener,
         registry: Arc<dyn Registry>,
+        identity: Identity,
     ) -> std::io::Result<RouterHandle> {
         let addr = listener.local_addr()?;
+        let key = identity.public();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, registry, stop.clone().cancelled_owned()));
+        let shutdown = stop.clone().cancelled_owned();
+        let task =
+            tokio::spawn(async move { serve(listener, registry, &identity, shutdown).await });
         Ok(RouterHandle {
             addr,
+            key,
             stop: stop.drop_guard(),
             task,
         })
@@ -391,6 +483,11 @@ impl RouterHandle {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The key its links present.
+    pub fn key(&self) -> PublicKey {
+        self.key
     }
 
     /// Stops it and waits (at most [`RouterHandle::STOP_WAIT`]) until it

@@ -15,7 +15,11 @@ use crate::proto::{ChatMessage, VectorEntry};
 const APPLICATION_ID: i32 = 0x5052_4c59;
 /// `PRAGMA user_version`: the schema revision. A file at an older revision is
 /// upgraded in place at open; a newer one is refused.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
+
+/// How far past what is held a received message's seq or Lamport time may
+/// run: see [`implausible`].
+pub(crate) const MAX_AHEAD: u64 = 100_000;
 
 /// Incarnations are random over the full u64 range and seq / lamport arrive
 /// from other peers, but SQLite integers are i64. Flipping the top bit maps
@@ -101,6 +105,12 @@ UPDATE outbox SET lamport = coalesce(
 CREATE INDEX outbox_order
     ON outbox (recipient, conversation, lamport, author_lower, incarnation, seq);
 ",
+    // Revision 3: every message keeps its author's signature, so history
+    // stays checkable second-hand. Rows from before signing keep an empty
+    // one (and are refused by peers that check).
+    "ALTER TABLE messages ADD COLUMN signature BLOB NOT NULL DEFAULT x'';
+     -- Logins are proven by the identity key now (see identity.rs).
+     DELETE FROM meta WHERE key = 'reclaim_secret';",
 ];
 const _: () = assert!(MIGRATIONS.len() + 1 == SCHEMA_VERSION as usize);
 
@@ -201,13 +211,12 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
             break x;
         }
     };
-    let secret: [u8; 32] = rand::random();
     in_transaction(conn, || {
         conn.execute_batch(SCHEMA_V1)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('incarnation', ?1), ('reclaim_secret', ?2)",
-            params![incarnation.to_be_bytes().to_vec(), secret.to_vec()],
+            "INSERT INTO meta (key, value) VALUES ('incarnation', ?1)",
+            params![incarnation.to_be_bytes().to_vec()],
         )?;
         migrate(conn, 1)
     })
@@ -237,20 +246,12 @@ fn read_identity(conn: &Connection, path: &Path) -> Result<Identity, StoreError>
             })
     };
     let inc = get("incarnation")?;
-    let secret = get("reclaim_secret")?;
     let inc: [u8; 8] = inc.try_into().map_err(|_| StoreError::Corrupt {
         path: path.to_path_buf(),
         cause: "meta incarnation is not 8 bytes".into(),
     })?;
-    if secret.len() != 32 {
-        return Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            cause: "meta reclaim_secret is not 32 bytes".into(),
-        });
-    }
     Ok(Identity {
         incarnation: u64::from_be_bytes(inc),
-        reclaim_secret: secret,
     })
 }
 
@@ -263,6 +264,7 @@ fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
         lamport: dec(r.get(4)?),
         sent_at_ms: r.get(5)?,
         body: r.get(6)?,
+        signature: r.get(7)?,
     })
 }
 
@@ -282,12 +284,19 @@ pub(crate) fn insert(conn: &Connection, m: &ChatMessage) -> rusqlite::Result<Ins
 fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<Inserted> {
     let author_lower = m.author.to_ascii_lowercase();
     let (inc, seq, lamport) = (enc(m.incarnation), enc(m.seq), enc(m.lamport));
+    if !own && implausible(conn, m, &author_lower, inc)? {
+        return Ok(Inserted {
+            implausible: true,
+            ..Inserted::default()
+        });
+    }
 
     let added = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
-             (conversation, author_lower, incarnation, seq, lamport, author, sent_at_ms, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (conversation, author_lower, incarnation, seq, lamport, author, sent_at_ms, body,
+              signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             m.conversation,
@@ -297,7 +306,8 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
             lamport,
             m.author,
             m.sent_at_ms,
-            m.body
+            m.body,
+            m.signature
         ])?;
     if added == 0 {
         // Already held: nothing changes. The gap is still reported, so a
@@ -307,6 +317,7 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
             new: false,
             late: false,
             gap: contiguous < m.seq,
+            implausible: false,
         });
     }
 
@@ -364,7 +375,32 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
         new: true,
         late,
         gap: now < m.seq,
+        implausible: false,
     })
+}
+
+/// The bounded-clocks rule: a received message may run at most
+/// [`MAX_AHEAD`] past what is held, in its author's sequence (past the
+/// highest seq held with no gap below it) and in the conversation's
+/// Lamport clock (past the highest Lamport time held). An honest author
+/// steps each by one per message, so only a peer that missed more than
+/// that many messages of one conversation (and then repairs in order) ever
+/// meets the limit; a message claiming 2^64-1 never gets in, and no
+/// received message can push this peer's own counters near saturation.
+fn implausible(
+    conn: &Connection,
+    m: &ChatMessage,
+    author_lower: &str,
+    inc: i64,
+) -> rusqlite::Result<bool> {
+    let held = contiguous(conn, &m.conversation, author_lower, inc)?;
+    if m.seq > held.saturating_add(MAX_AHEAD) {
+        return Ok(true);
+    }
+    let clock: Option<i64> = conn
+        .prepare_cached("SELECT max(lamport) FROM messages WHERE conversation = ?1")?
+        .query_row([&m.conversation], |r| r.get(0))?;
+    Ok(m.lamport > clock.map_or(0, dec).saturating_add(MAX_AHEAD))
 }
 
 fn contiguous(
@@ -393,6 +429,7 @@ pub(crate) fn append_own(
     body: &str,
     sent_at_ms: i64,
     pending: &[String],
+    signer: Option<&crate::identity::Identity>,
 ) -> rusqlite::Result<ChatMessage> {
     let author_lower = author.to_ascii_lowercase();
     let max_seq: Option<i64> = conn
@@ -408,7 +445,7 @@ pub(crate) fn append_own(
         .query_row([conversation], |r| r.get(0))?;
     // Saturating: a peer could send lamport u64::MAX; ties then fall back to
     // (author, incarnation, seq), still a total order.
-    let msg = ChatMessage {
+    let mut msg = ChatMessage {
         conversation: conversation.to_string(),
         author: author.to_string(),
         incarnation,
@@ -416,7 +453,11 @@ pub(crate) fn append_own(
         lamport: max_lamport.map_or(0, dec).saturating_add(1),
         sent_at_ms,
         body: body.to_string(),
+        signature: Vec::new(),
     };
+    if let Some(id) = signer {
+        id.sign_message(&mut msg);
+    }
     insert_as(conn, &msg, true)?;
     let mut owe = conn.prepare_cached(
         "INSERT OR IGNORE INTO outbox
@@ -508,12 +549,14 @@ const PULL_LAST_SEQ: &str = "SELECT max(seq) FROM messages
      WHERE conversation = ?1 AND author_lower = ?2 AND incarnation = ?3";
 /// `rowid <= watermark` leaves messages stored since the pull started to
 /// the arrival-order part.
-const PULL_RUN: &str = "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+const PULL_RUN: &str =
+    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
      FROM messages
      WHERE conversation = ?1 AND author_lower = ?2 AND incarnation = ?3
        AND seq > ?4 AND seq <= ?5 AND rowid <= ?6
      ORDER BY seq LIMIT ?7";
-const PULL_SINCE: &str = "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body,
+const PULL_SINCE: &str =
+    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature,
             rowid
      FROM messages WHERE conversation = ?1 AND rowid > ?2
      ORDER BY rowid LIMIT ?3";
@@ -605,7 +648,7 @@ pub(crate) fn missing_page(
     let (mut read, mut last_rowid) = (0, after_rowid);
     while let Some(r) = rows.next()? {
         let m = row_to_msg(r)?;
-        last_rowid = r.get(7)?;
+        last_rowid = r.get(8)?;
         read += 1;
         let lower = m.author.to_ascii_lowercase();
         if author.as_ref().is_none_or(|a| *a == lower) && m.seq > covers(&lower, m.incarnation) {
@@ -781,20 +824,20 @@ pub(crate) enum Direction {
 /// the row value does the exact tie-break.
 const ORDERED_PAGES: [(&str, &str); 2] = [
     (
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
          FROM messages WHERE conversation = ?1
          ORDER BY lamport, author_lower, incarnation, seq LIMIT ?2",
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
          FROM messages
          WHERE conversation = ?1 AND lamport >= ?2
            AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
          ORDER BY lamport, author_lower, incarnation, seq LIMIT ?6",
     ),
     (
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
          FROM messages WHERE conversation = ?1
          ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC LIMIT ?2",
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
          FROM messages
          WHERE conversation = ?1 AND lamport <= ?2
            AND (lamport, author_lower, incarnation, seq) < (?2, ?3, ?4, ?5)
@@ -889,7 +932,7 @@ fn for_each_outbox_row(
 /// Ordered by the outbox's own columns so `outbox_order` serves it and the
 /// read stops at the limit instead of sorting the whole queue.
 const OUTBOX_PAGE: &str =
-    "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms, m.body
+    "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms, m.body, m.signature
      FROM outbox o JOIN messages m
        ON m.conversation = o.conversation AND m.author_lower = o.author_lower
       AND m.incarnation = o.incarnation AND m.seq = o.seq

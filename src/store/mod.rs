@@ -1,8 +1,9 @@
 //! A peer's durable history: one SQLite file (WAL mode) holding every message
 //! of every conversation this peer takes part in, each conversation's version
 //! (message count) and version vector, the outbox of messages still owed to
-//! members who could not be reached, and the peer's identity (incarnation and
-//! reclaim secret, drawn once when the file is created) and the rooms it is
+//! members who could not be reached, and the peer's incarnation (drawn once when
+//! the file is created; the identity key lives beside it, see
+//! `identity.rs`) and the rooms it is
 //! in. A file written by an older parley is upgraded in place at open, in one
 //! transaction; one from a newer parley is refused. It also owns the
 //! data directory's lock, so two peers never share one history. SQLite never
@@ -51,8 +52,6 @@ const READ_PAGE: usize = 1000;
 pub struct Identity {
     /// Random, nonzero; part of every own message's identity.
     pub incarnation: u64,
-    /// 32 random bytes.
-    pub reclaim_secret: Vec<u8>,
 }
 
 /// What storing a message found.
@@ -68,6 +67,9 @@ pub struct Inserted {
     /// missing (reported for duplicates too, so redelivery can trigger
     /// repair).
     pub gap: bool,
+    /// Not stored: its seq or Lamport time runs implausibly far ahead of
+    /// what is held (the bounded-clocks rule, see `db::implausible`).
+    pub implausible: bool,
 }
 
 /// A conversation's version: its message count and version vector.
@@ -189,6 +191,9 @@ type Job = Box<dyn FnOnce(Result<&Connection, StoreError>, &Path) -> Outcome + S
 pub struct Store {
     tx: mpsc::Sender<Job>,
     identity: Arc<Identity>,
+    /// Signs this peer's own messages as they are written; none for a
+    /// store opened without a key (tools, tests of the store alone).
+    signer: Option<Arc<crate::identity::Identity>>,
     path: Arc<PathBuf>,
 }
 
@@ -204,6 +209,14 @@ impl Store {
     /// history is reported as [`StoreError::Corrupt`] and never touched.
     /// Blocking: call from `spawn_blocking` in async code.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_signed(path, None)
+    }
+
+    /// [`Store::open`], signing every own message with `signer`.
+    pub fn open_signed(
+        path: &Path,
+        signer: Option<Arc<crate::identity::Identity>>,
+    ) -> Result<Store, StoreError> {
         let (conn, identity) = db::open(path)?;
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let owned = path.to_path_buf();
@@ -213,6 +226,7 @@ impl Store {
             .map_err(|e| StoreError::io(path, e))?;
         Ok(Store {
             tx,
+            signer,
             identity: Arc::new(identity),
             path: Arc::new(path.to_path_buf()),
         })
@@ -288,6 +302,7 @@ impl Store {
             author.to_string(),
             body.to_string(),
         );
+        let signer = self.signer.clone();
         self.call(move |c| {
             db::append_own(
                 c,
@@ -297,6 +312,7 @@ impl Store {
                 &body,
                 sent_at_ms,
                 &pending,
+                signer.as_deref(),
             )
         })
         .await

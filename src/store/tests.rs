@@ -13,6 +13,7 @@ fn msg(conv: &str, author: &str, inc: u64, seq: u64, lamport: u64) -> ChatMessag
         lamport,
         sent_at_ms: 1_700_000_000_000 + lamport as i64,
         body: format!("{author} {seq}"),
+        signature: Vec::new(),
     }
 }
 
@@ -468,7 +469,6 @@ async fn reopen_keeps_messages_identity_and_outbox() {
         let s = open(&dir);
         let id = s.identity();
         assert_ne!(id.incarnation, 0);
-        assert_eq!(id.reclaim_secret.len(), 32);
         let a = s
             .append_own("@a+b", "a", id.incarnation, "one", 1, vec!["B".into()])
             .await
@@ -705,10 +705,7 @@ fn write_v1(path: &Path, identity: &Identity, msgs: &[ChatMessage], outbox: &[(&
     c.execute_batch(V1_SCHEMA).unwrap();
     c.execute(
         "INSERT INTO meta (key, value) VALUES ('incarnation', ?1), ('reclaim_secret', ?2)",
-        rusqlite::params![
-            identity.incarnation.to_be_bytes().to_vec(),
-            identity.reclaim_secret
-        ],
+        rusqlite::params![identity.incarnation.to_be_bytes().to_vec(), vec![7u8; 32]],
     )
     .unwrap();
     let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
@@ -779,7 +776,6 @@ async fn version_1_history_is_upgraded_in_place() {
     let path = dir.path().join("history.db");
     let identity = Identity {
         incarnation: u64::MAX - 3,
-        reclaim_secret: (0..32).collect(),
     };
     let (c, d) = ("#old", "@a+b");
     let msgs = vec![
@@ -851,7 +847,7 @@ async fn version_1_history_is_upgraded_in_place() {
     assert_eq!((own.seq, own.lamport), (2, 2));
     drop(s);
 
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     let s = Store::open(&path).unwrap();
     assert_eq!(s.identity(), identity);
     assert_eq!(s.rooms().await.unwrap(), ["#old"]);
@@ -864,15 +860,15 @@ fn newer_schema_is_refused_and_left_untouched() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("history.db");
     drop(Store::open(&path).unwrap());
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     Connection::open(&path)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 3")
+        .execute_batch("PRAGMA user_version = 4")
         .unwrap();
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("schema version 3"), "{err}");
+    assert!(err.to_string().contains("schema version 4"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -919,4 +915,56 @@ async fn history_reads_past_one_job_in_display_order() {
         let want = &all[all.len() - limit.min(all.len())..];
         assert_eq!(h, want, "limit {limit}");
     }
+}
+
+#[tokio::test]
+async fn own_messages_are_signed_and_signatures_come_back_with_history() {
+    let dir = TempDir::new().unwrap();
+    let key = Arc::new(crate::identity::Identity::generate());
+    let s = Store::open_signed(&dir.path().join("history.db"), Some(key.clone())).unwrap();
+    let inc = s.identity().incarnation;
+    let sent = s
+        .append_own("#r", "alice", inc, "signed", 5, vec![])
+        .await
+        .unwrap();
+    assert!(key.public().verify_message(&sent));
+    let mut other = msg("#r", "bob", 9, 1, 2);
+    crate::identity::Identity::generate().sign_message(&mut other);
+    s.insert(other.clone()).await.unwrap();
+    let all = s.all("#r").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|m| m.signature == sent.signature));
+    assert!(all.iter().any(|m| m.signature == other.signature));
+    let (page, _) = s
+        .missing_page("#r", vec![], None, PullCursor::default(), 10)
+        .await
+        .unwrap();
+    assert!(page.iter().all(|m| m.signature.len() == 64), "{page:?}");
+}
+
+#[tokio::test]
+async fn clocks_that_run_implausibly_far_ahead_are_not_stored() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    s.insert(msg("#r", "bob", 1, 1, 1)).await.unwrap();
+    let far_seq = msg("#r", "bob", 1, 2 + db::MAX_AHEAD, 2);
+    let far_lamport = msg("#r", "carol", 1, 1, u64::MAX);
+    let first_far = msg("#r", "dave", 1, u64::MAX, 3);
+    for m in [far_seq, far_lamport, first_far] {
+        let r = s.insert(m.clone()).await.unwrap();
+        assert!(r.implausible && !r.new, "{m:?} {r:?}");
+    }
+    // Nothing was stored, and the clock is where it was.
+    assert_eq!(s.all("#r").await.unwrap().len(), 1);
+    let own = s
+        .append_own("#r", "alice", 5, "after", 1, vec![])
+        .await
+        .unwrap();
+    assert_eq!(own.lamport, 2);
+    // Within the bound is fine: an early arrival leaves a gap.
+    let near = s
+        .insert(msg("#r", "bob", 1, 1 + db::MAX_AHEAD, 3))
+        .await
+        .unwrap();
+    assert!(near.new && near.gap && !near.implausible);
 }

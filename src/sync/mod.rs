@@ -15,7 +15,12 @@
 //!   is held pulls the gap from its sender.
 //! - Pushing one's own messages to members a sync showed lacking them.
 //!
-//! It takes the store and the peer channels, never the peer.
+//! Every pulled message is checked against its author's key before it is
+//! stored ([`Syncer::checked`]): history relayed by a third member is
+//! believed only as far as its signatures go.
+//!
+//! It takes the store, the peer channels and a way to look keys up, never
+//! the peer.
 
 mod repair;
 
@@ -30,6 +35,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::PublicKey;
 use crate::message::valid_message;
 use crate::names::{Conversation, Nick};
 use crate::net::{Delivery, Peers};
@@ -46,6 +52,25 @@ pub const PULL_DEADLINE: Duration = Duration::from_secs(60);
 pub const PAGE_SIZE: u32 = 500;
 /// Most own messages pushed to one member after a sync.
 const MAX_PUSH: usize = 10_000;
+
+/// Where a nick's key comes from when this peer has not met it yet: the
+/// registry's binding (the router's word, over a pinned link).
+#[async_trait::async_trait]
+pub trait KeyLookup: Send + Sync {
+    /// The key `nick` is bound to; `Err` when nobody could say now.
+    async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, ()>;
+}
+
+/// What this peer can say of a nick's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOf {
+    /// Known (now remembered, if it came from the registry).
+    Key(PublicKey),
+    /// Nobody ever claimed the nick.
+    Unbound,
+    /// Not known here, and the registry cannot be asked now.
+    Unsure,
+}
 
 /// Errors of catching up.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +171,7 @@ pub struct Syncer {
 struct Inner {
     store: Store,
     peers: Peers,
+    keys: Arc<dyn KeyLookup>,
     me: Nick,
     on_fresh: OnFresh,
     stats: SyncStats,
@@ -161,6 +187,7 @@ impl Syncer {
     pub fn new(
         store: Store,
         peers: Peers,
+        keys: Arc<dyn KeyLookup>,
         me: Nick,
         on_fresh: OnFresh,
         tasks: TaskTracker,
@@ -170,6 +197,7 @@ impl Syncer {
             inner: Arc::new(Inner {
                 store,
                 peers,
+                keys,
                 me,
                 on_fresh,
                 stats: SyncStats::default(),
@@ -178,6 +206,59 @@ impl Syncer {
                 stop,
             }),
         }
+    }
+
+    /// The key `nick` is bound to: the known one, or (first meeting) the
+    /// registry's, which is then remembered.
+    pub async fn key_of(&self, nick: &str) -> KeyOf {
+        if let Some(k) = self.inner.peers.known().get(nick) {
+            return KeyOf::Key(k);
+        }
+        match self.inner.keys.bound_key(nick).await {
+            Ok(Some(k)) => match self.inner.peers.trusted(nick, &k) {
+                Ok(()) => KeyOf::Key(k),
+                // Raced with another first meeting that pinned another key.
+                Err(_) => KeyOf::Unsure,
+            },
+            Ok(None) => KeyOf::Unbound,
+            Err(()) => KeyOf::Unsure,
+        }
+    }
+
+    /// The messages of `msgs` whose signatures check against their authors'
+    /// keys. The rest are dropped and logged with `from`, who handed them
+    /// over; a message whose author's key cannot be learnt now is dropped
+    /// too (a later sync brings it again).
+    pub async fn checked(&self, from: &str, msgs: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        let mut keys: HashMap<String, KeyOf> = HashMap::new();
+        let mut good = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let author = m.author.to_ascii_lowercase();
+            let key = match keys.get(&author) {
+                Some(k) => *k,
+                None => {
+                    let k = self.key_of(&author).await;
+                    keys.insert(author, k);
+                    k
+                }
+            };
+            match key {
+                KeyOf::Key(k) if k.verify_message(&m) => good.push(m),
+                KeyOf::Key(_) | KeyOf::Unbound => tracing::warn!(
+                    from,
+                    author = %m.author,
+                    conversation = %m.conversation,
+                    seq = m.seq,
+                    "refused a message whose signature does not check"
+                ),
+                KeyOf::Unsure => tracing::debug!(
+                    from,
+                    author = %m.author,
+                    "cannot learn the author's key now; message left for a later sync"
+                ),
+            }
+        }
+        good
     }
 
     pub fn stats(&self) -> SyncCounts {
@@ -205,7 +286,7 @@ impl Syncer {
         let my_digest = digest(&mine.vector);
         let asks = others
             .iter()
-            .map(|m| self.get_version(&m.address, conversation, my_digest.clone()));
+            .map(|m| self.get_version(m, conversation, my_digest.clone()));
         let answers: Vec<(&Member, Option<GetVersionResponse>)> =
             others.iter().copied().zip(join_all(asks).await).collect();
         let answered = answers.iter().filter(|(_, a)| a.is_some()).count();
@@ -229,7 +310,7 @@ impl Syncer {
             if !ahead(&answer.vector, &mine) {
                 continue;
             }
-            let got = self.pull(&member.address, conversation, mine).await?;
+            let got = self.pull(member, conversation, mine).await?;
             tracing::debug!(from = %member.nick, conversation, pulled = got.len(), "pulled history");
             synced.pulled.extend(got);
         }
@@ -324,7 +405,7 @@ impl Syncer {
                 match s.own_missing(&conv, vector).await {
                     Ok(msgs) => {
                         for m in msgs {
-                            if s.inner.peers.deliver(&member.address, m).await != Delivery::Stored {
+                            if s.inner.peers.deliver(&member, m).await != Delivery::Stored {
                                 break;
                             }
                         }
@@ -368,15 +449,15 @@ impl Syncer {
 
     async fn get_version(
         &self,
-        address: &str,
+        member: &Member,
         conversation: &str,
         digest: Vec<u8>,
     ) -> Option<GetVersionResponse> {
         use prost::Message;
-        let mut client = self.inner.peers.client(address).ok()?;
+        let address = member.address.as_str();
+        let mut client = self.inner.peers.client(member).ok()?;
         let ask = GetVersionRequest {
             conversation: conversation.to_owned(),
-            requester: self.inner.me.to_string(),
             digest,
         };
         let stats = &self.inner.stats;
@@ -405,24 +486,24 @@ impl Syncer {
         }
     }
 
-    /// Pulls from the peer at `address` every message of `conversation` not
-    /// covered by `have`, storing each page as it arrives. Returns the
+    /// Pulls from `member` every message of `conversation` not covered by
+    /// `have`, checking and storing each page as it arrives. Returns the
     /// messages that were new here, with their `late` flags. A peer failing
     /// mid-pull keeps what arrived so far.
     pub async fn pull(
         &self,
-        address: &str,
+        member: &Member,
         conversation: &str,
         have: Vec<VectorEntry>,
     ) -> Result<Vec<(ChatMessage, bool)>, SyncError> {
         let mut fresh = Vec::new();
-        let Ok(mut client) = self.inner.peers.client(address) else {
+        let address = member.address.as_str();
+        let Ok(mut client) = self.inner.peers.client(member) else {
             return Ok(fresh);
         };
         self.inner.stats.pulls.fetch_add(1, Ordering::Relaxed);
         let req = PullHistoryRequest {
             conversation: conversation.to_owned(),
-            requester: self.inner.me.to_string(),
             have,
             page_size: PAGE_SIZE,
         };
@@ -448,8 +529,12 @@ impl Syncer {
                     .into_iter()
                     .filter(|m| m.conversation == conversation && valid_message(m).is_ok())
                     .collect();
+                let msgs = self.checked(&member.nick, msgs).await;
                 let results = store.insert_many(msgs.clone()).await?;
                 for (m, r) in msgs.into_iter().zip(results) {
+                    if r.implausible {
+                        tracing::warn!(from = %member.nick, author = %m.author, seq = m.seq, lamport = m.lamport, "refused a message whose clock runs implausibly far ahead");
+                    }
                     if r.new {
                         fresh.push((m, r.late));
                     }

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::Syncer;
-use crate::proto::ChatMessage;
+use crate::proto::{ChatMessage, Member};
 
 /// How long a gap in an author's sequence may stand before it is pulled:
 /// longer than messages in flight take to overtake each other, far shorter
@@ -23,9 +23,9 @@ pub const GAP_GRACE: Duration = Duration::from_millis(500);
 pub(super) type Key = (String, String, u64);
 
 impl Syncer {
-    /// Schedules a repair of the gap `msg` showed, pulling from the peer at
-    /// `sender` (the author's chat address).
-    pub fn repair_gap(&self, msg: &ChatMessage, sender: String) {
+    /// Schedules a repair of the gap `msg` showed, pulling from `sender`
+    /// (its author).
+    pub fn repair_gap(&self, msg: &ChatMessage, sender: Member) {
         let key: Key = (
             msg.conversation.clone(),
             msg.author.to_ascii_lowercase(),

@@ -38,6 +38,10 @@ pub enum Command {
     },
     /// `/delete #room`
     Delete(Room),
+    /// `/whois NICK`: the nick's key fingerprint, known and bound.
+    Whois(Nick),
+    /// `/trust NICK`: accept the new key a known nick came back with.
+    Trust(Nick),
     /// `/help`
     Help,
     /// `/quit`
@@ -57,6 +61,8 @@ pub const HELP: &str = "\
 /users                   list the users online
 /history [#room|@nick] [N]  show the last N messages of a conversation
 /delete #room            delete a room you own
+/whois NICK              show NICK's address and key fingerprint
+/trust NICK              accept the new key NICK came back with (check with them first)
 /help                    show this help
 /quit                    leave the chat
 TEXT                     send TEXT to the current room or nick (//TEXT sends /TEXT)";
@@ -70,6 +76,8 @@ const USAGE_ROOMS: &str = "/rooms";
 const USAGE_USERS: &str = "/users";
 const USAGE_HISTORY: &str = "/history [#room|@nick] [N]";
 const USAGE_DELETE: &str = "/delete #room";
+const USAGE_WHOIS: &str = "/whois NICK";
+const USAGE_TRUST: &str = "/trust NICK";
 const USAGE_HELP: &str = "/help";
 const USAGE_QUIT: &str = "/quit";
 
@@ -141,6 +149,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         }
         "history" => history(args)?,
         "delete" => Command::Delete(room(one(args, USAGE_DELETE)?)?),
+        "whois" => Command::Whois(nick(one(args, USAGE_WHOIS)?)?),
+        "trust" => Command::Trust(nick(one(args, USAGE_TRUST)?)?),
         "help" => {
             none(args, USAGE_HELP)?;
             Command::Help
@@ -302,6 +312,9 @@ mod tests {
         assert_eq!(ok("/rooms"), Command::Rooms);
         assert_eq!(ok("/users"), Command::Users);
         assert_eq!(ok("/delete #rust"), Command::Delete(r("#rust")));
+        assert_eq!(ok("/whois bob"), Command::Whois(n("bob")));
+        assert_eq!(ok("/trust @bob"), Command::Trust(n("bob")));
+        assert_eq!(err("/trust"), CommandError::Missing(USAGE_TRUST));
         assert_eq!(ok("/help"), Command::Help);
         assert_eq!(ok("/quit"), Command::Quit);
         assert_eq!(ok("/quit\r\n"), Command::Quit);

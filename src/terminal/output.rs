@@ -89,6 +89,29 @@ pub enum Output {
     Info {
         message: String,
     },
+    /// Something the person must act on: `nick` came back with another key.
+    Warning {
+        nick: String,
+        message: String,
+    },
+    /// `/whois`: what is known of a nick. Keys are fingerprints
+    /// (`SHA256:...`); empty when unknown.
+    Whois {
+        nick: String,
+        /// Where it is online now; empty when offline.
+        address: String,
+        /// The key the router binds the nick to.
+        key: String,
+        /// The key this peer first met it with.
+        known: String,
+        /// A changed key waiting for `/trust`.
+        pending: String,
+    },
+    /// `/trust`: `nick`'s key `key` is trusted from now on.
+    Trusted {
+        nick: String,
+        key: String,
+    },
 }
 
 impl Output {
@@ -174,6 +197,40 @@ impl Output {
                     );
                 }
                 clean(&s)
+            }
+            Output::Warning { message, .. } => clean(&format!("!! {message}")),
+            Output::Whois {
+                nick,
+                address,
+                key,
+                known,
+                pending,
+            } => {
+                let or = |s: &str, none: &str| {
+                    if s.is_empty() {
+                        none.to_owned()
+                    } else {
+                        s.to_owned()
+                    }
+                };
+                let mut s = format!(
+                    "-- {nick}: {}\n   key {}",
+                    or(address, "offline"),
+                    or(key, "(never logged in)")
+                );
+                if !known.is_empty() && known != key {
+                    let _ = write!(s, "\n   first met with key {known}");
+                }
+                if !pending.is_empty() {
+                    let _ = write!(
+                        s,
+                        "\n   came back with key {pending}: /trust {nick} accepts it"
+                    );
+                }
+                clean(&s)
+            }
+            Output::Trusted { nick, key } => {
+                clean(&format!("-- trusting {nick}'s key {key} from now on"))
             }
             Output::Users { users } if users.is_empty() => "-- no users online".into(),
             Output::Users { users } => clean(&format!(

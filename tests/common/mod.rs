@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parley::identity::Identity;
 use parley::net::bind_loopback;
 use parley::proto::router_client::RouterClient;
 use parley::registry::MemoryRegistry;
@@ -14,6 +15,48 @@ use parley::router::RouterHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+/// A router client over a TLS link presenting a throwaway key, taking
+/// whatever key the router presents.
+pub fn router_client(addr: &str) -> RouterClient<Channel> {
+    let tls = parley::tls::Tls::new(&Identity::generate()).unwrap();
+    let channel = tls.channel(
+        parley::net::endpoint(addr).unwrap(),
+        addr,
+        parley::tls::Expect::first_seen(),
+    );
+    RouterClient::new(channel)
+}
+
+/// A chat client of the peer at `addr`, over a TLS link presenting `id`.
+pub fn chat_client_as(
+    addr: &str,
+    id: &Identity,
+) -> parley::proto::chat_client::ChatClient<Channel> {
+    let tls = parley::tls::Tls::new(id).unwrap();
+    let channel = tls.channel(
+        parley::net::endpoint(addr).unwrap(),
+        addr,
+        parley::tls::Expect::first_seen(),
+    );
+    parley::proto::chat_client::ChatClient::new(channel)
+}
+
+/// Logs `nick` in at `address` as `id`, by signing a fresh challenge.
+pub async fn login_as(
+    c: &mut RouterClient<Channel>,
+    id: &Identity,
+    nick: &str,
+    address: &str,
+) -> Result<parley::proto::LoginResponse, tonic::Status> {
+    let challenge = c
+        .login_challenge(parley::proto::ChallengeRequest {})
+        .await?
+        .into_inner()
+        .challenge;
+    let req = parley::peer::session::login_request(id, nick, address, challenge);
+    Ok(c.user_login(req).await?.into_inner())
+}
 
 /// A router serving an in-memory registry on an ephemeral loopback port;
 /// dropping it stops it.
@@ -31,7 +74,7 @@ impl TestRouter {
     /// same port).
     pub async fn start_on(listener: TcpListener, ttl: Duration) -> TestRouter {
         let registry = Arc::new(MemoryRegistry::new(ttl).unwrap());
-        let router = RouterHandle::spawn(listener, registry).unwrap();
+        let router = RouterHandle::spawn(listener, registry, Identity::generate()).unwrap();
         TestRouter {
             addr: router.addr(),
             router,
@@ -42,8 +85,14 @@ impl TestRouter {
         format!("http://{}", self.addr)
     }
 
+    /// The key the router's links present.
+    pub fn key(&self) -> parley::identity::PublicKey {
+        self.router.key()
+    }
+
+    /// A TLS client of the router, presenting a throwaway key.
     pub async fn client(&self) -> RouterClient<Channel> {
-        RouterClient::connect(self.url()).await.unwrap()
+        router_client(&self.addr.to_string())
     }
 
     /// Stops the router and waits until it has shut down.
@@ -236,15 +285,22 @@ impl Proc {
     /// Starts the `router` binary on `listen` (to restart one on its port).
     pub async fn router_on(listen: &str, ttl_secs: u64) -> (Proc, String) {
         let ttl = ttl_secs.to_string();
+        // One key for every router the tests start, kept under the target
+        // directory: a router restarted on its port keeps its key, as a
+        // real one does, and nothing is written to the person's home.
+        let key = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-router.key");
+        let key = key.to_str().expect("a UTF-8 target path");
         let mut p = Proc::spawn(
             env!("CARGO_BIN_EXE_router"),
-            &["--listen", listen, "--lease-ttl", &ttl],
+            &["--listen", listen, "--lease-ttl", &ttl, "--key-file", key],
         );
         let line = p.line().await.expect("listen line");
         let addr = line
             .strip_prefix("router listening on ")
             .expect("listen line")
             .to_owned();
+        let line = p.line().await.expect("key line");
+        assert!(line.starts_with("router key SHA256:"), "{line}");
         (p, addr)
     }
 
@@ -467,11 +523,19 @@ pub async fn peer_behind_proxy(
 pub async fn until_members(router: &str, name: &str, n: usize, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Ok(mut c) = RouterClient::connect(format!("http://{router}")).await {
+        let mut c = router_client(router);
+        let probe = format!("probe{}", rand::random::<u32>());
+        if let Ok(login) = login_as(&mut c, &Identity::generate(), &probe, "127.0.0.1:9").await {
             let found = c
-                .find(parley::proto::FindRequest { name: name.into() })
+                .find(parley::proto::FindRequest {
+                    name: name.into(),
+                    token: login.token.clone(),
+                })
                 .await
                 .map(|r| r.into_inner().members.len());
+            let _ = c
+                .user_logout(parley::proto::LogoutRequest { token: login.token })
+                .await;
             if found.is_ok_and(|f| f == n) {
                 return;
             }
