@@ -72,16 +72,26 @@ async fn a_stranger_cannot_take_a_live_nick() {
         matches!(err, PeerError::Session(SessionError::NickTaken(_))),
         "{err:?}"
     );
-    // Alice is untouched.
+    // Alice is untouched, her key still the one bound to the nick.
     let mut c = router.client().await;
+    let probe = common::login_as(
+        &mut c,
+        &parley::identity::Identity::generate(),
+        "probe",
+        "127.0.0.1:9",
+    )
+    .await
+    .unwrap();
     let found = c
         .find(FindRequest {
             name: "alice".into(),
+            token: probe.token,
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(found.members[0].address, a.peer.listen_addr().to_string());
+    assert_eq!(found.key, a.peer.key().to_vec());
     a.stop().await;
     router.stop().await;
 }
@@ -299,10 +309,33 @@ async fn a_wiped_peer_comes_back_as_a_new_incarnation() {
     let old = a.peer.incarnation();
     a.peer.stop_now().await;
     drop(a);
+    // The history is lost; the identity key was kept elsewhere (a backup).
+    let key = std::fs::read(dir.join("identity.key")).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-
-    // A new secret cannot reclaim the nick: wait for the old lease to end.
     until_members(&router.addr.to_string(), "a", 0, Duration::from_secs(10)).await;
+
+    // Another key cannot have the nick, even with its lease gone.
+    let err = TestPeer::start_in(router.addr, "a", tmp.path().join("impostor"))
+        .await
+        .err()
+        .expect("another key is refused");
+    assert!(
+        matches!(err, PeerError::Session(SessionError::NickTaken(_))),
+        "{err:?}"
+    );
+
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("identity.key"))
+            .unwrap();
+        f.write_all(&key).unwrap();
+    }
     let a = TestPeer::start_in(router.addr, "a", dir).await.unwrap();
     assert_ne!(a.peer.incarnation(), old);
     let j = a.join("#r").await;

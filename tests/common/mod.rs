@@ -74,7 +74,9 @@ impl TestRouter {
     /// same port).
     pub async fn start_on(listener: TcpListener, ttl: Duration) -> TestRouter {
         let registry = Arc::new(MemoryRegistry::new(ttl).unwrap());
-        let router = RouterHandle::spawn(listener, registry, Identity::generate()).unwrap();
+        // One key for every test router: one restarted on its port keeps
+        // its key, as a real router does with its key file.
+        let router = RouterHandle::spawn(listener, registry, Identity::from_seed([7; 32])).unwrap();
         TestRouter {
             addr: router.addr(),
             router,

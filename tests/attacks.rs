@@ -1,0 +1,317 @@
+//! The attacks the identity work closes, each mounted with a raw client (or
+//! a hostile peer presenting a valid certificate of its own) against real
+//! routers and peers on loopback, and shown refused with the victim's
+//! history unchanged.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{chat_client_as, login_as, router_client, TestPeer, TestRouter};
+use parley::identity::Identity;
+use parley::message::now_ms;
+use parley::proto::*;
+use tonic::Code;
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn message(conv: &str, author: &str, seq: u64, lamport: u64, body: &str) -> ChatMessage {
+    ChatMessage {
+        conversation: conv.into(),
+        author: author.into(),
+        incarnation: 42,
+        seq,
+        lamport,
+        sent_at_ms: now_ms(),
+        body: body.into(),
+        signature: Vec::new(),
+    }
+}
+
+/// Mallory, logged in under her own nick and key.
+async fn mallory(router: &TestRouter) -> (Identity, String) {
+    let id = Identity::generate();
+    let mut c = router.client().await;
+    let login = login_as(&mut c, &id, "mallory", "127.0.0.1:9")
+        .await
+        .unwrap();
+    (id, login.token)
+}
+
+#[tokio::test]
+async fn nobody_delivers_in_another_name_or_takes_their_sequence_number() {
+    let router = TestRouter::start(TTL).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    let mut bob = TestPeer::start(&router, "bob").await;
+    let (mallory, _) = mallory(&router).await;
+    let bob_addr = bob.peer.listen_addr().to_string();
+    let mut raw = chat_client_as(&bob_addr, &mallory);
+
+    // Written in Alice's name, signed by Mallory's key.
+    let mut forged = message("@alice+bob", "alice", 1, 1, "send me your password");
+    forged.incarnation = alice.peer.incarnation();
+    mallory.sign_message(&mut forged);
+    let err = raw
+        .deliver(DeliverRequest {
+            message: Some(forged.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Unsigned, or signed by nobody's key: refused all the same.
+    forged.signature = vec![0; 64];
+    let err = raw
+        .deliver(DeliverRequest {
+            message: Some(forged),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(bob.history("@alice+bob").await.is_empty());
+
+    // Alice's real first message takes seq 1 and is held.
+    let sent = alice.tell("bob", "hi bob").await;
+    assert_eq!(sent.message.seq, 1);
+    assert_eq!(sent.delivered, ["bob"]);
+    let (got, _) = bob.next_message().await;
+    assert_eq!(got.body, "hi bob");
+    let held = bob.history("@alice+bob").await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].body, "hi bob");
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_with_a_bad_signature_is_refused_even_from_its_author() {
+    let router = TestRouter::start(TTL).await;
+    let bob = TestPeer::start(&router, "bob").await;
+    let (mallory, _) = mallory(&router).await;
+    let mut raw = chat_client_as(&bob.peer.listen_addr().to_string(), &mallory);
+    let mut m = message("@bob+mallory", "mallory", 1, 1, "signed");
+    mallory.sign_message(&mut m);
+    m.body = "changed after signing".into();
+    let err = raw
+        .deliver(DeliverRequest { message: Some(m) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(bob.history("@bob+mallory").await.is_empty());
+    bob.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn private_and_room_history_is_read_only_by_those_with_a_right() {
+    let router = TestRouter::start(TTL).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    let bob = TestPeer::start(&router, "bob").await;
+    alice.join("#inner").await;
+    bob.join("#inner").await;
+    alice.tell("bob", "private").await;
+    alice.say("#inner", "members only").await;
+    bob.wait_for("@alice+bob", 1).await;
+    bob.wait_for("#inner", 1).await;
+
+    let (mallory, _) = mallory(&router).await;
+    let mut raw = chat_client_as(&bob.peer.listen_addr().to_string(), &mallory);
+    for conv in ["@alice+bob", "#inner"] {
+        let err = raw
+            .pull_history(PullHistoryRequest {
+                conversation: conv.into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{conv} was served to a stranger"));
+        assert_eq!(err.code(), Code::PermissionDenied, "{conv}: {err:?}");
+        let err = raw
+            .get_version(GetVersionRequest {
+                conversation: conv.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{conv}: {err:?}");
+    }
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_clock_far_ahead_is_refused_and_cannot_pin_anyones_counters() {
+    let router = TestRouter::start(TTL).await;
+    let bob = TestPeer::start(&router, "bob").await;
+    let (mallory, _) = mallory(&router).await;
+    let mut raw = chat_client_as(&bob.peer.listen_addr().to_string(), &mallory);
+    for (seq, lamport) in [(1, u64::MAX), (u64::MAX, 1)] {
+        let mut m = message("@bob+mallory", "mallory", seq, lamport, "far ahead");
+        mallory.sign_message(&mut m);
+        let err = raw
+            .deliver(DeliverRequest { message: Some(m) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    assert!(bob.history("@bob+mallory").await.is_empty());
+    let mut m = message("@bob+mallory", "mallory", 1, 1, "plausible");
+    mallory.sign_message(&mut m);
+    raw.deliver(DeliverRequest { message: Some(m) })
+        .await
+        .unwrap();
+    let sent = bob.tell("mallory", "reply").await;
+    assert_eq!((sent.message.seq, sent.message.lamport), (1, 2));
+    bob.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn the_router_answers_lookups_only_within_a_session_and_never_in_clear() {
+    let router = TestRouter::start(TTL).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    let mut c = router_client(&router.addr.to_string());
+    let err = c
+        .find(FindRequest {
+            name: "alice".into(),
+            token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c.list_users(ListUsersRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c.list_rooms(ListRoomsRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // A login whose signature is not the key's is refused.
+    let challenge = c
+        .login_challenge(ChallengeRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge;
+    let mut req = parley::peer::session::login_request(
+        &Identity::generate(),
+        "eve",
+        "127.0.0.1:9",
+        challenge,
+    );
+    req.key = Identity::generate().public().to_vec();
+    let err = c.user_login(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // Plain HTTP/2 gets nowhere: neither the router nor a peer speaks it.
+    for addr in [
+        router.addr.to_string(),
+        alice.peer.listen_addr().to_string(),
+    ] {
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let err = parley::proto::chat_client::ChatClient::new(plain)
+            .ping(PingRequest {})
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+    }
+    alice.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_connects_only_to_the_key_the_registry_gives() {
+    let router = TestRouter::start(TTL).await;
+    let bob = TestPeer::start(&router, "bob").await;
+    // Someone who knows Bob's address but not his key: the link is refused
+    // by the client's own check when it expects another key.
+    let tls = parley::tls::Tls::new(&Identity::generate()).unwrap();
+    let addr = bob.peer.listen_addr().to_string();
+    let expect = parley::tls::Expect::key(&Identity::generate().public());
+    let channel = tls.channel(parley::net::endpoint(&addr).unwrap(), &addr, expect.clone());
+    let err = parley::proto::chat_client::ChatClient::new(channel)
+        .ping(PingRequest {})
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    let refusal = expect.refused().expect("a refusal is recorded");
+    assert_eq!(refusal.got, bob.peer.key().fingerprint());
+    bob.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_known_nick_with_a_new_key_is_refused_until_trusted() {
+    let router = TestRouter::start(Duration::from_secs(2)).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bob = TestPeer::start_in(router.addr, "bob", tmp.path().join("b1"))
+        .await
+        .unwrap();
+    alice.tell("bob", "first").await;
+    bob.wait_for("@alice+bob", 1).await;
+    bob.stop().await;
+    common::until_members(&router.addr.to_string(), "bob", 0, Duration::from_secs(10)).await;
+
+    // The router is restarted (it forgets bindings), and "bob" comes back
+    // with another key.
+    let port = router.addr;
+    router.stop().await;
+    let router = TestRouter::start_on(
+        tokio::net::TcpListener::bind(port).await.unwrap(),
+        Duration::from_secs(2),
+    )
+    .await;
+    let mut alice = alice;
+    let other = TestPeer::start_in(router.addr, "bob", tmp.path().join("b2"))
+        .await
+        .unwrap();
+    // Alice's outbox waits: nothing goes to the new key.
+    let r = alice.tell("bob", "second").await;
+    assert!(r.delivered.is_empty(), "{r:?}");
+    let warning = alice
+        .next_event(Duration::from_secs(10), |e| match e {
+            parley::peer::PeerEvent::Warning { nick, text } => Some((nick, text)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(warning.0, "bob");
+    assert!(warning.1.contains("/trust bob"), "{}", warning.1);
+    assert!(other.history("@alice+bob").await.is_empty());
+    // Its messages are refused too.
+    let sent = other.tell("alice", "it is me, really").await;
+    assert!(sent.delivered.is_empty(), "{sent:?}");
+    assert!(alice
+        .history("@alice+bob")
+        .await
+        .iter()
+        .all(|m| m.body != "it is me, really"));
+
+    // Accepted: the waiting message goes, and his arrive.
+    let key = alice
+        .peer
+        .trust(&parley::names::Nick::parse("bob").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(key, other.peer.key());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !other
+        .history("@alice+bob")
+        .await
+        .iter()
+        .any(|m| m.body == "second")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never delivered after /trust"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    alice.stop().await;
+    other.stop().await;
+    router.stop().await;
+}
