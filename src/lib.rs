@@ -7,6 +7,8 @@
 //!
 //! - [`proto`]: the generated wire types and services (`parley.v1`).
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
+//! - [`identity`]: a peer's or router's ed25519 key, kept in a 0600 file,
+//!   and the exact bytes messages and logins sign.
 //! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
@@ -24,6 +26,10 @@
 //!   version vectors, the outbox, the rooms it is in, and its identity.
 //! - [`sync`]: catching up from the other members: join syncs,
 //!   anti-entropy, gap repair, pushing own messages.
+//! - [`tls`]: TLS 1.3 links with a self-signed certificate of the identity
+//!   key on each side; the caller's key for every request served.
+//! - [`trust`]: the keys met first for each nick and router (trust on first
+//!   use), and the changed ones waiting for `/trust`.
 //! - [`terminal`]: the command parser, the output events (human or JSON) and
 //!   terminal input that printing never garbles.
 
