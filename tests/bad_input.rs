@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestPeer, TestRouter};
+use common::{chat_client_as, login_as, TestPeer, TestRouter};
+use parley::identity::Identity;
 use parley::proto::chat_client::ChatClient;
 use parley::proto::router_client::RouterClient;
 use parley::proto::*;
@@ -23,26 +24,19 @@ const TTL: Duration = Duration::from_secs(10);
 /// Well over both servers' request limits (router 64 KiB, peer 256 KiB).
 const OVERSIZED: usize = 300 * 1024;
 
-async fn login(c: &mut RouterClient<Channel>, nick: &str, address: &str) -> String {
-    c.user_login(LoginRequest {
-        nick: nick.into(),
-        address: address.into(),
-        reclaim_secret: format!("{nick}-reclaim-secret-xyz").into_bytes(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .token
+/// Logs `nick` in at `address` as `id`; returns the session token.
+async fn login(c: &mut RouterClient<Channel>, id: &Identity, nick: &str, address: &str) -> String {
+    login_as(c, id, nick, address).await.unwrap().token
 }
 
-async fn chat_client(peer: &TestPeer) -> ChatClient<Channel> {
-    ChatClient::connect(format!("http://{}", peer.peer.listen_addr()))
-        .await
-        .unwrap()
+/// A chat client of `peer`, over a link presenting `id`.
+fn chat_client(peer: &TestPeer, id: &Identity) -> ChatClient<Channel> {
+    chat_client_as(&peer.peer.listen_addr().to_string(), id)
 }
 
-fn message(conv: &str, author: &str, seq: u64, body: String) -> ChatMessage {
-    ChatMessage {
+/// A message of `author`, signed by `id` (the key `author` is bound to).
+fn message(id: &Identity, conv: &str, author: &str, seq: u64, body: String) -> ChatMessage {
+    let mut msg = ChatMessage {
         conversation: conv.into(),
         author: author.into(),
         incarnation: 0x5eed,
@@ -50,7 +44,10 @@ fn message(conv: &str, author: &str, seq: u64, body: String) -> ChatMessage {
         lamport: seq,
         sent_at_ms: 0,
         body,
-    }
+        signature: Vec::new(),
+    };
+    id.sign_message(&mut msg);
+    msg
 }
 
 /// The gRPC codes tonic gives a request over the decoding limit.
@@ -68,13 +65,14 @@ async fn oversized_frames_are_refused_and_change_nothing() {
         .user_login(LoginRequest {
             nick: "mallory".into(),
             address: "127.0.0.1:7001".into(),
-            reclaim_secret: vec![7; OVERSIZED],
+            signature: vec![7; OVERSIZED],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert!(too_big(err.code()), "{err:?}");
     assert!(!err.message().is_empty(), "{err:?}");
-    let token = login(&mut c, "carol", "127.0.0.1:7002").await;
+    let token = login(&mut c, &Identity::generate(), "carol", "127.0.0.1:7002").await;
     let err = c
         .join_room(JoinRoomRequest {
             token: token.clone(),
@@ -86,28 +84,46 @@ async fn oversized_frames_are_refused_and_change_nothing() {
     // Nothing changed: only carol is online, no room exists, and the same
     // connection still serves.
     let users = c
-        .list_users(ListUsersRequest {})
+        .list_users(ListUsersRequest {
+            token: token.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     let nicks: Vec<_> = users.users.iter().map(|u| u.nick.as_str()).collect();
     assert_eq!(nicks, ["carol"]);
     let rooms = c
-        .list_rooms(ListRoomsRequest {})
+        .list_rooms(ListRoomsRequest {
+            token: token.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(rooms.rooms.is_empty(), "{rooms:?}");
 
-    // Peer: a Deliver over its 256 KiB request limit, from a real member.
-    let alice = TestPeer::start(&router, "alice").await;
+    // Peer: a Deliver over its 256 KiB request limit, from a real member
+    // (alice, logged in and joined at the router with her own key; nothing
+    // is expected to call her address).
+    let alice_id = Identity::generate();
+    let alice = login(&mut c, &alice_id, "alice", "127.0.0.1:9").await;
     let bob = TestPeer::start(&router, "bob").await;
-    alice.join("#big").await;
+    c.join_room(JoinRoomRequest {
+        token: alice.clone(),
+        room: "#big".into(),
+    })
+    .await
+    .unwrap();
     bob.join("#big").await;
-    let mut chat = chat_client(&bob).await;
+    let mut chat = chat_client(&bob, &alice_id);
     let err = chat
         .deliver(DeliverRequest {
-            message: Some(message("#big", "alice", 1, "x".repeat(OVERSIZED))),
+            message: Some(message(
+                &alice_id,
+                "#big",
+                "alice",
+                1,
+                "x".repeat(OVERSIZED),
+            )),
         })
         .await
         .unwrap_err();
@@ -115,7 +131,7 @@ async fn oversized_frames_are_refused_and_change_nothing() {
     // Under the frame limit but over the body limit: refused by the rules.
     let err = chat
         .deliver(DeliverRequest {
-            message: Some(message("#big", "alice", 1, "x".repeat(100_000))),
+            message: Some(message(&alice_id, "#big", "alice", 1, "x".repeat(100_000))),
         })
         .await
         .unwrap_err();
@@ -126,7 +142,7 @@ async fn oversized_frames_are_refused_and_change_nothing() {
     // The same connection still takes a good message.
     let ok = chat
         .deliver(DeliverRequest {
-            message: Some(message("#big", "alice", 1, "small".into())),
+            message: Some(message(&alice_id, "#big", "alice", 1, "small".into())),
         })
         .await
         .unwrap()
@@ -136,7 +152,7 @@ async fn oversized_frames_are_refused_and_change_nothing() {
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].body, "small");
 
-    alice.stop().await;
+    c.user_logout(LogoutRequest { token: alice }).await.unwrap();
     bob.stop().await;
     router.stop().await;
 }
@@ -221,7 +237,6 @@ async fn an_author_is_accepted_only_if_the_router_shows_them_in_the_room() {
         .await
         .unwrap();
     bob.join("#room").await;
-    let mut chat = chat_client(&bob).await;
     let mut raw = router.client().await;
     // The raw members need an address; nothing is expected to call it.
     let parked = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -233,16 +248,23 @@ async fn an_author_is_accepted_only_if_the_router_shows_them_in_the_room() {
     proxy.set_delay(Duration::from_millis(500));
     for i in 1..=3u64 {
         let nick = format!("carol{i}");
-        let token = login(&mut raw, &nick, &parked).await;
+        let id = Identity::generate();
+        let token = login(&mut raw, &id, &nick, &parked).await;
         raw.join_room(JoinRoomRequest {
             token,
             room: "#room".into(),
         })
         .await
         .unwrap();
-        let resp = chat
+        let resp = chat_client(&bob, &id)
             .deliver(DeliverRequest {
-                message: Some(message("#room", &nick, 1, format!("hello from {nick}"))),
+                message: Some(message(
+                    &id,
+                    "#room",
+                    &nick,
+                    1,
+                    format!("hello from {nick}"),
+                )),
             })
             .await
             .unwrap_or_else(|e| panic!("{nick} joined but was refused: {e:?}"))
@@ -251,19 +273,23 @@ async fn an_author_is_accepted_only_if_the_router_shows_them_in_the_room() {
     }
 
     // Online but never joined: refused, whatever the router is asked.
-    login(&mut raw, "dave", &parked).await;
+    let dave = Identity::generate();
+    login(&mut raw, &dave, "dave", &parked).await;
     // Joined another room only.
-    let erin = login(&mut raw, "erin", &parked).await;
+    let erin_id = Identity::generate();
+    let erin = login(&mut raw, &erin_id, "erin", &parked).await;
     raw.join_room(JoinRoomRequest {
         token: erin,
         room: "#elsewhere".into(),
     })
     .await
     .unwrap();
-    for author in ["dave", "erin", "nobody"] {
-        let err = chat
+    // Never logged in: no key is bound to the nick at all.
+    let nobody = Identity::generate();
+    for (author, id) in [("dave", &dave), ("erin", &erin_id), ("nobody", &nobody)] {
+        let err = chat_client(&bob, id)
             .deliver(DeliverRequest {
-                message: Some(message("#room", author, 1, "let me in".into())),
+                message: Some(message(id, "#room", author, 1, "let me in".into())),
             })
             .await
             .unwrap_err();
@@ -293,21 +319,31 @@ async fn an_author_is_accepted_only_if_the_router_shows_them_in_the_room() {
 async fn an_expired_token_is_unauthenticated() {
     let router = TestRouter::start(Duration::from_secs(2)).await;
     let mut c = router.client().await;
-    let token = login(&mut c, "alice", "127.0.0.1:7001").await;
+    let token = login(&mut c, &Identity::generate(), "alice", "127.0.0.1:7001").await;
     c.heartbeat(HeartbeatRequest {
         token: token.clone(),
     })
     .await
     .unwrap();
+    // Listing users takes a live session: an observer's, kept alive.
+    let observer = login(&mut c, &Identity::generate(), "observer", "127.0.0.1:7002").await;
     // Wait for the lease to end: alice leaves the list of users.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
+        c.heartbeat(HeartbeatRequest {
+            token: observer.clone(),
+        })
+        .await
+        .unwrap();
         let users = c
-            .list_users(ListUsersRequest {})
+            .list_users(ListUsersRequest {
+                token: observer.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
-        if users.users.is_empty() {
+        let nicks: Vec<_> = users.users.iter().map(|u| u.nick.as_str()).collect();
+        if nicks == ["observer"] {
             break;
         }
         assert!(
@@ -336,7 +372,7 @@ async fn an_expired_token_is_unauthenticated() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     // Nothing was created by the refused join.
     let rooms = c
-        .list_rooms(ListRoomsRequest {})
+        .list_rooms(ListRoomsRequest { token: observer })
         .await
         .unwrap()
         .into_inner();
@@ -390,8 +426,13 @@ async fn send_and_expect_close(addr: std::net::SocketAddr, what: &str, bytes: &[
 async fn garbage_on_the_wire_leaves_router_and_peer_serving() {
     let router = TestRouter::start(TTL).await;
     let alice = TestPeer::start(&router, "alice").await;
+    // Links opened (by a first call: channels connect lazily) before the
+    // garbage arrives.
     let mut rc = router.client().await;
-    let mut pc = chat_client(&alice).await;
+    let probe_id = Identity::generate();
+    login(&mut rc, &probe_id, "probe", "127.0.0.1:9").await;
+    let mut pc = chat_client(&alice, &Identity::generate());
+    pc.ping(PingRequest {}).await.unwrap();
 
     for addr in [router.addr, alice.peer.listen_addr()] {
         // A half-open connection that stops mid-preface, held open the whole
@@ -413,12 +454,15 @@ async fn garbage_on_the_wire_leaves_router_and_peer_serving() {
 
         // Fresh gRPC connections are served while the stuck ones are open.
         let mut fresh_router = router.client().await;
+        let token = login_as(&mut fresh_router, &probe_id, "probe", "127.0.0.1:9")
+            .await
+            .expect("router serves a new connection")
+            .token;
         fresh_router
-            .list_rooms(ListRoomsRequest {})
+            .list_rooms(ListRoomsRequest { token })
             .await
             .expect("router serves a new connection");
-        chat_client(&alice)
-            .await
+        chat_client(&alice, &Identity::generate())
             .ping(PingRequest {})
             .await
             .expect("peer serves a new connection");
@@ -427,7 +471,8 @@ async fn garbage_on_the_wire_leaves_router_and_peer_serving() {
 
     // The connections opened before the garbage still work, and the peer is
     // still registered and chatting.
-    rc.list_users(ListUsersRequest {}).await.unwrap();
+    let token = login(&mut rc, &probe_id, "probe", "127.0.0.1:9").await;
+    rc.list_users(ListUsersRequest { token }).await.unwrap();
     pc.ping(PingRequest {}).await.unwrap();
     let mut bob = TestPeer::start(&router, "bob").await;
     alice.join("#after").await;

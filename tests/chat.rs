@@ -5,13 +5,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ids, TestPeer, TestRouter};
+use common::{chat_client_as, ids, login_as, TestPeer, TestRouter};
+use parley::identity::Identity;
 use parley::names::{Nick, Room};
-use parley::proto::chat_client::ChatClient;
-use parley::proto::{DeliverRequest, PullHistoryRequest};
+use parley::proto::{DeliverRequest, JoinRoomRequest, LogoutRequest, PullHistoryRequest};
 use tokio_stream::StreamExt;
 
 const TTL: Duration = Duration::from_secs(10);
+
+/// The identity key a test peer keeps in its data directory: what a raw
+/// client presents to speak as that peer.
+fn identity_of(p: &TestPeer) -> Identity {
+    let path = p.dir.join("identity.key");
+    assert!(path.exists(), "{} holds no identity key", p.dir.display());
+    Identity::load_or_create(&path).unwrap()
+}
 
 #[tokio::test]
 async fn private_chat_both_ways() {
@@ -204,10 +212,9 @@ async fn same_text_twice_is_two_messages_and_a_retried_deliver_is_stored_once() 
     assert_eq!((h[0].seq, h[1].seq), (1, 2));
     assert_eq!(h[0].body, h[1].body);
 
-    // Replay the first message at bob, as a sender retrying would.
-    let mut client = ChatClient::connect(format!("http://{}", bob.peer.listen_addr()))
-        .await
-        .unwrap();
+    // Replay the first message at bob, as a sender retrying would (over a
+    // link presenting alice's key).
+    let mut client = chat_client_as(&bob.peer.listen_addr().to_string(), &identity_of(&alice));
     let again = client
         .deliver(DeliverRequest {
             message: Some(h[0].clone()),
@@ -240,14 +247,25 @@ async fn a_pull_of_five_thousand_messages_comes_in_pages() {
     futures::future::join_all(sends).await;
     assert_eq!(a.history("#big").await.len(), 5000);
 
-    // Straight at the wire: the pull arrives in several pages.
-    let mut client = ChatClient::connect(format!("http://{}", a.peer.listen_addr()))
+    // Straight at the wire: the pull arrives in several pages. A room's
+    // history is served only to members: the raw puller joins first
+    // (nothing is expected to call its address).
+    let puller = Identity::generate();
+    let mut rc = router.client().await;
+    let token = login_as(&mut rc, &puller, "puller", "127.0.0.1:9")
         .await
-        .unwrap();
+        .unwrap()
+        .token;
+    rc.join_room(JoinRoomRequest {
+        token: token.clone(),
+        room: "#big".into(),
+    })
+    .await
+    .unwrap();
+    let mut client = chat_client_as(&a.peer.listen_addr().to_string(), &puller);
     let mut pages = client
         .pull_history(PullHistoryRequest {
             conversation: "#big".into(),
-            requester: "b".into(),
             have: vec![],
             page_size: 500,
         })
@@ -261,6 +279,7 @@ async fn a_pull_of_five_thousand_messages_comes_in_pages() {
     assert_eq!(sizes.iter().sum::<usize>(), 5000);
     assert!(sizes.len() >= 10, "{sizes:?}");
     assert!(sizes.iter().all(|s| *s <= 500));
+    rc.user_logout(LogoutRequest { token }).await.unwrap();
 
     // And through the join of a new member.
     let b = TestPeer::start(&router, "b").await;
@@ -278,17 +297,24 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     let alice = TestPeer::start(&router, "alice").await;
     let bob = TestPeer::start(&router, "bob").await;
     bob.join("#in").await;
-    let mut client = ChatClient::connect(format!("http://{}", bob.peer.listen_addr()))
-        .await
-        .unwrap();
-    let msg = |conv: &str, author: &str, body: &str| parley::proto::ChatMessage {
-        conversation: conv.into(),
-        author: author.into(),
-        incarnation: 7,
-        seq: 1,
-        lamport: 1,
-        sent_at_ms: 0,
-        body: body.into(),
+    // Deliveries from alice's own key, signed by it: what is refused below
+    // is refused for what the message says, not for who sent it.
+    let alice_id = identity_of(&alice);
+    let bob_addr = bob.peer.listen_addr().to_string();
+    let mut client = chat_client_as(&bob_addr, &alice_id);
+    let msg = |conv: &str, author: &str, body: &str| {
+        let mut m = parley::proto::ChatMessage {
+            conversation: conv.into(),
+            author: author.into(),
+            incarnation: 7,
+            seq: 1,
+            lamport: 1,
+            sent_at_ms: 0,
+            body: body.into(),
+            signature: Vec::new(),
+        };
+        alice_id.sign_message(&mut m);
+        m
     };
     let cases = [
         (msg("#out", "alice", "hi"), tonic::Code::FailedPrecondition),
@@ -313,6 +339,24 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
             .unwrap_err();
         assert_eq!(err.code(), code, "{m:?}: {err:?}");
     }
+    // A good message of alice's, but from another key, or with a signature
+    // that does not check.
+    let err = chat_client_as(&bob_addr, &Identity::generate())
+        .deliver(DeliverRequest {
+            message: Some(msg("@alice+bob", "alice", "hi")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let mut forged = msg("@alice+bob", "alice", "hi");
+    forged.body = "bye".into();
+    let err = client
+        .deliver(DeliverRequest {
+            message: Some(forged),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(bob.peer.store().conversations().await.unwrap().is_empty());
     // Too long a body is refused by the sender before anything is stored.
     let long = "x".repeat(10_001);

@@ -7,10 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{peer_with, until_members, Proc, Proxy, TestPeer, TestRouter};
+use common::{
+    login_as, peer_with, router_client, until_members, Proc, Proxy, TestPeer, TestRouter,
+};
+use parley::identity::Identity;
 use parley::peer::PeerEvent;
-use parley::proto::router_client::RouterClient;
-use parley::proto::FindRequest;
+use parley::proto::{FindRequest, HeartbeatRequest};
 use parley::store::Store;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -218,13 +220,30 @@ async fn a_long_sync_after_a_new_login_does_not_let_the_lease_lapse() {
 
     // P's syncs take ~1 s per room; its lease (2 s) must never lapse
     // meanwhile.
-    let mut client = RouterClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    // Looking p up takes a session of its own, kept alive by heartbeats.
+    let mut client = router_client(&addr.to_string());
+    let token = login_as(
+        &mut client,
+        &Identity::generate(),
+        "observer",
+        "127.0.0.1:9",
+    )
+    .await
+    .unwrap()
+    .token;
     let until = tokio::time::Instant::now() + 3 * lease;
     while tokio::time::Instant::now() < until {
+        client
+            .heartbeat(HeartbeatRequest {
+                token: token.clone(),
+            })
+            .await
+            .unwrap();
         let found = client
-            .find(FindRequest { name: "p".into() })
+            .find(FindRequest {
+                name: "p".into(),
+                token: token.clone(),
+            })
             .await
             .unwrap()
             .into_inner()

@@ -83,23 +83,23 @@ async fn fifty_peers_ten_senders_five_thousand_messages_one_order() {
 }
 
 async fn login(c: &mut RouterClient<Channel>, i: usize) -> Result<String, tonic::Status> {
-    Ok(c.user_login(LoginRequest {
-        nick: format!("user{i}"),
-        address: format!("127.0.0.1:{}", 10_000 + i),
-        reclaim_secret: format!("secret-of-user-{i:08}").into_bytes(),
-    })
-    .await?
-    .into_inner()
-    .token)
+    let id = parley::identity::Identity::generate();
+    let address = format!("127.0.0.1:{}", 10_000 + i);
+    Ok(common::login_as(c, &id, &format!("user{i}"), &address)
+        .await?
+        .token)
 }
 
-async fn list_rooms(c: &RouterClient<Channel>) -> Vec<RoomInfo> {
+/// Every room, as seen by the session holding `token`.
+async fn list_rooms(c: &RouterClient<Channel>, token: &str) -> Vec<RoomInfo> {
     let mut c = c.clone();
-    c.list_rooms(ListRoomsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .rooms
+    c.list_rooms(ListRoomsRequest {
+        token: token.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .rooms
 }
 
 async fn heartbeat_all(c: &RouterClient<Channel>, tokens: &[String]) -> usize {
@@ -120,9 +120,7 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
     const ROOMS: usize = 500;
     let lease = 3;
     let (router, addr) = Proc::router(lease).await;
-    let c = RouterClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let c = common::router_client(&addr);
     let started = Instant::now();
 
     // Every login and join answered.
@@ -146,12 +144,14 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
     let logged_in = started.elapsed();
     assert_eq!(tokens.len(), USERS);
     assert_eq!(heartbeat_all(&c, &tokens).await, USERS);
-    let rooms = list_rooms(&c).await;
+    let rooms = list_rooms(&c, &tokens[0]).await;
     assert_eq!(rooms.len(), ROOMS);
     assert!(rooms.iter().all(|r| r.members == (USERS / ROOMS) as u32));
 
     // Half stop heartbeating; the other half keep their leases alive.
     let (alive, silent) = tokens.split_at(USERS / 2);
+    // Lookups need a live session: one that keeps heartbeating.
+    let looker = &alive[0];
     let last_beat = Instant::now();
     let expected_gone = last_beat + Duration::from_secs(lease);
     let mut gone_at = None;
@@ -159,7 +159,9 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
         assert_eq!(heartbeat_all(&c, alive).await, alive.len());
         let users = c
             .clone()
-            .list_users(ListUsersRequest {})
+            .list_users(ListUsersRequest {
+                token: looker.clone(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -183,7 +185,7 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
     let late_by = gone_at.unwrap().saturating_duration_since(expected_gone);
     // The silent ones are gone from rooms and their tokens are refused.
     assert_eq!(heartbeat_all(&c, silent).await, 0);
-    let rooms = list_rooms(&c).await;
+    let rooms = list_rooms(&c, looker).await;
     let members: u32 = rooms.iter().map(|r| r.members).sum();
     assert_eq!(members as usize, USERS / 2);
     let peak = peak_kib(router.pid()).unwrap_or(0);

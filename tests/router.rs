@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::TestRouter;
+use common::{login_as, TestRouter};
+use parley::identity::Identity;
 use parley::proto::registry_event::Kind;
 use parley::proto::router_client::RouterClient;
 use parley::proto::*;
@@ -17,31 +18,27 @@ use tonic::Code;
 
 const TTL: Duration = Duration::from_secs(10);
 
+/// Logs `nick` in at 127.0.0.1:`port` as `id`; returns the session token.
+async fn login_id(c: &mut RouterClient<Channel>, id: &Identity, nick: &str, port: u16) -> String {
+    login_as(c, id, nick, &format!("127.0.0.1:{port}"))
+        .await
+        .unwrap()
+        .token
+}
+
+/// Logs `nick` in as a fresh key; returns the session token.
 async fn login(c: &mut RouterClient<Channel>, nick: &str, port: u16) -> String {
-    c.user_login(LoginRequest {
-        nick: nick.into(),
-        address: format!("127.0.0.1:{port}"),
-        reclaim_secret: format!("{nick}-reclaim-secret-xyz").into_bytes(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .token
+    login_id(c, &Identity::generate(), nick, port).await
 }
 
 #[tokio::test]
 async fn login_join_find_and_list_over_grpc() {
     let router = TestRouter::start(TTL).await;
     let mut c = router.client().await;
-    let resp = c
-        .user_login(LoginRequest {
-            nick: "Alice".into(),
-            address: "127.0.0.1:7001".into(),
-            reclaim_secret: b"alice-reclaim-secret-xyz".to_vec(),
-        })
+    let alice_id = Identity::generate();
+    let resp = login_as(&mut c, &alice_id, "Alice", "127.0.0.1:7001")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(resp.token.len(), 32, "128 bits, hex");
     assert_eq!(resp.lease_ttl_ms, 10_000);
     let alice = resp.token;
@@ -72,6 +69,7 @@ async fn login_join_find_and_list_over_grpc() {
     let found = c
         .find(FindRequest {
             name: "ALICE".into(),
+            token: bob.clone(),
         })
         .await
         .unwrap()
@@ -79,10 +77,13 @@ async fn login_join_find_and_list_over_grpc() {
     assert!(found.found);
     assert_eq!(found.name, "Alice");
     assert_eq!(found.members[0].address, "127.0.0.1:7001");
+    assert_eq!(found.members[0].key, alice_id.public().to_vec());
+    assert_eq!(found.key, alice_id.public().to_vec());
 
     let room = c
         .find(FindRequest {
             name: "#RUST".into(),
+            token: alice.clone(),
         })
         .await
         .unwrap()
@@ -102,15 +103,19 @@ async fn login_join_find_and_list_over_grpc() {
     let nobody = c
         .find(FindRequest {
             name: "carol".into(),
+            token: alice.clone(),
         })
         .await
         .unwrap()
         .into_inner();
     assert!(!nobody.found);
     assert!(nobody.members.is_empty());
+    assert!(nobody.key.is_empty(), "carol never logged in");
 
     let rooms = c
-        .list_rooms(ListRoomsRequest {})
+        .list_rooms(ListRoomsRequest {
+            token: alice.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -123,7 +128,9 @@ async fn login_join_find_and_list_over_grpc() {
         }]
     );
     let users = c
-        .list_users(ListUsersRequest {})
+        .list_users(ListUsersRequest {
+            token: alice.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -136,6 +143,7 @@ async fn login_join_find_and_list_over_grpc() {
     let room = c
         .find(FindRequest {
             name: "#rust".into(),
+            token: alice.clone(),
         })
         .await
         .unwrap()
@@ -152,23 +160,14 @@ async fn errors_carry_the_right_codes() {
     let bob = login(&mut c, "bob", 7002).await;
 
     // Nick held by someone else.
-    let err = c
-        .user_login(LoginRequest {
-            nick: "ALICE".into(),
-            address: "127.0.0.1:7003".into(),
-            reclaim_secret: b"somebody-else-secret".to_vec(),
-        })
+    let somebody_else = Identity::generate();
+    let err = login_as(&mut c, &somebody_else, "ALICE", "127.0.0.1:7003")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
 
     // Bad names and addresses say what is allowed.
-    let err = c
-        .user_login(LoginRequest {
-            nick: "no spaces".into(),
-            address: "127.0.0.1:7003".into(),
-            reclaim_secret: b"somebody-else-secret".to_vec(),
-        })
+    let err = login_as(&mut c, &somebody_else, "no spaces", "127.0.0.1:7003")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -177,12 +176,7 @@ async fn errors_carry_the_right_codes() {
         "{}",
         err.message()
     );
-    let err = c
-        .user_login(LoginRequest {
-            nick: "carol".into(),
-            address: "not-an-address".into(),
-            reclaim_secret: b"somebody-else-secret".to_vec(),
-        })
+    let err = login_as(&mut c, &somebody_else, "carol", "not-an-address")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -215,6 +209,29 @@ async fn errors_carry_the_right_codes() {
         assert_eq!(err.code(), Code::Unauthenticated);
         let err = c
             .watch(WatchRequest {
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        // Lookups need a session too.
+        let err = c
+            .find(FindRequest {
+                name: "alice".into(),
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = c
+            .list_rooms(ListRoomsRequest {
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = c
+            .list_users(ListUsersRequest {
                 token: token.into(),
             })
             .await
@@ -253,7 +270,9 @@ async fn errors_carry_the_right_codes() {
     assert_eq!(err.code(), Code::NotFound);
     // Nothing changed.
     let rooms = c
-        .list_rooms(ListRoomsRequest {})
+        .list_rooms(ListRoomsRequest {
+            token: alice.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -280,7 +299,17 @@ async fn watch_streams_presence_and_membership() {
     })
     .await
     .unwrap();
+    // Bob comes online sharing no room with alice: his presence is not
+    // hers to see (nobody shares a room with a session that just began).
     let bob = login(&mut c, "bob", 7002).await;
+    // Carol never shares a room with alice: none of her events reach alice.
+    let carol = login(&mut c, "carol", 7003).await;
+    c.join_room(JoinRoomRequest {
+        token: carol.clone(),
+        room: "#elsewhere".into(),
+    })
+    .await
+    .unwrap();
     c.join_room(JoinRoomRequest {
         token: bob.clone(),
         room: "#r".into(),
@@ -299,11 +328,31 @@ async fn watch_streams_presence_and_membership() {
     })
     .await
     .unwrap();
+    // Alice and bob share #s when bob goes offline, so alice sees it.
+    for token in [&alice, &bob] {
+        c.join_room(JoinRoomRequest {
+            token: token.clone(),
+            room: "#s".into(),
+        })
+        .await
+        .unwrap();
+    }
+    c.user_logout(LogoutRequest { token: carol }).await.unwrap();
     c.user_logout(LogoutRequest { token: bob }).await.unwrap();
 
+    let expected = [
+        "joined #r alice",
+        "joined #r bob",
+        "left #r bob",
+        "deleted #r by alice",
+        "joined #s alice",
+        "joined #s bob",
+        "left #s bob",
+        "offline bob",
+    ];
     let mut seen = Vec::new();
     let mut last_rev = 0;
-    while seen.len() < 6 {
+    while seen.len() < expected.len() {
         let e = tokio::time::timeout(Duration::from_secs(5), events.next())
             .await
             .expect("event within 5 s")
@@ -319,17 +368,7 @@ async fn watch_streams_presence_and_membership() {
             Kind::RoomDeleted(r) => format!("deleted {} by {}", r.room, r.by),
         });
     }
-    assert_eq!(
-        seen,
-        [
-            "joined #r alice",
-            "online bob",
-            "joined #r bob",
-            "left #r bob",
-            "deleted #r by alice",
-            "offline bob",
-        ]
-    );
+    assert_eq!(seen, expected);
     router.stop().await;
 }
 
@@ -361,11 +400,15 @@ async fn serves_health_and_reflection() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let router = TestRouter::start(TTL).await;
-    let channel = Channel::from_shared(router.url())
+    // Health and reflection are served over the same TLS links.
+    let addr = router.addr.to_string();
+    let channel = parley::tls::Tls::new(&Identity::generate())
         .unwrap()
-        .connect()
-        .await
-        .unwrap();
+        .channel(
+            parley::net::endpoint(&addr).unwrap(),
+            &addr,
+            parley::tls::Expect::key(&router.key()),
+        );
     let mut health = HealthClient::new(channel.clone());
     let status = health
         .check(HealthCheckRequest {
@@ -397,19 +440,14 @@ async fn serves_health_and_reflection() {
 }
 
 #[tokio::test]
-async fn the_same_secret_takes_the_nick_back_at_once() {
+async fn the_same_key_takes_the_nick_back_at_once() {
     let router = TestRouter::start(TTL).await;
     let mut c = router.client().await;
-    let old = login(&mut c, "alice", 7001).await;
-    let resp = c
-        .user_login(LoginRequest {
-            nick: "alice".into(),
-            address: "127.0.0.1:7009".into(),
-            reclaim_secret: b"alice-reclaim-secret-xyz".to_vec(),
-        })
+    let alice_id = Identity::generate();
+    let old = login_id(&mut c, &alice_id, "alice", 7001).await;
+    let resp = login_as(&mut c, &alice_id, "alice", "127.0.0.1:7009")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(resp.reclaimed);
     let err = c
         .heartbeat(HeartbeatRequest { token: old })
@@ -419,20 +457,46 @@ async fn the_same_secret_takes_the_nick_back_at_once() {
     let found = c
         .find(FindRequest {
             name: "alice".into(),
+            token: resp.token.clone(),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(found.members[0].address, "127.0.0.1:7009");
+    // The nick stays bound to alice's key after she logs out: another key
+    // cannot take it.
+    c.user_logout(LogoutRequest { token: resp.token })
+        .await
+        .unwrap();
+    let err = login_as(&mut c, &Identity::generate(), "alice", "127.0.0.1:7010")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let back = login_as(&mut c, &alice_id, "alice", "127.0.0.1:7011")
+        .await
+        .unwrap();
+    assert!(!back.reclaimed, "no live session to take over");
     router.stop().await;
 }
 
-/// The built binary prints exactly its listen line on stdout, serves, and
-/// exits cleanly on SIGTERM; a port in use is one line and exit code 1.
+/// The built binary prints exactly its listen line and its key line on
+/// stdout, serves, and exits cleanly on SIGTERM; a port in use is one line
+/// and exit code 1.
 #[tokio::test]
 async fn router_binary_prints_its_address_and_stops_on_sigterm() {
+    // The key file lives in a scratch directory, not the person's home.
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("router.key");
+    let key_file = key_file.to_str().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
-        .args(["--listen", "127.0.0.1:0", "--lease-ttl", "2"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-ttl",
+            "2",
+            "--key-file",
+            key_file,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -448,15 +512,30 @@ async fn router_binary_prints_its_address_and_stops_on_sigterm() {
     let sock: std::net::SocketAddr = addr.parse().unwrap();
     assert_ne!(sock.port(), 0);
 
-    let mut c = RouterClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let fingerprint = line
+        .trim_end()
+        .strip_prefix("router key ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .to_owned();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+
+    // A client pinned to the printed key gets through.
+    let channel = parley::tls::Tls::new(&Identity::generate())
+        .unwrap()
+        .channel(
+            parley::net::endpoint(&addr).unwrap(),
+            &addr,
+            parley::tls::Expect::fingerprint(fingerprint),
+        );
+    let mut c = RouterClient::new(channel);
     let token = login(&mut c, "alice", 7001).await;
     assert_eq!(token.len(), 32);
 
     // Same port again: one line, exit 1.
     let busy = Command::new(env!("CARGO_BIN_EXE_router"))
-        .args(["--listen", &addr])
+        .args(["--listen", &addr, "--key-file", key_file])
         .output()
         .unwrap();
     assert_eq!(busy.status.code(), Some(1));
@@ -489,6 +568,6 @@ async fn router_binary_prints_its_address_and_stops_on_sigterm() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(
         rest.is_empty(),
-        "stdout holds only the listen line: {rest:?}"
+        "stdout holds only the listen and key lines: {rest:?}"
     );
 }
