@@ -265,6 +265,8 @@ fn render(cmd: &Command, st: &Style) -> String {
         }
         Command::Msg(n, b) => format!("{}{sep}{}{sep}{b}{line_end}", name("msg"), nick(n)),
         Command::Query(n) => format!("{}{sep}{}{}", name("query"), nick(n), st.tail),
+        Command::Whois(n) => format!("{}{sep}{}{}", name("whois"), nick(n), st.tail),
+        Command::Trust(n) => format!("{}{sep}{}{}", name("trust"), nick(n), st.tail),
         Command::Who(r) => match r {
             Some(r) => format!("{}{sep}{r}{}", name("who"), st.tail),
             None => format!("{}{}", name("who"), st.tail),
@@ -438,6 +440,7 @@ fn a_history() -> impl Strategy<Value = Vec<ChatMessage>> {
                             lamport,
                             sent_at_ms,
                             body,
+                            signature: Vec::new(),
                         },
                     )
                     .collect()

@@ -600,23 +600,6 @@ impl Backoff {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_resets() {
-        let mut b = Backoff::new();
-        let seen: Vec<_> = (0..10).map(|_| b.next()).collect();
-        assert_eq!(seen[0], Duration::from_millis(100));
-        assert_eq!(seen[1], Duration::from_millis(200));
-        assert!(seen.iter().all(|d| *d <= Backoff::CAP));
-        assert_eq!(seen[9], Backoff::CAP);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(100));
-    }
-}
-
 /// A login request for `nick` at `address`, proven by `identity`'s
 /// signature over the router's `challenge`.
 pub fn login_request(
@@ -642,5 +625,22 @@ impl crate::sync::KeyLookup for Session {
         Session::bound_key(self, nick).await.map_err(|err| {
             tracing::debug!(nick, cause = %err, "cannot look a key up");
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_resets() {
+        let mut b = Backoff::new();
+        let seen: Vec<_> = (0..10).map(|_| b.next()).collect();
+        assert_eq!(seen[0], Duration::from_millis(100));
+        assert_eq!(seen[1], Duration::from_millis(200));
+        assert!(seen.iter().all(|d| *d <= Backoff::CAP));
+        assert_eq!(seen[9], Backoff::CAP);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
     }
 }
