@@ -46,14 +46,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = PullHistoryRequest::decode(data) {
         names(&p.conversation);
-        names(&p.requester);
         for v in &p.have {
             names(&v.author);
         }
     }
     if let Ok(g) = GetVersionRequest::decode(data) {
         names(&g.conversation);
-        names(&g.requester);
     }
     if let Ok(l) = LoginRequest::decode(data) {
         names(&l.nick);
