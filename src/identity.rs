@@ -1,6 +1,6 @@
 //! Who a peer or a router is: an ed25519 key pair, made once and kept in a
 //! file only its owner can read. Only the public key ever travels: in the
-//! link's certificate (see [`crate::tls`]), in a login, beside a nick in the
+//! certificate of every link, in a login, beside a nick in the
 //! registry. A nick is a name for a key.
 //!
 //! Also the exact bytes every signature covers, so signer and checker can
