@@ -46,8 +46,23 @@ pub enum IdentityError {
 }
 
 /// An ed25519 public key: who signed, who is at the other end of a link.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey([u8; 32]);
+/// Decoded once when made, so checking a signature never decodes it again.
+#[derive(Clone, Copy)]
+pub struct PublicKey(VerifyingKey);
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &PublicKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
 
 impl PublicKey {
     /// A key from its 32 bytes, checked to be a valid curve point.
@@ -55,22 +70,23 @@ impl PublicKey {
         let raw: [u8; 32] = bytes
             .try_into()
             .map_err(|_| IdentityError::BadKey(bytes.len()))?;
-        VerifyingKey::from_bytes(&raw).map_err(|_| IdentityError::BadKey(bytes.len()))?;
-        Ok(PublicKey(raw))
+        VerifyingKey::from_bytes(&raw)
+            .map(PublicKey)
+            .map_err(|_| IdentityError::BadKey(bytes.len()))
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        self.0.as_bytes()
     }
 
     pub fn to_vec(self) -> Vec<u8> {
-        self.0.to_vec()
+        self.as_bytes().to_vec()
     }
 
     /// `SHA256:` and the unpadded base64 of the key's SHA-256, as SSH
     /// prints host keys: what a person compares and types.
     pub fn fingerprint(&self) -> String {
-        let hash = sha2::Sha256::digest(self.0);
+        let hash = sha2::Sha256::digest(self.as_bytes());
         format!(
             "SHA256:{}",
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
@@ -83,10 +99,7 @@ impl PublicKey {
         let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
             return false;
         };
-        match VerifyingKey::from_bytes(&self.0) {
-            Ok(key) => key.verify_strict(bytes, &sig).is_ok(),
-            Err(_) => false,
-        }
+        self.0.verify_strict(bytes, &sig).is_ok()
     }
 
     /// Whether `msg.signature` is this key's over the message.
@@ -217,7 +230,7 @@ impl Identity {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.key.verifying_key().to_bytes())
+        PublicKey(self.key.verifying_key())
     }
 
     pub fn sign(&self, bytes: &[u8]) -> Vec<u8> {

@@ -86,6 +86,8 @@ impl Delivery {
 
 struct Kept {
     channel: Channel,
+    /// The member's key, decoded once when the channel was made.
+    key: PublicKey,
     used: Instant,
 }
 
@@ -96,7 +98,7 @@ pub struct Peers {
     known: KnownKeys,
     on_changed: OnChanged,
     /// Held only to look up or insert a channel, never across an `.await`.
-    channels: Arc<Mutex<HashMap<(String, PublicKey), Kept>>>,
+    channels: Arc<Mutex<HashMap<(String, [u8; 32]), Kept>>>,
     /// Addresses that last failed to answer, and when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -146,22 +148,31 @@ impl Peers {
     /// failure; the link must present the member's key, and that key must
     /// be the one trusted for its nick.
     pub fn client(&self, member: &Member) -> Result<ChatClient<Channel>, NetError> {
-        let key = PublicKey::from_bytes(&member.key)
-            .map_err(|_| NetError::BadKey(member.nick.clone()))?;
-        self.trusted(&member.nick, &key)?;
+        let bad_key = || NetError::BadKey(member.nick.clone());
+        let raw: [u8; 32] = member.key.as_slice().try_into().map_err(|_| bad_key())?;
         let address = member.address.as_str();
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let slot = (address.to_owned(), key);
-        let channel = match channels.get_mut(&slot) {
-            Some(kept) => {
-                kept.used = now;
-                kept.channel.clone()
+        let slot = (address.to_owned(), raw);
+        let kept = {
+            let mut channels = self.lock_channels();
+            channels.get_mut(&slot).map(|kept| {
+                kept.used = Instant::now();
+                (kept.channel.clone(), kept.key)
+            })
+        };
+        // The trust check runs every time (a key may be trusted or not
+        // since), outside the lock: it may write the known keys.
+        let channel = match kept {
+            Some((channel, key)) => {
+                self.trusted(&member.nick, &key)?;
+                channel
             }
             None => {
+                let key = PublicKey::from_bytes(&raw).map_err(|_| bad_key())?;
+                self.trusted(&member.nick, &key)?;
                 let channel = self
                     .tls
                     .channel(endpoint(address)?, address, Expect::key(&key));
+                let mut channels = self.lock_channels();
                 if channels.len() >= MAX_CHANNELS {
                     let oldest = channels
                         .iter()
@@ -171,12 +182,12 @@ impl Peers {
                         channels.remove(&a);
                     }
                 }
-                let kept = Kept {
-                    channel: channel.clone(),
-                    used: now,
-                };
-                channels.insert(slot, kept);
-                channel
+                let kept = channels.entry(slot).or_insert(Kept {
+                    channel,
+                    key,
+                    used: Instant::now(),
+                });
+                kept.channel.clone()
             }
         };
         Ok(ChatClient::new(channel)
@@ -184,12 +195,14 @@ impl Peers {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
+    fn lock_channels(&self) -> std::sync::MutexGuard<'_, HashMap<(String, [u8; 32]), Kept>> {
+        // A plain map: a panic elsewhere cannot leave it half-updated.
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// How many channels are kept now.
     pub fn cached(&self) -> usize {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.lock_channels().len()
     }
 
     /// One `Deliver` of `msg` to `member`, under [`CALL_DEADLINE`].
