@@ -95,6 +95,13 @@ pub fn certificate_key(cert: &CertificateDer<'_>) -> Result<PublicKey, rustls::E
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
 }
 
+/// Links are TLS 1.3 only; the configurations never offer 1.2, so this
+/// answer is a last guard.
+const TLS12_REFUSED: rustls::Error =
+    rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered);
+/// The one handshake signature a parley key makes.
+const SCHEMES: [SignatureScheme; 1] = [SignatureScheme::ED25519];
+
 /// Accepts exactly one certificate whose key is ed25519, and checks the
 /// handshake was signed by that key. Which key is acceptable is decided
 /// after the handshake, by whoever knows whom they meant to reach.
@@ -146,9 +153,7 @@ impl ServerCertVerifier for KeyOnly {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(TLS12_REFUSED)
     }
 
     fn verify_tls13_signature(
@@ -161,7 +166,7 @@ impl ServerCertVerifier for KeyOnly {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        SCHEMES.to_vec()
     }
 }
 
@@ -186,9 +191,7 @@ impl ClientCertVerifier for KeyOnly {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(TLS12_REFUSED)
     }
 
     fn verify_tls13_signature(
@@ -201,7 +204,7 @@ impl ClientCertVerifier for KeyOnly {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        SCHEMES.to_vec()
     }
 }
 
