@@ -65,16 +65,8 @@ fn advertise_addr(s: &str) -> Result<String, String> {
 }
 
 fn default_data_dir(nick: &Nick) -> Result<PathBuf, String> {
-    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .ok_or("neither XDG_DATA_HOME nor HOME is set: pass --data-dir")?;
-            PathBuf::from(home).join(".local").join("share")
-        }
-    };
-    Ok(base.join("parley").join(nick.key()))
+    let home = parley::store::data_home().map_err(|e| format!("{e}: pass --data-dir"))?;
+    Ok(home.join(nick.key()))
 }
 
 fn main() -> ExitCode {

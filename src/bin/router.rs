@@ -27,18 +27,8 @@ struct Args {
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set: pass --key-file")
-                })?;
-            PathBuf::from(home).join(".local").join("share")
-        }
-    };
-    Ok(base.join("parley").join("router.key"))
+    let home = parley::store::data_home().map_err(|e| anyhow::anyhow!("{e}: pass --key-file"))?;
+    Ok(home.join("router.key"))
 }
 
 fn main() -> ExitCode {

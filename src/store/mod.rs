@@ -148,6 +148,22 @@ impl DirLock {
     }
 }
 
+/// Where parley keeps its data by default: `$XDG_DATA_HOME/parley`, else
+/// `~/.local/share/parley`. Peers keep a directory per nick under it; a
+/// router keeps its key there.
+pub fn data_home() -> Result<PathBuf, String> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .ok_or("neither XDG_DATA_HOME nor HOME is set")?;
+            PathBuf::from(home).join(".local").join("share")
+        }
+    };
+    Ok(base.join("parley"))
+}
+
 /// Creates `dir` if needed and takes an exclusive lock on `dir/lock`, so two
 /// peers never write one history. The lock is an OS file lock: it goes away
 /// with the process, however that ends.
