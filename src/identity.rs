@@ -310,19 +310,7 @@ pub fn login_bytes(challenge: &[u8], nick: &str, address: &str, key: &PublicKey)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg() -> ChatMessage {
-        ChatMessage {
-            conversation: "#rust".into(),
-            author: "alice".into(),
-            incarnation: 7,
-            seq: 1,
-            lamport: 3,
-            sent_at_ms: 1_700_000_000_000,
-            body: "hi".into(),
-            signature: Vec::new(),
-        }
-    }
+    use crate::message::tests::msg;
 
     #[test]
     fn a_signed_message_checks_and_any_change_breaks_it() {

@@ -27,10 +27,11 @@ pub fn valid_message(m: &ChatMessage) -> Result<Conversation, NameError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn msg() -> ChatMessage {
+    /// A valid message of #rust by alice, for unit tests.
+    pub(crate) fn msg() -> ChatMessage {
         ChatMessage {
             conversation: "#rust".into(),
             author: "alice".into(),

@@ -267,7 +267,7 @@ async fn a_known_nick_with_a_new_key_is_refused_until_trusted() {
     )
     .await;
     let mut alice = alice;
-    let other = TestPeer::start_in(router.addr, "bob", tmp.path().join("b2"))
+    let mut other = TestPeer::start_in(router.addr, "bob", tmp.path().join("b2"))
         .await
         .unwrap();
     // Alice's outbox waits: nothing goes to the new key.
@@ -298,19 +298,18 @@ async fn a_known_nick_with_a_new_key_is_refused_until_trusted() {
         .await
         .unwrap();
     assert_eq!(key, other.peer.key());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !other
+    // The waiting message arrives at the next outbox retry.
+    other
+        .next_event(Duration::from_secs(10), |e| match e {
+            parley::peer::PeerEvent::Message { msg, .. } if msg.body == "second" => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(other
         .history("@alice+bob")
         .await
         .iter()
-        .any(|m| m.body == "second")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never delivered after /trust"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .any(|m| m.body == "second"));
     alice.stop().await;
     other.stop().await;
     router.stop().await;

@@ -907,25 +907,6 @@ mod tests {
         assert_eq!(kinds.len(), 2, "{kinds:?}");
         assert!(matches!(kinds[1], EventKind::UserOffline(_)));
     }
-}
-
-#[cfg(test)]
-mod scoped_watch {
-    use super::*;
-    use tokio_stream::StreamExt;
-
-    fn key(n: &str) -> PublicKey {
-        use sha2::Digest;
-        let seed: [u8; 32] = sha2::Sha256::digest(n).into();
-        crate::identity::Identity::from_seed(seed).public()
-    }
-
-    async fn login(r: &MemoryRegistry, n: &str) -> String {
-        r.login(&Nick::parse(n).unwrap(), "127.0.0.1:7000", &key(n))
-            .await
-            .unwrap()
-            .token
-    }
 
     /// A watcher hears of its own rooms and of the users it shares one
     /// with, and of nothing else.

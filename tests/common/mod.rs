@@ -524,30 +524,43 @@ pub async fn peer_behind_proxy(
 /// nick or a #room) with `n` members; 0 means not found.
 pub async fn until_members(router: &str, name: &str, n: usize, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let mut c = router_client(router);
-        let probe = format!("probe{}", rand::random::<u32>());
-        if let Ok(login) = login_as(&mut c, &Identity::generate(), &probe, "127.0.0.1:9").await {
-            let found = c
+    // One link and one probe session for the whole wait; a new login only
+    // when the session is refused (the router restarted meanwhile).
+    let mut c = router_client(router);
+    let probe = (
+        Identity::generate(),
+        format!("probe{}", rand::random::<u32>()),
+    );
+    let mut token: Option<String> = None;
+    let found = loop {
+        if token.is_none() {
+            token = login_as(&mut c, &probe.0, &probe.1, "127.0.0.1:9")
+                .await
+                .ok()
+                .map(|l| l.token);
+        }
+        if let Some(t) = &token {
+            let asked = c
                 .find(parley::proto::FindRequest {
                     name: name.into(),
-                    token: login.token.clone(),
+                    token: t.clone(),
                 })
-                .await
-                .map(|r| r.into_inner().members.len());
-            let _ = c
-                .user_logout(parley::proto::LogoutRequest { token: login.token })
                 .await;
-            if found.is_ok_and(|f| f == n) {
-                return;
+            match asked {
+                Ok(r) if r.get_ref().members.len() == n => break true,
+                Ok(_) => {}
+                Err(_) => token = None,
             }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never had {n} members within {within:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if let Some(token) = token {
+        let _ = c.user_logout(parley::proto::LogoutRequest { token }).await;
     }
+    assert!(found, "{name} never had {n} members within {within:?}");
 }
 
 /// Starts a peer on `dir` whose configuration `tune` adjusts first (a short
