@@ -42,8 +42,9 @@ pub enum NetError {
     #[error("{nick} now presents key {got}, not the known {known}: /trust {nick} to accept it")]
     Untrusted {
         nick: String,
-        known: PublicKey,
-        got: PublicKey,
+        /// Fingerprints, as the person compares them.
+        known: String,
+        got: String,
     },
     #[error("cannot remember {nick}'s key: {cause}")]
     Trust { nick: String, cause: String },
@@ -84,6 +85,9 @@ impl Delivery {
     }
 }
 
+/// Kept channels by (address, the member's raw key).
+type Channels = HashMap<(String, [u8; 32]), Kept>;
+
 struct Kept {
     channel: Channel,
     /// The member's key, decoded once when the channel was made.
@@ -98,7 +102,7 @@ pub struct Peers {
     known: KnownKeys,
     on_changed: OnChanged,
     /// Held only to look up or insert a channel, never across an `.await`.
-    channels: Arc<Mutex<HashMap<(String, [u8; 32]), Kept>>>,
+    channels: Arc<Mutex<Channels>>,
     /// Addresses that last failed to answer, and when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -132,8 +136,8 @@ impl Peers {
                 }
                 Err(NetError::Untrusted {
                     nick: nick.to_owned(),
-                    known,
-                    got: *key,
+                    known: known.fingerprint(),
+                    got: key.fingerprint(),
                 })
             }
             Err(err) => Err(NetError::Trust {
@@ -195,7 +199,7 @@ impl Peers {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    fn lock_channels(&self) -> std::sync::MutexGuard<'_, HashMap<(String, [u8; 32]), Kept>> {
+    fn lock_channels(&self) -> std::sync::MutexGuard<'_, Channels> {
         // A plain map: a panic elsewhere cannot leave it half-updated.
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -101,7 +101,7 @@ fn last_line(log: &Path) -> Option<String> {
 enum Node {
     Proc(Box<ChildProc>),
     /// A router in this process.
-    Router(RouterHandle),
+    Router(Box<RouterHandle>),
     Peer(Peer),
 }
 
@@ -145,7 +145,7 @@ impl Cluster {
             )
             .context("cannot start the router")?;
             let addr = router.addr().to_string();
-            (Node::Router(router), addr)
+            (Node::Router(Box::new(router)), addr)
         } else {
             let log = dir.path().join("router.log");
             let args = vec!["__router".to_owned()];
