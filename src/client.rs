@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use crate::names::{private_key, Conversation, Nick, Room};
 use crate::peer::{Peer, PeerEvent, SendReport};
-use crate::proto::ChatMessage;
+use crate::proto::{ChatMessage, Kind};
 use crate::terminal::{parse, Command, MessageView, Output, Printer, RoomView, Target, HELP};
 
 /// Messages `/history` shows when no N is given.
@@ -25,6 +25,11 @@ pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
         lamport: m.lamport,
         sent_at_ms: m.sent_at_ms,
         late,
+        kind: match Kind::try_from(m.kind) {
+            Ok(Kind::Text) => None,
+            Ok(Kind::Created) => Some("created".into()),
+            Err(_) => Some(format!("unknown {}", m.kind)),
+        },
     }
 }
 

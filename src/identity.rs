@@ -292,6 +292,11 @@ pub fn message_bytes(m: &ChatMessage) -> Vec<u8> {
     out.extend_from_slice(&m.lamport.to_be_bytes());
     out.extend_from_slice(&m.sent_at_ms.to_be_bytes());
     put(&mut out, m.body.as_bytes());
+    // Appended only for events, so a text message signs the bytes it signed
+    // before kinds existed; the length prefixes keep the two apart.
+    if m.kind != 0 {
+        out.extend_from_slice(&m.kind.to_be_bytes());
+    }
     out
 }
 
@@ -326,6 +331,7 @@ mod tests {
             |m| m.lamport += 1,
             |m| m.sent_at_ms += 1,
             |m| m.body = "hi!".into(),
+            |m| m.kind = crate::proto::Kind::Created as i32,
         ];
         for change in changes {
             let mut forged = m.clone();

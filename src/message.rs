@@ -4,7 +4,7 @@
 //! highest it holds for the conversation, allocated in the same transaction.)
 
 use crate::names::{check_body, Conversation, NameError, Nick};
-use crate::proto::ChatMessage;
+use crate::proto::{ChatMessage, Kind};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -22,6 +22,24 @@ pub fn valid_message(m: &ChatMessage) -> Result<Conversation, NameError> {
         return Err(NameError::new(
             "invalid message: seq, lamport and incarnation start at 1",
         ));
+    }
+    match Kind::try_from(m.kind) {
+        Ok(Kind::Text) => {}
+        // A room's creation names that room, and only a room has one.
+        Ok(Kind::Created)
+            if matches!(conv, Conversation::Room(_))
+                && m.body.eq_ignore_ascii_case(&m.conversation) => {}
+        Ok(Kind::Created) => {
+            return Err(NameError::new(
+                "invalid message: a creation event belongs to a room and names it",
+            ))
+        }
+        Err(_) => {
+            return Err(NameError::new(format!(
+                "invalid message: unknown kind {}",
+                m.kind
+            )))
+        }
     }
     Ok(conv)
 }
@@ -41,6 +59,7 @@ pub(crate) mod tests {
             sent_at_ms: now_ms(),
             body: "hi".into(),
             signature: Vec::new(),
+            kind: 0,
         }
     }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chat_client_as, login_as, router_client, TestPeer, TestRouter};
+use common::{chat_client_as, login_as, router_client, until_members, TestPeer, TestRouter};
 use parley::identity::Identity;
 use parley::message::now_ms;
 use parley::proto::*;
@@ -25,6 +25,7 @@ fn message(conv: &str, author: &str, seq: u64, lamport: u64, body: &str) -> Chat
         sent_at_ms: now_ms(),
         body: body.into(),
         signature: Vec::new(),
+        kind: 0,
     }
 }
 
@@ -312,5 +313,98 @@ async fn a_known_nick_with_a_new_key_is_refused_until_trusted() {
         .any(|m| m.body == "second"));
     alice.stop().await;
     other.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_rooms_creator_owns_it_after_a_router_restart_whoever_rejoins_first() {
+    let ttl = Duration::from_secs(2);
+    let router = TestRouter::start(ttl).await;
+    let addr = router.addr;
+    let tmp = tempfile::tempdir().unwrap();
+    let alice_dir = tmp.path().join("alice");
+    let alice = TestPeer::start_in(addr, "alice", alice_dir.clone())
+        .await
+        .unwrap();
+    let bob = TestPeer::start(&router, "bob").await;
+    assert!(alice.join("#club").await.created);
+    bob.join("#club").await;
+    // The creation is the room's first event, signed by alice, and every
+    // member holds it.
+    let held = bob.wait_for("#club", 1).await;
+    assert_eq!(held[0].kind, Kind::Created as i32);
+    assert_eq!(held[0].author, "alice");
+
+    // Alice is away; the router restarts empty and bob rejoins first.
+    alice.stop().await;
+    router.stop().await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let router = TestRouter::start_on(listener, ttl).await;
+    until_members(&addr.to_string(), "#club", 1, Duration::from_secs(10)).await;
+    let mut c = router.client().await;
+    let (_, token) = mallory(&router).await;
+    let found = c
+        .find(FindRequest {
+            name: "#club".into(),
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.owner, "alice");
+
+    // Mallory joins showing a creation of her own, made now: the earlier
+    // one stands. One whose signature does not check is refused outright,
+    // and she is not let in by it.
+    let mallory_id = Identity::generate();
+    let mut c2 = router.client().await;
+    let m2 = login_as(&mut c2, &mallory_id, "mallory2", "127.0.0.1:9")
+        .await
+        .unwrap();
+    let mut own = message("#club", "mallory2", 1, 1, "#club");
+    own.kind = Kind::Created as i32;
+    mallory_id.sign_message(&mut own);
+    let mut broken = own.clone();
+    broken.sent_at_ms = 1;
+    let err = c2
+        .join_room(JoinRoomRequest {
+            token: m2.token.clone(),
+            room: "#club".into(),
+            creation: Some(broken),
+            creator_key: mallory_id.public().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let joined = c2
+        .join_room(JoinRoomRequest {
+            token: m2.token.clone(),
+            room: "#club".into(),
+            creation: Some(own),
+            creator_key: mallory_id.public().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.owner, "alice");
+    assert_eq!(joined.members.len(), 2, "bob and mallory2");
+
+    // Bob cannot delete it; alice, back on her data directory, can.
+    let club = parley::names::Room::parse("#club").unwrap();
+    assert!(bob.peer.delete_room(&club).await.is_err());
+    let alice = TestPeer::start_in(addr, "alice", alice_dir).await.unwrap();
+    until_members(&addr.to_string(), "#club", 3, Duration::from_secs(10)).await;
+    alice.peer.delete_room(&club).await.unwrap();
+    let gone = c
+        .find(FindRequest {
+            name: "#club".into(),
+            token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!gone.found);
+    alice.stop().await;
+    bob.stop().await;
     router.stop().await;
 }

@@ -45,6 +45,7 @@ fn message(id: &Identity, conv: &str, author: &str, seq: u64, body: String) -> C
         sent_at_ms: 0,
         body,
         signature: Vec::new(),
+        kind: 0,
     };
     id.sign_message(&mut msg);
     msg
@@ -77,6 +78,7 @@ async fn oversized_frames_are_refused_and_change_nothing() {
         .join_room(JoinRoomRequest {
             token: token.clone(),
             room: format!("#{}", "r".repeat(OVERSIZED)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -110,6 +112,7 @@ async fn oversized_frames_are_refused_and_change_nothing() {
     c.join_room(JoinRoomRequest {
         token: alice.clone(),
         room: "#big".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -253,6 +256,7 @@ async fn an_author_is_accepted_only_if_the_router_shows_them_in_the_room() {
         raw.join_room(JoinRoomRequest {
             token,
             room: "#room".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -281,6 +285,7 @@ async fn an_author_is_accepted_only_if_the_router_shows_them_in_the_room() {
     raw.join_room(JoinRoomRequest {
         token: erin,
         room: "#elsewhere".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -364,6 +369,7 @@ async fn an_expired_token_is_unauthenticated() {
         .join_room(JoinRoomRequest {
             token: token.clone(),
             room: "#late".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

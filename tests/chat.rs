@@ -107,7 +107,7 @@ async fn late_joiner_gets_the_full_history_in_the_same_order() {
     }
     // b joins after 20 messages, then 10 more arrive.
     let j = b.join("#hist").await;
-    assert_eq!(j.version, 20);
+    assert_eq!(j.version, 21, "20 messages and the room's creation");
     for i in 0..10 {
         a.say("#hist", &format!("later {i}")).await;
         b.say("#hist", &format!("reply {i}")).await;
@@ -120,7 +120,10 @@ async fn late_joiner_gets_the_full_history_in_the_same_order() {
     a.peer.stop_now().await;
     let c = TestPeer::start(&router, "c").await;
     let j = c.join("#hist").await;
-    assert_eq!(j.version, 40, "joined reports the version after sync");
+    assert_eq!(
+        j.version, 41,
+        "joined reports the version after sync (40 and the room's creation)"
+    );
     let hc = c.history("#hist").await;
     assert_eq!(ids(&hc), ids(&ha), "same messages, same order");
     assert_eq!(hc[0].body, "early 0");
@@ -147,7 +150,7 @@ async fn joiner_pulls_from_the_member_with_the_highest_version() {
     b.join("#v").await;
     let c = TestPeer::start(&router, "c").await;
     let j = c.join("#v").await;
-    assert_eq!(j.version, 10);
+    assert_eq!(j.version, 11, "10 messages and the room's creation");
     assert_eq!(ids(&c.history("#v").await), ids(&a.history("#v").await));
     for p in [a, b, c] {
         p.stop().await;
@@ -184,14 +187,16 @@ async fn concurrent_senders_leave_identical_histories() {
         let h = p.wait_for("#busy", 600).await;
         assert_eq!(ids(&h), ids(&reference), "{} differs", p.peer.nick());
     }
-    // Each sender's own messages keep their order.
+    // Each sender's own messages keep their order (s0's seq 1 is the
+    // room's creation).
     for s in 0..3 {
         let mine: Vec<u64> = reference
             .iter()
             .filter(|m| m.author == format!("s{s}"))
             .map(|m| m.seq)
             .collect();
-        assert_eq!(mine, (1..=200).collect::<Vec<u64>>());
+        let first = if s == 0 { 2 } else { 1 };
+        assert_eq!(mine, (first..first + 200).collect::<Vec<u64>>());
     }
     let peers = std::sync::Arc::try_unwrap(peers).ok().unwrap();
     for p in peers {
@@ -259,6 +264,7 @@ async fn a_pull_of_five_thousand_messages_comes_in_pages() {
     rc.join_room(JoinRoomRequest {
         token: token.clone(),
         room: "#big".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -276,7 +282,7 @@ async fn a_pull_of_five_thousand_messages_comes_in_pages() {
     while let Some(p) = pages.next().await {
         sizes.push(p.unwrap().messages.len());
     }
-    assert_eq!(sizes.iter().sum::<usize>(), 5000);
+    assert_eq!(sizes.iter().sum::<usize>(), 5001, "and the room's creation");
     assert!(sizes.len() >= 10, "{sizes:?}");
     assert!(sizes.iter().all(|s| *s <= 500));
     rc.user_logout(LogoutRequest { token }).await.unwrap();
@@ -284,7 +290,7 @@ async fn a_pull_of_five_thousand_messages_comes_in_pages() {
     // And through the join of a new member.
     let b = TestPeer::start(&router, "b").await;
     let j = b.join("#big").await;
-    assert_eq!(j.version, 5000);
+    assert_eq!(j.version, 5001, "and the room's creation");
     assert_eq!(ids(&b.history("#big").await), ids(&a.history("#big").await));
     a.stop().await;
     b.stop().await;
@@ -312,6 +318,7 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
             sent_at_ms: 0,
             body: body.into(),
             signature: Vec::new(),
+            kind: 0,
         };
         alice_id.sign_message(&mut m);
         m
@@ -357,7 +364,9 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    assert!(bob.peer.store().conversations().await.unwrap().is_empty());
+    // Only the room bob joined (its creation event) is held.
+    assert_eq!(bob.peer.store().conversations().await.unwrap(), ["#in"]);
+    assert!(bob.history("#in").await.is_empty());
     // Too long a body is refused by the sender before anything is stored.
     let long = "x".repeat(10_001);
     assert!(alice

@@ -132,6 +132,7 @@ async fn the_router_serves_five_thousand_sessions_and_expires_leases_on_time() {
                 c.join_room(JoinRoomRequest {
                     token: token.clone(),
                     room: format!("#room{}", i % ROOMS),
+                    ..Default::default()
                 })
                 .await
                 .expect("join answered");

@@ -441,6 +441,7 @@ fn a_history() -> impl Strategy<Value = Vec<ChatMessage>> {
                             sent_at_ms,
                             body,
                             signature: Vec::new(),
+                            kind: 0,
                         },
                     )
                     .collect()

@@ -45,11 +45,11 @@ async fn a_killed_peer_restarts_reclaims_its_nick_and_catches_up() {
     let a = TestPeer::start_in(router.addr, "a", a_dir).await.unwrap();
     assert_eq!(a.peer.incarnation(), incarnation, "same identity");
     let j = a.join("#r").await;
-    assert_eq!(j.version, 11);
+    assert_eq!(j.version, 12, "11 messages and the room's creation");
     assert_eq!(ids(&a.history("#r").await), ids(&b.history("#r").await));
     // And it keeps chatting with its old counters.
     let r = a.say("#r", "back").await;
-    assert_eq!(r.message.seq, 2);
+    assert_eq!(r.message.seq, 3, "after the room's creation and \"from a\"");
     assert_eq!(
         ids(&b.wait_for("#r", 12).await),
         ids(&a.history("#r").await)
@@ -202,7 +202,7 @@ async fn a_member_that_rejoins_holds_what_it_missed_before_joined() {
         c.say("#r", &format!("c {i}")).await;
     }
     let j = b.join("#r").await;
-    assert_eq!(j.version, 101);
+    assert_eq!(j.version, 102, "101 messages and the room's creation");
     // Held at the moment `joined` is reported, not later.
     assert_eq!(ids(&b.history("#r").await), ids(&a.history("#r").await));
     for p in [a, b, c] {
@@ -233,9 +233,10 @@ async fn a_skipped_sequence_number_is_repaired_without_a_join() {
             .await
             .unwrap();
     }
-    // ...then the fourth arrives, with seq 4: b sees the gap and pulls it.
+    // ...then the fourth arrives, with seq 5 (a's seq 1 is the room's
+    // creation): b sees the gap and pulls it.
     let r = a.say("#r", "fourth").await;
-    assert_eq!(r.message.seq, 4);
+    assert_eq!(r.message.seq, 5);
     let h = b.wait_for("#r", 4).await;
     assert_eq!(ids(&h), ids(&a.history("#r").await));
     let mut shown = Vec::new();
@@ -243,7 +244,7 @@ async fn a_skipped_sequence_number_is_repaired_without_a_join() {
         shown.push(b.next_message().await.0.seq);
     }
     shown.sort();
-    assert_eq!(shown, [1, 2, 3, 4], "repaired messages are shown too");
+    assert_eq!(shown, [2, 3, 4, 5], "repaired messages are shown too");
     a.stop().await;
     b.stop().await;
     router.stop().await;
@@ -339,7 +340,10 @@ async fn a_wiped_peer_comes_back_as_a_new_incarnation() {
     let a = TestPeer::start_in(router.addr, "a", dir).await.unwrap();
     assert_ne!(a.peer.incarnation(), old);
     let j = a.join("#r").await;
-    assert_eq!(j.version, 3, "its old messages come back from the others");
+    assert_eq!(
+        j.version, 4,
+        "its old messages (and the room's creation) come back from the others"
+    );
     for i in 0..3 {
         let r = a.say("#r", &format!("new a {i}")).await;
         assert_eq!(r.message.seq, (i + 1) as u64, "counters restart at 1");

@@ -49,6 +49,7 @@ async fn login_join_find_and_list_over_grpc() {
         .join_room(JoinRoomRequest {
             token: alice.clone(),
             room: "#Rust".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -59,6 +60,7 @@ async fn login_join_find_and_list_over_grpc() {
         .join_room(JoinRoomRequest {
             token: bob.clone(),
             room: "#rust".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -185,6 +187,7 @@ async fn errors_carry_the_right_codes() {
         .join_room(JoinRoomRequest {
             token: alice.clone(),
             room: "rust".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -203,6 +206,7 @@ async fn errors_carry_the_right_codes() {
             .join_room(JoinRoomRequest {
                 token: token.into(),
                 room: "#x".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -243,12 +247,14 @@ async fn errors_carry_the_right_codes() {
     c.join_room(JoinRoomRequest {
         token: alice.clone(),
         room: "#a".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
     c.join_room(JoinRoomRequest {
         token: bob.clone(),
         room: "#a".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -296,6 +302,7 @@ async fn watch_streams_presence_and_membership() {
     c.join_room(JoinRoomRequest {
         token: alice.clone(),
         room: "#r".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -307,12 +314,14 @@ async fn watch_streams_presence_and_membership() {
     c.join_room(JoinRoomRequest {
         token: carol.clone(),
         room: "#elsewhere".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
     c.join_room(JoinRoomRequest {
         token: bob.clone(),
         room: "#r".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -333,6 +342,7 @@ async fn watch_streams_presence_and_membership() {
         c.join_room(JoinRoomRequest {
             token: token.clone(),
             room: "#s".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -474,7 +474,7 @@ impl Peer {
             if skip || !self.inner.rooms.contains(room.as_str()) {
                 continue;
             }
-            match self.inner.session.join(&room).await {
+            match self.join_router(&room).await {
                 Ok(_) => back.push(room),
                 Err(err) => tracing::warn!(%room, cause = %err, "cannot rejoin"),
             }
@@ -581,7 +581,7 @@ impl Peer {
     /// Joins `room` (creating it if new), syncs its history, and keeps it
     /// as one this peer is in, across restarts.
     pub async fn join(&self, room: &Room) -> Result<Joined, PeerError> {
-        let resp = self.inner.session.join(room).await?;
+        let resp = self.join_router(room).await?;
         self.inner.rooms.add(room).await?;
         let caught = self.catch_up(&room.key(), &resp.members).await?;
         if !caught.reached {
@@ -596,6 +596,58 @@ impl Peer {
             created: resp.created,
             new: caught.new,
         })
+    }
+
+    /// Joins `room` at the router, showing the room's creation event this
+    /// history holds. When the router made the room and the history holds
+    /// none, this peer writes one (it created the room, so it owns it) and
+    /// shows it at once, before anyone else can claim the room with theirs.
+    async fn join_router(&self, room: &Room) -> Result<proto::JoinRoomResponse, PeerError> {
+        let creation = self.creation_of(room).await?;
+        let resp = self.inner.session.join(room, creation.as_ref()).await?;
+        if !resp.created || creation.is_some() {
+            return Ok(resp);
+        }
+        let (online, absent) = self
+            .inner
+            .session
+            .world()
+            .recipients(room.as_str(), self.nick().as_str())
+            .unwrap_or_default();
+        let report = self
+            .inner
+            .outbox
+            .send(
+                room.key(),
+                online,
+                absent,
+                (proto::Kind::Created, &resp.room),
+            )
+            .await?;
+        let creation = (report.message, self.key());
+        let again = self.inner.session.join(room, Some(&creation)).await?;
+        Ok(proto::JoinRoomResponse {
+            created: true,
+            ..again
+        })
+    }
+
+    /// The room's creation event this history holds and its author's key.
+    async fn creation_of(
+        &self,
+        room: &Room,
+    ) -> Result<Option<(ChatMessage, PublicKey)>, PeerError> {
+        let Some(event) = self.inner.store.creation(&room.key()).await? else {
+            return Ok(None);
+        };
+        let key = if event.author.eq_ignore_ascii_case(self.nick().as_str()) {
+            Some(self.key())
+        } else {
+            // Every stored message was checked against its author's key,
+            // which was remembered then.
+            self.inner.peers.known().get(&event.author)
+        };
+        Ok(key.map(|k| (event, k)))
     }
 
     /// Leaves `room`.
@@ -671,7 +723,7 @@ impl Peer {
         Ok(self
             .inner
             .outbox
-            .send(room.key(), online, absent, body)
+            .send(room.key(), online, absent, (proto::Kind::Text, body))
             .await?)
     }
 
@@ -694,7 +746,11 @@ impl Peer {
             ),
             None => (vec![], vec![nick.to_string()]),
         };
-        Ok(self.inner.outbox.send(conv, online, offline, body).await?)
+        Ok(self
+            .inner
+            .outbox
+            .send(conv, online, offline, (proto::Kind::Text, body))
+            .await?)
     }
 
     /// Logs out and stops serving; waits for the peer's tasks to end.

@@ -23,7 +23,7 @@ use super::session::Session;
 use crate::message::now_ms;
 use crate::names::Nick;
 use crate::net::{Delivery, Peers};
-use crate::proto::{ChatMessage, Member};
+use crate::proto::{ChatMessage, Kind, Member};
 use crate::store::{MsgId, Store, StoreError};
 
 /// How often the outbox is retried for recipients that look online.
@@ -161,7 +161,7 @@ impl Outbox {
         }
     }
 
-    /// Stores `body` as this peer's next message of `conv`, owed to every
+    /// Stores `body` (of `kind`) as this peer's next message of `conv`, owed to every
     /// recipient, then delivers it to every `online` one at once. `offline`
     /// recipients (no address now) keep their rows for later.
     pub async fn send(
@@ -169,7 +169,7 @@ impl Outbox {
         conv: String,
         online: Vec<Member>,
         offline: Vec<String>,
-        body: &str,
+        (kind, body): (Kind, &str),
     ) -> Result<SendReport, StoreError> {
         let inner = &self.inner;
         let owed: Vec<String> = online
@@ -179,11 +179,11 @@ impl Outbox {
             .collect();
         let msg = inner
             .store
-            .append_own(
+            .append_own_kind(
                 &conv,
                 inner.session.nick().as_str(),
                 inner.incarnation,
-                body,
+                (kind, body),
                 now_ms(),
                 owed,
             )

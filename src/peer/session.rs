@@ -25,7 +25,7 @@ use super::world::{Change, Membership, World};
 use crate::identity::{login_bytes, Identity, PublicKey};
 use crate::names::{Nick, Room};
 use crate::proto::router_client::RouterClient;
-use crate::proto::{self, Member};
+use crate::proto::{self, ChatMessage, Member};
 use crate::tls::{Expect, Tls};
 use crate::trust::{KnownKeys, Trust};
 
@@ -443,12 +443,20 @@ impl Session {
     }
 
     /// Joins `room` at the router and records its members in the picture.
-    pub async fn join(&self, room: &Room) -> Result<proto::JoinRoomResponse, SessionError> {
+    /// `creation`: the room's creation event this peer holds and its
+    /// author's key, so the router learns the owner from the history.
+    pub async fn join(
+        &self,
+        room: &Room,
+        creation: Option<&(ChatMessage, PublicKey)>,
+    ) -> Result<proto::JoinRoomResponse, SessionError> {
         let resp = self
             .call("join", |mut r, token| {
                 let req = proto::JoinRoomRequest {
                     token,
                     room: room.to_string(),
+                    creation: creation.map(|(event, _)| event.clone()),
+                    creator_key: creation.map(|(_, key)| key.to_vec()).unwrap_or_default(),
                 };
                 async move { r.join_room(req).await }
             })

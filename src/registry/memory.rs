@@ -20,7 +20,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    new_token, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
+    new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
     RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
@@ -69,7 +69,11 @@ type Events = broadcast::Sender<Scoped>;
 struct RoomState {
     name: String,
     owner: String,
-    /// Nick keys in join order: the first is the owner's successor.
+    owner_key: PublicKey,
+    /// Order of the creation event the owner comes from; `None` while the
+    /// owner is only the caller that made the room here.
+    proof: Option<(i64, String, u64, u64)>,
+    /// Nick keys in join order.
     members: Vec<String>,
 }
 
@@ -187,8 +191,8 @@ impl State {
         })
     }
 
-    /// Removes `nick_key` from room `key`, dropping the room when empty and
-    /// handing ownership on when the owner leaves.
+    /// Removes `nick_key` from room `key`, dropping the room when empty.
+    /// The owner stays the owner: ownership comes from the room's history.
     fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str) {
         let Some(member) = self.member(nick_key) else {
             return;
@@ -201,13 +205,6 @@ impl State {
         let name = room.name.clone();
         if room.members.is_empty() {
             self.rooms.remove(key);
-        } else if room.owner.eq_ignore_ascii_case(&member.nick) {
-            let heir = room.members[0].clone();
-            if let Some(m) = self.member(&heir) {
-                if let Some(room) = self.rooms.get_mut(key) {
-                    room.owner = m.nick;
-                }
-            }
         }
         self.emit(
             events,
@@ -366,9 +363,22 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
-    async fn join(&self, token: &str, room: &Room) -> Result<RoomSnapshot, RegistryError> {
+    async fn join(
+        &self,
+        token: &str,
+        room: &Room,
+        creation: Option<&Creation>,
+    ) -> Result<RoomSnapshot, RegistryError> {
         let shared = &self.shared;
         let mut state = shared.lock();
+        let creation = creation.filter(|c| {
+            let bound = state.bindings.get(&c.owner.to_ascii_lowercase());
+            let ok = bound.is_none_or(|k| *k == c.key);
+            if !ok {
+                tracing::warn!(%room, owner = %c.owner, "creation event signed by a key its author is not bound to; ignored");
+            }
+            ok
+        });
         let session = state.live(token, Instant::now())?;
         let (nick_key, member) = (
             session.nick_key.clone(),
@@ -381,15 +391,31 @@ impl Registry for MemoryRegistry {
         let key = room.key();
         let mut created = false;
         match state.rooms.get_mut(&key) {
-            Some(r) if r.members.contains(&nick_key) => {}
-            Some(r) => r.members.push(nick_key.clone()),
+            Some(r) => {
+                if !r.members.contains(&nick_key) {
+                    r.members.push(nick_key.clone());
+                }
+                if let Some(c) = creation {
+                    if r.proof.as_ref().is_none_or(|p| c.order < *p) {
+                        r.owner.clone_from(&c.owner);
+                        r.owner_key = c.key;
+                        r.proof = Some(c.order.clone());
+                    }
+                }
+            }
             None => {
                 created = true;
+                let (owner, owner_key, proof) = match creation {
+                    Some(c) => (c.owner.clone(), c.key, Some(c.order.clone())),
+                    None => (member.nick.clone(), member.key, None),
+                };
                 state.rooms.insert(
                     key.clone(),
                     RoomState {
                         name: room.to_string(),
-                        owner: member.nick.clone(),
+                        owner,
+                        owner_key,
+                        proof,
                         members: vec![nick_key.clone()],
                     },
                 );
@@ -434,12 +460,12 @@ impl Registry for MemoryRegistry {
     async fn delete_room(&self, token: &str, room: &Room) -> Result<(), RegistryError> {
         let mut state = self.shared.lock();
         let session = state.live(token, Instant::now())?;
-        let by = session.nick.clone();
+        let (by, by_key) = (session.nick.clone(), session.key);
         let key = room.key();
         let Some(r) = state.rooms.get(&key) else {
             return Err(RegistryError::NoSuchRoom(room.to_string()));
         };
-        if !r.owner.eq_ignore_ascii_case(&by) {
+        if !r.owner.eq_ignore_ascii_case(&by) || r.owner_key != by_key {
             return Err(RegistryError::NotOwner {
                 room: r.name.clone(),
                 owner: r.owner.clone(),
@@ -626,8 +652,8 @@ mod tests {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;
         let b = login(&r, "bob").await;
-        r.join(&a, &room("#rust")).await.unwrap();
-        r.join(&b, &room("#rust")).await.unwrap();
+        r.join(&a, &room("#rust"), None).await.unwrap();
+        r.join(&b, &room("#rust"), None).await.unwrap();
         let mut events = r.watch(&b).await.unwrap();
 
         // Bob keeps his lease alive, Alice does not.
@@ -716,7 +742,7 @@ mod tests {
             .login(&nick("alice"), "127.0.0.1:7000", &key("alice"))
             .await
             .unwrap();
-        r.join(&old.token, &room("#rust")).await.unwrap();
+        r.join(&old.token, &room("#rust"), None).await.unwrap();
         let new = r
             .login(&nick("alice"), "127.0.0.1:7100", &key("alice"))
             .await
@@ -747,17 +773,24 @@ mod tests {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;
         let b = login(&r, "bob").await;
-        let s = r.join(&a, &room("#Rust")).await.unwrap();
+        let s = r.join(&a, &room("#Rust"), None).await.unwrap();
         assert!(s.created);
         assert_eq!(s.owner, "alice");
         assert_eq!(s.name, "#Rust");
-        let s = r.join(&b, &room("#rust")).await.unwrap();
+        let s = r.join(&b, &room("#rust"), None).await.unwrap();
         assert!(!s.created);
         assert_eq!(s.name, "#Rust");
         let nicks: Vec<_> = s.members.iter().map(|m| m.nick.as_str()).collect();
         assert_eq!(nicks, ["alice", "bob"]);
         // Joining twice changes nothing.
-        assert_eq!(r.join(&b, &room("#rust")).await.unwrap().members.len(), 2);
+        assert_eq!(
+            r.join(&b, &room("#rust"), None)
+                .await
+                .unwrap()
+                .members
+                .len(),
+            2
+        );
         assert_eq!(
             r.list_rooms(&a).await.unwrap(),
             vec![RoomInfo {
@@ -766,9 +799,9 @@ mod tests {
                 owner: "alice".into()
             }]
         );
-        // The owner leaves: the next member inherits the room.
+        // The owner leaves: still the owner (ownership is the history's).
         r.leave(&a, &room("#rust")).await.unwrap();
-        assert_eq!(r.list_rooms(&a).await.unwrap()[0].owner, "bob");
+        assert_eq!(r.list_rooms(&a).await.unwrap()[0].owner, "alice");
         assert_eq!(
             r.leave(&a, &room("#rust")).await.unwrap_err(),
             RegistryError::NotMember("#rust".into())
@@ -779,13 +812,72 @@ mod tests {
         assert!(r.list_rooms(&a).await.unwrap().is_empty());
     }
 
+    fn creation(owner: &str, sent_at_ms: i64) -> Creation {
+        Creation {
+            owner: owner.into(),
+            key: key(owner),
+            order: (sent_at_ms, owner.to_ascii_lowercase(), 1, 1),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_earliest_creation_shown_names_the_owner_whoever_joins_first() {
+        // A registry that lost the room (a restarted router): bob rejoins
+        // first, showing alice's creation event.
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let b = login(&r, "bob").await;
+        let s = r
+            .join(&b, &room("#rust"), Some(&creation("alice", 100)))
+            .await
+            .unwrap();
+        assert!(s.created);
+        assert_eq!(s.owner, "alice");
+        // A later creation event (someone who made the room anew while it
+        // was gone) does not take it over; an earlier one does.
+        let c = login(&r, "carol").await;
+        let s = r
+            .join(&c, &room("#rust"), Some(&creation("carol", 200)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "alice");
+        let d = login(&r, "dave").await;
+        let s = r
+            .join(&d, &room("#rust"), Some(&creation("dave", 50)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "dave");
+        // One signed by a key its author is not bound to counts for nothing.
+        let forged = Creation {
+            key: key("mallory"),
+            ..creation("bob", 10)
+        };
+        let s = r.join(&c, &room("#rust"), Some(&forged)).await.unwrap();
+        assert_eq!(s.owner, "dave");
+        // Only the owner deletes: not bob, who made the room here.
+        let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "dave"),
+            "{err:?}"
+        );
+        r.delete_room(&d, &room("#rust")).await.unwrap();
+
+        // A room made with no event shown is its maker's, until one is.
+        let s = r.join(&b, &room("#go"), None).await.unwrap();
+        assert_eq!(s.owner, "bob");
+        let s = r
+            .join(&c, &room("#go"), Some(&creation("alice", 100)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "alice");
+    }
+
     #[tokio::test]
     async fn only_the_owner_deletes_and_everyone_is_told() {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;
         let b = login(&r, "bob").await;
-        r.join(&a, &room("#rust")).await.unwrap();
-        r.join(&b, &room("#rust")).await.unwrap();
+        r.join(&a, &room("#rust"), None).await.unwrap();
+        r.join(&b, &room("#rust"), None).await.unwrap();
         let mut events = r.watch(&b).await.unwrap();
         let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
         assert!(matches!(err, RegistryError::NotOwner { .. }), "{err:?}");
@@ -826,7 +918,7 @@ mod tests {
         let unauth = RegistryError::Unauthenticated;
         assert_eq!(r.heartbeat(t).await.unwrap_err(), unauth);
         assert_eq!(r.logout(t).await.unwrap_err(), unauth);
-        assert_eq!(r.join(t, &room("#a")).await.unwrap_err(), unauth);
+        assert_eq!(r.join(t, &room("#a"), None).await.unwrap_err(), unauth);
         assert_eq!(r.leave(t, &room("#a")).await.unwrap_err(), unauth);
         assert_eq!(r.delete_room(t, &room("#a")).await.unwrap_err(), unauth);
         assert!(r.watch(t).await.is_err());
@@ -860,7 +952,7 @@ mod tests {
             .cloned()
             .map(|t| {
                 let r = r.clone();
-                tokio::spawn(async move { r.join(&t, &room("#race")).await.unwrap() })
+                tokio::spawn(async move { r.join(&t, &room("#race"), None).await.unwrap() })
             })
             .collect();
         let mut created = 0;
@@ -894,7 +986,7 @@ mod tests {
     async fn logout_leaves_rooms_and_ends_the_watch() {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;
-        r.join(&a, &room("#x")).await.unwrap();
+        r.join(&a, &room("#x"), None).await.unwrap();
         let mut events = r.watch(&a).await.unwrap();
         r.logout(&a).await.unwrap();
         let obs = login(&r, "observer").await;
@@ -920,14 +1012,14 @@ mod tests {
         );
         let rust = Room::parse("#rust").unwrap();
         let go = Room::parse("#go").unwrap();
-        r.join(&a, &rust).await.unwrap();
+        r.join(&a, &rust, None).await.unwrap();
         let mut watch = r.watch(&a).await.unwrap();
         // Carol's room and Carol's presence are none of Alice's business.
-        r.join(&c, &go).await.unwrap();
+        r.join(&c, &go, None).await.unwrap();
         r.leave(&c, &go).await.unwrap();
         r.logout(&c).await.unwrap();
         // Bob joins Alice's room, then goes: both are hers to know.
-        r.join(&b, &rust).await.unwrap();
+        r.join(&b, &rust, None).await.unwrap();
         r.logout(&b).await.unwrap();
         r.logout(&a).await.unwrap();
         let mut seen = Vec::new();

@@ -52,6 +52,19 @@ pub struct Session {
     pub reclaimed: bool,
 }
 
+/// A room's creation event as a member's history shows it: its author owns
+/// the room. The router checks the event's signature against `key` before
+/// a registry sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creation {
+    /// The author, as written in the event.
+    pub owner: String,
+    pub key: PublicKey,
+    /// Send time, author (lowercased), incarnation, seq: of two creation
+    /// events for one room the smaller counts, as it does at the peers.
+    pub order: (i64, String, u64, u64),
+}
+
 /// A room and its members, as of `revision`.
 #[derive(Debug, Clone)]
 pub struct RoomSnapshot {
@@ -142,13 +155,22 @@ pub trait Registry: Send + Sync + 'static {
     /// Ends the session: leaves every room, goes offline.
     async fn logout(&self, token: &str) -> Result<(), RegistryError>;
 
-    /// Joins `room`, creating it with the caller as owner if it is new.
-    async fn join(&self, token: &str, room: &Room) -> Result<RoomSnapshot, RegistryError>;
+    /// Joins `room`, creating it if it is new. The owner is the author of
+    /// the earliest `creation` shown for the room, or, while none has been,
+    /// the caller that made it; a creation whose author is bound to another
+    /// key is ignored. Leaving does not hand ownership on.
+    async fn join(
+        &self,
+        token: &str,
+        room: &Room,
+        creation: Option<&Creation>,
+    ) -> Result<RoomSnapshot, RegistryError>;
 
     /// Leaves `room`; a room left empty is gone.
     async fn leave(&self, token: &str, room: &Room) -> Result<(), RegistryError>;
 
-    /// Deletes `room`: owner only; every member is removed.
+    /// Deletes `room`: its owner only (nick and key); every member is
+    /// removed.
     async fn delete_room(&self, token: &str, room: &Room) -> Result<(), RegistryError>;
 
     /// The online user holding `nick`, and the key it is bound to. Lookups

@@ -23,7 +23,7 @@ use crate::identity::{login_bytes, Identity, PublicKey};
 use crate::names::{Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
-use crate::registry::{Event, EventKind, Member, Registry, RegistryError};
+use crate::registry::{Creation, Event, EventKind, Member, Registry, RegistryError};
 use crate::tls::{Tls, TlsError};
 
 /// Largest request the router decodes: its messages are names and tokens.
@@ -131,6 +131,38 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 fn room_arg(room: &str) -> Result<Room, Status> {
     Room::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The creation event a joiner shows, checked: a valid creation event of
+/// this room, signed by `creator_key`. A join without one is plain; a join
+/// with a broken one is refused, so no bad proof is ever half-used.
+fn creation_arg(
+    room: &Room,
+    event: Option<proto::ChatMessage>,
+    creator_key: &[u8],
+) -> Result<Option<Creation>, Status> {
+    let Some(event) = event else {
+        return Ok(None);
+    };
+    let bad = |why: &str| Status::invalid_argument(format!("creation event of {room}: {why}"));
+    crate::message::valid_message(&event).map_err(|e| bad(&e.to_string()))?;
+    if event.kind != proto::Kind::Created as i32 || event.conversation != room.key() {
+        return Err(bad("not this room's creation"));
+    }
+    let key = PublicKey::from_bytes(creator_key).map_err(|e| bad(&e.to_string()))?;
+    if !key.verify_message(&event) {
+        return Err(bad("the signature does not check with the key given"));
+    }
+    Ok(Some(Creation {
+        order: (
+            event.sent_at_ms,
+            event.author.to_ascii_lowercase(),
+            event.incarnation,
+            event.seq,
+        ),
+        owner: event.author,
+        key,
+    }))
 }
 
 /// Login challenges handed out and not used yet. Each is good once, for
@@ -255,7 +287,11 @@ impl Router for RouterService {
     ) -> Result<Response<proto::JoinRoomResponse>, Status> {
         let req = req.into_inner();
         let room = room_arg(&req.room)?;
-        let s = self.registry.join(&req.token, &room).await?;
+        let creation = creation_arg(&room, req.creation, &req.creator_key)?;
+        let s = self
+            .registry
+            .join(&req.token, &room, creation.as_ref())
+            .await?;
         Ok(Response::new(proto::JoinRoomResponse {
             room: s.name,
             members: s.members.into_iter().map(Into::into).collect(),

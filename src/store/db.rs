@@ -15,7 +15,7 @@ use crate::proto::{ChatMessage, VectorEntry};
 const APPLICATION_ID: i32 = 0x5052_4c59;
 /// `PRAGMA user_version`: the schema revision. A file at an older revision is
 /// upgraded in place at open; a newer one is refused.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// How far past what is held a received message's seq or Lamport time may
 /// run: see [`implausible`].
@@ -111,6 +111,11 @@ CREATE INDEX outbox_order
     "ALTER TABLE messages ADD COLUMN signature BLOB NOT NULL DEFAULT x'';
      -- Logins are proven by the identity key now (see identity.rs).
      DELETE FROM meta WHERE key = 'reclaim_secret';",
+    // Revision 4: a message may be an event of its conversation (a room's
+    // creation); see proto Kind. A room's creation events are looked up by
+    // send time to find its owner.
+    "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX messages_events ON messages (conversation, kind, sent_at_ms) WHERE kind != 0;",
 ];
 const _: () = assert!(MIGRATIONS.len() + 1 == SCHEMA_VERSION as usize);
 
@@ -265,6 +270,7 @@ fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
         sent_at_ms: r.get(5)?,
         body: r.get(6)?,
         signature: r.get(7)?,
+        kind: r.get(8)?,
     })
 }
 
@@ -295,8 +301,8 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
              (conversation, author_lower, incarnation, seq, lamport, author, sent_at_ms, body,
-              signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+              signature, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             m.conversation,
@@ -307,7 +313,8 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
             m.author,
             m.sent_at_ms,
             m.body,
-            m.signature
+            m.signature,
+            m.kind
         ])?;
     if added == 0 {
         // Already held: nothing changes. The gap is still reported, so a
@@ -429,7 +436,7 @@ pub(crate) fn append_own(
     conversation: &str,
     author: &str,
     incarnation: u64,
-    body: &str,
+    (kind, body): (crate::proto::Kind, &str),
     sent_at_ms: i64,
     pending: &[String],
     signer: Option<&crate::identity::Identity>,
@@ -457,6 +464,7 @@ pub(crate) fn append_own(
         sent_at_ms,
         body: body.to_string(),
         signature: Vec::new(),
+        kind: kind as i32,
     };
     if let Some(id) = signer {
         id.sign_message(&mut msg);
@@ -553,13 +561,13 @@ const PULL_LAST_SEQ: &str = "SELECT max(seq) FROM messages
 /// `rowid <= watermark` leaves messages stored since the pull started to
 /// the arrival-order part.
 const PULL_RUN: &str =
-    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
+    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
      FROM messages
      WHERE conversation = ?1 AND author_lower = ?2 AND incarnation = ?3
        AND seq > ?4 AND seq <= ?5 AND rowid <= ?6
      ORDER BY seq LIMIT ?7";
 const PULL_SINCE: &str =
-    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature,
+    "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind,
             rowid
      FROM messages WHERE conversation = ?1 AND rowid > ?2
      ORDER BY rowid LIMIT ?3";
@@ -651,7 +659,7 @@ pub(crate) fn missing_page(
     let (mut read, mut last_rowid) = (0, after_rowid);
     while let Some(r) = rows.next()? {
         let m = row_to_msg(r)?;
-        last_rowid = r.get(8)?;
+        last_rowid = r.get(9)?;
         read += 1;
         let lower = m.author.to_ascii_lowercase();
         if author.as_ref().is_none_or(|a| *a == lower) && m.seq > covers(&lower, m.incarnation) {
@@ -827,20 +835,20 @@ pub(crate) enum Direction {
 /// the row value does the exact tie-break.
 const ORDERED_PAGES: [(&str, &str); 2] = [
     (
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
          FROM messages WHERE conversation = ?1
          ORDER BY lamport, author_lower, incarnation, seq LIMIT ?2",
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
          FROM messages
          WHERE conversation = ?1 AND lamport >= ?2
            AND (lamport, author_lower, incarnation, seq) > (?2, ?3, ?4, ?5)
          ORDER BY lamport, author_lower, incarnation, seq LIMIT ?6",
     ),
     (
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
          FROM messages WHERE conversation = ?1
          ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC LIMIT ?2",
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
          FROM messages
          WHERE conversation = ?1 AND lamport <= ?2
            AND (lamport, author_lower, incarnation, seq) < (?2, ?3, ?4, ?5)
@@ -932,10 +940,28 @@ fn for_each_outbox_row(
     Ok(())
 }
 
+/// The conversation's earliest creation event by send time (then author,
+/// incarnation, seq: the same pick everywhere), if any is held.
+pub(crate) fn creation(
+    conn: &Connection,
+    conversation: &str,
+) -> rusqlite::Result<Option<ChatMessage>> {
+    conn.prepare_cached(
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
+         FROM messages WHERE conversation = ?1 AND kind = ?2
+         ORDER BY sent_at_ms, author_lower, incarnation, seq LIMIT 1",
+    )?
+    .query_row(
+        params![conversation, crate::proto::Kind::Created as i32],
+        row_to_msg,
+    )
+    .optional()
+}
+
 /// Ordered by the outbox's own columns so `outbox_order` serves it and the
 /// read stops at the limit instead of sorting the whole queue.
 const OUTBOX_PAGE: &str =
-    "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms, m.body, m.signature
+    "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms, m.body, m.signature, m.kind
      FROM outbox o JOIN messages m
        ON m.conversation = o.conversation AND m.author_lower = o.author_lower
       AND m.incarnation = o.incarnation AND m.seq = o.seq

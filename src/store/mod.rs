@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
 
-use crate::proto::{ChatMessage, VectorEntry};
+use crate::proto::{ChatMessage, Kind, VectorEntry};
 use db::Direction;
 
 /// The most commands one transaction takes, so a flood of callers cannot
@@ -313,6 +313,27 @@ impl Store {
         sent_at_ms: i64,
         pending: Vec<String>,
     ) -> Result<ChatMessage, StoreError> {
+        self.append_own_kind(
+            conversation,
+            author,
+            incarnation,
+            (Kind::Text, body),
+            sent_at_ms,
+            pending,
+        )
+        .await
+    }
+
+    /// [`Store::append_own`] for a message of any kind (an event).
+    pub async fn append_own_kind(
+        &self,
+        conversation: &str,
+        author: &str,
+        incarnation: u64,
+        (kind, body): (Kind, &str),
+        sent_at_ms: i64,
+        pending: Vec<String>,
+    ) -> Result<ChatMessage, StoreError> {
         let (conversation, author, body) = (
             conversation.to_string(),
             author.to_string(),
@@ -325,13 +346,20 @@ impl Store {
                 &conversation,
                 &author,
                 incarnation,
-                &body,
+                (kind, &body),
                 sent_at_ms,
                 &pending,
                 signer.as_deref(),
             )
         })
         .await
+    }
+
+    /// The room's creation event as this history holds it: the earliest
+    /// by send time. Its author owns the room.
+    pub async fn creation(&self, conversation: &str) -> Result<Option<ChatMessage>, StoreError> {
+        let conversation = conversation.to_string();
+        self.call(move |c| db::creation(c, &conversation)).await
     }
 
     /// The conversation's message count and version vector.

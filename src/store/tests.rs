@@ -14,6 +14,7 @@ fn msg(conv: &str, author: &str, inc: u64, seq: u64, lamport: u64) -> ChatMessag
         sent_at_ms: 1_700_000_000_000 + lamport as i64,
         body: format!("{author} {seq}"),
         signature: Vec::new(),
+        kind: 0,
     }
 }
 
@@ -847,7 +848,7 @@ async fn version_1_history_is_upgraded_in_place() {
     assert_eq!((own.seq, own.lamport), (2, 2));
     drop(s);
 
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     let s = Store::open(&path).unwrap();
     assert_eq!(s.identity(), identity);
     assert_eq!(s.rooms().await.unwrap(), ["#old"]);
@@ -860,15 +861,15 @@ fn newer_schema_is_refused_and_left_untouched() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("history.db");
     drop(Store::open(&path).unwrap());
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     Connection::open(&path)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 4")
+        .execute_batch("PRAGMA user_version = 5")
         .unwrap();
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("schema version 4"), "{err}");
+    assert!(err.to_string().contains("schema version 5"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -967,4 +968,38 @@ async fn clocks_that_run_implausibly_far_ahead_are_not_stored() {
         .await
         .unwrap();
     assert!(near.new && near.gap && !near.implausible);
+}
+
+#[tokio::test]
+async fn a_rooms_creation_is_its_earliest_creation_event_by_send_time() {
+    let dir = TempDir::new().unwrap();
+    let key = Arc::new(crate::identity::Identity::generate());
+    let s = Store::open_signed(&dir.path().join("history.db"), Some(key.clone())).unwrap();
+    assert_eq!(s.creation("#r").await.unwrap(), None);
+    s.insert(msg("#r", "bob", 9, 1, 1)).await.unwrap();
+    assert_eq!(s.creation("#r").await.unwrap(), None);
+    let inc = s.identity().incarnation;
+    let own = s
+        .append_own_kind("#r", "carol", inc, (Kind::Created, "#r"), 2_000, vec![])
+        .await
+        .unwrap();
+    // Signed with its kind: the same event as text would not check.
+    assert!(key.public().verify_message(&own));
+    assert!(!key.public().verify_message(&ChatMessage {
+        kind: Kind::Text as i32,
+        ..own.clone()
+    }));
+    assert_eq!(s.creation("#r").await.unwrap().as_ref(), Some(&own));
+    // An earlier one (the room existed before carol made it anew) wins,
+    // and comes back with its kind.
+    let earlier = ChatMessage {
+        kind: Kind::Created as i32,
+        sent_at_ms: 1_000,
+        body: "#R".into(),
+        ..msg("#r", "alice", 3, 1, 1)
+    };
+    s.insert(earlier.clone()).await.unwrap();
+    assert_eq!(s.creation("#r").await.unwrap(), Some(earlier.clone()));
+    assert!(s.all("#r").await.unwrap().contains(&earlier));
+    assert_eq!(s.creation("#other").await.unwrap(), None);
 }

@@ -22,6 +22,10 @@ pub struct MessageView {
     pub sent_at_ms: i64,
     /// Arrived after later messages were already shown (written in a partition).
     pub late: bool,
+    /// Absent for a line someone wrote; `"created"` for a room's creation
+    /// event (its author owns the room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// One room in a `rooms` listing.
@@ -264,6 +268,15 @@ impl Output {
 
 /// `12:03 #rust <bob> hello`, with `[late]` before the body of a late one.
 fn message_line(m: &MessageView) -> String {
+    if m.kind.as_deref() == Some("created") {
+        return clean(&format!(
+            "{} {} -- {} created {}",
+            clock(m.sent_at_ms),
+            m.conversation,
+            m.from,
+            m.body
+        ));
+    }
     let late = if m.late { "[late] " } else { "" };
     let head = format!(
         "{} {} <{}> {late}",
@@ -330,6 +343,7 @@ mod tests {
             lamport: 42,
             sent_at_ms: 1_700_000_000_000,
             late,
+            kind: None,
         }
     }
 
@@ -454,6 +468,19 @@ mod tests {
             private.to_human(),
             format!("{hhmm} @bob <bob> hello  there")
         );
+    }
+
+    #[test]
+    fn a_creation_event_reads_as_one_and_says_so_in_json() {
+        let hhmm = clock(1_700_000_000_000);
+        let m = Output::Message(MessageView {
+            from: "alice".into(),
+            body: "#Rust".into(),
+            kind: Some("created".into()),
+            ..view(false)
+        });
+        assert_eq!(m.to_human(), format!("{hhmm} #rust -- alice created #Rust"));
+        assert_eq!(json_of(&m)["kind"], "created");
     }
 
     #[test]

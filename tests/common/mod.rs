@@ -179,9 +179,13 @@ impl TestPeer {
             .unwrap()
     }
 
-    /// Every message this peer holds for a conversation, in display order.
+    /// Every text message this peer holds for a conversation, in display
+    /// order (a room's creation event left out: the tests count what
+    /// people wrote).
     pub async fn history(&self, conv: &str) -> Vec<ChatMessage> {
-        self.peer.store().all(conv).await.unwrap()
+        let mut all = self.peer.store().all(conv).await.unwrap();
+        all.retain(|m| m.kind == parley::proto::Kind::Text as i32);
+        all
     }
 
     /// Waits for the next message event (10 s at most).
@@ -341,7 +345,8 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 
-    /// The messages of `/history CONV` (all of them), as (from, seq, body).
+    /// The text messages of `/history CONV` (all of them, a room's
+    /// creation event left out), as (from, seq, body).
     pub async fn history(&mut self, conv: &str) -> Vec<(String, u64, String)> {
         self.send(&format!("/history {conv} 1000000")).await;
         let h = self.event("history").await;
@@ -349,6 +354,7 @@ impl Proc {
             .as_array()
             .unwrap()
             .iter()
+            .filter(|m| m.get("kind").is_none())
             .map(|m| {
                 (
                     m["from"].as_str().unwrap().to_owned(),
