@@ -59,8 +59,9 @@ pub async fn serve_peer(
     router: String,
     rooms: Vec<Room>,
     data_dir: PathBuf,
+    unsigned: bool,
 ) -> anyhow::Result<()> {
-    let peer = node::start_peer(&nick, &router, data_dir, &rooms).await?;
+    let peer = node::start_peer(&nick, &router, data_dir, &rooms, unsigned).await?;
     ready(peer.listen_addr());
     until_stopped().await;
     peer.shutdown().await;

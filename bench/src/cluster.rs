@@ -127,6 +127,8 @@ pub struct Cluster {
 pub struct MemberSpec {
     pub nick: Nick,
     pub rooms: Vec<Room>,
+    /// Neither signs nor checks (the `private-unsigned` comparison).
+    pub unsigned: bool,
 }
 
 impl Cluster {
@@ -174,9 +176,14 @@ impl Cluster {
     }
 
     /// Starts a sending peer in this process, joined to `rooms`.
-    pub async fn add_sender(&mut self, nick: Nick, rooms: &[Room]) -> anyhow::Result<Peer> {
+    pub async fn add_sender(
+        &mut self,
+        nick: Nick,
+        rooms: &[Room],
+        unsigned: bool,
+    ) -> anyhow::Result<Peer> {
         let dir = data_dir(self.dir.path(), &nick);
-        let peer = node::start_peer(&nick, &self.router_addr, dir, rooms).await?;
+        let peer = node::start_peer(&nick, &self.router_addr, dir, rooms, unsigned).await?;
         self.senders.push(peer.clone());
         Ok(peer)
     }
@@ -232,7 +239,7 @@ fn data_dir(root: &Path, nick: &Nick) -> PathBuf {
 
 async fn start_local_member(spec: MemberSpec, router: &str, root: &Path) -> anyhow::Result<Member> {
     let dir = data_dir(root, &spec.nick);
-    let peer = node::start_peer(&spec.nick, router, dir, &spec.rooms).await?;
+    let peer = node::start_peer(&spec.nick, router, dir, &spec.rooms, spec.unsigned).await?;
     Ok(Member {
         addr: peer.listen_addr().to_string(),
         nick: spec.nick,
@@ -262,6 +269,9 @@ async fn start_member_proc(
     for room in &spec.rooms {
         args.push("--join".to_owned());
         args.push(room.to_string());
+    }
+    if spec.unsigned {
+        args.push("--unsigned".to_owned());
     }
     let log = root.join(format!("{}.log", spec.nick.key()));
     let (p, addr) = ChildProc::spawn(spec.nick.as_str(), exe, &args, &log).await?;

@@ -40,8 +40,8 @@ use crate::scenario::{Options, Scenario};
 #[command(version, about)]
 struct Args {
     /// A scenario to run (repeatable; default all): floor, private,
-    /// private-both, room-3, room-20, room-3-two-senders, throughput
-    /// (= throughput-private and throughput-room-20).
+    /// private-unsigned, private-both, room-3, room-20, room-3-two-senders,
+    /// throughput (= throughput-private and throughput-room-20).
     #[arg(long = "scenario", value_name = "NAME", value_parser = |s: &str| Scenario::select(s))]
     scenarios: Vec<Vec<Scenario>>,
     /// Messages per sender and scenario (throughput sends 10x this).
@@ -85,6 +85,9 @@ enum Child {
         join: Vec<Room>,
         #[arg(long)]
         data_dir: PathBuf,
+        /// Neither sign nor check (the private-unsigned comparison).
+        #[arg(long)]
+        unsigned: bool,
     },
 }
 
@@ -116,7 +119,8 @@ fn main() -> ExitCode {
                 router,
                 join,
                 data_dir,
-            }) => child::serve_peer(nick, router, join, data_dir)
+                unsigned,
+            }) => child::serve_peer(nick, router, join, data_dir, unsigned)
                 .await
                 .map(|()| None),
             None => {

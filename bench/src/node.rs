@@ -33,14 +33,17 @@ pub fn registry() -> anyhow::Result<Arc<dyn Registry>> {
 }
 
 /// Starts a peer with the library's defaults, logged in to `router` and
-/// joined to `rooms`, its events drained.
+/// joined to `rooms`, its events drained. `unsigned`: a peer that neither
+/// signs nor checks, for the `private-unsigned` comparison only.
 pub async fn start_peer(
     nick: &Nick,
     router: &str,
     data_dir: PathBuf,
     rooms: &[Room],
+    unsigned: bool,
 ) -> anyhow::Result<Peer> {
-    let config = PeerConfig::new(nick.clone(), router, listener().await?, data_dir);
+    let mut config = PeerConfig::new(nick.clone(), router, listener().await?, data_dir);
+    config.unsigned = unsigned;
     let (peer, events) = Peer::start(config)
         .await
         .with_context(|| format!("cannot start peer {nick}"))?;

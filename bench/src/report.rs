@@ -35,6 +35,28 @@ pub fn targets(report: &Report) -> Vec<Target> {
             Scenario::Private => out.push(p50(2.0)),
             Scenario::Room3 => out.push(p50(3.0)),
             Scenario::Room20 => out.push(p50(10.0)),
+            Scenario::PrivateUnsigned => {
+                // What signing and checking add, both pairs in this run.
+                let signed = report
+                    .results
+                    .iter()
+                    .find(|s| s.scenario == Scenario::Private);
+                if let Some(signed) = signed {
+                    let unsigned = r.summary.p50_us;
+                    let value = if unsigned > 0.0 {
+                        signed.summary.p50_us / unsigned
+                    } else {
+                        0.0
+                    };
+                    out.push(Target {
+                        scenario: Scenario::Private.name(),
+                        what: "p50 at most 1.3x private-unsigned".into(),
+                        limit: 1.3,
+                        value,
+                        met: value > 0.0 && value <= 1.3,
+                    });
+                }
+            }
             Scenario::ThroughputPrivate => out.push(Target {
                 scenario: r.scenario.name(),
                 what: "at least 20000 messages/s".into(),
@@ -192,7 +214,7 @@ pub fn table(report: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "target {:<20} {:<32} {:>14}  {}",
+            "target {:<20} {:<34} {:>14}  {}",
             t.scenario,
             t.what,
             value,

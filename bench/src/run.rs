@@ -257,9 +257,19 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             MemberSpec {
                 nick: nick(&format!("m{i:02}")),
                 rooms,
+                unsigned: false,
             }
         })
         .collect();
+    // The unsigned pair has a member of its own: no peer both signs and not.
+    let mut specs = specs;
+    if has(Scenario::PrivateUnsigned) {
+        specs.push(MemberSpec {
+            nick: nick("u01"),
+            rooms: Vec::new(),
+            unsigned: true,
+        });
+    }
 
     let bar = progress_bar(&options, &selected);
     bar.set_message("starting router and peers");
@@ -354,14 +364,19 @@ async fn measure_all(
     if has(Scenario::Room3TwoSenders) {
         a_rooms.push(room3two.clone());
     }
-    let a = cluster.add_sender(nick("bench-a"), &a_rooms).await?;
+    let a = cluster.add_sender(nick("bench-a"), &a_rooms, false).await?;
+    let u = if has(Scenario::PrivateUnsigned) {
+        Some(cluster.add_sender(nick("bench-u"), &[], true).await?)
+    } else {
+        None
+    };
     let b = if has(Scenario::PrivateBoth) || has(Scenario::Room3TwoSenders) {
         let b_rooms: Vec<Room> = a_rooms
             .iter()
             .filter(|r| **r == room3two)
             .cloned()
             .collect();
-        Some(cluster.add_sender(nick("bench-b"), &b_rooms).await?)
+        Some(cluster.add_sender(nick("bench-b"), &b_rooms, false).await?)
     } else {
         None
     };
@@ -388,6 +403,13 @@ async fn measure_all(
                 warm_up(&a, &t, &body).await;
                 start = Instant::now();
                 sequential(&a, &t, &body, n, bar).await
+            }
+            Scenario::PrivateUnsigned => {
+                let u = u.as_ref().expect("bench-u starts for private-unsigned");
+                let t = Target::Private(nick("u01"));
+                warm_up(u, &t, &body).await;
+                start = Instant::now();
+                sequential(u, &t, &body, n, bar).await
             }
             Scenario::PrivateBoth => {
                 let b = b.as_ref().expect("bench-b starts for private-both");

@@ -21,6 +21,9 @@ pub enum Scenario {
     /// A bare `Ping` on a kept channel: the wire's own cost.
     Floor,
     Private,
+    /// `private` between two peers that neither sign nor check: what
+    /// signatures cost, measured in the same run.
+    PrivateUnsigned,
     PrivateBoth,
     Room3,
     Room20,
@@ -30,9 +33,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Floor,
         Scenario::Private,
+        Scenario::PrivateUnsigned,
         Scenario::PrivateBoth,
         Scenario::Room3,
         Scenario::Room20,
@@ -46,6 +50,7 @@ impl Scenario {
         match self {
             Scenario::Floor => "floor",
             Scenario::Private => "private",
+            Scenario::PrivateUnsigned => "private-unsigned",
             Scenario::PrivateBoth => "private-both",
             Scenario::Room3 => "room-3",
             Scenario::Room20 => "room-20",

@@ -4,9 +4,10 @@
 
 use std::process::Command;
 
-const ROWS: [&str; 8] = [
+const ROWS: [&str; 9] = [
     "floor",
     "private",
+    "private-unsigned",
     "private-both",
     "room-3",
     "room-20",
@@ -69,6 +70,14 @@ fn run_bench(extra: &[&str]) {
         let shown: f64 = cells[14].parse().unwrap();
         assert!((msgs_per_s.round() - shown).abs() <= 1.0, "{line} vs {row}");
     }
+    // Signatures' cost is stated against the unsigned pair of the same run.
+    let targets = doc["targets"].as_array().unwrap();
+    assert!(
+        targets.iter().any(|t| t["scenario"] == "private"
+            && t["what"].as_str().unwrap().contains("private-unsigned")
+            && t["value"].as_f64().unwrap() > 0.0),
+        "{targets:?}"
+    );
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg") && picture.contains("room-3-two-senders"));
 }

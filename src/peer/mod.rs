@@ -119,6 +119,12 @@ pub struct PeerConfig {
     /// The router's key fingerprint, when given (`--router-key`); else the
     /// key pinned on first contact.
     pub router_key: Option<String>,
+    /// Neither sign nor check messages. Only for `bench`'s one comparison
+    /// of what signatures cost (scenario `private-unsigned`); the `peer`
+    /// binary never sets it, and every peer that checks refuses what such
+    /// a peer sends.
+    #[doc(hidden)]
+    pub unsigned: bool,
 }
 
 impl PeerConfig {
@@ -138,6 +144,7 @@ impl PeerConfig {
             advertise: None,
             sync_interval: DEFAULT_SYNC_INTERVAL,
             router_key: None,
+            unsigned: false,
         }
     }
 }
@@ -198,11 +205,13 @@ impl Peer {
     /// and the events the person should see.
     pub async fn start(config: PeerConfig) -> Result<(Peer, mpsc::Receiver<PeerEvent>), PeerError> {
         let dir = config.data_dir.clone();
+        let unsigned = config.unsigned;
         let (dir_lock, store, key, known) = tokio::task::spawn_blocking(move || {
             let lock = lock_data_dir(&dir)?;
             let key = Arc::new(Key::load_or_create(&dir.join("identity.key"))?);
             let known = KnownKeys::open(&dir.join("known_keys"))?;
-            let store = Store::open_signed(&dir.join("history.db"), Some(key.clone()))?;
+            let signer = (!unsigned).then(|| key.clone());
+            let store = Store::open_signed(&dir.join("history.db"), signer)?;
             Ok::<_, PeerError>((lock, store, key, known))
         })
         .await
@@ -291,7 +300,7 @@ impl Peer {
 
         // Serve before logging in: the router hands our address to others
         // the moment we are online.
-        peer.spawn_server(config.listener, &tls);
+        peer.spawn_server(config.listener, &tls, !unsigned);
         if let Err(e) = peer.inner.session.login().await {
             peer.stop_now().await;
             return Err(e.into());
@@ -383,9 +392,10 @@ impl Peer {
         Ok(key)
     }
 
-    fn spawn_server(&self, listener: TcpListener, tls: &Tls) {
+    fn spawn_server(&self, listener: TcpListener, tls: &Tls, check_signatures: bool) {
         let inner = &self.inner;
         let service = chat::ChatService {
+            check_signatures,
             store: inner.store.clone(),
             session: inner.session.clone(),
             rooms: inner.rooms.clone(),
