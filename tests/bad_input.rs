@@ -374,7 +374,13 @@ async fn an_expired_token_is_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    let err = c.watch(WatchRequest { token }).await.unwrap_err();
+    let err = c
+        .watch(WatchRequest {
+            token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     // Nothing was created by the refused join.
     let rooms = c

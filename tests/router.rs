@@ -214,6 +214,7 @@ async fn errors_carry_the_right_codes() {
         let err = c
             .watch(WatchRequest {
                 token: token.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -295,6 +296,7 @@ async fn watch_streams_presence_and_membership() {
     let mut events = c
         .watch(WatchRequest {
             token: alice.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -388,7 +390,10 @@ async fn shutdown_ends_open_watch_streams() {
     let mut c = router.client().await;
     let alice = login(&mut c, "alice", 7001).await;
     let mut events = c
-        .watch(WatchRequest { token: alice })
+        .watch(WatchRequest {
+            token: alice,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -555,7 +560,13 @@ async fn router_binary_prints_its_address_and_stops_on_sigterm() {
     assert!(busy.stdout.is_empty());
 
     // SIGTERM, with a Watch stream open: the router still exits promptly.
-    let _events = c.watch(WatchRequest { token }).await.unwrap();
+    let _events = c
+        .watch(WatchRequest {
+            token,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -580,4 +591,40 @@ async fn router_binary_prints_its_address_and_stops_on_sigterm() {
         rest.is_empty(),
         "stdout holds only the listen and key lines: {rest:?}"
     );
+}
+
+#[tokio::test]
+async fn a_watch_follows_the_presence_of_private_partners_it_names() {
+    let router = TestRouter::start(TTL).await;
+    let mut c = router.client().await;
+    let alice = login(&mut c, "alice", 7001).await;
+    let err = c
+        .watch(WatchRequest {
+            token: alice.clone(),
+            follow: vec!["#not-a-nick".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut events = c
+        .watch(WatchRequest {
+            token: alice.clone(),
+            follow: vec!["Bob".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Carol is not followed; bob, sharing no room with alice, is.
+    login(&mut c, "carol", 7003).await;
+    login(&mut c, "bob", 7002).await;
+    let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match e.kind {
+        Some(registry_event::Kind::UserOnline(m)) => assert_eq!(m.nick, "bob"),
+        other => panic!("{other:?}"),
+    }
+    router.stop().await;
 }

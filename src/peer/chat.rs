@@ -228,6 +228,8 @@ impl Chat for ChatService {
                         "not a party to that private conversation",
                     ));
                 }
+                // A new partner may share no room: follow its presence.
+                self.session.follow(&author);
             }
         }
         let inserted = self.store.insert(msg.clone()).await?;

@@ -305,6 +305,8 @@ impl Peer {
             peer.stop_now().await;
             return Err(e.into());
         }
+        let partners = peer.inner.sync.private_partners().await;
+        peer.inner.session.seed_follow(partners);
         peer.inner.session.spawn_loops();
         let back = peer.rejoin(false).await;
         peer.spawn(|p| async move { p.react(session_events).await });
@@ -744,6 +746,7 @@ impl Peer {
             return Err(PeerError::ToSelf);
         }
         let conv = private_key(self.nick(), nick);
+        self.inner.session.follow(nick);
         let (online, offline) = match self.inner.session.lookup_user(nick).await {
             // Reported under the nick as the person wrote it.
             Some(m) => (

@@ -9,6 +9,7 @@
 //! peer, which runs it in its own task, so a long sync can never hold up
 //! the heartbeats that keep the lease alive.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::identity::{login_bytes, Identity, PublicKey};
 use crate::names::{Nick, Room};
 use crate::proto::router_client::RouterClient;
 use crate::proto::{self, ChatMessage, Member};
+use crate::registry::MAX_FOLLOW;
 use crate::tls::{Expect, Tls};
 use crate::trust::{KnownKeys, Trust};
 
@@ -118,6 +120,10 @@ struct Inner {
     /// Wakes the watch loop out of its backoff after a new login, so the
     /// picture is current again at once.
     rewatch: Notify,
+    /// The private partners whose presence the watch follows (key → nick
+    /// as written), and a wake-up to watch again when one is added.
+    follow: Mutex<BTreeMap<String, Nick>>,
+    refollow: Notify,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -153,6 +159,8 @@ impl Session {
                 world: World::default(),
                 events,
                 rewatch: Notify::new(),
+                follow: Mutex::new(BTreeMap::new()),
+                refollow: Notify::new(),
                 stop,
                 tasks,
             }),
@@ -172,6 +180,45 @@ impl Session {
 
     pub fn world(&self) -> &World {
         &self.inner.world
+    }
+
+    /// Follows `nick`'s presence (a private partner, who may share no
+    /// room): the watch carries its comings and goings from now on, so
+    /// what waits for it is sent when it comes online. At most
+    /// [`MAX_FOLLOW`] are followed; past that, the newest are not.
+    pub fn follow(&self, nick: &Nick) {
+        if nick.key() == self.nick().key() {
+            return;
+        }
+        let added = {
+            let mut follow = self.inner.follow.lock().unwrap_or_else(|p| p.into_inner());
+            if follow.len() >= MAX_FOLLOW || follow.contains_key(&nick.key()) {
+                false
+            } else {
+                follow.insert(nick.key(), nick.clone());
+                true
+            }
+        };
+        if added {
+            self.inner.refollow.notify_one();
+        }
+    }
+
+    /// Follows `nicks` before the watch first opens (no need to wake it).
+    pub fn seed_follow(&self, nicks: Vec<Nick>) {
+        let mut follow = self.inner.follow.lock().unwrap_or_else(|p| p.into_inner());
+        let me = self.nick().key();
+        for nick in nicks.into_iter().filter(|n| n.key() != me) {
+            if follow.len() >= MAX_FOLLOW {
+                break;
+            }
+            follow.insert(nick.key(), nick);
+        }
+    }
+
+    fn follows(&self) -> Vec<String> {
+        let follow = self.inner.follow.lock().unwrap_or_else(|p| p.into_inner());
+        follow.values().map(|n| n.to_string()).collect()
     }
 
     pub fn nick(&self) -> &Nick {
@@ -357,6 +404,7 @@ impl Session {
     async fn watch_loop(&self) {
         let mut backoff = Backoff::new();
         let mut first = true;
+        let mut refollowed = false;
         loop {
             let token = self.token();
             let opened = self
@@ -365,6 +413,7 @@ impl Session {
                 .clone()
                 .watch(proto::WatchRequest {
                     token: token.clone(),
+                    follow: self.follows(),
                 })
                 .await;
             match opened {
@@ -375,13 +424,19 @@ impl Session {
                     // down are not replayed.
                     self.refresh_users().await;
                     self.refresh_rooms().await;
-                    if !first {
+                    if !first && !refollowed {
                         self.emit(SessionEvent::Reconnected);
                     }
                     first = false;
+                    refollowed = false;
                     loop {
                         let next = tokio::select! {
                             _ = self.inner.stop.cancelled() => return,
+                            // A new partner to follow: watch again at once.
+                            _ = self.inner.refollow.notified() => {
+                                refollowed = true;
+                                break;
+                            }
                             n = stream.next() => n,
                         };
                         match next {
@@ -399,6 +454,9 @@ impl Session {
                     continue;
                 }
                 Err(s) => tracing::debug!(status = %s, "cannot open watch"),
+            }
+            if refollowed {
+                continue;
             }
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,

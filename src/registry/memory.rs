@@ -21,7 +21,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
+    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -549,7 +549,13 @@ impl Registry for MemoryRegistry {
         Ok(users)
     }
 
-    async fn watch(&self, token: &str) -> Result<EventStream, RegistryError> {
+    async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {
+        if follow.len() > MAX_FOLLOW {
+            return Err(RegistryError::InvalidArgument(format!(
+                "a watch follows at most {MAX_FOLLOW} nicks, not {}",
+                follow.len()
+            )));
+        }
         let (rx, nick) = {
             let state = self.shared.lock();
             let s = state.live(token, Instant::now())?;
@@ -562,6 +568,7 @@ impl Registry for MemoryRegistry {
             shared: self.shared.clone(),
             token: token.to_owned(),
             nick,
+            follow: follow.iter().map(Nick::key).collect(),
             done: false,
         }))
     }
@@ -574,7 +581,21 @@ struct Watcher {
     shared: Arc<Shared>,
     token: Token,
     nick: String,
+    /// Keys of the nicks whose presence this watcher follows.
+    follow: HashSet<String>,
     done: bool,
+}
+
+impl Watcher {
+    fn wants(&self, scoped: &Scoped) -> bool {
+        scoped.audience.contains(&self.token)
+            || match &scoped.event.kind {
+                EventKind::UserOnline(m) | EventKind::UserOffline(m) => {
+                    self.follow.contains(&m.nick.to_ascii_lowercase())
+                }
+                _ => false,
+            }
+    }
 }
 
 impl Stream for Watcher {
@@ -588,7 +609,7 @@ impl Stream for Watcher {
         let item = loop {
             match std::task::ready!(Pin::new(&mut this.events).poll_next(cx)) {
                 // Not this session's business: the next one.
-                Some(Ok(scoped)) if !scoped.audience.contains(&this.token) => continue,
+                Some(Ok(scoped)) if !this.wants(&scoped) => continue,
                 Some(Ok(scoped)) => break Some(Ok(scoped.event)),
                 other => break other.map(|r| r.map(|s| s.event)),
             }
@@ -654,7 +675,7 @@ mod tests {
         let b = login(&r, "bob").await;
         r.join(&a, &room("#rust"), None).await.unwrap();
         r.join(&b, &room("#rust"), None).await.unwrap();
-        let mut events = r.watch(&b).await.unwrap();
+        let mut events = r.watch(&b, &[]).await.unwrap();
 
         // Bob keeps his lease alive, Alice does not.
         for _ in 0..3 {
@@ -878,7 +899,7 @@ mod tests {
         let b = login(&r, "bob").await;
         r.join(&a, &room("#rust"), None).await.unwrap();
         r.join(&b, &room("#rust"), None).await.unwrap();
-        let mut events = r.watch(&b).await.unwrap();
+        let mut events = r.watch(&b, &[]).await.unwrap();
         let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
         assert!(matches!(err, RegistryError::NotOwner { .. }), "{err:?}");
         assert_eq!(
@@ -921,7 +942,7 @@ mod tests {
         assert_eq!(r.join(t, &room("#a"), None).await.unwrap_err(), unauth);
         assert_eq!(r.leave(t, &room("#a")).await.unwrap_err(), unauth);
         assert_eq!(r.delete_room(t, &room("#a")).await.unwrap_err(), unauth);
-        assert!(r.watch(t).await.is_err());
+        assert!(r.watch(t, &[]).await.is_err());
         assert_eq!(r.list_rooms(t).await.unwrap_err(), unauth);
         assert_eq!(r.list_users(t).await.unwrap_err(), unauth);
         assert_eq!(r.find_user(t, &nick("a")).await.unwrap_err(), unauth);
@@ -987,7 +1008,7 @@ mod tests {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;
         r.join(&a, &room("#x"), None).await.unwrap();
-        let mut events = r.watch(&a).await.unwrap();
+        let mut events = r.watch(&a, &[]).await.unwrap();
         r.logout(&a).await.unwrap();
         let obs = login(&r, "observer").await;
         assert!(r.find_room(&obs, &room("#x")).await.unwrap().is_none());
@@ -998,6 +1019,45 @@ mod tests {
         }
         assert_eq!(kinds.len(), 2, "{kinds:?}");
         assert!(matches!(kinds[1], EventKind::UserOffline(_)));
+    }
+    /// A watch follows the presence of the nicks it names (private
+    /// partners sharing no room), and of no others.
+    #[tokio::test]
+    async fn a_watch_carries_the_presence_of_those_it_follows() {
+        let r = MemoryRegistry::new(Duration::from_secs(10)).unwrap();
+        let a = login(&r, "alice").await;
+        let mut watch = r.watch(&a, &[nick("Bob")]).await.unwrap();
+        let c = login(&r, "carol").await;
+        let b = login(&r, "bob").await;
+        r.logout(&c).await.unwrap();
+        r.logout(&b).await.unwrap();
+        r.logout(&a).await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(e) = watch.next().await {
+            seen.push(e.unwrap().kind);
+        }
+        let names: Vec<(bool, String)> = seen
+            .iter()
+            .map(|k| match k {
+                EventKind::UserOnline(m) => (true, m.nick.clone()),
+                EventKind::UserOffline(m) => (false, m.nick.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (true, "bob".to_string()),
+                (false, "bob".to_string()),
+                (false, "alice".to_string())
+            ]
+        );
+        let many: Vec<Nick> = (0..=MAX_FOLLOW).map(|i| nick(&format!("n{i}"))).collect();
+        let d = login(&r, "dave").await;
+        assert!(matches!(
+            r.watch(&d, &many).await.err(),
+            Some(RegistryError::InvalidArgument(_))
+        ));
     }
 
     /// A watcher hears of its own rooms and of the users it shares one
@@ -1013,7 +1073,7 @@ mod tests {
         let rust = Room::parse("#rust").unwrap();
         let go = Room::parse("#go").unwrap();
         r.join(&a, &rust, None).await.unwrap();
-        let mut watch = r.watch(&a).await.unwrap();
+        let mut watch = r.watch(&a, &[]).await.unwrap();
         // Carol's room and Carol's presence are none of Alice's business.
         r.join(&c, &go, None).await.unwrap();
         r.leave(&c, &go).await.unwrap();

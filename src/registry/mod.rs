@@ -19,6 +19,9 @@ use crate::names::{NameError, Nick, Room};
 /// takes the same values.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 
+/// Most nicks one watch may follow.
+pub const MAX_FOLLOW: usize = 1024;
+
 /// A session token: 128 random bits, hex encoded.
 pub type Token = String;
 
@@ -190,8 +193,9 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Events from now on for the session holding `token`, only those it
     /// needs: membership changes of its own rooms, and the presence of the
-    /// users it shares a room with (and its own).
-    async fn watch(&self, token: &str) -> Result<EventStream, RegistryError>;
+    /// users it shares a room with, of those it `follow`s (its private
+    /// partners; at most [`MAX_FOLLOW`]), and its own.
+    async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError>;
 }
 
 /// A fresh session token: 128 random bits.

@@ -393,7 +393,14 @@ impl Router for RouterService {
         &self,
         req: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let mut events = self.registry.watch(&req.get_ref().token).await?;
+        let follow = req
+            .get_ref()
+            .follow
+            .iter()
+            .map(|n| Nick::parse(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("follow: {e}")))?;
+        let mut events = self.registry.watch(&req.get_ref().token, &follow).await?;
         let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         // A forwarding task, so the stream ends on the server's stop signal

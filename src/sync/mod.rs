@@ -372,6 +372,20 @@ impl Syncer {
             .collect()
     }
 
+    /// The other party of every private conversation held.
+    pub async fn private_partners(&self) -> Vec<Nick> {
+        match self.store().conversations().await {
+            Ok(keys) => keys
+                .iter()
+                .filter_map(|k| self.private_partner(k))
+                .collect(),
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot list conversations");
+                Vec::new()
+            }
+        }
+    }
+
     /// The other party of a private conversation key, if it is one of ours.
     fn private_partner(&self, key: &str) -> Option<Nick> {
         let Ok(Conversation::Private(a, b)) = Conversation::parse_key(key) else {
