@@ -157,6 +157,23 @@ async fn a_peer_that_cannot_start_says_why_in_one_line() {
         "{err}"
     );
 
+    // Several routers, none answering: one line naming every one.
+    let (code, err) = peer_exit(&[
+        "--nick",
+        "a",
+        "--router",
+        "127.0.0.1:1,127.0.0.1:2",
+        "--data-dir",
+        &dir("x2"),
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no router answers at any of 127.0.0.1:1,127.0.0.1:2"),
+        "{err}"
+    );
+
     let (_router, addr) = Proc::router(10).await;
     let _alice = Proc::peer(&addr, "alice", &tmp.path().join("alice"), &[]).await;
 

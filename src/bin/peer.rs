@@ -18,13 +18,16 @@ struct Args {
     /// Your nick: 1-32 of A-Z a-z 0-9 _ -.
     #[arg(long, value_parser = |s: &str| Nick::parse(s))]
     nick: Nick,
-    /// The router's address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    router: String,
+    /// The router's address; several, comma separated, are tried in
+    /// order: when one stops answering the peer moves to the next (routers
+    /// sharing one registry in etcd).
+    #[arg(long, value_name = "ADDR[,ADDR...]", default_value = "127.0.0.1:50051", value_delimiter = ',')]
+    router: Vec<String>,
     /// The router's key fingerprint (SHA256:..., the second line the router
-    /// prints). Without it the key met on first contact is pinned.
-    #[arg(long, value_name = "FINGERPRINT", value_parser = |s: &str| parley::identity::parse_fingerprint(s))]
-    router_key: Option<String>,
+    /// prints); with several routers, one per router in the same order, or
+    /// one for all. Without it the key met on first contact is pinned.
+    #[arg(long, value_name = "FINGERPRINT[,...]", value_delimiter = ',', value_parser = |s: &str| parley::identity::parse_fingerprint(s))]
+    router_key: Vec<String>,
     /// Where this peer's chat service listens; port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -82,10 +85,11 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let mut config = PeerConfig::new(args.nick.clone(), args.router, listener, data_dir);
+    let mut config = PeerConfig::new(args.nick.clone(), String::new(), listener, data_dir);
+    config.routers = args.router;
     config.advertise = args.advertise;
     config.sync_interval = args.sync_interval;
-    config.router_key = args.router_key;
+    config.router_keys = args.router_key;
     let (peer, events) = Peer::start(config).await.map_err(|e| e.to_string())?;
     let (lines, printer) = spawn_input(args.json);
     printer.print(&Output::Ready {

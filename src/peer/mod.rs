@@ -105,8 +105,9 @@ pub struct Whois {
 /// How a peer starts.
 pub struct PeerConfig {
     pub nick: Nick,
-    /// host:port of the router.
-    pub router: String,
+    /// host:port of each router, tried in this order: the peer talks to
+    /// one and moves to the next when it stops answering.
+    pub routers: Vec<String>,
     /// Where the chat service listens (already bound: port 0 works).
     pub listener: TcpListener,
     /// Holds the history, the identity and the lock.
@@ -116,9 +117,10 @@ pub struct PeerConfig {
     pub advertise: Option<String>,
     /// How often histories are compared with the other members (jittered).
     pub sync_interval: Duration,
-    /// The router's key fingerprint, when given (`--router-key`); else the
-    /// key pinned on first contact.
-    pub router_key: Option<String>,
+    /// The routers' key fingerprints, when given (`--router-key`): one for
+    /// all, or one per router in order; else each key is pinned on first
+    /// contact.
+    pub router_keys: Vec<String>,
     /// Neither sign nor check messages. Only for `bench`'s one comparison
     /// of what signatures cost (scenario `private-unsigned`); the `peer`
     /// binary never sets it, and every peer that checks refuses what such
@@ -138,12 +140,12 @@ impl PeerConfig {
     ) -> PeerConfig {
         PeerConfig {
             nick,
-            router: router.into(),
+            routers: vec![router.into()],
             listener,
             data_dir,
             advertise: None,
             sync_interval: DEFAULT_SYNC_INTERVAL,
-            router_key: None,
+            router_keys: Vec::new(),
             unsigned: false,
         }
     }
@@ -227,12 +229,12 @@ impl Peer {
         let (session, session_events) = Session::connect(
             SessionConfig {
                 nick: config.nick.clone(),
-                router: config.router,
+                routers: config.routers,
                 advertise: config.advertise.unwrap_or_else(|| listen.to_string()),
                 identity: key.clone(),
                 tls: tls.clone(),
                 known: known.clone(),
-                router_key: config.router_key,
+                router_keys: config.router_keys,
             },
             stop.clone(),
             tasks.clone(),

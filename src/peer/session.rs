@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ const EVENT_QUEUE: usize = 1024;
 pub enum SessionError {
     #[error("no router at {addr}: start one with `router --listen {addr}`")]
     Unreachable { addr: String },
+    /// None of several routers answered.
+    #[error("no router answers at any of {addrs}")]
+    NoneAnswers { addrs: String },
     #[error("nick {0} is taken by someone else (another key holds it)")]
     NickTaken(String),
     #[error("{0}")]
@@ -58,7 +62,10 @@ pub enum SessionError {
 impl SessionError {
     /// True when the router could not be asked (as opposed to answering).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, SessionError::Unreachable { .. })
+        matches!(
+            self,
+            SessionError::Unreachable { .. } | SessionError::NoneAnswers { .. }
+        )
     }
 }
 
@@ -79,8 +86,9 @@ pub enum SessionEvent {
 /// Who this peer is to the router.
 pub struct SessionConfig {
     pub nick: Nick,
-    /// host:port of the router.
-    pub router: String,
+    /// host:port of each router, in the order they are tried: the peer
+    /// talks to one and moves to the next when it stops answering.
+    pub routers: Vec<String>,
     /// The chat address others reach this peer at.
     pub advertise: String,
     /// This peer's key: logins are signed with it.
@@ -88,8 +96,9 @@ pub struct SessionConfig {
     pub tls: Tls,
     /// The keys this peer knows, the router's among them.
     pub known: KnownKeys,
-    /// The router key given on the command line (a fingerprint), if any.
-    pub router_key: Option<String>,
+    /// The router keys given on the command line (fingerprints): one for
+    /// every router, or one for all; none pins each on first contact.
+    pub router_keys: Vec<String>,
 }
 
 /// The name a router's key is kept under in the known keys: nicks cannot
@@ -104,12 +113,22 @@ pub struct Session {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: SessionConfig,
-    router: RouterClient<Channel>,
+/// One router this peer may talk to.
+struct Link {
+    addr: String,
+    client: RouterClient<Channel>,
     /// The router key the link must present (pinned, given, or the first
     /// one seen).
     expect: Expect,
+    /// Its key is in the known keys.
+    pinned: AtomicBool,
+}
+
+struct Inner {
+    config: SessionConfig,
+    /// Every router, and the index of the one in use.
+    links: Vec<Link>,
+    current: AtomicUsize,
     /// The session token; replaced when the peer logs in again.
     token: RwLock<String>,
     /// Serialises logins so two tasks noticing a lost session log in once.
@@ -136,23 +155,47 @@ impl Session {
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<(Session, mpsc::Receiver<SessionEvent>), SessionError> {
-        let unreachable = || SessionError::Unreachable {
-            addr: config.router.clone(),
-        };
-        let name = router_name(&config.router);
-        let expect = match (&config.router_key, config.known.get(&name)) {
-            (Some(fp), _) => Expect::fingerprint(fp.clone()),
-            (None, Some(pinned)) => Expect::key(&pinned),
-            (None, None) => Expect::first_seen(),
-        };
-        let endpoint = crate::net::endpoint(&config.router).map_err(|_| unreachable())?;
-        let channel = config.tls.channel(endpoint, &config.router, expect.clone());
+        if config.routers.is_empty() {
+            return Err(SessionError::Unreachable {
+                addr: String::new(),
+            });
+        }
+        if config.router_keys.len() > 1 && config.router_keys.len() != config.routers.len() {
+            return Err(SessionError::RouterKey(format!(
+                "{} router keys for {} routers: give one key for all, or one per router in \
+                 the same order",
+                config.router_keys.len(),
+                config.routers.len()
+            )));
+        }
+        let mut links = Vec::with_capacity(config.routers.len());
+        for (i, addr) in config.routers.iter().enumerate() {
+            let given = match config.router_keys.as_slice() {
+                [one] => Some(one),
+                keys => keys.get(i),
+            };
+            let expect = match (given, config.known.get(&router_name(addr))) {
+                (Some(fp), _) => Expect::fingerprint(fp.clone()),
+                (None, Some(pinned)) => Expect::key(&pinned),
+                (None, None) => Expect::first_seen(),
+            };
+            let endpoint = crate::net::endpoint(addr).map_err(|_| SessionError::Unreachable {
+                addr: addr.clone(),
+            })?;
+            let channel = config.tls.channel(endpoint, addr, expect.clone());
+            links.push(Link {
+                addr: addr.clone(),
+                client: RouterClient::new(channel),
+                expect,
+                pinned: AtomicBool::new(false),
+            });
+        }
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let session = Session {
             inner: Arc::new(Inner {
                 config,
-                router: RouterClient::new(channel),
-                expect,
+                links,
+                current: AtomicUsize::new(0),
                 token: RwLock::new(String::new()),
                 relogin: tokio::sync::Mutex::new(()),
                 lease: Mutex::new(Duration::from_secs(10)),
@@ -239,20 +282,70 @@ impl Session {
         }
     }
 
-    fn error(&self, what: &'static str, status: Status) -> SessionError {
-        match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                if let Some(refusal) = self.inner.expect.refused() {
-                    return SessionError::RouterKey(format!(
-                        "{refusal}; if the router's key changed on purpose, start with \
-                         --router-key {}",
-                        refusal.got
-                    ));
-                }
-                SessionError::Unreachable {
-                    addr: self.inner.config.router.clone(),
-                }
+    /// The router in use, and its index.
+    fn link(&self) -> (usize, &Link) {
+        let i = self.inner.current.load(Ordering::Acquire) % self.inner.links.len();
+        (i, &self.inner.links[i])
+    }
+
+    /// The router at `from` stopped answering: move to the next one (if
+    /// there are several and no other task moved already). Returns whether
+    /// another router is now in use.
+    fn fail_over(&self, from: usize) -> bool {
+        let n = self.inner.links.len();
+        if n < 2 {
+            return false;
+        }
+        let to = (from + 1) % n;
+        let moved = self
+            .inner
+            .current
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if moved {
+            tracing::debug!(
+                from = %self.inner.links[from].addr,
+                to = %self.inner.links[to].addr,
+                "router stopped answering; moving to the next"
+            );
+            // The watch stream belongs to the router left behind.
+            self.inner.rewatch.notify_one();
+        }
+        true
+    }
+
+    /// Whether `status` says the router could not be asked (it is gone, or
+    /// it cannot reach its own registry), so another router may answer.
+    fn is_unreachable(status: &Status) -> bool {
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        )
+    }
+
+    fn error(&self, what: &'static str, status: Status, link: &Link) -> SessionError {
+        if Self::is_unreachable(&status) {
+            if let Some(refusal) = link.expect.refused() {
+                return SessionError::RouterKey(format!(
+                    "{refusal}; if the router's key changed on purpose, start with \
+                     --router-key {}",
+                    refusal.got
+                ));
             }
+            return match self.inner.links.as_slice() {
+                [one] => SessionError::Unreachable {
+                    addr: one.addr.clone(),
+                },
+                many => SessionError::NoneAnswers {
+                    addrs: many
+                        .iter()
+                        .map(|l| l.addr.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                },
+            };
+        }
+        match status.code() {
             Code::AlreadyExists => SessionError::NickTaken(self.inner.config.nick.to_string()),
             Code::NotFound => SessionError::NotFound(status.message().to_owned()),
             code => SessionError::Refused {
@@ -263,49 +356,87 @@ impl Session {
         }
     }
 
+    /// Runs `f` against the router in use, moving on to the next router
+    /// each time one cannot be asked, until every one has been tried.
+    async fn on_any<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, SessionError>
+    where
+        F: Fn(RouterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut tries = self.inner.links.len();
+        let mut left: Option<&str> = None;
+        loop {
+            let (i, link) = self.link();
+            match f(link.client.clone()).await {
+                Ok(v) => {
+                    self.pin_router(link);
+                    if let Some(from) = left {
+                        // Said once, when it worked: a list of routers none
+                        // of which answers ends in one error instead.
+                        tracing::warn!(from, to = %link.addr, "router stopped answering; moved to the next");
+                    }
+                    return Ok(v);
+                }
+                Err(s) if Self::is_unreachable(&s) && tries > 1 && self.fail_over(i) => {
+                    tracing::debug!(router = %link.addr, status = %s, what, "trying the next router");
+                    left.get_or_insert(link.addr.as_str());
+                    tries -= 1;
+                }
+                Err(s) => return Err(self.error(what, s, link)),
+            }
+        }
+    }
+
     /// Runs one router call with the current token. A refused token (the
     /// router restarted, the lease ran out) makes the peer log in once and
-    /// retry; every other failure maps to a [`SessionError`].
+    /// retry; a router that cannot be asked is left for the next; every
+    /// other failure maps to a [`SessionError`].
     pub async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, SessionError>
     where
         F: Fn(RouterClient<Channel>, String) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let token = self.token();
-        match f(self.inner.router.clone(), token.clone()).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) if s.code() == Code::Unauthenticated => {
-                self.relogin(&token, false).await?;
-                f(self.inner.router.clone(), self.token())
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|s| self.error(what, s))
-            }
-            Err(s) => Err(self.error(what, s)),
+        let first = self
+            .on_any(what, |r| {
+                let fut = f(r, token.clone());
+                async move {
+                    match fut.await {
+                        Ok(r) => Ok(Some(r.into_inner())),
+                        Err(s) if s.code() == Code::Unauthenticated => Ok(None),
+                        Err(s) => Err(s),
+                    }
+                }
+            })
+            .await?;
+        if let Some(v) = first {
+            return Ok(v);
         }
+        self.relogin(&token, false).await?;
+        let token = self.token();
+        self.on_any(what, |r| {
+            let fut = f(r, token.clone());
+            async move { fut.await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// Logs in, proving the nick's key by signing the router's challenge:
     /// a new session token, the world's users refreshed. The router's key is
-    /// remembered on the first login to it.
+    /// remembered on the first login to it. Tries each router in turn.
     pub async fn login(&self) -> Result<(), SessionError> {
         let c = &self.inner.config;
-        let mut router = self.inner.router.clone();
-        let challenge = router
-            .login_challenge(proto::ChallengeRequest {})
-            .await
-            .map_err(|s| self.error("login", s))?
-            .into_inner()
-            .challenge;
-        let req = login_request(&c.identity, c.nick.as_str(), &c.advertise, challenge);
-        let resp = router
-            .user_login(req)
-            .await
-            .map_err(|s| self.error("login", s))?
-            .into_inner();
-        if let Some(key) = self.inner.expect.seen() {
-            self.pin_router(&key);
-        }
+        let resp = self
+            .on_any("login", |mut router| async move {
+                let challenge = router
+                    .login_challenge(proto::ChallengeRequest {})
+                    .await?
+                    .into_inner()
+                    .challenge;
+                let req = login_request(&c.identity, c.nick.as_str(), &c.advertise, challenge);
+                Ok(router.user_login(req).await?.into_inner())
+            })
+            .await?;
         if resp.reclaimed {
             tracing::info!("took the nick back from this peer's previous session");
         }
@@ -316,15 +447,26 @@ impl Session {
         Ok(())
     }
 
-    fn pin_router(&self, key: &PublicKey) {
-        let name = router_name(&self.inner.config.router);
-        match self.inner.config.known.check(&name, key) {
+    /// Remembers the key `link`'s router presented, the first time one
+    /// answers (each router of several has its own).
+    fn pin_router(&self, link: &Link) {
+        if link.pinned.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(key) = link.expect.seen() else {
+            return;
+        };
+        match self.inner.config.known.check(&router_name(&link.addr), &key) {
             Ok((Trust::New, _)) => {
-                tracing::info!(router = %self.inner.config.router, key = %key, "pinned the router's key")
+                tracing::info!(router = %link.addr, key = %key, "pinned the router's key")
             }
             Ok(_) => {}
-            Err(err) => tracing::warn!(cause = %err, "cannot remember the router's key"),
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot remember the router's key");
+                return;
+            }
         }
+        link.pinned.store(true, Ordering::Release);
     }
 
     /// The session was lost: log in again (`persist`: until it works or the
@@ -355,17 +497,18 @@ impl Session {
     }
 
     async fn refresh_users(&self) {
+        let token = self.token();
         let users = self
-            .inner
-            .router
-            .clone()
-            .list_users(proto::ListUsersRequest {
-                token: self.token(),
+            .on_any("list users", |mut r| {
+                let req = proto::ListUsersRequest {
+                    token: token.clone(),
+                };
+                async move { r.list_users(req).await }
             })
             .await;
         match users {
             Ok(r) => self.inner.world.set_users(r.into_inner().users),
-            Err(status) => tracing::warn!(%status, "cannot list users"),
+            Err(err) => tracing::warn!(cause = %err, "cannot list users"),
         }
     }
 
@@ -390,13 +533,22 @@ impl Session {
             let req = proto::HeartbeatRequest {
                 token: token.clone(),
             };
-            match self.inner.router.clone().heartbeat(req).await {
+            let beat = self
+                .on_any("heartbeat", |mut r| {
+                    let req = req.clone();
+                    async move { r.heartbeat(req).await }
+                })
+                .await;
+            match beat {
                 Ok(_) => {}
-                Err(s) if s.code() == Code::Unauthenticated => {
+                Err(SessionError::Refused {
+                    code: Code::Unauthenticated,
+                    ..
+                }) => {
                     tracing::warn!("session lost; logging in again");
                     let _ = self.relogin(&token, true).await;
                 }
-                Err(s) => tracing::warn!(status = %s, "heartbeat failed"),
+                Err(err) => tracing::warn!(cause = %err, "heartbeat failed"),
             }
         }
     }
@@ -407,13 +559,14 @@ impl Session {
         let mut refollowed = false;
         loop {
             let token = self.token();
+            let req = proto::WatchRequest {
+                token: token.clone(),
+                follow: self.follows(),
+            };
             let opened = self
-                .inner
-                .router
-                .clone()
-                .watch(proto::WatchRequest {
-                    token: token.clone(),
-                    follow: self.follows(),
+                .on_any("watch", |mut r| {
+                    let req = req.clone();
+                    async move { r.watch(req).await }
                 })
                 .await;
             match opened {
@@ -449,11 +602,14 @@ impl Session {
                         }
                     }
                 }
-                Err(s) if s.code() == Code::Unauthenticated => {
+                Err(SessionError::Refused {
+                    code: Code::Unauthenticated,
+                    ..
+                }) => {
                     let _ = self.relogin(&token, true).await;
                     continue;
                 }
-                Err(s) => tracing::debug!(status = %s, "cannot open watch"),
+                Err(err) => tracing::debug!(cause = %err, "cannot open watch"),
             }
             if refollowed {
                 continue;
@@ -626,7 +782,7 @@ impl Session {
             // Dropped by a snapshot and not back yet (the router restarted
             // and it has not logged in again): ask again later.
             Membership::Absent => Err(SessionError::Unreachable {
-                addr: self.inner.config.router.clone(),
+                addr: self.link().1.addr.clone(),
             }),
             Membership::Unknown => Ok(false),
         }
@@ -637,7 +793,7 @@ impl Session {
         let req = proto::LogoutRequest {
             token: self.token(),
         };
-        let mut router = self.inner.router.clone();
+        let mut router = self.link().1.client.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), router.user_logout(req)).await;
     }
 }
