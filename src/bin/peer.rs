@@ -21,7 +21,12 @@ struct Args {
     /// The router's address; several, comma separated, are tried in
     /// order: when one stops answering the peer moves to the next (routers
     /// sharing one registry in etcd).
-    #[arg(long, value_name = "ADDR[,ADDR...]", default_value = "127.0.0.1:50051", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        default_value = "127.0.0.1:50051",
+        value_delimiter = ','
+    )]
     router: Vec<String>,
     /// The router's key fingerprint (SHA256:..., the second line the router
     /// prints); with several routers, one per router in the same order, or

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use parley::registry::{MemoryRegistry, MIN_LEASE_TTL};
+use parley::registry::{EtcdRegistry, MemoryRegistry, Registry, MIN_LEASE_TTL};
 
 /// The parley router: who is online and who sits in which room.
 #[derive(Parser)]
@@ -24,6 +24,13 @@ struct Args {
     /// $XDG_DATA_HOME or ~/.local/share, under parley/router.key.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// Keep the registry in etcd at these endpoints (comma separated, e.g.
+    /// http://10.0.0.5:2379,http://10.0.0.6:2379), shared by every router
+    /// given the same. Without it the registry lives in this process. etcd
+    /// must answer at start (within a few seconds) or the router exits;
+    /// while it is away later, calls fail with UNAVAILABLE until it is back.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -50,15 +57,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
-    let registry = MemoryRegistry::new(Duration::from_secs(args.lease_ttl))?;
+    let ttl = Duration::from_secs(args.lease_ttl);
+    let registry: Arc<dyn Registry> = if args.etcd.is_empty() {
+        Arc::new(MemoryRegistry::new(ttl)?)
+    } else {
+        Arc::new(EtcdRegistry::connect(&args.etcd, ttl).await?)
+    };
     println!("router listening on {addr}");
     println!("router key {}", identity.public().fingerprint());
-    parley::router::serve(
-        listener,
-        Arc::new(registry),
-        &identity,
-        parley::shutdown::signal(),
-    )
-    .await?;
+    parley::router::serve(listener, registry, &identity, parley::shutdown::signal()).await?;
     Ok(())
 }

@@ -179,9 +179,8 @@ impl Session {
                 (None, Some(pinned)) => Expect::key(&pinned),
                 (None, None) => Expect::first_seen(),
             };
-            let endpoint = crate::net::endpoint(addr).map_err(|_| SessionError::Unreachable {
-                addr: addr.clone(),
-            })?;
+            let endpoint = crate::net::endpoint(addr)
+                .map_err(|_| SessionError::Unreachable { addr: addr.clone() })?;
             let channel = config.tls.channel(endpoint, addr, expect.clone());
             links.push(Link {
                 addr: addr.clone(),
@@ -456,7 +455,12 @@ impl Session {
         let Some(key) = link.expect.seen() else {
             return;
         };
-        match self.inner.config.known.check(&router_name(&link.addr), &key) {
+        match self
+            .inner
+            .config
+            .known
+            .check(&router_name(&link.addr), &key)
+        {
             Ok((Trust::New, _)) => {
                 tracing::info!(router = %link.addr, key = %key, "pinned the router's key")
             }

@@ -3,8 +3,10 @@
 //! changes, behind one trait so the in-memory registry and a shared one
 //! (etcd) are interchangeable. It knows nothing of gRPC.
 
+mod etcd;
 mod memory;
 
+pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
 
 use std::pin::Pin;

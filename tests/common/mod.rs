@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,6 +255,21 @@ pub fn ids(h: &[ChatMessage]) -> Vec<(String, u64, u64, String)> {
         .collect()
 }
 
+/// Where a child's stderr goes: nowhere, or, with `PARLEY_TEST_LOGS=DIR`
+/// set, to a file of its own in DIR (to see why a test failed).
+fn stderr_sink() -> std::process::Stdio {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("PARLEY_TEST_LOGS") else {
+        return std::process::Stdio::null();
+    };
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::path::Path::new(&dir).join(format!("{}-{n}.log", std::process::id()));
+    match std::fs::File::create(&path) {
+        Ok(f) => f.into(),
+        Err(_) => std::process::Stdio::null(),
+    }
+}
+
 /// A real `router` or `peer` process, its stdout read line by line.
 pub struct Proc {
     pub child: tokio::process::Child,
@@ -269,7 +286,7 @@ impl Proc {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr_sink())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -290,16 +307,26 @@ impl Proc {
 
     /// Starts the `router` binary on `listen` (to restart one on its port).
     pub async fn router_on(listen: &str, ttl_secs: u64) -> (Proc, String) {
-        let ttl = ttl_secs.to_string();
         // One key for every router the tests start, kept under the target
         // directory: a router restarted on its port keeps its key, as a
         // real one does, and nothing is written to the person's home.
         let key = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-router.key");
-        let key = key.to_str().expect("a UTF-8 target path");
-        let mut p = Proc::spawn(
-            env!("CARGO_BIN_EXE_router"),
-            &["--listen", listen, "--lease-ttl", &ttl, "--key-file", key],
-        );
+        Self::router_with(listen, ttl_secs, &key, &[]).await
+    }
+
+    /// Starts the `router` binary on `listen` with its key in `key_file`
+    /// and `extra` arguments (`--etcd URL`); returns it and its address.
+    pub async fn router_with(
+        listen: &str,
+        ttl_secs: u64,
+        key_file: &std::path::Path,
+        extra: &[&str],
+    ) -> (Proc, String) {
+        let ttl = ttl_secs.to_string();
+        let key = key_file.to_str().expect("a UTF-8 key path");
+        let mut args = vec!["--listen", listen, "--lease-ttl", &ttl, "--key-file", key];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn(env!("CARGO_BIN_EXE_router"), &args);
         let line = p.line().await.expect("listen line");
         let addr = line
             .strip_prefix("router listening on ")

@@ -1,0 +1,397 @@
+//! One contract, two registries: every test here runs against the
+//! in-memory registry and against the etcd registry (a real etcd server;
+//! those are `#[ignore = "needs etcd"]`). Each fixture has two handles, `a`
+//! and `b`: for etcd, two registries over one etcd, as two routers are; for
+//! memory, the same registry twice.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parley::identity::{Identity, PublicKey};
+use parley::names::{Nick, Room};
+use parley::registry::{
+    Creation, EventKind, EventStream, MemoryRegistry, Registry, RegistryError, RoomInfo,
+};
+
+const TTL: Duration = Duration::from_secs(3);
+
+struct Fixture {
+    a: Arc<dyn Registry>,
+    b: Arc<dyn Registry>,
+    _etcd: Option<common::etcd::Etcd>,
+}
+
+async fn memory() -> Fixture {
+    let r: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(TTL).unwrap());
+    Fixture {
+        a: r.clone(),
+        b: r,
+        _etcd: None,
+    }
+}
+
+async fn etcd() -> Fixture {
+    let etcd = common::etcd::Etcd::start().await;
+    Fixture {
+        a: Arc::new(etcd.registry(TTL).await),
+        b: Arc::new(etcd.registry(TTL).await),
+        _etcd: Some(etcd),
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::memory().await).await;
+                }
+            )*
+        }
+        mod over_etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs etcd"]
+                async fn $name() {
+                    super::$name(super::etcd().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    a_room_lives_while_it_has_members_and_its_owner_stays,
+    a_nick_is_bound_to_its_first_key,
+    the_earliest_creation_shown_names_the_owner,
+    only_the_owner_deletes_and_members_are_told,
+    a_watch_carries_only_what_its_session_needs,
+    a_lease_without_heartbeats_runs_out,
+    of_racing_logins_with_one_nick_one_key_wins,
+    of_racing_creators_of_one_room_one_creates_it,
+);
+
+fn key(n: &str) -> PublicKey {
+    id(n).public()
+}
+
+fn id(n: &str) -> Identity {
+    let mut seed = [0u8; 32];
+    for (i, b) in n.to_ascii_lowercase().bytes().enumerate().take(32) {
+        seed[i] = b;
+    }
+    seed[31] ^= 0x5a;
+    Identity::from_seed(seed)
+}
+
+fn nick(s: &str) -> Nick {
+    Nick::parse(s).unwrap()
+}
+
+fn room(s: &str) -> Room {
+    Room::parse(s).unwrap()
+}
+
+async fn login(r: &Arc<dyn Registry>, n: &str) -> String {
+    r.login(&nick(n), "127.0.0.1:7000", &key(n))
+        .await
+        .unwrap()
+        .token
+}
+
+/// The next event of `w` (5 s at most).
+async fn next(w: &mut EventStream) -> EventKind {
+    tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream goes on")
+        .expect("not lagged")
+        .kind
+}
+
+/// Whether `w` stays quiet for a moment.
+async fn quiet(w: &mut EventStream) -> Option<EventKind> {
+    tokio::time::timeout(Duration::from_millis(300), w.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.unwrap().kind)
+}
+
+async fn a_room_lives_while_it_has_members_and_its_owner_stays(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let b = login(&f.b, "bob").await;
+    let s = f.a.join(&a, &room("#Rust"), None).await.unwrap();
+    assert!(s.created);
+    assert_eq!((s.owner.as_str(), s.name.as_str()), ("alice", "#Rust"));
+    let s = f.b.join(&b, &room("#rust"), None).await.unwrap();
+    assert!(!s.created);
+    let nicks: Vec<_> = s.members.iter().map(|m| m.nick.as_str()).collect();
+    assert_eq!(nicks, ["alice", "bob"]);
+    assert_eq!(
+        f.b.join(&b, &room("#rust"), None)
+            .await
+            .unwrap()
+            .members
+            .len(),
+        2
+    );
+    assert_eq!(
+        f.a.list_rooms(&a).await.unwrap(),
+        vec![RoomInfo {
+            name: "#Rust".into(),
+            members: 2,
+            owner: "alice".into()
+        }]
+    );
+    f.a.leave(&a, &room("#rust")).await.unwrap();
+    assert_eq!(f.b.list_rooms(&b).await.unwrap()[0].owner, "alice");
+    assert_eq!(
+        f.a.leave(&a, &room("#rust")).await.unwrap_err(),
+        RegistryError::NotMember("#rust".into())
+    );
+    f.b.leave(&b, &room("#rust")).await.unwrap();
+    assert!(f.a.find_room(&a, &room("#rust")).await.unwrap().is_none());
+    assert!(f.a.list_rooms(&a).await.unwrap().is_empty());
+}
+
+async fn a_nick_is_bound_to_its_first_key(f: Fixture) {
+    let first =
+        f.a.login(&nick("alice"), "127.0.0.1:7001", &key("alice"))
+            .await
+            .unwrap();
+    assert!(!first.reclaimed);
+    let other =
+        f.b.login(&nick("Alice"), "127.0.0.1:7002", &key("mallory"))
+            .await
+            .unwrap_err();
+    assert_eq!(other, RegistryError::KeyMismatch("Alice".into()));
+    // Bound while offline too.
+    f.a.logout(&first.token).await.unwrap();
+    let other =
+        f.b.login(&nick("alice"), "127.0.0.1:7002", &key("mallory"))
+            .await
+            .unwrap_err();
+    assert!(matches!(other, RegistryError::KeyMismatch(_)), "{other:?}");
+    // The same key comes back, and takes over a live session.
+    let back =
+        f.b.login(&nick("alice"), "127.0.0.1:7003", &key("alice"))
+            .await
+            .unwrap();
+    let again =
+        f.a.login(&nick("alice"), "127.0.0.1:7004", &key("alice"))
+            .await
+            .unwrap();
+    assert!(again.reclaimed);
+    assert_eq!(
+        f.a.heartbeat(&back.token).await.unwrap_err(),
+        RegistryError::Unauthenticated
+    );
+    let found = f.b.find_user(&again.token, &nick("ALICE")).await.unwrap();
+    assert_eq!(found.online.unwrap().address, "127.0.0.1:7004");
+    assert_eq!(found.key, Some(key("alice")));
+    let never = f.b.find_user(&again.token, &nick("nobody")).await.unwrap();
+    assert_eq!((never.online, never.key), (None, None));
+}
+
+fn creation(owner: &str, sent_at_ms: i64) -> Creation {
+    Creation {
+        owner: owner.into(),
+        key: key(owner),
+        order: (sent_at_ms, owner.to_ascii_lowercase(), 1, 1),
+    }
+}
+
+async fn the_earliest_creation_shown_names_the_owner(f: Fixture) {
+    let b = login(&f.a, "bob").await;
+    let s =
+        f.a.join(&b, &room("#rust"), Some(&creation("alice", 100)))
+            .await
+            .unwrap();
+    assert_eq!(s.owner, "alice");
+    let c = login(&f.b, "carol").await;
+    let s =
+        f.b.join(&c, &room("#rust"), Some(&creation("carol", 200)))
+            .await
+            .unwrap();
+    assert_eq!(s.owner, "alice");
+    let d = login(&f.b, "dave").await;
+    let s =
+        f.b.join(&d, &room("#rust"), Some(&creation("dave", 50)))
+            .await
+            .unwrap();
+    assert_eq!(s.owner, "dave");
+    let forged = Creation {
+        key: key("mallory"),
+        ..creation("bob", 10)
+    };
+    let s = f.a.join(&c, &room("#rust"), Some(&forged)).await.unwrap();
+    assert_eq!(s.owner, "dave");
+    let err = f.a.delete_room(&b, &room("#rust")).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "dave"),
+        "{err:?}"
+    );
+    f.b.delete_room(&d, &room("#rust")).await.unwrap();
+    assert!(f.a.find_room(&b, &room("#rust")).await.unwrap().is_none());
+}
+
+async fn only_the_owner_deletes_and_members_are_told(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let b = login(&f.b, "bob").await;
+    f.a.join(&a, &room("#rust"), None).await.unwrap();
+    f.b.join(&b, &room("#rust"), None).await.unwrap();
+    let mut events = f.b.watch(&b, &[]).await.unwrap();
+    let err = f.b.delete_room(&b, &room("#rust")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotOwner { .. }), "{err:?}");
+    f.a.delete_room(&a, &room("#RUST")).await.unwrap();
+    assert!(f.b.find_room(&b, &room("#rust")).await.unwrap().is_none());
+    assert_eq!(
+        next(&mut events).await,
+        EventKind::RoomDeleted {
+            room: "#rust".into(),
+            by: "alice".into()
+        }
+    );
+    assert_eq!(
+        f.b.leave(&b, &room("#rust")).await.unwrap_err(),
+        RegistryError::NotMember("#rust".into())
+    );
+}
+
+async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    f.a.join(&a, &room("#rust"), None).await.unwrap();
+    let mut w = f.a.watch(&a, &[nick("Dave")]).await.unwrap();
+    // Carol, on the other router, shares nothing with alice.
+    let c = login(&f.b, "carol").await;
+    f.b.join(&c, &room("#go"), None).await.unwrap();
+    assert_eq!(quiet(&mut w).await, None);
+    // Bob joins alice's room through the other router.
+    let b = login(&f.b, "bob").await;
+    f.b.join(&b, &room("#rust"), None).await.unwrap();
+    match next(&mut w).await {
+        EventKind::MemberJoined { room, member } => {
+            assert_eq!((room.as_str(), member.nick.as_str()), ("#rust", "bob"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Dave shares no room but is followed.
+    let d = login(&f.b, "dave").await;
+    match next(&mut w).await {
+        EventKind::UserOnline(m) => assert_eq!(m.nick, "dave"),
+        other => panic!("{other:?}"),
+    }
+    f.b.logout(&d).await.unwrap();
+    match next(&mut w).await {
+        EventKind::UserOffline(m) => assert_eq!(m.nick, "dave"),
+        other => panic!("{other:?}"),
+    }
+    // Bob goes: he leaves the room, then goes offline.
+    f.b.logout(&b).await.unwrap();
+    let mut seen = vec![next(&mut w).await, next(&mut w).await];
+    seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
+    assert!(
+        matches!(&seen[0], EventKind::MemberLeft { member, .. } if member.nick == "bob"),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(&seen[1], EventKind::UserOffline(m) if m.nick == "bob"),
+        "{seen:?}"
+    );
+    f.b.logout(&c).await.unwrap();
+    assert_eq!(quiet(&mut w).await, None);
+    // Alice's own end ends her stream.
+    f.a.logout(&a).await.unwrap();
+    assert!(
+        matches!(next(&mut w).await, EventKind::MemberLeft { member, .. } if member.nick == "alice")
+    );
+    assert!(matches!(next(&mut w).await, EventKind::UserOffline(m) if m.nick == "alice"));
+    let end = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+async fn a_lease_without_heartbeats_runs_out(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let b = login(&f.b, "bob").await;
+    f.a.join(&a, &room("#r"), None).await.unwrap();
+    f.b.join(&b, &room("#r"), None).await.unwrap();
+    let mut w = f.a.watch(&a, &[]).await.unwrap();
+    // Alice beats; bob does not.
+    let started = tokio::time::Instant::now();
+    let deadline = started + TTL * 3;
+    let gone = loop {
+        f.a.heartbeat(&a).await.unwrap();
+        let bob = f.a.find_user(&a, &nick("bob")).await.unwrap();
+        if bob.online.is_none() {
+            break started.elapsed();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        gone >= TTL - Duration::from_millis(500),
+        "gone after {gone:?}"
+    );
+    assert_eq!(
+        f.b.heartbeat(&b).await.unwrap_err(),
+        RegistryError::Unauthenticated
+    );
+    let mut seen = vec![next(&mut w).await, next(&mut w).await];
+    seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
+    assert!(
+        matches!(&seen[0], EventKind::MemberLeft { member, .. } if member.nick == "bob"),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(&seen[1], EventKind::UserOffline(m) if m.nick == "bob"),
+        "{seen:?}"
+    );
+    // The binding outlives the lease.
+    assert_eq!(
+        f.a.find_user(&a, &nick("bob")).await.unwrap().key,
+        Some(key("bob"))
+    );
+}
+
+async fn of_racing_logins_with_one_nick_one_key_wins(f: Fixture) {
+    let tries = (0..8).map(|i| {
+        let r = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        async move {
+            r.login(&nick("race"), "127.0.0.1:7000", &key(&format!("k{i}")))
+                .await
+        }
+    });
+    let results = futures::future::join_all(tries).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, RegistryError::KeyMismatch(_))));
+}
+
+async fn of_racing_creators_of_one_room_one_creates_it(f: Fixture) {
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        let r = if i % 2 == 0 { &f.a } else { &f.b };
+        tokens.push((r.clone(), login(r, &format!("u{i}")).await));
+    }
+    let joins = tokens
+        .iter()
+        .map(|(r, t)| async move { r.join(t, &room("#race"), None).await.unwrap() });
+    let snaps = futures::future::join_all(joins).await;
+    assert_eq!(snaps.iter().filter(|s| s.created).count(), 1);
+    let owners: std::collections::HashSet<_> = snaps.iter().map(|s| s.owner.clone()).collect();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let (r, t) = &tokens[0];
+    let s = r.find_room(t, &room("#race")).await.unwrap().unwrap();
+    assert_eq!(s.members.len(), 8);
+}
