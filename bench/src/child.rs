@@ -41,12 +41,12 @@ fn ready(addr: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
-/// A router over an in-memory registry on a free loopback port, served in
-/// the foreground until the bench is gone.
-pub async fn serve_router() -> anyhow::Result<()> {
+/// A router on a free loopback port, its registry in memory or in etcd at
+/// `etcd`, served in the foreground until the bench is gone.
+pub async fn serve_router(etcd: Vec<String>) -> anyhow::Result<()> {
     let listener = node::listener().await?;
     let addr = listener.local_addr()?;
-    let registry = node::registry()?;
+    let registry = node::registry(&etcd).await?;
     ready(addr);
     let identity = parley::identity::Identity::generate();
     parley::router::serve(listener, registry, &identity, until_stopped()).await?;

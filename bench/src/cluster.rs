@@ -132,8 +132,13 @@ pub struct MemberSpec {
 }
 
 impl Cluster {
-    /// Starts the router and the members (each joined to its rooms).
-    pub async fn start(in_process: bool, members: Vec<MemberSpec>) -> anyhow::Result<Cluster> {
+    /// Starts the router (its registry in etcd at `etcd`, or in memory if
+    /// empty) and the members (each joined to its rooms).
+    pub async fn start(
+        in_process: bool,
+        etcd: &[String],
+        members: Vec<MemberSpec>,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("parley-bench-")
             .tempdir()
@@ -142,7 +147,7 @@ impl Cluster {
         let (router, router_addr) = if in_process {
             let router = RouterHandle::spawn(
                 node::listener().await?,
-                node::registry()?,
+                node::registry(etcd).await?,
                 parley::identity::Identity::generate(),
             )
             .context("cannot start the router")?;
@@ -150,7 +155,11 @@ impl Cluster {
             (Node::Router(Box::new(router)), addr)
         } else {
             let log = dir.path().join("router.log");
-            let args = vec!["__router".to_owned()];
+            let mut args = vec!["__router".to_owned()];
+            if !etcd.is_empty() {
+                args.push("--etcd".to_owned());
+                args.push(etcd.join(","));
+            }
             let (p, addr) = ChildProc::spawn("router", &exe, &args, &log).await?;
             (Node::Proc(Box::new(p)), addr)
         };

@@ -39,12 +39,15 @@ use crate::scenario::{Options, Scenario};
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// A scenario to run (repeatable; default all): floor, private,
-    /// private-unsigned, private-both, room-3, room-20, room-3-two-senders,
-    /// throughput (= throughput-private and throughput-room-20).
+    /// A scenario to run (repeatable; default all): floor, login, join,
+    /// private, private-unsigned, private-both, room-3, room-20,
+    /// room-3-two-senders, throughput (= throughput-private and
+    /// throughput-room-20). login: one login of a fresh nick at the router;
+    /// join: one JoinRoom into a room another session holds.
     #[arg(long = "scenario", value_name = "NAME", value_parser = |s: &str| Scenario::select(s))]
     scenarios: Vec<Vec<Scenario>>,
-    /// Messages per sender and scenario (throughput sends 10x this).
+    /// Messages per sender and scenario, and logins or joins for login
+    /// and join (throughput sends 10x this).
     #[arg(long, default_value_t = 1000)]
     messages: usize,
     /// Members of the room-20 room, the sender included.
@@ -57,6 +60,12 @@ struct Args {
     /// the members as separate processes.
     #[arg(long)]
     in_process: bool,
+    /// The router keeps its registry in etcd at these endpoints (comma
+    /// separated, e.g. http://127.0.0.1:23790) instead of in memory.
+    /// Every nick and room carries a per-run suffix, so runs never collide
+    /// with what earlier runs left in etcd.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
     /// Write every figure as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -74,7 +83,10 @@ struct Args {
 #[derive(Subcommand)]
 enum Child {
     #[command(name = "__router", hide = true)]
-    Router,
+    Router {
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+    },
     #[command(name = "__peer", hide = true)]
     Peer {
         #[arg(long, value_parser = |s: &str| Nick::parse(s))]
@@ -113,7 +125,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match args.child {
-            Some(Child::Router) => child::serve_router().await.map(|()| None),
+            Some(Child::Router { etcd }) => child::serve_router(etcd).await.map(|()| None),
             Some(Child::Peer {
                 nick,
                 router,
@@ -130,6 +142,7 @@ fn main() -> ExitCode {
                     room_size: args.room_size,
                     payload: args.payload,
                     in_process: args.in_process,
+                    etcd: args.etcd,
                     json: args.json,
                     svg: args.svg,
                     quiet: args.quiet,

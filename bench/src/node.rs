@@ -1,7 +1,7 @@
 //! How the bench starts its routers and peers, the same way wherever they
 //! run (in this process or in a child): the router's registry and lease,
-//! the listener, a peer started and joined, and the line a child prints
-//! once it serves.
+//! the listener, a peer started and joined, the line a child prints once
+//! it serves, and the run's suffix of every nick and room.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use parley::names::{Nick, Room};
 use parley::peer::{Peer, PeerConfig, PeerEvent};
-use parley::registry::{MemoryRegistry, Registry};
+use parley::registry::{EtcdRegistry, MemoryRegistry, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -27,9 +27,39 @@ pub async fn listener() -> anyhow::Result<TcpListener> {
         .context("cannot listen on 127.0.0.1")
 }
 
-/// What the bench's router serves: an in-memory registry with its lease.
-pub fn registry() -> anyhow::Result<Arc<dyn Registry>> {
-    Ok(Arc::new(MemoryRegistry::new(LEASE_TTL)?))
+/// What the bench's router serves, with its lease: an in-memory registry,
+/// or the one kept in etcd at `etcd` when that is not empty.
+pub async fn registry(etcd: &[String]) -> anyhow::Result<Arc<dyn Registry>> {
+    if etcd.is_empty() {
+        Ok(Arc::new(MemoryRegistry::new(LEASE_TTL)?))
+    } else {
+        Ok(Arc::new(connect_etcd(etcd).await?))
+    }
+}
+
+/// The registry in etcd at `endpoints`; the error is one line naming them.
+pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<EtcdRegistry> {
+    EtcdRegistry::connect(endpoints, LEASE_TTL)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', " ")))
+}
+
+/// 8 hex digits, different in every run: the suffix of every nick and
+/// room the bench uses. A registry in etcd outlives the run and binds each
+/// nick to its first key forever, so a nick of an earlier run (a new key
+/// now) would be refused; rooms of an earlier run may still list members
+/// whose leases have not run out.
+pub fn run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // The std hasher's keys are random per process; the clock and the pid
+    // make two runs differ even if they were not.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
 }
 
 /// Starts a peer with the library's defaults, logged in to `router` and

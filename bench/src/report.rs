@@ -145,6 +145,7 @@ pub fn table(report: &Report) -> String {
         o.messages, THROUGHPUT_FACTOR, o.payload
     );
     let _ = writeln!(s, "machine: {} cores, {}, {}", m.cores, m.cpu, m.os);
+    let _ = writeln!(s, "registry: {}", o.registry());
     let _ = writeln!(s);
     let header = [
         "scenario", "members", "msgs", "failed", "mean", "p50", "p90", "p99", "max", "msgs/s",
@@ -155,10 +156,10 @@ pub fn table(report: &Report) -> String {
         let sm = &r.summary;
         rows.push(vec![
             r.scenario.name().to_owned(),
-            if r.scenario == Scenario::Floor {
-                "-".into()
-            } else {
+            if r.scenario.has_members() {
                 r.members.to_string()
+            } else {
+                "-".into()
             },
             r.messages.to_string(),
             r.failed.to_string(),
@@ -206,6 +207,26 @@ pub fn table(report: &Report) -> String {
         s,
         "x floor: p50 over the p50 of a bare gRPC Ping on the same loopback; reported: the Python design's mean."
     );
+    let ran = |sc: Scenario| report.results.iter().any(|r| r.scenario == sc);
+    if ran(Scenario::Login) {
+        let _ = writeln!(
+            s,
+            "login: LoginChallenge, signature, UserLogin of a nick never used before, over a kept TLS channel; logged out after, untimed."
+        );
+    }
+    if ran(Scenario::Join) {
+        let _ = writeln!(
+            s,
+            "join: JoinRoom of a logged-in session into one room another session holds; left after, untimed."
+        );
+    }
+    if ran(Scenario::Login) || ran(Scenario::Join) {
+        let _ = writeln!(
+            s,
+            "login, join: calls to the router ({}), one after another; msgs = calls, msgs/s = calls per second of timed calls.",
+            o.registry()
+        );
+    }
     for t in targets(report) {
         let value = if t.scenario == "throughput-private" {
             format!("{:.0} msgs/s", t.value)
@@ -253,7 +274,8 @@ struct JsonRow {
     delivered: usize,
     failed: usize,
     senders: usize,
-    members: usize,
+    /// null for the router calls (login, join): no conversation.
+    members: Option<usize>,
     in_flight: usize,
     wall_s: f64,
     reported_us: Option<f64>,
@@ -272,6 +294,12 @@ struct JsonMemory {
 
 #[derive(Serialize)]
 struct JsonConfig {
+    /// "in-memory" or "etcd".
+    registry: &'static str,
+    /// The etcd endpoints (empty in memory).
+    etcd_endpoints: Vec<String>,
+    /// The suffix of this run's nicks and rooms.
+    run_id: String,
     messages: usize,
     throughput_messages: usize,
     room_size: usize,
@@ -312,7 +340,7 @@ pub fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
             delivered: r.delivered,
             failed: r.failed,
             senders: r.senders,
-            members: r.members,
+            members: (!r.scenario.is_registry_call()).then_some(r.members),
             in_flight: r.in_flight,
             wall_s: r.wall.as_secs_f64(),
             reported_us: r.scenario.reported_ms().map(|ms| ms * 1000.0),
@@ -331,6 +359,13 @@ pub fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
         },
         machine: machine(),
         config: JsonConfig {
+            registry: if o.etcd.is_empty() {
+                "in-memory"
+            } else {
+                "etcd"
+            },
+            etcd_endpoints: o.etcd.clone(),
+            run_id: report.run_id.clone(),
             messages: o.messages,
             throughput_messages: o.messages * THROUGHPUT_FACTOR,
             room_size: o.room_size,

@@ -11,6 +11,10 @@
 //! `peer` binary drives. The other members are child processes (this same
 //! executable, re-run as [`crate::child::serve_peer`]) unless `in_process`
 //! is set. Scenarios with two senders keep both in this process.
+//!
+//! `login` and `join` time calls to the router instead, over one kept TLS
+//! channel as a peer keeps to its router: they measure the registry
+//! (in memory or in etcd), which messages never touch.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use parley::names::{Nick, Room, MAX_BODY_CHARS};
 use parley::peer::Peer;
 
 use crate::cluster::{self, Cluster, MemberSpec};
+use crate::node::{self, LEASE_TTL};
 use crate::report;
 use crate::scenario::{
     Options, Report, Scenario, ScenarioResult, IN_FLIGHT, THROUGHPUT_FACTOR, WARMUP,
@@ -195,13 +200,215 @@ async fn floor(addr: &str, n: usize, bar: &ProgressBar) -> anyhow::Result<Sample
     Ok(samples)
 }
 
-/// The rooms of the run.
-fn room(name: &str) -> Room {
-    Room::parse(name).expect("the bench's room names follow the rules")
+/// A room of the run: `#NAME-RUN`.
+fn room(name: &str, run: &str) -> Room {
+    Room::parse(&format!("#{name}-{run}")).expect("the bench's room names follow the rules")
 }
 
-fn nick(name: &str) -> Nick {
-    Nick::parse(name).expect("the bench's nicks follow the rules")
+/// A nick of the run: `NAME-RUN` (at most 32 characters: `NAME` short).
+fn nick(name: &str, run: &str) -> Nick {
+    Nick::parse(&format!("{name}-{run}")).expect("the bench's nicks follow the rules")
+}
+
+/// Where the sessions of `login` and `join` say they listen. Nothing
+/// serves there and nothing dials it: no peer shares a room with them or
+/// follows them.
+const NOWHERE: &str = "127.0.0.1:9";
+
+/// `login` or `join`: `n` calls to the router at `addr`, one after another,
+/// after `WARMUP` unmeasured ones, over one kept TLS channel of the kind a
+/// peer keeps to its router. Returns the samples and the sum of the timed
+/// calls (the rate's wall time: the untimed logouts and leaves between
+/// calls are left out).
+///
+/// - `login`: LoginChallenge, the signature over it, UserLogin: as a peer
+///   logs in. Every measured login is of a nick never used before
+///   (`login-I-RUN`, each with a new key), and is logged out right after,
+///   untimed; the warm-up logs one nick in and out again. So a run binds
+///   `n + 1` nicks in the registry, forever in etcd.
+/// - `join`: one session (`join-h-RUN`) holds `#join-RUN`; another
+///   (`join-j-RUN`) joins it, is answered both members, and leaves again,
+///   untimed, `n` times: the join of an existing room, the same in either
+///   registry (the in-memory one drops an empty room, etcd keeps it).
+async fn router_calls(
+    scenario: Scenario,
+    addr: &str,
+    run: &str,
+    n: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Samples, Duration)> {
+    use parley::identity::Identity;
+    use parley::proto::{
+        router_client::RouterClient, ChallengeRequest, HeartbeatRequest, JoinRoomRequest,
+        LeaveRoomRequest, LogoutRequest,
+    };
+    let tls = parley::tls::Tls::new(&Identity::generate())?;
+    let channel = tls.channel(
+        parley::net::endpoint(addr)?,
+        addr,
+        parley::tls::Expect::first_seen(),
+    );
+    let router = RouterClient::new(channel);
+    // Each call on a clone of the one client (the same channel), as the
+    // peer's session does; the futures own what they need.
+    let challenge = || {
+        let mut r = router.clone();
+        async move {
+            r.login_challenge(ChallengeRequest {})
+                .await
+                .map(|c| c.into_inner().challenge)
+                .map_err(|s| format!("LoginChallenge: {s}"))
+        }
+    };
+    let user_login = |req| {
+        let mut r = router.clone();
+        async move {
+            r.user_login(req)
+                .await
+                .map(|l| l.into_inner().token)
+                .map_err(|s| format!("UserLogin: {s}"))
+        }
+    };
+    let logout = |token: String| {
+        let mut r = router.clone();
+        async move {
+            r.user_logout(LogoutRequest { token })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("UserLogout: {s}"))
+        }
+    };
+    let heartbeat = |token: String| {
+        let mut r = router.clone();
+        async move {
+            r.heartbeat(HeartbeatRequest { token })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("Heartbeat: {s}"))
+        }
+    };
+    let join = |token: String, room: String| {
+        let mut r = router.clone();
+        async move {
+            r.join_room(JoinRoomRequest {
+                token,
+                room,
+                creation: None,
+                creator_key: Vec::new(),
+            })
+            .await
+            .map(|j| j.into_inner())
+            .map_err(|s| format!("JoinRoom: {s}"))
+        }
+    };
+    let leave = |token: String, room: String| {
+        let mut r = router.clone();
+        async move {
+            r.leave_room(LeaveRoomRequest { token, room })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("LeaveRoom: {s}"))
+        }
+    };
+    // One login, timed from the challenge's request to the token.
+    macro_rules! login {
+        ($id:expr, $nick:expr) => {{
+            let nick = $nick.to_string();
+            let start = Instant::now();
+            let token = match challenge().await {
+                Ok(c) => {
+                    let req = parley::peer::session::login_request($id, &nick, NOWHERE, c);
+                    user_login(req).await
+                }
+                Err(e) => Err(e),
+            };
+            token.map(|t| (t, start.elapsed()))
+        }};
+    }
+
+    let mut samples = Samples::default();
+    let mut timed = Duration::ZERO;
+    match scenario {
+        Scenario::Login => {
+            let warm_id = Identity::generate();
+            let warm = nick("login-w", run);
+            for i in 0..WARMUP + n {
+                let measured = i >= WARMUP;
+                let outcome = if measured {
+                    let id = Identity::generate();
+                    login!(&id, nick(&format!("login-{}", i - WARMUP), run))
+                } else {
+                    login!(&warm_id, warm)
+                };
+                let outcome = match outcome {
+                    Ok((token, took)) => logout(token).await.map(|()| took),
+                    Err(e) => Err(e),
+                };
+                if measured {
+                    if let Ok(took) = &outcome {
+                        timed += *took;
+                    }
+                    record(&mut samples, outcome);
+                    bar.inc(1);
+                } else if let Err(err) = outcome {
+                    tracing::debug!(cause = %err, "warm-up login failed");
+                }
+            }
+        }
+        Scenario::Join => {
+            let room = room("join", run).to_string();
+            let (holder_id, joiner_id) = (Identity::generate(), Identity::generate());
+            let (holder, _) = login!(&holder_id, nick("join-h", run))
+                .map_err(|e| anyhow::anyhow!("join: cannot log the room's holder in: {e}"))?;
+            let (joiner, _) = login!(&joiner_id, nick("join-j", run))
+                .map_err(|e| anyhow::anyhow!("join: cannot log the joiner in: {e}"))?;
+            join(holder.clone(), room.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("join: the holder cannot create {room}: {e}"))?;
+            // Both leases kept, untimed, however long the run takes.
+            let mut beat = Instant::now();
+            for i in 0..WARMUP + n {
+                if beat.elapsed() >= LEASE_TTL / 3 {
+                    for token in [&holder, &joiner] {
+                        if let Err(err) = heartbeat(token.clone()).await {
+                            tracing::warn!(cause = %err, "join: heartbeat failed");
+                        }
+                    }
+                    beat = Instant::now();
+                }
+                let start = Instant::now();
+                let joined = join(joiner.clone(), room.clone()).await;
+                let took = start.elapsed();
+                let outcome = match joined {
+                    Ok(j) if j.members.len() == 2 && !j.created => {
+                        leave(joiner.clone(), room.clone()).await.map(|()| took)
+                    }
+                    Ok(j) => Err(format!(
+                        "JoinRoom answered {} members (created: {}), not the holder and the joiner",
+                        j.members.len(),
+                        j.created
+                    )),
+                    Err(e) => Err(e),
+                };
+                if i >= WARMUP {
+                    if let Ok(took) = &outcome {
+                        timed += *took;
+                    }
+                    record(&mut samples, outcome);
+                    bar.inc(1);
+                } else if let Err(err) = outcome {
+                    tracing::debug!(cause = %err, "warm-up join failed");
+                }
+            }
+            for token in [holder, joiner] {
+                if let Err(err) = logout(token).await {
+                    tracing::debug!(cause = %err, "join: logout failed");
+                }
+            }
+        }
+        other => unreachable!("{} is not a router call", other.name()),
+    }
+    Ok((samples, timed))
 }
 
 /// Runs the benchmark. The progress bar goes to stderr unless `quiet`.
@@ -219,6 +426,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             MAX_BODY_CHARS
         );
     }
+    // An etcd that does not answer ends the run here, in one line, before
+    // any router or peer starts.
+    if !options.etcd.is_empty() {
+        drop(node::connect_etcd(&options.etcd).await?);
+    }
+    let run_id = node::run_id();
+    let run = run_id.as_str();
     let mut selected = if options.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -230,9 +444,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     selected.dedup();
     let has = |s: Scenario| selected.contains(&s);
 
-    let room3 = room("#room-3");
-    let room20 = room("#room-20");
-    let room3two = room("#room-3-two");
+    let room3 = room("room-3", run);
+    let room20 = room("room-20", run);
+    let room3two = room("room-3-two", run);
     let needs_room20 = has(Scenario::Room20) || has(Scenario::ThroughputRoom20);
     // m01 is the private partner, in every room, and the floor's server.
     let mut members_needed = 1;
@@ -255,7 +469,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 rooms.push(room3two.clone());
             }
             MemberSpec {
-                nick: nick(&format!("m{i:02}")),
+                nick: nick(&format!("m{i:02}"), run),
                 rooms,
                 unsigned: false,
             }
@@ -265,7 +479,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let mut specs = specs;
     if has(Scenario::PrivateUnsigned) {
         specs.push(MemberSpec {
-            nick: nick("u01"),
+            nick: nick("u01", run),
             rooms: Vec::new(),
             unsigned: true,
         });
@@ -273,12 +487,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     let bar = progress_bar(&options, &selected);
     bar.set_message("starting router and peers");
-    let mut cluster = Cluster::start(options.in_process, specs).await?;
+    let mut cluster = Cluster::start(options.in_process, &options.etcd, specs).await?;
     let measured = measure_all(
         &options,
         &selected,
         &mut cluster,
         &bar,
+        run,
         [room3, room20, room3two],
     )
     .await;
@@ -294,6 +509,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .map_or(0.0, |r| r.summary.p50_us);
     let report = Report {
         options,
+        run_id,
         results,
         floor_p50_us,
         router_peak_kib,
@@ -346,11 +562,14 @@ async fn measure_all(
     selected: &[Scenario],
     cluster: &mut Cluster,
     bar: &ProgressBar,
+    run: &str,
     [room3, room20, room3two]: [Room; 3],
 ) -> anyhow::Result<Vec<ScenarioResult>> {
     let has = |s: Scenario| selected.contains(&s);
     let m01 = cluster.members[0].nick.clone();
     let m01_addr = cluster.members[0].addr.clone();
+    let u01 = nick("u01", run);
+    let router_addr = cluster.router_addr.clone();
 
     // The senders join after the members, so each join's snapshot lists
     // every member; then they join again, so each sees the other sender too.
@@ -364,9 +583,11 @@ async fn measure_all(
     if has(Scenario::Room3TwoSenders) {
         a_rooms.push(room3two.clone());
     }
-    let a = cluster.add_sender(nick("bench-a"), &a_rooms, false).await?;
+    let a = cluster
+        .add_sender(nick("bench-a", run), &a_rooms, false)
+        .await?;
     let u = if has(Scenario::PrivateUnsigned) {
-        Some(cluster.add_sender(nick("bench-u"), &[], true).await?)
+        Some(cluster.add_sender(nick("bench-u", run), &[], true).await?)
     } else {
         None
     };
@@ -376,7 +597,11 @@ async fn measure_all(
             .filter(|r| **r == room3two)
             .cloned()
             .collect();
-        Some(cluster.add_sender(nick("bench-b"), &b_rooms, false).await?)
+        Some(
+            cluster
+                .add_sender(nick("bench-b", run), &b_rooms, false)
+                .await?,
+        )
     } else {
         None
     };
@@ -392,11 +617,21 @@ async fn measure_all(
         let mut senders = 1;
         let mut in_flight = 1;
         let mut members = 2;
+        // The router calls' wall time: the sum of the timed calls.
+        let mut timed_wall = None;
         let start;
         let samples = match scenario {
             Scenario::Floor => {
                 start = Instant::now();
                 floor(&m01_addr, n, bar).await?
+            }
+            Scenario::Login | Scenario::Join => {
+                // No conversation: the table shows "-", the JSON null.
+                members = 0;
+                start = Instant::now();
+                let (samples, timed) = router_calls(scenario, &router_addr, run, n, bar).await?;
+                timed_wall = Some(timed);
+                samples
             }
             Scenario::Private => {
                 let t = Target::Private(m01.clone());
@@ -406,7 +641,7 @@ async fn measure_all(
             }
             Scenario::PrivateUnsigned => {
                 let u = u.as_ref().expect("bench-u starts for private-unsigned");
-                let t = Target::Private(nick("u01"));
+                let t = Target::Private(u01.clone());
                 warm_up(u, &t, &body).await;
                 start = Instant::now();
                 sequential(u, &t, &body, n, bar).await
@@ -460,7 +695,7 @@ async fn measure_all(
                 concurrent(&a, &t, &body, n * THROUGHPUT_FACTOR, bar).await
             }
         };
-        let wall = start.elapsed();
+        let wall = timed_wall.unwrap_or_else(|| start.elapsed());
         if let Some(err) = &samples.first_error {
             tracing::warn!(
                 scenario = scenario.name(),

@@ -20,6 +20,13 @@ pub const THROUGHPUT_FACTOR: usize = 10;
 pub enum Scenario {
     /// A bare `Ping` on a kept channel: the wire's own cost.
     Floor,
+    /// One login at the router (LoginChallenge, then a signed UserLogin)
+    /// of a nick never used before, over a kept channel; logged out after,
+    /// untimed.
+    Login,
+    /// One JoinRoom of a logged-in session into one room another session
+    /// holds; left after, untimed.
+    Join,
     Private,
     /// `private` between two peers that neither sign nor check: what
     /// signatures cost, measured in the same run.
@@ -33,8 +40,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Floor,
+        Scenario::Login,
+        Scenario::Join,
         Scenario::Private,
         Scenario::PrivateUnsigned,
         Scenario::PrivateBoth,
@@ -49,6 +58,8 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Floor => "floor",
+            Scenario::Login => "login",
+            Scenario::Join => "join",
             Scenario::Private => "private",
             Scenario::PrivateUnsigned => "private-unsigned",
             Scenario::PrivateBoth => "private-both",
@@ -93,6 +104,18 @@ impl Scenario {
             })
     }
 
+    /// A call to the router rather than a message: no conversation, so no
+    /// members (the table shows "-").
+    pub fn is_registry_call(self) -> bool {
+        matches!(self, Scenario::Login | Scenario::Join)
+    }
+
+    /// Whether the row has members to show: not the floor (a bare call to
+    /// one member) nor the router calls.
+    pub fn has_members(self) -> bool {
+        !(self == Scenario::Floor || self.is_registry_call())
+    }
+
     pub fn is_throughput(self) -> bool {
         matches!(
             self,
@@ -112,6 +135,8 @@ pub struct Options {
     /// Bytes of each message body.
     pub payload: usize,
     pub in_process: bool,
+    /// etcd endpoints the router keeps its registry at; empty: in memory.
+    pub etcd: Vec<String>,
     pub json: Option<PathBuf>,
     pub svg: Option<PathBuf>,
     pub quiet: bool,
@@ -125,6 +150,7 @@ impl Default for Options {
             room_size: 20,
             payload: 100,
             in_process: false,
+            etcd: Vec::new(),
             json: None,
             svg: None,
             quiet: false,
@@ -136,7 +162,8 @@ impl Default for Options {
 #[derive(Debug, Clone)]
 pub struct ScenarioResult {
     pub scenario: Scenario,
-    /// Measured messages sent (all senders together).
+    /// Measured messages sent (all senders together); logins or joins
+    /// for the router calls.
     pub messages: usize,
     /// Of those, stored and acknowledged by every member.
     pub delivered: usize,
@@ -146,6 +173,9 @@ pub struct ScenarioResult {
     pub members: usize,
     /// Sends kept in flight per sender.
     pub in_flight: usize,
+    /// Wall time of the measured sends. For the router calls, the sum of
+    /// the timed calls only (the untimed logouts and leaves between them
+    /// are left out), so their rate is 1 / mean.
     pub wall: Duration,
     pub summary: Summary,
     /// Latencies of delivered messages (µs), sorted.
@@ -163,9 +193,23 @@ impl ScenarioResult {
     }
 }
 
+impl Options {
+    /// The registry the router keeps, in words: `in-memory` or `etcd at
+    /// URL,URL`.
+    pub fn registry(&self) -> String {
+        if self.etcd.is_empty() {
+            "in-memory".into()
+        } else {
+            format!("etcd at {}", self.etcd.join(","))
+        }
+    }
+}
+
 /// Everything a run measured.
 pub struct Report {
     pub options: Options,
+    /// This run's suffix of every nick and room (see [`crate::node::run_id`]).
+    pub run_id: String,
     pub results: Vec<ScenarioResult>,
     /// p50 of the floor, µs.
     pub floor_p50_us: f64,

@@ -33,12 +33,17 @@ pub fn write(report: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let title = format!(
-        "parley bench: latency CDF ({} messages, {})",
+        "parley bench: latency CDF ({} messages, {}, registry {})",
         report.options.messages,
         if report.options.in_process {
             "in-process"
         } else {
             "members as processes"
+        },
+        if report.options.etcd.is_empty() {
+            "in memory"
+        } else {
+            "in etcd"
         }
     );
     let mut chart = ChartBuilder::on(&root)
@@ -50,8 +55,8 @@ pub fn write(report: &Report, path: &Path) -> anyhow::Result<()> {
         .map_err(draw_err)?;
     chart
         .configure_mesh()
-        .x_desc("latency (send call until every member stored and acknowledged)")
-        .y_desc("fraction of messages")
+        .x_desc("latency (a message: until every member stored and acknowledged; login, join: the router's answer)")
+        .y_desc("fraction of messages or calls")
         .x_label_formatter(&|us| fmt_us(*us))
         .y_label_formatter(&|f| format!("{:.0}%", f * 100.0))
         .draw()

@@ -1,11 +1,19 @@
 //! The bundled benchmark end to end: the real `bench` binary with few
-//! messages, members as processes and in-process. Checks that it runs and
-//! reports, never how fast (targets are the benchmark's own business).
+//! messages, members as processes and in-process, the registry in memory
+//! and (ignored unless asked: it needs the `etcd` binary) in a real etcd.
+//! Checks that it runs and reports sane figures, never how fast (targets
+//! are the benchmark's own business).
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-const ROWS: [&str; 9] = [
+/// Every row of a default run, in the table's order.
+const ROWS: [&str; 11] = [
     "floor",
+    "login",
+    "join",
     "private",
     "private-unsigned",
     "private-both",
@@ -16,78 +24,317 @@ const ROWS: [&str; 9] = [
     "throughput-room-20",
 ];
 
-fn run_bench(extra: &[&str]) {
+/// `--messages` of every run here.
+const MESSAGES: usize = 20;
+
+/// What a run printed and wrote.
+struct Run {
+    stdout: String,
+    doc: serde_json::Value,
+}
+
+/// Runs the bench with `extra` and checks every row of `rows`: in the
+/// table, in the JSON, the same figures, all of them sane.
+fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("bench.json");
     let svg = tmp.path().join("bench.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--messages", "20", "--room-size", "4", "--quiet", "--json"])
+        .args(["--messages", &MESSAGES.to_string()])
+        .args(["--room-size", "4", "--quiet", "--json"])
         .arg(&json)
         .arg("--svg")
         .arg(&svg)
         .args(extra)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}\n{stdout}");
 
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let rows = doc["scenarios"].as_array().unwrap();
-    assert_eq!(rows.len(), ROWS.len(), "{doc:#}");
-    for name in ROWS {
+    let json_rows = doc["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = json_rows
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, rows, "{doc:#}");
+    let floor_p50 = doc["floor_p50_us"].as_f64().unwrap();
+    assert!(floor_p50 > 0.0, "{doc:#}");
+    for &name in rows {
         // The table: a line starting with the name, with positive figures.
         let line = stdout
             .lines()
             .find(|l| l.split_whitespace().next() == Some(name))
             .unwrap_or_else(|| panic!("no {name} row in:\n{stdout}"));
         let cells: Vec<&str> = line.split_whitespace().collect();
+        // name, members, msgs, failed, five "<n> <unit>" latencies, msgs/s,
+        // x floor, reported ("-" or "<n> ms"), speed-up.
+        assert!(cells.len() == 18 || cells.len() == 19, "{line}");
         let msgs: usize = cells[2].parse().unwrap();
         let failed: usize = cells[3].parse().unwrap();
         assert!(msgs > 0 && failed == 0, "{line}");
+        let router_call = name == "login" || name == "join";
+        if router_call || name == "floor" {
+            assert_eq!(cells[1], "-", "{line}");
+        } else {
+            assert!(cells[1].parse::<usize>().unwrap() >= 2, "{line}");
+        }
+        if router_call || name == "floor" || name == "private" {
+            assert_eq!(msgs, MESSAGES, "{line}");
+        }
 
         // The JSON row of the same name holds the same figures.
-        let row = rows
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in the JSON"));
+        let row = json_rows.iter().find(|r| r["name"] == name).unwrap();
         assert_eq!(row["messages"].as_u64(), Some(msgs as u64), "{row}");
-        for field in [
-            "mean_us",
-            "p50_us",
-            "p90_us",
-            "p99_us",
-            "max_us",
-            "msgs_per_s",
-            "vs_floor",
-        ] {
-            let v = row[field].as_f64().unwrap_or(0.0);
-            assert!(v > 0.0, "{name}.{field} = {v}");
-        }
-        let msgs_per_s = row["msgs_per_s"].as_f64().unwrap();
-        // name, members, msgs, failed, five "<n> <unit>" latencies, msgs/s.
+        assert_eq!(row["delivered"].as_u64(), Some(msgs as u64), "{row}");
+        assert_eq!(row["failed"].as_u64(), Some(0), "{row}");
+        let f = |field: &str| {
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{field} missing: {row}"));
+            assert!(v > 0.0 && v.is_finite(), "{name}.{field} = {v}");
+            v
+        };
+        let (mean, p50, p90, p99, max) = (
+            f("mean_us"),
+            f("p50_us"),
+            f("p90_us"),
+            f("p99_us"),
+            f("max_us"),
+        );
+        assert!(p50 <= p90 && p90 <= p99 && p99 <= max, "{row}");
+        assert!(mean <= max, "{row}");
+        // Nothing on loopback takes a minute.
+        assert!(max < 60e6, "{row}");
+        let vs_floor = f("vs_floor");
+        assert!(
+            (vs_floor - p50 / floor_p50).abs() < 1e-6 * vs_floor,
+            "{row}"
+        );
+        let msgs_per_s = f("msgs_per_s");
+        f("wall_s");
         let shown: f64 = cells[14].parse().unwrap();
         assert!((msgs_per_s.round() - shown).abs() <= 1.0, "{line} vs {row}");
+        let shown_vs: f64 = cells[15].parse().unwrap();
+        assert!((vs_floor - shown_vs).abs() <= 0.006, "{line} vs {row}");
+        if router_call {
+            // One call after another, their rate over the timed calls only.
+            assert!(row["members"].is_null(), "{row}");
+            let one_over_mean = 1e6 / mean;
+            assert!(
+                (msgs_per_s - one_over_mean).abs() <= 0.01 * one_over_mean,
+                "{row}"
+            );
+        } else {
+            assert!(row["members"].as_u64().unwrap() >= 2, "{row}");
+        }
     }
-    // Signatures' cost is stated against the unsigned pair of the same run.
-    let targets = doc["targets"].as_array().unwrap();
-    assert!(
-        targets.iter().any(|t| t["scenario"] == "private"
-            && t["what"].as_str().unwrap().contains("private-unsigned")
-            && t["value"].as_f64().unwrap() > 0.0),
-        "{targets:?}"
-    );
+    if rows.contains(&"login") || rows.contains(&"join") {
+        assert!(
+            stdout.contains("\nlogin: ") && stdout.contains("\njoin: "),
+            "{stdout}"
+        );
+    }
+    if rows.contains(&"private-unsigned") {
+        // Signatures' cost is stated against the unsigned pair of the run.
+        let targets = doc["targets"].as_array().unwrap();
+        assert!(
+            targets.iter().any(|t| t["scenario"] == "private"
+                && t["what"].as_str().unwrap().contains("private-unsigned")
+                && t["value"].as_f64().unwrap() > 0.0),
+            "{targets:?}"
+        );
+    }
     let picture = std::fs::read_to_string(&svg).unwrap();
-    assert!(picture.contains("<svg") && picture.contains("room-3-two-senders"));
+    assert!(picture.contains("<svg"));
+    for name in rows {
+        assert!(
+            picture.contains(&format!("{name}  p50")),
+            "{name} not drawn"
+        );
+    }
+    Run { stdout, doc }
+}
+
+/// The registry the run says it measured, in the table and in the JSON.
+fn assert_registry(run: &Run, line: &str, kind: &str) {
+    assert!(
+        run.stdout.lines().any(|l| l == format!("registry: {line}")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.doc["config"]["registry"], kind, "{:#}", run.doc);
 }
 
 #[test]
 fn bench_with_members_as_processes() {
-    run_bench(&[]);
+    let run = run_bench(&[], &ROWS);
+    assert_registry(&run, "in-memory", "in-memory");
 }
 
 #[test]
 fn bench_in_process() {
-    run_bench(&["--in-process"]);
+    let run = run_bench(&["--in-process"], &ROWS);
+    assert_registry(&run, "in-memory", "in-memory");
+}
+
+#[test]
+fn bench_says_so_when_etcd_does_not_answer() {
+    // A port nothing listens on (bound, then let go).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--etcd", &url, "--messages", "5", "--quiet"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "no scenario ran");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("bench: ") && lines[0].contains(&format!("etcd at {url}")),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// How long etcd may take to answer once started.
+const ETCD_HEALTHY_WITHIN: Duration = Duration::from_secs(15);
+
+/// A one-member etcd on free loopback ports (never 2379/2380), its data
+/// in a temporary directory; killed on drop.
+struct Etcd {
+    url: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        // Both ports held at once, so they differ; let go for etcd to take.
+        let (client, peer) = {
+            let a = TcpListener::bind("127.0.0.1:0").unwrap();
+            let b = TcpListener::bind("127.0.0.1:0").unwrap();
+            (
+                a.local_addr().unwrap().port(),
+                b.local_addr().unwrap().port(),
+            )
+        };
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let dir = tempfile::Builder::new()
+            .prefix("parley-bench-etcd-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "bench"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "parley-bench-test"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("etcd runs (apt-get install etcd-server)");
+        let etcd = Etcd { url, child, dir };
+        etcd.wait_healthy(client);
+        etcd
+    }
+
+    /// Waits until etcd's `/health` says so; panics with its log if it
+    /// does not within `ETCD_HEALTHY_WITHIN`.
+    fn wait_healthy(&self, port: u16) {
+        let deadline = Instant::now() + ETCD_HEALTHY_WITHIN;
+        while !healthy(port) {
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.path().join("etcd.log"));
+                panic!(
+                    "etcd at {} not healthy within {ETCD_HEALTHY_WITHIN:?}:\n{}",
+                    self.url,
+                    log.unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the etcd on `port` answers `GET /health` with health true.
+fn healthy(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
+
+fn etcd_run(etcd: &Etcd, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "--etcd",
+        etcd.url.as_str(),
+        "--scenario",
+        "login",
+        "--scenario",
+        "join",
+        "--scenario",
+        "private",
+    ];
+    args.extend_from_slice(extra);
+    let run = run_bench(&args, &["floor", "login", "join", "private"]);
+    assert_registry(&run, &format!("etcd at {}", etcd.url), "etcd");
+    assert_eq!(
+        run.doc["config"]["etcd_endpoints"],
+        serde_json::json!([etcd.url]),
+        "{:#}",
+        run.doc
+    );
+    run
+}
+
+#[test]
+#[ignore = "needs etcd"]
+fn bench_with_the_registry_in_etcd() {
+    let etcd = Etcd::start();
+    // Twice on one etcd: what the first run bound (every nick, forever)
+    // must not refuse the second's logins.
+    let first = etcd_run(&etcd, &[]);
+    let second = etcd_run(&etcd, &[]);
+    assert_ne!(
+        first.doc["config"]["run_id"], second.doc["config"]["run_id"],
+        "two runs, one suffix"
+    );
+    // The router in the bench process, on the same etcd.
+    etcd_run(&etcd, &["--in-process"]);
+    drop(etcd);
 }
