@@ -156,6 +156,10 @@ async fn a_peer_that_cannot_start_says_why_in_one_line() {
         err.contains("127.0.0.1:1") && err.contains("router --listen"),
         "{err}"
     );
+    assert!(
+        !tmp.path().join("x").exists(),
+        "a failed start leaves no data directory behind"
+    );
 
     // Several routers, none answering: one line naming every one.
     let (code, err) = peer_exit(&[
@@ -189,6 +193,7 @@ async fn a_peer_that_cannot_start_says_why_in_one_line() {
     .await;
     assert_eq!(code, Some(1));
     assert!(err.contains("taken"), "{err}");
+    assert!(!tmp.path().join("y").exists());
 
     // A second peer on a data directory in use: refused by the lock.
     let (code, err) = peer_exit(&[
@@ -202,6 +207,8 @@ async fn a_peer_that_cannot_start_says_why_in_one_line() {
     .await;
     assert_eq!(code, Some(1));
     assert!(err.contains("in use"), "{err}");
+    // A directory that was there before a failed start stays.
+    assert!(tmp.path().join("alice").join("history.db").exists());
 
     // A bad nick is refused before anything starts.
     let (code, err) = peer_exit(&["--nick", "no spaces", "--router", &addr]).await;
@@ -224,4 +231,147 @@ async fn a_router_stops_on_sigterm_while_a_peer_is_frozen() {
     println!("router exited {:?} after SIGTERM", started.elapsed());
     peer.signal("CONT");
     peer.kill9().await;
+}
+
+/// The `presence` events of `p` seen so far (skipped ones included) that
+/// name `nick`.
+fn presence_of(p: &Proc, nick: &str) -> Vec<serde_json::Value> {
+    p.skipped
+        .iter()
+        .filter(|e| e["type"] == "presence" && e["nick"] == nick)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn joins_parts_and_quits_are_presence_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &["--join", "#rust"]).await;
+    a.event("joined").await;
+    let mut b = Proc::peer(&addr, "b", &tmp.path().join("b"), &["--join", "#rust"]).await;
+    b.event("joined").await;
+    let p = a.event("presence").await;
+    assert_eq!(
+        p,
+        serde_json::json!({"type": "presence", "room": "#rust", "nick": "b", "event": "joined"})
+    );
+
+    let mut c = Proc::peer(&addr, "c", &tmp.path().join("c"), &["--join", "#rust"]).await;
+    c.event("joined").await;
+    for p in [&mut a, &mut b] {
+        let e = p.event("presence").await;
+        assert_eq!(
+            (e["nick"].as_str(), e["event"].as_str()),
+            (Some("c"), Some("joined"))
+        );
+    }
+    // A part with a parting message: taken, and the others see a leave.
+    c.send("/part #rust see ya").await;
+    let l = c.event("left").await;
+    assert_eq!(
+        (l["room"].as_str(), l["reason"].as_str()),
+        (Some("#rust"), Some("left"))
+    );
+    for p in [&mut a, &mut b] {
+        let e = p.event("presence").await;
+        assert_eq!(
+            e,
+            serde_json::json!({"type": "presence", "room": "#rust", "nick": "c", "event": "left"})
+        );
+    }
+    // A quit (with a message) is one quit per room, not a leave.
+    b.send("/quit bye all").await;
+    b.quit().await;
+    let e = a.event("presence").await;
+    assert_eq!(
+        e,
+        serde_json::json!({"type": "presence", "room": "#rust", "nick": "b", "event": "quit"})
+    );
+    // c, in no room with anyone, hears nothing of b's quit; a never hears
+    // of itself.
+    c.send("/users").await;
+    c.event("users").await;
+    assert!(
+        presence_of(&c, "b").iter().all(|e| e["event"] == "joined"),
+        "{:?}",
+        c.skipped
+    );
+    a.send("/users").await;
+    a.event("users").await;
+    assert!(presence_of(&a, "a").is_empty(), "{:?}", a.skipped);
+    assert!(
+        a.skipped.iter().all(|e| e["type"] != "error"),
+        "{:?}",
+        a.skipped
+    );
+    a.quit().await;
+    c.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn losing_the_router_and_getting_it_back_are_router_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &["--join", "#r"]).await;
+    a.event("joined").await;
+    router.kill9().await;
+    let lost = a.event("router").await;
+    assert_eq!(lost, serde_json::json!({"type": "router", "state": "lost"}));
+    // Heartbeats keep failing meanwhile; still one event per outage.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (router, _) = Proc::router_on(&addr, 10).await;
+    let back = a.event("router").await;
+    assert_eq!(back, serde_json::json!({"type": "router", "state": "back"}));
+    // Logged in again and back in the room: the router shows it.
+    common::until_members(&addr, "#r", 1, Duration::from_secs(15)).await;
+    a.send("/who #r").await;
+    let w = a.event("who").await;
+    assert_eq!(w["members"], serde_json::json!(["a"]));
+    assert!(
+        a.skipped.iter().all(|e| e["type"] != "router"),
+        "one lost and one back: {:?}",
+        a.skipped
+    );
+    a.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn a_message_to_a_nick_never_seen_says_so_and_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &[]).await;
+    a.send("/msg nobdy hi there").await;
+    let sent = a.event("sent").await;
+    assert_eq!(sent["pending"], serde_json::json!(["nobdy"]));
+    let info = a.event("info").await;
+    assert_eq!(
+        info["message"],
+        "nobody called nobdy has been seen; the message will wait for them"
+    );
+
+    // Someone seen before and offline now: queued, without that line.
+    let b = Proc::peer(&addr, "b", &tmp.path().join("b"), &[]).await;
+    b.quit().await;
+    common::until_members(&addr, "b", 0, Duration::from_secs(10)).await;
+    a.send("/msg b see you later").await;
+    let sent = a.event("sent").await;
+    assert_eq!(sent["pending"], serde_json::json!(["b"]));
+    a.send("/users").await;
+    a.event("users").await;
+    assert!(
+        a.skipped.iter().all(|e| e["type"] != "info"),
+        "{:?}",
+        a.skipped
+    );
+
+    // And the message to the typo'd nick waits for it: nobdy logs in.
+    let mut n = Proc::peer(&addr, "nobdy", &tmp.path().join("n"), &[]).await;
+    let m = n.event("message").await;
+    assert_eq!(m["body"], "hi there");
+    a.quit().await;
+    n.quit().await;
+    router.terminate().await;
 }

@@ -1,12 +1,14 @@
 //! `peer`: the program a person runs to chat.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use parley::client::Client;
+use parley::logging::HeldLog;
 use parley::names::{Nick, Room};
 use parley::peer::{Peer, PeerConfig};
 use parley::terminal::{spawn_input, Output};
@@ -50,6 +52,10 @@ struct Args {
     /// One JSON object per line on stdout, for scripts.
     #[arg(long)]
     json: bool,
+    /// Log to stderr even on a terminal (where logs otherwise go to
+    /// peer.log in the data directory, so they never write over the chat).
+    #[arg(long)]
+    log_stderr: bool,
     /// Seconds between comparisons of history with the other members of
     /// each conversation (anti-entropy; jittered). Decimals work: 0.5.
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = sync_interval)]
@@ -77,12 +83,47 @@ fn default_data_dir(nick: &Nick) -> Result<PathBuf, String> {
     Ok(home.join(nick.key()))
 }
 
+/// The log file's name in the data directory, when the peer runs on a
+/// terminal.
+const LOG_FILE: &str = "peer.log";
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    parley::logging::run_main("peer", run(args))
+    // A person chatting on a terminal: log lines would land in the middle
+    // of the line being typed, so they go to a file (held in memory until
+    // the data directory exists). Scripts (--json, pipes) keep stderr.
+    let on_terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let log = if on_terminal && !args.json && !args.log_stderr {
+        Some(parley::logging::init_held())
+    } else {
+        parley::logging::init();
+        None
+    };
+    parley::logging::run("peer", run(args, log))
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// Removes `dir`, made by a start that failed, so a failed start leaves
+/// nothing behind. Only under its lock: a peer that took the directory
+/// meanwhile keeps it.
+async fn remove_fresh_dir(dir: &Path) {
+    let Ok(lock) = parley::store::lock_data_dir(dir) else {
+        return;
+    };
+    // The failed peer's history store may still be closing its files.
+    for _ in 0..20 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => break,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
+            Err(err) => {
+                tracing::debug!(dir = %dir.display(), cause = %err, "cannot remove the data directory yet");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+    drop(lock);
+}
+
+async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir(&args.nick)?,
@@ -90,12 +131,37 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let mut config = PeerConfig::new(args.nick.clone(), String::new(), listener, data_dir);
+    let fresh = !data_dir.exists();
+    let mut config = PeerConfig::new(args.nick.clone(), String::new(), listener, data_dir.clone());
     config.routers = args.router;
     config.advertise = args.advertise;
     config.sync_interval = args.sync_interval;
     config.router_keys = args.router_key;
-    let (peer, events) = Peer::start(config).await.map_err(|e| e.to_string())?;
+    let log_file = data_dir.join(LOG_FILE);
+    let (peer, events) = match Peer::start(config).await {
+        Ok(started) => started,
+        Err(err) => {
+            if fresh {
+                if let Some(log) = &log {
+                    log.discard();
+                }
+                remove_fresh_dir(&data_dir).await;
+            } else if let Some(log) = &log {
+                // What led up to the failure, for whoever reads the log.
+                let _ = log.to_file(&log_file);
+            }
+            return Err(err.to_string());
+        }
+    };
+    if let Some(log) = &log {
+        // Still before the chat: one line on stderr is fine here.
+        if let Err(err) = log.to_file(&log_file) {
+            eprintln!(
+                "peer: cannot write the log file {}: {err}; logging nothing",
+                log_file.display()
+            );
+        }
+    }
     let (lines, printer) = spawn_input(args.json);
     printer.print(&Output::Ready {
         nick: peer.nick().to_string(),

@@ -31,6 +31,27 @@ pub enum PeerEvent {
     /// Something the person must act on: a known nick came back with
     /// another key.
     Warning { nick: String, text: String },
+    /// Someone else joined or left one of this peer's rooms (from the
+    /// router's `Watch` events; never this peer itself).
+    Presence {
+        room: String,
+        nick: String,
+        change: Presence,
+    },
+    /// Someone else went offline: logged out, or its lease ran out (the
+    /// router does not say which). Their rooms' `Left` comes separately.
+    Offline { nick: String },
+    /// The router stopped answering (`up` false: every router of the list
+    /// was unreachable), or answers again after that (`up` true). Said once
+    /// per outage.
+    Router { up: bool },
+}
+
+/// A change in who sits in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Joined,
+    Left,
 }
 
 /// The sending side of the queue. Cheap to clone.

@@ -39,7 +39,7 @@ use crate::sync::{SyncCounts, SyncError, Syncer};
 use crate::tls::{Tls, TlsError};
 use crate::trust::{KnownKeys, TrustError};
 use events::Events;
-pub use events::PeerEvent;
+pub use events::{PeerEvent, Presence};
 use outbox::Outbox;
 pub use outbox::SendReport;
 use rooms::Rooms;
@@ -470,6 +470,21 @@ impl Peer {
                     });
                 }
                 SessionEvent::Reconnected => self.inner.kick.notify_one(),
+                SessionEvent::Presence { room, nick, joined } => {
+                    let change = if joined {
+                        events::Presence::Joined
+                    } else {
+                        events::Presence::Left
+                    };
+                    self.inner
+                        .events
+                        .emit(PeerEvent::Presence { room, nick, change });
+                }
+                SessionEvent::Offline(member) => self
+                    .inner
+                    .events
+                    .emit(PeerEvent::Offline { nick: member.nick }),
+                SessionEvent::Router { up } => self.inner.events.emit(PeerEvent::Router { up }),
             }
         }
     }

@@ -81,6 +81,17 @@ pub enum SessionEvent {
     /// The `Watch` stream was opened again after a break: events may have
     /// been missed, so it is worth comparing histories.
     Reconnected,
+    /// Someone else joined or left one of this peer's rooms.
+    Presence {
+        room: String,
+        nick: String,
+        joined: bool,
+    },
+    /// Someone else went offline.
+    Offline(Member),
+    /// No router could be asked (`up` false), or one answers again after
+    /// that (`up` true): once per outage, whatever the calls in between.
+    Router { up: bool },
 }
 
 /// Who this peer is to the router.
@@ -134,6 +145,9 @@ struct Inner {
     /// Serialises logins so two tasks noticing a lost session log in once.
     relogin: tokio::sync::Mutex<()>,
     lease: Mutex<Duration>,
+    /// No router answered the last call that needed one: an outage the
+    /// person has been told of.
+    lost: AtomicBool,
     world: World,
     events: mpsc::Sender<SessionEvent>,
     /// Wakes the watch loop out of its backoff after a new login, so the
@@ -198,6 +212,7 @@ impl Session {
                 token: RwLock::new(String::new()),
                 relogin: tokio::sync::Mutex::new(()),
                 lease: Mutex::new(Duration::from_secs(10)),
+                lost: AtomicBool::new(false),
                 world: World::default(),
                 events,
                 rewatch: Notify::new(),
@@ -278,6 +293,22 @@ impl Session {
     fn emit(&self, event: SessionEvent) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.inner.events.try_send(event) {
             tracing::warn!(?event, "session events queue full; dropping one");
+        }
+    }
+
+    /// A router answered (whatever it said): an outage, if there was one,
+    /// is over.
+    fn answered(&self) {
+        if self.inner.lost.swap(false, Ordering::AcqRel) {
+            tracing::info!("a router answers again");
+            self.emit(SessionEvent::Router { up: true });
+        }
+    }
+
+    /// No router could be asked: the start of an outage, unless one is on.
+    fn unanswered(&self) {
+        if !self.inner.lost.swap(true, Ordering::AcqRel) {
+            self.emit(SessionEvent::Router { up: false });
         }
     }
 
@@ -368,6 +399,7 @@ impl Session {
             let (i, link) = self.link();
             match f(link.client.clone()).await {
                 Ok(v) => {
+                    self.answered();
                     self.pin_router(link);
                     if let Some(from) = left {
                         // Said once, when it worked: a list of routers none
@@ -381,7 +413,14 @@ impl Session {
                     left.get_or_insert(link.addr.as_str());
                     tries -= 1;
                 }
-                Err(s) => return Err(self.error(what, s, link)),
+                Err(s) => {
+                    if Self::is_unreachable(&s) {
+                        self.unanswered();
+                    } else {
+                        self.answered();
+                    }
+                    return Err(self.error(what, s, link));
+                }
             }
         }
     }
@@ -657,6 +696,13 @@ impl Session {
                 }
             }
             Change::RoomGone { room, by } => self.emit(SessionEvent::RoomGone { room, by }),
+            // Others' comings and goings; this peer's own are not news.
+            Change::Presence { nick, .. } | Change::Offline(Member { nick, .. })
+                if nick.eq_ignore_ascii_case(self.inner.config.nick.as_str()) => {}
+            Change::Presence { room, nick, joined } => {
+                self.emit(SessionEvent::Presence { room, nick, joined })
+            }
+            Change::Offline(member) => self.emit(SessionEvent::Offline(member)),
         }
     }
 

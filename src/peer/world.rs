@@ -49,6 +49,17 @@ pub enum Change {
         room: String,
         by: String,
     },
+    /// `nick` joined (or left) one of this peer's rooms: one not in the
+    /// picture before (or one that was). Members a snapshot dropped and
+    /// that come back are not news; nor are events the picture holds.
+    Presence {
+        room: String,
+        nick: String,
+        joined: bool,
+    },
+    /// A user went offline (logged out or its lease ran out). Not said when
+    /// the session ending is an old one its nick already replaced.
+    Offline(Member),
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +141,9 @@ impl World {
             .collect();
         s.rooms.insert(room_key, view);
         for e in later {
-            apply_room_event(&mut s, &e);
+            // Replayed over the snapshot: said already, or from before the
+            // join.
+            let _ = apply_room_event(&mut s, &e);
         }
     }
 
@@ -244,10 +257,14 @@ impl World {
                 // A reclaim ends an old session after the new one began: only
                 // drop the user if the address is the one going away.
                 let k = key(&m.nick);
-                if s.users.get(&k).is_some_and(|u| u.address == m.address) {
-                    s.users.remove(&k);
+                match s.users.get(&k) {
+                    Some(u) if u.address == m.address => {
+                        s.users.remove(&k);
+                        Change::Offline(m.clone())
+                    }
+                    Some(_) => Change::Nothing,
+                    None => Change::Offline(m.clone()),
                 }
-                Change::Nothing
             }
             Some(Kind::RoomDeleted(d)) => match s.rooms.remove(&key(&d.room)) {
                 Some(view) => Change::RoomGone {
@@ -258,31 +275,49 @@ impl World {
             },
             _ => Change::Nothing,
         };
-        apply_room_event(&mut s, &event);
-        change
+        match apply_room_event(&mut s, &event) {
+            Some(presence) if change == Change::Nothing => presence,
+            _ => change,
+        }
     }
 }
 
-fn apply_room_event(s: &mut State, e: &RegistryEvent) {
+/// Applies a membership event to the room it names, if this peer is in it
+/// and the event is newer than the picture. Returns the presence change a
+/// person would care about: someone new in the room, or someone the picture
+/// had leaving it.
+fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
     let (rm, joined) = match &e.kind {
         Some(Kind::MemberJoined(rm)) => (rm, true),
         Some(Kind::MemberLeft(rm)) => (rm, false),
-        _ => return,
+        _ => return None,
     };
-    let Some(member) = &rm.member else { return };
-    let Some(view) = s.rooms.get_mut(&key(&rm.room)) else {
-        return;
-    };
+    let member = rm.member.as_ref()?;
+    let view = s.rooms.get_mut(&key(&rm.room))?;
     if e.revision <= view.revision {
-        return;
+        return None;
     }
     view.revision = e.revision;
-    view.absent.remove(&key(&member.nick));
-    if joined {
-        view.members.insert(key(&member.nick), member.clone());
+    let k = key(&member.nick);
+    let was_absent = view
+        .absent
+        .remove(&k)
+        .is_some_and(|(_, since)| still_absent(&since));
+    let was_member = if joined {
+        view.members.insert(k, member.clone()).is_some()
     } else {
-        view.members.remove(&key(&member.nick));
-    }
+        view.members.remove(&k).is_some()
+    };
+    let news = if joined {
+        !was_member && !was_absent
+    } else {
+        was_member || was_absent
+    };
+    news.then(|| Change::Presence {
+        room: view.name.clone(),
+        nick: member.nick.clone(),
+        joined,
+    })
 }
 
 #[cfg(test)]
@@ -369,6 +404,69 @@ mod tests {
             }),
         ));
         assert_eq!(w.membership("#r", "carol"), Membership::Unknown);
+    }
+
+    fn joined(rev: u64, room: &str, n: &str) -> RegistryEvent {
+        ev(
+            rev,
+            Kind::MemberJoined(RoomMember {
+                room: room.into(),
+                member: Some(m(n)),
+            }),
+        )
+    }
+
+    fn left(rev: u64, room: &str, n: &str) -> RegistryEvent {
+        ev(
+            rev,
+            Kind::MemberLeft(RoomMember {
+                room: room.into(),
+                member: Some(m(n)),
+            }),
+        )
+    }
+
+    fn presence(room: &str, nick: &str, joined: bool) -> Change {
+        Change::Presence {
+            room: room.into(),
+            nick: nick.into(),
+            joined,
+        }
+    }
+
+    #[test]
+    fn comings_and_goings_are_news_only_once() {
+        let w = World::default();
+        w.set_room("#R", vec![m("alice"), m("bob")], 1);
+        assert_eq!(
+            w.apply(joined(2, "#r", "carol")),
+            presence("#R", "carol", true)
+        );
+        // Said already, or older than the picture: not news.
+        assert_eq!(w.apply(joined(3, "#r", "carol")), Change::Nothing);
+        assert_eq!(w.apply(left(2, "#r", "bob")), Change::Nothing);
+        assert_eq!(w.apply(left(4, "#r", "bob")), presence("#R", "bob", false));
+        assert_eq!(w.apply(left(5, "#r", "dave")), Change::Nothing);
+        // Rooms this peer is not in say nothing.
+        assert_eq!(w.apply(joined(6, "#other", "erin")), Change::Nothing);
+        // Going offline is news; the end of an old session whose nick is
+        // already back at another address is not.
+        w.set_users(vec![m("bob"), m("carol")]);
+        assert_eq!(
+            w.apply(ev(7, Kind::UserOffline(m("bob")))),
+            Change::Offline(m("bob"))
+        );
+        let old = Member {
+            address: "elsewhere:1".into(),
+            ..m("carol")
+        };
+        assert_eq!(w.apply(ev(8, Kind::UserOffline(old))), Change::Nothing);
+        // A router restart: a member the snapshot dropped that joins again
+        // was never gone, as far as a person can tell.
+        w.new_session();
+        w.set_room("#R", vec![m("alice")], 1);
+        assert_eq!(w.apply(joined(2, "#r", "carol")), Change::Nothing);
+        assert!(w.is_member("#r", "carol"));
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub enum Target {
 pub enum Command {
     /// `/join #room`
     Join(Room),
-    /// `/leave [#room]`, alias `/part`; no room means the current one.
+    /// `/leave [#room [MESSAGE]]`, alias `/part`; no room means the current
+    /// one. A parting message is accepted, and goes nowhere: the router
+    /// carries none.
     Leave(Option<Room>),
     /// `/msg NICK TEXT`
     Msg(Nick, String),
@@ -44,7 +46,7 @@ pub enum Command {
     Trust(Nick),
     /// `/help`
     Help,
-    /// `/quit`
+    /// `/quit [MESSAGE]` (the message, like a parting one, goes nowhere).
     Quit,
     /// Any line not starting with `/`: a message to the current conversation.
     Say(String),
@@ -53,7 +55,7 @@ pub enum Command {
 /// One line per command, shown by `/help`.
 pub const HELP: &str = "\
 /join #room              join a room (created if new) and talk there
-/leave [#room]           leave a room, the current one by default (alias /part)
+/leave [#room [MESSAGE]] leave a room, the current one by default (alias /part)
 /msg NICK TEXT           send a private message to NICK
 /query NICK              talk privately to NICK from now on
 /who [#room]             list a room's members, the current room by default
@@ -64,11 +66,10 @@ pub const HELP: &str = "\
 /whois NICK              show NICK's address and key fingerprint
 /trust NICK              accept the new key NICK came back with (check with them first)
 /help                    show this help
-/quit                    leave the chat
+/quit [MESSAGE]          leave the chat
 TEXT                     send TEXT to the current room or nick (//TEXT sends /TEXT)";
 
 const USAGE_JOIN: &str = "/join #room";
-const USAGE_LEAVE: &str = "/leave [#room]";
 const USAGE_MSG: &str = "/msg NICK TEXT";
 const USAGE_QUERY: &str = "/query NICK";
 const USAGE_WHO: &str = "/who [#room]";
@@ -79,7 +80,6 @@ const USAGE_DELETE: &str = "/delete #room";
 const USAGE_WHOIS: &str = "/whois NICK";
 const USAGE_TRUST: &str = "/trust NICK";
 const USAGE_HELP: &str = "/help";
-const USAGE_QUIT: &str = "/quit";
 
 /// Why a line could not be parsed; the message is meant for the person typing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,7 +128,11 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
     };
     let command = match name.to_ascii_lowercase().as_str() {
         "join" => Command::Join(room(one(args, USAGE_JOIN)?)?),
-        "leave" | "part" => Command::Leave(optional(args, USAGE_LEAVE)?.map(room).transpose()?),
+        // IRC's parting message after the room: accepted, not carried.
+        "leave" | "part" => match split_word(args) {
+            ("", _) => Command::Leave(None),
+            (name, _) => Command::Leave(Some(room(name)?)),
+        },
         "msg" => {
             let (who, text) = split_word(args);
             if who.is_empty() || text.trim().is_empty() {
@@ -155,10 +159,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             none(args, USAGE_HELP)?;
             Command::Help
         }
-        "quit" => {
-            none(args, USAGE_QUIT)?;
-            Command::Quit
-        }
+        // `/quit bye all`: the message is accepted, not carried.
+        "quit" => Command::Quit,
         _ => return Err(CommandError::Unknown(name.to_owned())),
     };
     Ok(Some(command))
@@ -321,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn parting_messages_are_accepted() {
+        assert_eq!(ok("/quit bye all"), Command::Quit);
+        assert_eq!(ok("/part #go see ya"), Command::Leave(Some(r("#go"))));
+        assert_eq!(ok("/leave #a #b"), Command::Leave(Some(r("#a"))));
+        assert_eq!(ok("/part   "), Command::Leave(None));
+        // A message needs its room first: a word without `#` is a bad name,
+        // not "leave whatever is current".
+        assert!(matches!(err("/part see ya"), CommandError::Name(_)));
+    }
+
+    #[test]
     fn aliases() {
         assert_eq!(ok("/part"), Command::Leave(None));
         assert_eq!(ok("/part #rust"), Command::Leave(Some(r("#rust"))));
@@ -397,7 +410,6 @@ mod tests {
     #[test]
     fn extra_arguments_are_refused() {
         assert_eq!(err("/join #a #b"), CommandError::Extra(USAGE_JOIN));
-        assert_eq!(err("/leave #a #b"), CommandError::Extra(USAGE_LEAVE));
         assert_eq!(err("/query bob carol"), CommandError::Extra(USAGE_QUERY));
         assert_eq!(err("/who #a #b"), CommandError::Extra(USAGE_WHO));
         assert_eq!(err("/rooms x"), CommandError::Extra(USAGE_ROOMS));
@@ -405,7 +417,6 @@ mod tests {
         assert_eq!(err("/users x"), CommandError::Extra(USAGE_USERS));
         assert_eq!(err("/delete #a #b"), CommandError::Extra(USAGE_DELETE));
         assert_eq!(err("/help me"), CommandError::Extra(USAGE_HELP));
-        assert_eq!(err("/quit now"), CommandError::Extra(USAGE_QUIT));
         assert_eq!(err("/history #a #b"), CommandError::Extra(USAGE_HISTORY));
         assert_eq!(err("/history 1 2"), CommandError::Extra(USAGE_HISTORY));
         assert!(err("/rooms x").to_string().contains("usage: /rooms"));

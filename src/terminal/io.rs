@@ -20,6 +20,7 @@ use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::sync::mpsc;
 
+use super::command::{parse, Command};
 use super::output::Output;
 
 /// Lines waiting between the input thread and the peer; typing is slow, a
@@ -168,8 +169,11 @@ fn edit_loop(mut editor: DefaultEditor, tx: mpsc::Sender<String>) {
                         tracing::debug!(cause = %err, "could not add to history");
                     }
                 }
-                if tx.blocking_send(line).is_err() {
-                    return; // the peer stopped listening
+                // After `/quit` no prompt is drawn again: it would stay on
+                // the screen after the peer is gone.
+                let quit = matches!(parse(&line), Ok(Some(Command::Quit)));
+                if tx.blocking_send(line).is_err() || quit {
+                    return; // the peer stopped listening, or is stopping
                 }
             }
             Err(ReadlineError::Eof | ReadlineError::Interrupted) => return,

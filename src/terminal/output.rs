@@ -116,6 +116,20 @@ pub enum Output {
         nick: String,
         key: String,
     },
+    /// Someone else came into or went out of a room this peer is in:
+    /// `event` is `joined`, `left` (they left the room) or `quit` (they
+    /// went offline: logged out, or their lease ran out; the router does
+    /// not say which).
+    Presence {
+        room: String,
+        nick: String,
+        event: String,
+    },
+    /// The router: `state` is `lost` (none could be reached; the peer keeps
+    /// retrying) or `back` (one answers again). Once each per outage.
+    Router {
+        state: String,
+    },
 }
 
 impl Output {
@@ -175,8 +189,24 @@ impl Output {
                     "-- joined {room}{new} ({count}{list}; history: {history})"
                 ))
             }
-            Output::Left { room, reason } if reason.is_empty() => clean(&format!("-- left {room}")),
+            Output::Left { room, reason } if reason.is_empty() || reason == "left" => {
+                clean(&format!("-- you left {room}"))
+            }
+            Output::Left { room, reason } if reason == "deleted" => {
+                clean(&format!("-- you deleted {room}"))
+            }
             Output::Left { room, reason } => clean(&format!("-- left {room} ({reason})")),
+            Output::Presence { room, nick, event } => clean(&match event.as_str() {
+                "joined" => format!("-- {nick} has joined {room}"),
+                "left" => format!("-- {nick} has left {room}"),
+                "quit" => format!("-- {nick} has quit ({room})"),
+                other => format!("-- {nick} {other} {room}"),
+            }),
+            Output::Router { state } => match state.as_str() {
+                "lost" => "-- lost the router, retrying".into(),
+                "back" => "-- router back".into(),
+                other => clean(&format!("-- router {other}")),
+            },
             Output::Back { room, new } => clean(&format!("-- back in {room} ({new} new)")),
             Output::Who { room, members } if members.is_empty() => {
                 clean(&format!("-- {room}: no members"))
@@ -442,6 +472,20 @@ mod tests {
                 json!({"type": "error", "message": "boom"}),
             ),
             (Output::info("hi"), json!({"type": "info", "message": "hi"})),
+            (
+                Output::Presence {
+                    room: "#rust".into(),
+                    nick: "bob".into(),
+                    event: "quit".into(),
+                },
+                json!({"type": "presence", "room": "#rust", "nick": "bob", "event": "quit"}),
+            ),
+            (
+                Output::Router {
+                    state: "lost".into(),
+                },
+                json!({"type": "router", "state": "lost"}),
+            ),
         ];
         for (out, want) in cases {
             assert_eq!(json_of(&out), want, "{out:?}");
@@ -547,5 +591,49 @@ mod tests {
             messages: vec![view(false), view(true)],
         };
         assert_eq!(history.to_human().lines().count(), 3);
+        let one = Output::Joined {
+            room: "#r".into(),
+            members: vec!["a".into(), "b".into()],
+            version: 1,
+            created: false,
+        };
+        assert_eq!(
+            one.to_human(),
+            "-- joined #r (2 members: a, b; history: 1 message)"
+        );
+    }
+
+    #[test]
+    fn leaving_reads_as_irc_does() {
+        let left = |reason: &str| {
+            Output::Left {
+                room: "#rust".into(),
+                reason: reason.into(),
+            }
+            .to_human()
+        };
+        assert_eq!(left("left"), "-- you left #rust");
+        assert_eq!(left(""), "-- you left #rust");
+        assert_eq!(left("deleted"), "-- you deleted #rust");
+        assert_eq!(left("deleted by a"), "-- left #rust (deleted by a)");
+        let presence = |event: &str| {
+            Output::Presence {
+                room: "#rust".into(),
+                nick: "bob".into(),
+                event: event.into(),
+            }
+            .to_human()
+        };
+        assert_eq!(presence("joined"), "-- bob has joined #rust");
+        assert_eq!(presence("left"), "-- bob has left #rust");
+        assert_eq!(presence("quit"), "-- bob has quit (#rust)");
+        let router = |state: &str| {
+            Output::Router {
+                state: state.into(),
+            }
+            .to_human()
+        };
+        assert_eq!(router("lost"), "-- lost the router, retrying");
+        assert_eq!(router("back"), "-- router back");
     }
 }

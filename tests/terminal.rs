@@ -1,0 +1,281 @@
+//! The `peer` binary as a person runs it: on a real pty (stdin, stdout and
+//! stderr all the terminal), its screen read back as the person sees it.
+//! No log line may ever land on that screen: on a terminal, logs go to
+//! `peer.log` in the data directory.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Proc;
+
+/// What a log line on the screen would contain (a tracing level, or a
+/// module path).
+const LOG_MARKS: [&str; 5] = ["WARN", "INFO", "ERROR", "DEBUG", "parley::"];
+
+/// A `peer` process on a pty, and everything it has written to the screen.
+struct Screen {
+    child: Child,
+    master: std::fs::File,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Screen {
+    fn peer(args: &[&str]) -> Screen {
+        let winsize = nix::pty::Winsize {
+            ws_row: 30,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(&winsize, None).expect("a pty");
+        let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup the pty"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+        cmd.args(args)
+            .stdin(slave(&pty.slave))
+            .stdout(slave(&pty.slave))
+            .stderr(slave(&pty.slave))
+            .env_remove("RUST_LOG")
+            .env("TERM", "xterm");
+        // Its own session, as a login shell would give it: keys typed here
+        // never signal the test.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start peer");
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the peer (the last holder of the slave) exits.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Screen {
+            child,
+            master,
+            seen,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (at most `within`) until the screen shows `what`.
+    async fn wait_for(&self, what: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.text().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} on the screen within {within:?}:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Types `keys` one at a time, as a hand does (keys in one burst are
+    /// issue 13's other bug, rustyline#976, not this test's business).
+    async fn type_keys(&mut self, keys: &str) {
+        let mut buf = [0u8; 4];
+        for c in keys.chars() {
+            self.master
+                .write_all(c.encode_utf8(&mut buf).as_bytes())
+                .unwrap();
+            self.master.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (at most 10 s) for the peer to exit; its exit code.
+    async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "peer still running after 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn assert_no_log_lines(&self) {
+        let text = self.text();
+        for mark in LOG_MARKS {
+            assert!(
+                !text.contains(mark),
+                "a log line ({mark}) on the screen:\n{text}"
+            );
+        }
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("peer.log")).unwrap_or_default()
+}
+
+/// Waits (at most `within`) until the log file holds `what`.
+async fn log_holds(dir: &Path, what: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = read_log(dir);
+        if log.contains(what) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in peer.log within {within:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn logs_go_to_the_data_directory_and_the_router_is_one_calm_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("alice");
+    let (router, addr) = Proc::router(10).await;
+    let d = dir.to_str().unwrap();
+    let mut screen = Screen::peer(&[
+        "--nick",
+        "alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        d,
+        "--join",
+        "#rust",
+    ]);
+    screen
+        .wait_for("-- joined #rust", Duration::from_secs(10))
+        .await;
+    // Logging went on meanwhile (the router's key pinned on first contact),
+    // into the file.
+    log_holds(&dir, "pinned the router's key", Duration::from_secs(5)).await;
+
+    // Half a line typed, then the router dies: one line says so, the
+    // heartbeats failing every few seconds go to the log.
+    screen.type_keys("half a li").await;
+    router.kill9().await;
+    screen
+        .wait_for("-- lost the router, retrying", Duration::from_secs(10))
+        .await;
+    let log = log_holds(&dir, "heartbeat failed", Duration::from_secs(15)).await;
+    assert!(log.contains("WARN") && log.contains("parley::"), "{log}");
+    screen.assert_no_log_lines();
+    assert_eq!(
+        screen.text().matches("lost the router").count(),
+        1,
+        "said once per outage:\n{}",
+        screen.text()
+    );
+
+    // Back on its port: one line again.
+    let (router, _) = Proc::router_on(&addr, 10).await;
+    screen
+        .wait_for("-- router back", Duration::from_secs(15))
+        .await;
+    screen.type_keys("ne\r").await;
+    screen
+        .wait_for("<alice> half a line", Duration::from_secs(10))
+        .await;
+    screen.assert_no_log_lines();
+
+    // A parting message is taken, and no prompt is drawn after /quit.
+    screen.type_keys("/quit bye all\r").await;
+    assert_eq!(screen.exit_code().await, Some(0));
+    let text = screen.text();
+    screen.assert_no_log_lines();
+    assert!(!text.contains("too many arguments"), "{text}");
+    let after = &text[text.rfind("/quit bye all").unwrap() + "/quit bye all".len()..];
+    assert!(
+        !after.contains("> "),
+        "a prompt after /quit: {after:?}\n{text}"
+    );
+    assert_eq!(text.matches("router back").count(), 1, "{text}");
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn log_stderr_keeps_logs_on_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bob");
+    let (router, addr) = Proc::router(10).await;
+    let mut screen = Screen::peer(&[
+        "--nick",
+        "bob",
+        "--router",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-stderr",
+    ]);
+    screen
+        .wait_for("pinned the router's key", Duration::from_secs(10))
+        .await;
+    assert!(screen.text().contains("INFO"), "{}", screen.text());
+    screen.type_keys("/quit\r").await;
+    assert_eq!(screen.exit_code().await, Some(0));
+    assert!(
+        !dir.join("peer.log").exists(),
+        "no log file with --log-stderr"
+    );
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn a_failed_start_on_a_terminal_is_one_line_and_leaves_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nobody-home");
+    let mut screen = Screen::peer(&[
+        "--nick",
+        "carol",
+        "--router",
+        "127.0.0.1:1",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(screen.exit_code().await, Some(1));
+    // The reader thread may still be taking the last bytes.
+    screen
+        .wait_for("router --listen", Duration::from_secs(5))
+        .await;
+    let text = screen.text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{text:?}");
+    assert!(
+        lines[0].starts_with("peer: no router at 127.0.0.1:1"),
+        "{text:?}"
+    );
+    assert!(
+        !dir.exists(),
+        "a failed start left {} behind",
+        dir.display()
+    );
+}
