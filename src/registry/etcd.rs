@@ -46,7 +46,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
+    RoomSnapshot, Scoped, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -136,12 +136,6 @@ enum Feed {
     /// The mirror was reloaded from scratch (etcd compacted past it):
     /// every watcher has missed events and must rebuild.
     Reset,
-}
-
-#[derive(Clone)]
-struct Scoped {
-    event: Event,
-    audience: Arc<HashSet<Token>>,
 }
 
 #[derive(Default)]
@@ -1309,13 +1303,7 @@ struct Watcher {
 
 impl Watcher {
     fn wants(&self, scoped: &Scoped) -> bool {
-        scoped.audience.contains(&self.token)
-            || match &scoped.event.kind {
-                EventKind::UserOnline(m) | EventKind::UserOffline(m) => {
-                    self.follow.contains(&m.nick.to_ascii_lowercase())
-                }
-                _ => false,
-            }
+        scoped.wanted_by(&self.token, &self.follow)
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
+    RoomSnapshot, Scoped, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -54,14 +54,6 @@ struct SessionState {
     expires: Instant,
     /// Keys of the rooms this session sits in.
     rooms: BTreeSet<String>,
-}
-
-/// An event and the sessions that need it, fixed when it happens (after
-/// a leave or a delete the room no longer says who was in it).
-#[derive(Clone)]
-struct Scoped {
-    event: Event,
-    audience: Arc<HashSet<Token>>,
 }
 
 type Events = broadcast::Sender<Scoped>;
@@ -588,13 +580,7 @@ struct Watcher {
 
 impl Watcher {
     fn wants(&self, scoped: &Scoped) -> bool {
-        scoped.audience.contains(&self.token)
-            || match &scoped.event.kind {
-                EventKind::UserOnline(m) | EventKind::UserOffline(m) => {
-                    self.follow.contains(&m.nick.to_ascii_lowercase())
-                }
-                _ => false,
-            }
+        scoped.wanted_by(&self.token, &self.follow)
     }
 }
 
