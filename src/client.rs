@@ -12,10 +12,176 @@ use tokio::time::Instant;
 use crate::names::{private_key, Conversation, Nick, Room};
 use crate::peer::{Peer, PeerEvent, Presence, SendReport};
 use crate::proto::{ChatMessage, Kind};
-use crate::terminal::{parse, Command, MessageView, Output, Printer, RoomView, Target, HELP};
+use crate::terminal::{
+    action_body, parse, Command, MessageView, Output, Printer, RoomView, Target, Window,
+    DEFAULT_PROMPT, HELP,
+};
 
 /// Messages `/history` shows when no N is given.
 const DEFAULT_HISTORY: usize = 20;
+
+/// Missed messages shown on joining a room; older ones by `/history`.
+pub const MISSED_SHOWN: usize = 20;
+
+/// The canonical key of a target: what tells two conversations apart.
+fn target_key(t: &Target) -> String {
+    match t {
+        Target::Room(r) => r.key(),
+        Target::Nick(n) => format!("@{}", n.key()),
+    }
+}
+
+/// How a target is shown: `#rust`, `@bob`.
+fn target_name(t: &Target) -> String {
+    match t {
+        Target::Room(r) => r.to_string(),
+        Target::Nick(n) => format!("@{n}"),
+    }
+}
+
+/// The conversations a person is in (rooms joined, private ones opened or
+/// written to), which one is current, and how many messages each has that
+/// arrived while it was not: IRC's windows, for a line-mode client.
+#[derive(Debug, Default)]
+pub struct Windows {
+    open: Vec<Target>,
+    current: Option<Target>,
+    /// Key → messages unread.
+    unread: HashMap<String, usize>,
+}
+
+impl Windows {
+    /// The current conversation.
+    pub fn current(&self) -> Option<&Target> {
+        self.current.as_ref()
+    }
+
+    /// Adds `t` to the open conversations (at the end), if it is not there.
+    pub fn add(&mut self, t: Target) {
+        let key = target_key(&t);
+        if !self.open.iter().any(|o| target_key(o) == key) {
+            self.open.push(t);
+        }
+    }
+
+    /// Opens `t` and makes it current; its unread count is cleared.
+    pub fn focus(&mut self, t: Target) {
+        self.unread.remove(&target_key(&t));
+        self.add(t.clone());
+        self.current = Some(t);
+    }
+
+    /// `t` is closed (left, deleted): it stops being current.
+    pub fn close(&mut self, t: &Target) {
+        let key = target_key(t);
+        self.open.retain(|o| target_key(o) != key);
+        self.unread.remove(&key);
+        if self.current.as_ref().is_some_and(|c| target_key(c) == key) {
+            self.current = None;
+        }
+    }
+
+    /// A message arrived in the conversation shown as `shown` (`#rust`,
+    /// `@bob`): one more unread unless it is current or `mine`. A private
+    /// conversation not open yet is opened (not made current).
+    pub fn arrived(&mut self, shown: &str, mine: bool) {
+        let target = if let Some(nick) = shown.strip_prefix('@') {
+            Nick::parse(nick).ok().map(Target::Nick)
+        } else {
+            Room::parse(shown).ok().map(Target::Room)
+        };
+        let Some(t) = target else { return };
+        let key = target_key(&t);
+        if self.current.as_ref().is_some_and(|c| target_key(c) == key) {
+            return;
+        }
+        if matches!(t, Target::Nick(_)) {
+            self.add(t);
+        } else if !self.open.iter().any(|o| target_key(o) == key) {
+            return;
+        }
+        if !mine {
+            *self.unread.entry(key).or_default() += 1;
+        }
+    }
+
+    /// `/switch`: makes the named or N-th conversation current.
+    pub fn switch(&mut self, to: &Window) -> Result<Target, String> {
+        let t = match to {
+            Window::Number(n) => self.open.get(n - 1).cloned().ok_or_else(|| {
+                format!(
+                    "no conversation {n}: you are in {}; /switch lists them",
+                    self.open.len()
+                )
+            })?,
+            Window::Target(t) => {
+                let key = target_key(t);
+                match self.open.iter().find(|o| target_key(o) == key) {
+                    Some(o) => o.clone(),
+                    None => {
+                        return Err(match t {
+                            Target::Room(r) => format!("you are not in {r}: /join {r}"),
+                            Target::Nick(n) => {
+                                format!("no conversation with @{n}: /query {n} opens one")
+                            }
+                        })
+                    }
+                }
+            }
+        };
+        self.focus(t.clone());
+        Ok(t)
+    }
+
+    /// Unread messages outside the current conversation.
+    pub fn unread_total(&self) -> usize {
+        self.unread.values().sum()
+    }
+
+    /// The prompt: `[#rust] `, `[@bob] (3 unread) `, or `> `.
+    pub fn prompt(&self) -> String {
+        let unread = match self.unread_total() {
+            0 => String::new(),
+            n => format!("({n} unread) "),
+        };
+        match &self.current {
+            Some(t) => format!("[{}] {unread}", target_name(t)),
+            None if unread.is_empty() => DEFAULT_PROMPT.to_owned(),
+            None => format!("{unread}> "),
+        }
+    }
+
+    /// `/switch` alone: the numbered list.
+    pub fn list(&self) -> String {
+        if self.open.is_empty() {
+            return "no conversations: /join #room or /query NICK".into();
+        }
+        let mut s = String::from("conversations (/switch N or /switch NAME):");
+        for (i, t) in self.open.iter().enumerate() {
+            let key = target_key(t);
+            let mut line = format!("\n{} {}", i + 1, target_name(t));
+            if self.current.as_ref().is_some_and(|c| target_key(c) == key) {
+                line.push_str(" (current)");
+            }
+            if let Some(n) = self.unread.get(&key) {
+                line.push_str(&format!(" ({n} unread)"));
+            }
+            s.push_str(&line);
+        }
+        s
+    }
+
+    /// Room and nick names open, for Tab.
+    fn names(&self) -> Vec<String> {
+        self.open
+            .iter()
+            .map(|t| match t {
+                Target::Room(r) => r.to_string(),
+                Target::Nick(n) => n.to_string(),
+            })
+            .collect()
+    }
+}
 
 /// Turns a stored message into what is shown, from `me`'s side.
 pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
@@ -128,7 +294,9 @@ async fn until(at: Option<Instant>) {
 pub struct Client {
     peer: Peer,
     printer: Printer,
-    current: Option<Target>,
+    windows: Windows,
+    /// Room key → its members as last heard, for Tab.
+    members: HashMap<String, Vec<String>>,
     departures: Departures,
 }
 
@@ -137,13 +305,36 @@ impl Client {
         Client {
             peer,
             printer,
-            current: None,
+            windows: Windows::default(),
+            members: HashMap::new(),
             departures: Departures::default(),
         }
     }
 
     fn print(&self, out: Output) {
         self.printer.print(&out);
+    }
+
+    /// The conversations and which is current.
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+
+    /// Tells the line editor the prompt and the names Tab completes.
+    fn update_screen(&self) {
+        if !self.printer.has_editor() {
+            return;
+        }
+        self.printer.set_prompt(&self.windows.prompt());
+        let mut names = self.windows.names();
+        if let Some(Target::Room(r)) = self.windows.current() {
+            names.extend(self.members.get(&r.key()).into_iter().flatten().cloned());
+        }
+        for r in self.peer.rooms_in() {
+            names.push(r.to_string());
+        }
+        names.retain(|n| !n.eq_ignore_ascii_case(self.peer.nick().as_str()));
+        self.printer.set_names(names);
     }
 
     /// Runs until `/quit`, end of input, or `stop` resolves.
@@ -154,6 +345,10 @@ impl Client {
         stop: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(stop);
+        // The editor draws its first prompt once the rooms of `--join` are
+        // joined, so it names the current one.
+        self.update_screen();
+        self.printer.line_done();
         loop {
             let due = self.departures.next_due();
             tokio::select! {
@@ -165,11 +360,16 @@ impl Client {
                 }
                 line = lines.recv() => {
                     let Some(line) = line else { break };
-                    if !self.handle_line(&line).await {
+                    let go_on = self.handle_line(&line).await;
+                    self.printer.line_done();
+                    if !go_on {
                         break;
                     }
                 }
-                Some(event) = events.recv() => self.show_event(event),
+                Some(event) = events.recv() => {
+                    self.show_event(event);
+                    self.update_screen();
+                }
             }
         }
     }
@@ -177,21 +377,25 @@ impl Client {
     fn show_event(&mut self, event: PeerEvent) {
         match event {
             PeerEvent::Message { msg, late } => {
-                self.print(Output::Message(view(self.peer.nick(), &msg, late)))
+                let v = view(self.peer.nick(), &msg, late);
+                let mine = v.from.eq_ignore_ascii_case(self.peer.nick().as_str());
+                self.windows.arrived(&v.conversation, mine);
+                self.print(Output::Message(v))
             }
             PeerEvent::Left { room, reason } => {
-                if matches!(&self.current, Some(Target::Room(r)) if r.key() == room.to_ascii_lowercase())
-                {
-                    self.current = None;
+                if let Ok(r) = Room::parse(&room) {
+                    self.windows.close(&Target::Room(r));
                 }
                 self.print(Output::Left { room, reason });
             }
             PeerEvent::Back { room, new } => {
                 // Back after a restart: the room is where lines go, unless
                 // the person already picked somewhere else.
-                if self.current.is_none() {
-                    if let Ok(r) = Room::parse(&room) {
-                        self.current = Some(Target::Room(r));
+                if let Ok(r) = Room::parse(&room) {
+                    if self.windows.current().is_none() {
+                        self.windows.focus(Target::Room(r));
+                    } else {
+                        self.windows.add(Target::Room(r));
                     }
                 }
                 self.print(Output::Back { room, new });
@@ -205,6 +409,10 @@ impl Client {
                 for out in self.departures.joined(&nick) {
                     self.print(out);
                 }
+                let list = self.members.entry(room.to_ascii_lowercase()).or_default();
+                if !list.iter().any(|n| n.eq_ignore_ascii_case(&nick)) {
+                    list.push(nick.clone());
+                }
                 self.print(presence(room, nick, "joined"));
             }
             PeerEvent::Presence {
@@ -212,6 +420,9 @@ impl Client {
                 nick,
                 change: Presence::Left,
             } => {
+                if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
+                    list.retain(|n| !n.eq_ignore_ascii_case(&nick));
+                }
                 if let Some(out) = self.departures.left(room, nick, Instant::now()) {
                     self.print(out);
                 }
@@ -247,11 +458,12 @@ impl Client {
         if let Err(message) = self.execute(cmd).await {
             self.print(Output::error(message));
         }
+        self.update_screen();
         true
     }
 
     fn current_room(&self, room: Option<Room>, usage: &str) -> Result<Room, String> {
-        match (room, &self.current) {
+        match (room, self.windows.current()) {
             (Some(r), _) => Ok(r),
             (None, Some(Target::Room(r))) => Ok(r.clone()),
             _ => Err(format!("no current room: {usage}")),
@@ -263,20 +475,20 @@ impl Client {
         match cmd {
             Command::Join(room) => {
                 let j = peer.join(&room).await.map_err(|e| e.to_string())?;
-                self.current = Some(Target::Room(room));
+                self.windows.focus(Target::Room(room.clone()));
+                self.members.insert(room.key(), j.members.clone());
                 self.print(Output::Joined {
-                    room: j.room,
+                    room: j.room.clone(),
                     members: j.members,
                     version: j.version,
                     created: j.created,
                 });
+                self.show_missed(&room, j.new, j.version).await;
             }
             Command::Leave(room) => {
                 let room = self.current_room(room, "/leave #room")?;
                 peer.leave(&room).await.map_err(|e| e.to_string())?;
-                if matches!(&self.current, Some(Target::Room(r)) if r.key() == room.key()) {
-                    self.current = None;
-                }
+                self.windows.close(&Target::Room(room.clone()));
                 self.print(Output::Left {
                     room: room.to_string(),
                     reason: "left".into(),
@@ -292,7 +504,20 @@ impl Client {
                 self.print(Output::info(format!(
                     "now talking to @{nick} ({n} message{s} in history)"
                 )));
-                self.current = Some(Target::Nick(nick));
+                self.windows.focus(Target::Nick(nick));
+            }
+            Command::Switch(None) => self.print(Output::info(self.windows.list())),
+            Command::Switch(Some(to)) => {
+                let t = self.windows.switch(&to)?;
+                self.print(Output::info(format!("now talking in {}", target_name(&t))));
+            }
+            Command::Me(text) => {
+                let target = self
+                    .windows
+                    .current()
+                    .cloned()
+                    .ok_or("no current conversation: /join #room or /query NICK first")?;
+                self.send(&target, &action_body(&text)).await?;
             }
             Command::Who(room) => {
                 let room = self.current_room(room, "/who #room")?;
@@ -321,7 +546,7 @@ impl Client {
             }
             Command::History { target, limit } => {
                 let target = target
-                    .or_else(|| self.current.clone())
+                    .or_else(|| self.windows.current().cloned())
                     .ok_or("no current conversation: /history #room or /history @nick")?;
                 let (key, shown) = self.conversation(&target);
                 let msgs = peer
@@ -356,9 +581,7 @@ impl Client {
             }
             Command::Delete(room) => {
                 peer.delete_room(&room).await.map_err(|e| e.to_string())?;
-                if matches!(&self.current, Some(Target::Room(r)) if r.key() == room.key()) {
-                    self.current = None;
-                }
+                self.windows.close(&Target::Room(room.clone()));
                 self.print(Output::Left {
                     room: room.to_string(),
                     reason: "deleted".into(),
@@ -368,13 +591,41 @@ impl Client {
             Command::Quit => {}
             Command::Say(body) => {
                 let target = self
-                    .current
-                    .clone()
+                    .windows
+                    .current()
+                    .cloned()
                     .ok_or("no current conversation: /join #room or /query NICK first")?;
                 self.send(&target, &body).await?;
             }
         }
         Ok(())
+    }
+
+    /// On a person's screen, after joining: the last messages the join
+    /// brought in (at most [`MISSED_SHOWN`]), under a line saying how many.
+    /// Scripts (`--json`) read them with `/history`.
+    async fn show_missed(&self, room: &Room, new: usize, version: u64) {
+        if new == 0 || self.printer.is_json() {
+            return;
+        }
+        let Ok(msgs) = self.peer.history(&room.key(), new.min(MISSED_SHOWN)).await else {
+            return;
+        };
+        let since = if version as usize > new {
+            "since you left"
+        } else {
+            "before you came"
+        };
+        let more = if new > msgs.len() {
+            format!("; the last {}, older by /history {room} {new}", msgs.len())
+        } else {
+            String::new()
+        };
+        self.print(Output::info(format!("{new} new {since}{more}")));
+        let me = self.peer.nick().clone();
+        for m in &msgs {
+            self.print(Output::Message(view(&me, m, false)));
+        }
     }
 
     /// The canonical key and the shown name of a target.
@@ -418,6 +669,7 @@ impl Client {
         if json || unseen.is_none() {
             self.print(sent);
         }
+        self.windows.add(target.clone());
         if let Some(n) = unseen {
             self.print(Output::info(format!(
                 "nobody called {n} has been seen; the message will wait for them"
@@ -486,6 +738,48 @@ mod tests {
             .left("#a".into(), "bob".into(), at(10) + QUIT_WINDOW)
             .is_none());
         assert_eq!(d.next_due(), Some(at(10) + QUIT_WINDOW * 2));
+    }
+
+    fn room(s: &str) -> Target {
+        Target::Room(Room::parse(s).unwrap())
+    }
+
+    #[test]
+    fn windows_switch_count_unread_and_show_in_the_prompt() {
+        let mut w = Windows::default();
+        assert_eq!(w.prompt(), "> ");
+        w.focus(room("#rust"));
+        w.focus(room("#go"));
+        assert_eq!(w.prompt(), "[#go] ");
+        // Elsewhere: counted; here, or mine: not.
+        w.arrived("#rust", false);
+        w.arrived("#rust", false);
+        w.arrived("#go", false);
+        w.arrived("#rust", true);
+        w.arrived("#nowhere", false);
+        assert_eq!(w.prompt(), "[#go] (2 unread) ");
+        // A private message opens its conversation, not current.
+        w.arrived("@bob", false);
+        assert_eq!(w.prompt(), "[#go] (3 unread) ");
+        assert_eq!(
+            w.list(),
+            "conversations (/switch N or /switch NAME):\n1 #rust (2 unread)\n2 #go (current)\n3 @bob (1 unread)"
+        );
+        // Switching clears that one's count.
+        let t = w.switch(&Window::Number(1)).unwrap();
+        assert_eq!(t, room("#rust"));
+        assert_eq!(w.prompt(), "[#rust] (1 unread) ");
+        w.switch(&Window::Target(Target::Nick(Nick::parse("BOB").unwrap())))
+            .unwrap();
+        assert_eq!(w.prompt(), "[@bob] ");
+        assert!(w.switch(&Window::Number(4)).is_err());
+        let e = w.switch(&Window::Target(room("#elsewhere"))).unwrap_err();
+        assert_eq!(e, "you are not in #elsewhere: /join #elsewhere");
+        // Leaving the current one: no current, the prompt says so.
+        w.close(&Target::Nick(Nick::parse("bob").unwrap()));
+        assert_eq!(w.prompt(), "> ");
+        w.arrived("#go", false);
+        assert_eq!(w.prompt(), "(1 unread) > ");
     }
 
     #[test]

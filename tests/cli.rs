@@ -375,3 +375,65 @@ async fn a_message_to_a_nick_never_seen_says_so_and_waits() {
     n.quit().await;
     router.terminate().await;
 }
+
+#[tokio::test]
+async fn help_lists_the_slash_commands() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peer"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for c in [
+        "/join", "/switch", "/me", "/names", "/exit", "/quit", "/history",
+    ] {
+        assert!(text.contains(c), "{c} missing from --help:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn switch_and_me_in_json_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(
+        &addr,
+        "a",
+        &tmp.path().join("a"),
+        &["--join", "#one", "--join", "#two"],
+    )
+    .await;
+    a.event("joined").await;
+    a.event("joined").await;
+    let mut b = Proc::peer(&addr, "b", &tmp.path().join("b"), &["--join", "#one"]).await;
+    b.event("joined").await;
+    // #two is current: /switch goes back to #one without rejoining.
+    a.send("/switch #one").await;
+    let i = a.event("info").await;
+    assert_eq!(i["message"], "now talking in #one");
+    a.send("/me waves").await;
+    let sent = a.event("sent").await;
+    assert_eq!(sent["conversation"], "#one");
+    let m = b.event("message").await;
+    assert_eq!(m["body"], "\u{1}ACTION waves\u{1}");
+    // By number, in the order joined; a bad one is an error.
+    a.send("/window 2").await;
+    let i = a.event("info").await;
+    assert_eq!(i["message"], "now talking in #two");
+    a.send("/switch 3").await;
+    let e = a.event("error").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("no conversation 3"),
+        "{e}"
+    );
+    a.send("/j #three").await;
+    let j = a.event("joined").await;
+    assert_eq!(j["room"], "#three");
+    a.send("/names").await;
+    let w = a.event("who").await;
+    assert_eq!(w["room"], "#three");
+    a.send("/exit").await;
+    a.quit().await;
+    b.quit().await;
+    router.terminate().await;
+}

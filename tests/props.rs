@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use parley::names::{private_key, Conversation, Nick, Room, MAX_BODY_CHARS};
 use parley::proto::ChatMessage;
 use parley::store::{OrderKey, Store};
-use parley::terminal::{parse, Command, Target};
+use parley::terminal::{parse, Command, Target, Window};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -205,6 +205,13 @@ fn a_command() -> impl Strategy<Value = Command> {
         Just(Command::Help),
         Just(Command::Quit),
         body().prop_map(Command::Say),
+        "[a-z\\p{L}][a-z\\p{L} ]{0,30}".prop_map(Command::Me),
+        proptest::option::of(prop_oneof![
+            a_room().prop_map(|r| Window::Target(Target::Room(r))),
+            a_nick().prop_map(|n| Window::Target(Target::Nick(n))),
+            (1usize..1000).prop_map(Window::Number),
+        ])
+        .prop_map(Command::Switch),
     ]
 }
 
@@ -255,7 +262,11 @@ fn render(cmd: &Command, st: &Style) -> String {
     // ending.
     let line_end = st.tail.trim_start_matches([' ', '\t']);
     match cmd {
-        Command::Join(r) => format!("{}{sep}{r}{}", name("join"), st.tail),
+        Command::Join(r) => format!(
+            "{}{sep}{r}{}",
+            name(if st.alias { "j" } else { "join" }),
+            st.tail
+        ),
         Command::Leave(r) => {
             let n = name(if st.alias { "part" } else { "leave" });
             match r {
@@ -264,12 +275,42 @@ fn render(cmd: &Command, st: &Style) -> String {
             }
         }
         Command::Msg(n, b) => format!("{}{sep}{}{sep}{b}{line_end}", name("msg"), nick(n)),
-        Command::Query(n) => format!("{}{sep}{}{}", name("query"), nick(n), st.tail),
+        Command::Query(n) => format!(
+            "{}{sep}{}{}",
+            name(if st.alias { "q" } else { "query" }),
+            nick(n),
+            st.tail
+        ),
+        Command::Me(text) => format!("{}{sep}{text}{line_end}", name("me")),
+        Command::Switch(w) => {
+            let n = name(if st.alias { "window" } else { "switch" });
+            match w {
+                None => format!("{n}{}", st.tail),
+                Some(Window::Number(i)) => format!("{n}{sep}{i}{}", st.tail),
+                Some(Window::Target(Target::Room(r))) => format!("{n}{sep}{r}{}", st.tail),
+                // Digits alone would be a window number: such a nick
+                // takes its `@`.
+                Some(Window::Target(Target::Nick(x)))
+                    if x.as_str().chars().all(|c| c.is_ascii_digit()) =>
+                {
+                    format!("{n}{sep}@{x}{}", st.tail)
+                }
+                Some(Window::Target(Target::Nick(x))) => format!("{n}{sep}{}{}", nick(x), st.tail),
+            }
+        }
         Command::Whois(n) => format!("{}{sep}{}{}", name("whois"), nick(n), st.tail),
         Command::Trust(n) => format!("{}{sep}{}{}", name("trust"), nick(n), st.tail),
         Command::Who(r) => match r {
-            Some(r) => format!("{}{sep}{r}{}", name("who"), st.tail),
-            None => format!("{}{}", name("who"), st.tail),
+            Some(r) => format!(
+                "{}{sep}{r}{}",
+                name(if st.alias { "names" } else { "who" }),
+                st.tail
+            ),
+            None => format!(
+                "{}{}",
+                name(if st.alias { "names" } else { "who" }),
+                st.tail
+            ),
         },
         Command::Rooms => format!(
             "{}{}",
@@ -301,7 +342,11 @@ fn render(cmd: &Command, st: &Style) -> String {
         }
         Command::Delete(r) => format!("{}{sep}{r}{}", name("delete"), st.tail),
         Command::Help => format!("{}{}", name("help"), st.tail),
-        Command::Quit => format!("{}{}", name("quit"), st.tail),
+        Command::Quit => format!(
+            "{}{}",
+            name(if st.alias { "exit" } else { "quit" }),
+            st.tail
+        ),
         Command::Say(b) => {
             // A message starting with `/` is typed with a second one.
             if b.starts_with('/') {

@@ -91,8 +91,8 @@ impl Screen {
         }
     }
 
-    /// Types `keys` one at a time, as a hand does (keys in one burst are
-    /// issue 13's other bug, rustyline#976, not this test's business).
+    /// Types `keys` one at a time, as a hand does ([`Screen::burst`]
+    /// writes them all at once).
     async fn type_keys(&mut self, keys: &str) {
         let mut buf = [0u8; 4];
         for c in keys.chars() {
@@ -101,6 +101,36 @@ impl Screen {
                 .unwrap();
             self.master.flush().unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes `bytes` in one write, as a paste without bracketed paste, an
+    /// input method or a slow ssh link delivers them (rustyline#976).
+    fn burst(&mut self, bytes: &str) {
+        self.master.write_all(bytes.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// The screen after the last `mark` on it.
+    fn after(&self, mark: &str) -> String {
+        let text = self.text();
+        match text.rfind(mark) {
+            Some(i) => text[i + mark.len()..].to_owned(),
+            None => String::new(),
+        }
+    }
+
+    /// Waits (at most 10 s) until the screen after the last `mark` shows
+    /// `what`.
+    async fn wait_after(&self, mark: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.after(mark).contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} after {mark:?} within 10 s:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -278,4 +308,144 @@ async fn a_failed_start_on_a_terminal_is_one_line_and_leaves_no_directory() {
         "a failed start left {} behind",
         dir.display()
     );
+}
+
+#[tokio::test]
+async fn bursts_prompts_switching_and_tab_work_as_typed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &["--join", "#a"]).await;
+    bob.event("joined").await;
+    let dir = tmp.path().join("alice");
+    let mut screen = Screen::peer(&[
+        "--nick",
+        "alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    screen
+        .wait_for("/help lists commands", Duration::from_secs(10))
+        .await;
+    screen.wait_after("/help lists commands", "> ").await;
+
+    // A whole line and Enter in one write: acted on with no further key.
+    screen.burst("/join #a\r");
+    screen
+        .wait_for("-- joined #a", Duration::from_secs(10))
+        .await;
+    screen.wait_after("-- joined #a", "[#a] ").await;
+    screen.burst("/j #b\r");
+    screen
+        .wait_for("-- joined #b", Duration::from_secs(10))
+        .await;
+    screen.wait_after("-- joined #b", "[#b] ").await;
+    screen.burst("said in one burst\r");
+    screen
+        .wait_for("#b <alice> said in one burst", Duration::from_secs(10))
+        .await;
+
+    // A message elsewhere is marked with its room, and counted.
+    bob.send("over in a").await;
+    bob.event("sent").await;
+    screen
+        .wait_for("#a <bob> over in a", Duration::from_secs(10))
+        .await;
+    screen.burst("/switch\r");
+    screen
+        .wait_for("1 #a (1 unread)", Duration::from_secs(10))
+        .await;
+    screen
+        .wait_after("1 #a (1 unread)", "[#b] (1 unread) ")
+        .await;
+    screen.burst("/switch 1\r");
+    screen
+        .wait_for("-- now talking in #a", Duration::from_secs(10))
+        .await;
+    screen.wait_after("-- now talking in #a", "[#a] ").await;
+    assert!(
+        !screen.after("-- now talking in #a").contains("unread"),
+        "switching clears the count:\n{}",
+        screen.text()
+    );
+
+    // Tab: a nick of the room, then a command.
+    screen.type_keys("bo\t").await;
+    screen.wait_after("-- now talking in #a", "bob: ").await;
+    screen.type_keys("hi\r").await;
+    let m = bob.event("message").await;
+    assert_eq!(m["body"], "bob: hi");
+    let mark = screen.text().len();
+    screen.type_keys("/jo\t").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !screen.text()[mark..].contains("/join ") {
+        assert!(
+            Instant::now() < deadline,
+            "no /join completed:\n{}",
+            screen.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    screen.type_keys("#c\r").await;
+    screen
+        .wait_for("-- joined #c", Duration::from_secs(10))
+        .await;
+    screen.wait_after("-- joined #c", "[#c] ").await;
+
+    screen.burst("/quit\r");
+    assert_eq!(screen.exit_code().await, Some(0));
+    screen.assert_no_log_lines();
+    bob.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn joining_shows_what_was_missed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &["--join", "#m"]).await;
+    bob.event("joined").await;
+    for m in ["m1", "m2", "m3"] {
+        bob.send(m).await;
+        bob.event("sent").await;
+    }
+    let dir = tmp.path().join("alice");
+    let mut screen = Screen::peer(&[
+        "--nick",
+        "alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--join",
+        "#m",
+    ]);
+    screen
+        .wait_for("new before you came", Duration::from_secs(10))
+        .await;
+    screen
+        .wait_after("new before you came", "#m <bob> m3")
+        .await;
+    screen.wait_after("#m <bob> m3", "[#m] ").await;
+
+    screen.burst("/part #m\r");
+    screen
+        .wait_for("-- you left #m", Duration::from_secs(10))
+        .await;
+    for m in ["later1", "later2"] {
+        bob.send(m).await;
+        bob.event("sent").await;
+    }
+    screen.burst("/join #m\r");
+    screen
+        .wait_for("-- 2 new since you left", Duration::from_secs(10))
+        .await;
+    screen
+        .wait_after("-- 2 new since you left", "#m <bob> later2")
+        .await;
+    screen.burst("/quit\r");
+    assert_eq!(screen.exit_code().await, Some(0));
+    bob.quit().await;
+    router.terminate().await;
 }

@@ -15,7 +15,14 @@ use parley::terminal::{spawn_input, Output};
 
 /// A parley peer: chat with others directly, history kept locally.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = format!(
+        "Once running, type a message, or a command (/help shows these again):\n{}",
+        parley::terminal::HELP
+    )
+)]
 struct Args {
     /// Your nick: 1-32 of A-Z a-z 0-9 _ -.
     #[arg(long, value_parser = |s: &str| Nick::parse(s))]

@@ -620,7 +620,7 @@ async fn callers_past_the_queue_depth_wait_and_all_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-async fn group_commit_throughput() {
+async fn concurrent_inserts_through_group_commit_all_land() {
     let dir = TempDir::new().unwrap();
     let s = open(&dir);
     let (tasks, per_task) = (64u64, 500u64);
@@ -644,11 +644,9 @@ async fn group_commit_throughput() {
     let n = tasks * per_task;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     eprintln!("{n} concurrent inserts: {rate:.0} messages/s");
+    // Every concurrent insert landed once; the rate is only printed (speed
+    // is judged by the bench, not by a timed test on a shared machine).
     assert_eq!(s.version("#load").await.unwrap().count, n);
-    // Only meaningful with optimisations; debug builds are several times slower.
-    if !cfg!(debug_assertions) {
-        assert!(rate > 20_000.0, "{rate:.0} messages/s");
-    }
 }
 
 #[tokio::test]

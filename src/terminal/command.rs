@@ -14,6 +14,32 @@ pub enum Target {
     Nick(Nick),
 }
 
+/// Which conversation `/switch` goes to: one by name, or the N-th of the
+/// list `/switch` shows (from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Window {
+    Target(Target),
+    Number(usize),
+}
+
+/// The body of a `/me` action: IRC's CTCP ACTION.
+pub fn action_body(text: &str) -> String {
+    format!("\u{1}ACTION {text}\u{1}")
+}
+
+/// The action text of a CTCP ACTION body, if `body` is one.
+pub fn action_text(body: &str) -> Option<&str> {
+    body.strip_prefix("\u{1}ACTION ")
+        .map(|rest| rest.strip_suffix('\u{1}').unwrap_or(rest))
+}
+
+/// Every command name, aliases included, for Tab completion.
+pub const COMMANDS: &[&str] = &[
+    "/delete", "/exit", "/help", "/history", "/j", "/join", "/leave", "/list", "/me", "/msg",
+    "/names", "/part", "/q", "/query", "/quit", "/rooms", "/switch", "/trust", "/users", "/who",
+    "/whois", "/window",
+];
+
 /// One parsed input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -27,8 +53,14 @@ pub enum Command {
     Msg(Nick, String),
     /// `/query NICK`: make the private conversation with NICK the current one.
     Query(Nick),
-    /// `/who [#room]`
+    /// `/who [#room]`, alias `/names`
     Who(Option<Room>),
+    /// `/me ACTION`: an action in the current conversation, sent as a CTCP
+    /// ACTION body (`\u{1}ACTION waves\u{1}`), shown as `* alice waves`.
+    Me(String),
+    /// `/switch [#room|@nick|N]`, alias `/window`: make a conversation you
+    /// are in the current one; without an argument, list them.
+    Switch(Option<Window>),
     /// `/rooms`, alias `/list`
     Rooms,
     /// `/users`
@@ -54,11 +86,13 @@ pub enum Command {
 
 /// One line per command, shown by `/help`.
 pub const HELP: &str = "\
-/join #room              join a room (created if new) and talk there
+/join #room              join a room (created if new) and talk there (alias /j)
 /leave [#room [MESSAGE]] leave a room, the current one by default (alias /part)
 /msg NICK TEXT           send a private message to NICK
-/query NICK              talk privately to NICK from now on
-/who [#room]             list a room's members, the current room by default
+/query NICK              talk privately to NICK from now on (alias /q)
+/switch [#room|@nick|N]  go to a conversation you are in; alone, list them (alias /window)
+/me ACTION               say what you do: * you ACTION
+/who [#room]             list a room's members, the current room by default (alias /names)
 /rooms                   list the rooms (alias /list)
 /users                   list the users online
 /history [#room|@nick] [N]  show the last N messages of a conversation
@@ -66,10 +100,12 @@ pub const HELP: &str = "\
 /whois NICK              show NICK's address and key fingerprint
 /trust NICK              accept the new key NICK came back with (check with them first)
 /help                    show this help
-/quit [MESSAGE]          leave the chat
+/quit [MESSAGE]          leave the chat (alias /exit)
 TEXT                     send TEXT to the current room or nick (//TEXT sends /TEXT)";
 
 const USAGE_JOIN: &str = "/join #room";
+const USAGE_ME: &str = "/me ACTION";
+const USAGE_SWITCH: &str = "/switch [#room|@nick|N]";
 const USAGE_MSG: &str = "/msg NICK TEXT";
 const USAGE_QUERY: &str = "/query NICK";
 const USAGE_WHO: &str = "/who [#room]";
@@ -127,7 +163,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         None => (rest, ""),
     };
     let command = match name.to_ascii_lowercase().as_str() {
-        "join" => Command::Join(room(one(args, USAGE_JOIN)?)?),
+        "join" | "j" => Command::Join(room(one(args, USAGE_JOIN)?)?),
         // IRC's parting message after the room: accepted, not carried.
         "leave" | "part" => match split_word(args) {
             ("", _) => Command::Leave(None),
@@ -141,8 +177,20 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             check_body(text).map_err(CommandError::Body)?;
             Command::Msg(nick(who)?, text.to_owned())
         }
-        "query" => Command::Query(nick(one(args, USAGE_QUERY)?)?),
-        "who" => Command::Who(optional(args, USAGE_WHO)?.map(room).transpose()?),
+        "query" | "q" => Command::Query(nick(one(args, USAGE_QUERY)?)?),
+        "me" => {
+            let text = args.trim_start();
+            if text.trim().is_empty() {
+                return Err(CommandError::Missing(USAGE_ME));
+            }
+            let body = action_body(text);
+            check_body(&body).map_err(CommandError::Body)?;
+            Command::Me(text.to_owned())
+        }
+        "switch" | "window" => {
+            Command::Switch(optional(args, USAGE_SWITCH)?.map(window).transpose()?)
+        }
+        "who" | "names" => Command::Who(optional(args, USAGE_WHO)?.map(room).transpose()?),
         "rooms" | "list" => {
             none(args, USAGE_ROOMS)?;
             Command::Rooms
@@ -160,7 +208,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             Command::Help
         }
         // `/quit bye all`: the message is accepted, not carried.
-        "quit" => Command::Quit,
+        "quit" | "exit" => Command::Quit,
         _ => return Err(CommandError::Unknown(name.to_owned())),
     };
     Ok(Some(command))
@@ -209,6 +257,24 @@ fn room(s: &str) -> Result<Room, CommandError> {
 /// show private conversations), so `/msg @bob hi` works too.
 fn nick(s: &str) -> Result<Nick, CommandError> {
     Nick::parse(s.strip_prefix('@').unwrap_or(s)).map_err(CommandError::Name)
+}
+
+/// `/switch`'s argument: `#room`, `@nick` or a bare nick, or a number.
+fn window(word: &str) -> Result<Window, CommandError> {
+    // Digits alone are a window number; a nick of digits alone is `@123`.
+    if word.chars().all(|c| c.is_ascii_digit()) {
+        return match word.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Window::Number(n)),
+            _ => Err(CommandError::BadArgument {
+                arg: word.to_owned(),
+                usage: USAGE_SWITCH,
+            }),
+        };
+    }
+    if word.starts_with('#') {
+        return Ok(Window::Target(Target::Room(room(word)?)));
+    }
+    Ok(Window::Target(Target::Nick(nick(word)?)))
 }
 
 /// `/history [#room|@nick] [N]`, the two in either order.
@@ -331,6 +397,58 @@ mod tests {
         // A message needs its room first: a word without `#` is a bad name,
         // not "leave whatever is current".
         assert!(matches!(err("/part see ya"), CommandError::Name(_)));
+    }
+
+    #[test]
+    fn irc_short_aliases() {
+        assert_eq!(ok("/j #rust"), Command::Join(r("#rust")));
+        assert_eq!(ok("/q bob"), Command::Query(n("bob")));
+        assert_eq!(ok("/exit"), Command::Quit);
+        assert_eq!(ok("/EXIT see you"), Command::Quit);
+        assert_eq!(ok("/names"), Command::Who(None));
+        assert_eq!(ok("/names #rust"), Command::Who(Some(r("#rust"))));
+        assert_eq!(ok("/me waves  at all"), Command::Me("waves  at all".into()));
+        assert_eq!(err("/me  "), CommandError::Missing(USAGE_ME));
+        assert_eq!(ok("/switch"), Command::Switch(None));
+        assert_eq!(
+            ok("/switch #go"),
+            Command::Switch(Some(Window::Target(Target::Room(r("#go")))))
+        );
+        assert_eq!(
+            ok("/window @bob"),
+            Command::Switch(Some(Window::Target(Target::Nick(n("bob")))))
+        );
+        assert_eq!(
+            ok("/switch bob"),
+            Command::Switch(Some(Window::Target(Target::Nick(n("bob")))))
+        );
+        assert_eq!(ok("/window 2"), Command::Switch(Some(Window::Number(2))));
+        // A nick may start with digits; digits alone are a number.
+        assert_eq!(
+            ok("/switch 7of9"),
+            Command::Switch(Some(Window::Target(Target::Nick(n("7of9")))))
+        );
+        assert_eq!(
+            ok("/switch @0"),
+            Command::Switch(Some(Window::Target(Target::Nick(n("0")))))
+        );
+        assert!(matches!(err("/window 0"), CommandError::BadArgument { .. }));
+        assert_eq!(err("/switch #a #b"), CommandError::Extra(USAGE_SWITCH));
+        for c in COMMANDS {
+            assert!(
+                !matches!(parse(&format!("{c} #x 1")), Err(CommandError::Unknown(_))),
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn actions_are_ctcp_bodies() {
+        let body = action_body("waves");
+        assert_eq!(body, "\u{1}ACTION waves\u{1}");
+        assert_eq!(action_text(&body), Some("waves"));
+        assert_eq!(action_text("waves"), None);
+        assert_eq!(action_text("\u{1}ACTION cut"), Some("cut"));
     }
 
     #[test]
@@ -485,7 +603,8 @@ mod tests {
     fn help_has_a_line_per_command() {
         for name in [
             "/join", "/leave", "/part", "/msg", "/query", "/who", "/rooms", "/list", "/users",
-            "/history", "/delete", "/help", "/quit",
+            "/history", "/delete", "/help", "/quit", "/switch", "/me", "/names", "/exit", "/j",
+            "/q", "/window",
         ] {
             assert!(HELP.contains(name), "{name}");
         }

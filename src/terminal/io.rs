@@ -4,33 +4,79 @@
 //! hold a tokio worker) and handed over a channel, one line at a time; the
 //! channel closes at end of input, Ctrl-D or Ctrl-C, which the caller takes as
 //! `/quit`. When a person sits at a terminal (and `--json` is off) the thread
-//! runs a rustyline editor, and the [`Printer`] goes through the editor's
-//! external printer so a message arriving mid-typing is printed above the
-//! prompt instead of through the half-typed line. Otherwise lines go straight
-//! to stdout, one per event, flushed, for scripts.
+//! runs a rustyline editor; otherwise lines go straight to stdout, one per
+//! event, flushed, for scripts.
 //!
-//! Known rustyline 17 limit (kkawakam/rustyline#976, #629): with an external
-//! printer, keys that arrive in one burst (a paste, an IME) after the first
-//! wait in a buffer until the next key press. Typing by hand is unaffected.
+//! Printing while a line is being typed: rustyline 17's external printer
+//! loses keys that arrive in one burst (a paste without bracketed paste, an
+//! input method, typing over a slow ssh): it waits on the terminal's file
+//! descriptor while the rest of the burst sits in its own read buffer, so
+//! only the first key shows and Enter waits for the next key press
+//! (kkawakam/rustyline#976). So no external printer is made, and the editor
+//! reads every buffered key at once; the [`Printer`] instead clears the input
+//! line itself, writes the event, and redraws the prompt and the half-typed
+//! line where they were, in one write. The editor tells it what is on the
+//! line (through its helper, on every change), so the redraw matches what
+//! rustyline believes is on the screen.
 
+use std::borrow::Cow;
+use std::fs::File;
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsFd;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
 
+use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
+use rustyline::highlight::{CmdKind, Highlighter};
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{Context, Editor, Helper};
 use tokio::sync::mpsc;
 
-use super::command::{parse, Command};
+use super::command::{parse, Command, COMMANDS};
 use super::output::Output;
 
 /// Lines waiting between the input thread and the peer; typing is slow, a
 /// pipe can be fast, and a full channel just makes the reader wait.
 const INPUT_BUFFER: usize = 64;
 
-/// The prompt shown by the line editor.
-const PROMPT: &str = "> ";
+/// The prompt before any conversation is current.
+pub const DEFAULT_PROMPT: &str = "> ";
 
-type SharedExternal = Arc<Mutex<Box<dyn ExternalPrinter + Send>>>;
+/// How long the editor waits, after a line, for the peer to have acted on
+/// it before drawing the next prompt (which may name a new conversation).
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// What the screen holds around the line being typed, shared between the
+/// editor thread and the printer.
+#[derive(Debug)]
+struct Screen {
+    /// The editor is inside `readline`: a prompt and a line are on screen.
+    editing: bool,
+    /// The prompt of the current `readline`.
+    shown_prompt: String,
+    /// The prompt for the next `readline`.
+    prompt: String,
+    /// The line being typed and the cursor's byte offset in it.
+    line: String,
+    pos: usize,
+    /// Terminal width, as the editor last measured it.
+    cols: usize,
+    /// What Tab completes besides commands: nicks and rooms.
+    names: Vec<String>,
+    /// The terminal itself, written in one call per event.
+    out: Option<File>,
+}
+
+type SharedScreen = Arc<Mutex<Screen>>;
+
+fn lock(screen: &SharedScreen) -> std::sync::MutexGuard<'_, Screen> {
+    // A poisoned lock only means a print panicked mid-way; the state is
+    // still usable.
+    screen.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Writes [`Output`] events to the terminal: a cheap `Clone`, shareable
 /// between tasks. Never panics; a closed stdout (broken pipe) is logged at
@@ -38,15 +84,17 @@ type SharedExternal = Arc<Mutex<Box<dyn ExternalPrinter + Send>>>;
 #[derive(Clone)]
 pub struct Printer {
     json: bool,
-    /// The line editor's printer, when one is reading the terminal.
-    external: Option<SharedExternal>,
+    /// The line editor's screen, when one is reading the terminal.
+    screen: Option<SharedScreen>,
+    /// Tells the editor a line was acted on.
+    ack: Option<Arc<Mutex<std_mpsc::Sender<()>>>>,
 }
 
 impl std::fmt::Debug for Printer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Printer")
             .field("json", &self.json)
-            .field("external", &self.external.is_some())
+            .field("editor", &self.screen.is_some())
             .finish()
     }
 }
@@ -56,13 +104,19 @@ impl Printer {
     pub fn stdout(json: bool) -> Printer {
         Printer {
             json,
-            external: None,
+            screen: None,
+            ack: None,
         }
     }
 
     /// Whether this printer writes JSON lines.
     pub fn is_json(&self) -> bool {
         self.json
+    }
+
+    /// Whether a line editor reads the terminal (a prompt is shown).
+    pub fn has_editor(&self) -> bool {
+        self.screen.is_some()
     }
 
     /// The text [`Printer::print`] writes for `out`, without the final
@@ -76,27 +130,68 @@ impl Printer {
         (!text.is_empty()).then_some(text)
     }
 
-    /// Prints one event. Through the line editor this hands the text to the
-    /// editor thread, which takes it at once while it waits for keys; it can
-    /// wait briefly if the editor is busy, but never on the network.
+    /// The prompt for the next line (`[#rust] `); shown from the next line
+    /// on. Nothing happens without a line editor.
+    pub fn set_prompt(&self, prompt: &str) {
+        if let Some(screen) = &self.screen {
+            lock(screen).prompt = prompt.to_owned();
+        }
+    }
+
+    /// Nicks and rooms that Tab completes.
+    pub fn set_names(&self, names: Vec<String>) {
+        if let Some(screen) = &self.screen {
+            lock(screen).names = names;
+        }
+    }
+
+    /// Says the last line read was acted on: the editor draws the next
+    /// prompt (with what the line changed) only then.
+    pub fn line_done(&self) {
+        if let Some(ack) = &self.ack {
+            let _ = ack.lock().unwrap_or_else(|p| p.into_inner()).send(());
+        }
+    }
+
+    /// Prints one event. With a line editor, the prompt and the half-typed
+    /// line are cleared, the event written, and both drawn again below it.
     pub fn print(&self, out: &Output) {
         let Some(mut text) = self.render(out) else {
             return;
         };
         text.push('\n');
-        if let Some(external) = &self.external {
-            // A poisoned lock only means another print panicked mid-way; the
-            // printer inside is still usable.
-            let mut printer = external.lock().unwrap_or_else(|p| p.into_inner());
-            match printer.print(text) {
-                Ok(()) => return,
-                // The editor is gone or the terminal refused: fall back to
-                // stdout below rather than lose the line.
-                Err(err) => {
-                    tracing::debug!(cause = %err, "external printer failed");
-                    text = self.render(out).unwrap_or_default() + "\n";
+        if let Some(screen) = &self.screen {
+            let mut screen = lock(screen);
+            let mut buf = String::new();
+            if screen.editing {
+                let (cursor_row, _) = position(
+                    &screen.shown_prompt,
+                    &screen.line[..screen.pos],
+                    screen.cols,
+                );
+                buf.push('\r');
+                if cursor_row > 0 {
+                    buf.push_str(&format!("\x1b[{cursor_row}A"));
                 }
+                buf.push_str("\x1b[J");
+                buf.push_str(&text);
+                redraw(
+                    &mut buf,
+                    &screen.shown_prompt,
+                    &screen.line,
+                    screen.pos,
+                    screen.cols,
+                );
+            } else {
+                buf = text;
             }
+            if let Some(file) = screen.out.as_mut() {
+                if let Err(err) = file.write_all(buf.as_bytes()).and_then(|()| file.flush()) {
+                    tracing::debug!(cause = %err, "could not write to the terminal");
+                }
+                return;
+            }
+            text = buf;
         }
         let mut stdout = std::io::stdout().lock();
         if let Err(err) = stdout
@@ -108,33 +203,228 @@ impl Printer {
     }
 }
 
+/// Columns a character takes on a terminal: 0 for combining marks and
+/// joiners, 2 for East Asian wide ones and emoji, else 1. Close to what
+/// rustyline (unicode-width) counts, for the characters people type.
+fn char_width(c: char) -> usize {
+    let u = c as u32;
+    match u {
+        0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20D0..=0x20FF => 0,
+        0x1100..=0x115F
+        | 0x2E80..=0x303E
+        | 0x3041..=0x33FF
+        | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xA000..=0xA4CF
+        | 0xAC00..=0xD7A3
+        | 0xF900..=0xFAFF
+        | 0xFE30..=0xFE4F
+        | 0xFF00..=0xFF60
+        | 0xFFE0..=0xFFE6
+        | 0x1F300..=0x1F64F
+        | 0x1F900..=0x1F9FF
+        | 0x20000..=0x3FFFD => 2,
+        _ if c.is_control() => 0,
+        _ => 1,
+    }
+}
+
+/// Where the cursor stands (row, column from the prompt's first row) after
+/// `prompt` then `text`, wrapping at `cols` as rustyline does.
+fn position(prompt: &str, text: &str, cols: usize) -> (usize, usize) {
+    let cols = cols.max(1);
+    let (mut row, mut col) = (0, 0);
+    for c in prompt.chars().chain(text.chars()) {
+        if c == '\n' {
+            row += 1;
+            col = 0;
+            continue;
+        }
+        let w = char_width(c);
+        col += w;
+        if col > cols {
+            row += 1;
+            col = w;
+        }
+    }
+    if col == cols {
+        row += 1;
+        col = 0;
+    }
+    (row, col)
+}
+
+/// Appends the prompt and line to `buf`, the cursor left at byte `pos` of
+/// the line, as rustyline would draw them.
+fn redraw(buf: &mut String, prompt: &str, line: &str, pos: usize, cols: usize) {
+    buf.push_str(prompt);
+    buf.push_str(line);
+    let end = position(prompt, line, cols);
+    let cursor = position(prompt, &line[..pos.min(line.len())], cols);
+    if end.1 == 0 && end.0 > 0 && !line.ends_with('\n') {
+        buf.push('\n');
+    }
+    if end.0 > cursor.0 {
+        buf.push_str(&format!("\x1b[{}A", end.0 - cursor.0));
+    }
+    if cursor != end {
+        buf.push('\r');
+        if cursor.1 > 0 {
+            buf.push_str(&format!("\x1b[{}C", cursor.1));
+        }
+    }
+}
+
+/// The editor's helper: it follows the line being typed (for the printer's
+/// redraw) and completes commands, nicks and rooms.
+struct Follow {
+    screen: SharedScreen,
+}
+
+impl Follow {
+    fn seen(&self, line: &str, pos: usize) {
+        let mut screen = lock(&self.screen);
+        if screen.line != line || screen.pos != pos {
+            screen.line = line.to_owned();
+            screen.pos = pos;
+        }
+    }
+}
+
+impl Hinter for Follow {
+    type Hint = String;
+    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
+        self.seen(line, pos);
+        None
+    }
+}
+
+impl Highlighter for Follow {
+    fn highlight_char(&self, line: &str, pos: usize, _kind: CmdKind) -> bool {
+        self.seen(line, pos);
+        false
+    }
+    fn highlight<'l>(&self, line: &'l str, pos: usize) -> Cow<'l, str> {
+        self.seen(line, pos);
+        Cow::Borrowed(line)
+    }
+}
+
+impl Validator for Follow {}
+
+impl Completer for Follow {
+    type Candidate = String;
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let names = lock(&self.screen).names.clone();
+        Ok(complete(line, pos, &names))
+    }
+}
+
+impl Helper for Follow {}
+
+/// What Tab offers at byte `pos` of `line`: the word's start and the
+/// candidates. The first word of a line starting with `/` is a command;
+/// any other word is a nick or room name (`names`), case ignored.
+pub fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>) {
+    let pos = pos.min(line.len());
+    let start = line[..pos]
+        .rfind(char::is_whitespace)
+        .map(|i| i + line[i..].chars().next().map_or(1, char::len_utf8))
+        .unwrap_or(0);
+    let word = &line[start..pos];
+    let matches = |c: &str| c.len() >= word.len() && c[..word.len()].eq_ignore_ascii_case(word);
+    let mut out: Vec<String> = if start == 0 && word.starts_with('/') {
+        COMMANDS
+            .iter()
+            .filter(|c| matches(c))
+            .map(|c| format!("{c} "))
+            .collect()
+    } else {
+        let bare = word.strip_prefix('@').unwrap_or(word);
+        let at = if word.starts_with('@') { "@" } else { "" };
+        names
+            .iter()
+            .filter(|n| {
+                let n = n.as_str();
+                n.len() >= bare.len()
+                    && n.is_char_boundary(bare.len())
+                    && n[..bare.len()].eq_ignore_ascii_case(bare)
+            })
+            .map(|n| {
+                // A nick first on a line is addressed, IRC style.
+                let tail = if start == 0 && !n.starts_with('#') && at.is_empty() {
+                    ": "
+                } else {
+                    " "
+                };
+                format!("{at}{n}{tail}")
+            })
+            .collect()
+    };
+    if word.is_empty() && start == 0 {
+        out.clear();
+    }
+    out.sort();
+    out.dedup();
+    (start, out)
+}
+
 /// Starts reading input on its own thread. Returns the lines as they come
 /// (the channel closes at end of input, Ctrl-D or Ctrl-C) and the printer to
 /// use for all output.
 ///
 /// With a terminal on stdin and `json` off, lines are read with a rustyline
-/// editor (history, editing keys) and printing goes through it; otherwise
-/// stdin is read line by line, as a script would write it.
+/// editor (history, editing keys, Tab) and printing goes around it;
+/// otherwise stdin is read line by line, as a script would write it.
 pub fn spawn_input(json: bool) -> (mpsc::Receiver<String>, Printer) {
     let (tx, rx) = mpsc::channel(INPUT_BUFFER);
     if !json && std::io::stdin().is_terminal() {
-        match DefaultEditor::new() {
+        let config = rustyline::Config::builder()
+            .completion_type(rustyline::CompletionType::List)
+            .build();
+        match Editor::<Follow, DefaultHistory>::with_config(config) {
             Ok(mut editor) => {
-                // The printer must come from the editor before the editor
-                // moves into its thread; without one (stdout not a terminal),
-                // the editor still reads and output goes to stdout.
-                let external = match editor.create_external_printer() {
-                    Ok(p) => {
-                        let boxed: Box<dyn ExternalPrinter + Send> = Box::new(p);
-                        Some(Arc::new(Mutex::new(boxed)))
-                    }
-                    Err(err) => {
-                        tracing::debug!(cause = %err, "no external printer; printing to stdout");
-                        None
-                    }
+                // Our own handle on the terminal: one write per event, so
+                // the editor's writes never land in the middle of one.
+                let out = if std::io::stdout().is_terminal() {
+                    std::io::stdout()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .ok()
+                        .map(File::from)
+                } else {
+                    None
                 };
-                if spawn_thread("parley-editor", move || edit_loop(editor, tx)) {
-                    return (rx, Printer { json, external });
+                let cols = editor.dimensions().map_or(80, |(c, _)| usize::from(c));
+                let screen = Arc::new(Mutex::new(Screen {
+                    editing: false,
+                    shown_prompt: String::new(),
+                    prompt: DEFAULT_PROMPT.to_owned(),
+                    line: String::new(),
+                    pos: 0,
+                    cols,
+                    names: Vec::new(),
+                    out,
+                }));
+                editor.set_helper(Some(Follow {
+                    screen: screen.clone(),
+                }));
+                let (ack_tx, ack_rx) = std_mpsc::channel();
+                let thread_screen = screen.clone();
+                if spawn_thread("parley-editor", move || {
+                    edit_loop(editor, thread_screen, ack_rx, tx)
+                }) {
+                    let printer = Printer {
+                        json,
+                        screen: Some(screen),
+                        ack: Some(Arc::new(Mutex::new(ack_tx))),
+                    };
+                    return (rx, printer);
                 }
                 // No thread means no reader: the closed channel says quit.
                 return (rx, Printer::stdout(json));
@@ -160,9 +450,33 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
     }
 }
 
-fn edit_loop(mut editor: DefaultEditor, tx: mpsc::Sender<String>) {
+fn edit_loop(
+    mut editor: Editor<Follow, DefaultHistory>,
+    screen: SharedScreen,
+    acks: std_mpsc::Receiver<()>,
+    tx: mpsc::Sender<String>,
+) {
+    // The first prompt waits for the client to be ready (rooms given with
+    // `--join` joined), so it names the current conversation.
+    let _ = acks.recv_timeout(ACK_WAIT);
     loop {
-        match editor.readline(PROMPT) {
+        let cols = editor.dimensions().map(|(c, _)| usize::from(c));
+        let prompt = {
+            let mut s = lock(&screen);
+            s.editing = true;
+            s.shown_prompt = s.prompt.clone();
+            s.line.clear();
+            s.pos = 0;
+            if let Some(cols) = cols {
+                s.cols = cols;
+            }
+            s.shown_prompt.clone()
+        };
+        let read = editor.readline(&prompt);
+        // The accepted line stays on the screen as typed; from here until
+        // the next prompt, events print plainly.
+        lock(&screen).editing = false;
+        match read {
             Ok(line) => {
                 if !line.trim().is_empty() {
                     if let Err(err) = editor.add_history_entry(line.as_str()) {
@@ -172,9 +486,13 @@ fn edit_loop(mut editor: DefaultEditor, tx: mpsc::Sender<String>) {
                 // After `/quit` no prompt is drawn again: it would stay on
                 // the screen after the peer is gone.
                 let quit = matches!(parse(&line), Ok(Some(Command::Quit)));
+                while acks.try_recv().is_ok() {}
                 if tx.blocking_send(line).is_err() || quit {
                     return; // the peer stopped listening, or is stopping
                 }
+                // The next prompt says what this line changed (`/join`
+                // names the room); a slow command only delays it.
+                let _ = acks.recv_timeout(ACK_WAIT);
             }
             Err(ReadlineError::Eof | ReadlineError::Interrupted) => return,
             Err(err) => {
@@ -239,6 +557,45 @@ mod tests {
         };
         assert_eq!(Printer::stdout(false).render(&quiet), None);
         assert!(Printer::stdout(true).render(&quiet).is_some());
+    }
+
+    #[test]
+    fn tab_completes_commands_nicks_and_rooms() {
+        let names: Vec<String> = ["#rust", "#go", "bob", "Bella"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(complete("/jo", 3, &names), (0, vec!["/join ".to_owned()]));
+        assert_eq!(
+            complete("/w", 2, &names).1,
+            ["/who ", "/whois ", "/window "]
+        );
+        assert_eq!(
+            complete("/join #r", 8, &names),
+            (6, vec!["#rust ".to_owned()])
+        );
+        assert_eq!(complete("b", 1, &names).1, ["Bella: ", "bob: "]);
+        assert_eq!(complete("hi bo", 5, &names), (3, vec!["bob ".to_owned()]));
+        assert_eq!(complete("/msg @bo", 8, &names).1, ["@bob "]);
+        assert!(complete("", 0, &names).1.is_empty());
+    }
+
+    #[test]
+    fn redraw_puts_the_cursor_back_where_it_was() {
+        // One row, cursor at the end: nothing to move.
+        let mut buf = String::new();
+        redraw(&mut buf, "[#r] ", "hello", 5, 80);
+        assert_eq!(buf, "[#r] hello");
+        // Cursor two characters back.
+        let mut buf = String::new();
+        redraw(&mut buf, "> ", "hello", 3, 80);
+        assert_eq!(buf, "> hello\r\x1b[5C");
+        // Wrapped over two rows of 10, cursor on the first.
+        let mut buf = String::new();
+        redraw(&mut buf, "> ", "abcdefghijkl", 2, 10);
+        assert_eq!(buf, "> abcdefghijkl\x1b[1A\r\x1b[4C");
+        assert_eq!(position("> ", "abcdefgh", 10), (1, 0));
+        assert_eq!(position("> ", "日本", 10), (0, 6));
     }
 
     #[test]

@@ -14,6 +14,6 @@ pub mod command;
 pub mod io;
 pub mod output;
 
-pub use command::{parse, Command, CommandError, Target, HELP};
-pub use io::{spawn_input, Printer};
+pub use command::{action_body, action_text, parse, Command, CommandError, Target, Window, HELP};
+pub use io::{complete, spawn_input, Printer, DEFAULT_PROMPT};
 pub use output::{MessageView, Output, RoomView};

@@ -308,6 +308,17 @@ fn message_line(m: &MessageView) -> String {
         ));
     }
     let late = if m.late { "[late] " } else { "" };
+    if let Some(action) = super::command::action_text(&m.body) {
+        // IRC's `/me`: `* alice waves`.
+        let head = format!(
+            "{} {} {late}* {} ",
+            clock(m.sent_at_ms),
+            m.conversation,
+            m.from
+        );
+        let indent = " ".repeat(head.chars().count());
+        return clean(&head) + &clean(action).replace('\n', &format!("\n{indent}"));
+    }
     let head = format!(
         "{} {} <{}> {late}",
         clock(m.sent_at_ms),
@@ -512,6 +523,19 @@ mod tests {
             private.to_human(),
             format!("{hhmm} @bob <bob> hello  there")
         );
+    }
+
+    #[test]
+    fn an_action_reads_as_irc_shows_it() {
+        let hhmm = clock(1_700_000_000_000);
+        let m = Output::Message(MessageView {
+            from: "alice".into(),
+            body: "\u{1}ACTION waves\u{1}".into(),
+            ..view(false)
+        });
+        assert_eq!(m.to_human(), format!("{hhmm} #rust * alice waves"));
+        // Scripts see the body as sent.
+        assert_eq!(json_of(&m)["body"], "\u{1}ACTION waves\u{1}");
     }
 
     #[test]
