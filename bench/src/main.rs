@@ -15,10 +15,13 @@
 //! - [`stats`]: latency summaries.
 //! - [`report`]: the table and the JSON file.
 //! - [`svg`]: the latency CDF as a picture.
+//! - [`output`]: the `--json` and `--svg` files, checked before the run
+//!   and written after the table is printed.
 
 mod child;
 mod cluster;
 mod node;
+mod output;
 mod report;
 mod run;
 mod scenario;
@@ -31,7 +34,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use parley::names::{Nick, Room};
 
-use crate::scenario::{Options, Scenario};
+use crate::output::{Output, Outputs};
+use crate::scenario::{Options, Report, Scenario};
 
 /// Benchmark parley on loopback: latency and throughput of private and room
 /// messages, against a bare gRPC call (the floor) and the figures of the
@@ -116,6 +120,22 @@ fn init_logging() {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
+    // The output files are opened before anything starts: a path that
+    // cannot be written is one line and exit code 1, no router nor peer
+    // started. (None for the children: they write no file.)
+    let mut outputs = match &args.child {
+        Some(_) => Outputs {
+            json: None,
+            svg: None,
+        },
+        None => match Outputs::open(args.json.as_deref(), args.svg.as_deref()) {
+            Ok(outputs) => outputs,
+            Err(err) => {
+                eprintln!("bench: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -143,8 +163,6 @@ fn main() -> ExitCode {
                     payload: args.payload,
                     in_process: args.in_process,
                     etcd: args.etcd,
-                    json: args.json,
-                    svg: args.svg,
                     quiet: args.quiet,
                 };
                 // Ctrl-C drops the run: every child is killed on drop and
@@ -160,8 +178,13 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match outcome {
         Ok(Some(report)) => {
+            // The table first, whatever becomes of the files.
             print!("{}", report::table(&report));
-            ExitCode::SUCCESS
+            if write_outputs(&report, &mut outputs) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(err) if err.is::<Interrupted>() => {
@@ -173,6 +196,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the files asked for and says where each went on stdout
+/// (`json: /abs/path`; a path longer than the line is left whole, so that
+/// line alone may pass 100 columns), or why it did not on stderr. Whether
+/// every file was written.
+fn write_outputs(report: &Report, outputs: &mut Outputs) -> bool {
+    let mut ok = true;
+    let mut write = |label: &str, out: Option<&mut Output>, text: anyhow::Result<String>| {
+        let Some(out) = out else { return };
+        match text.and_then(|text| out.write(text.as_bytes())) {
+            Ok(path) => println!("{label}: {}", path.display()),
+            Err(err) => {
+                eprintln!("bench: {err:#}");
+                ok = false;
+            }
+        }
+    };
+    write("json", outputs.json.as_mut(), report::json(report));
+    write("svg", outputs.svg.as_mut(), svg::render(report));
+    ok
 }
 
 /// Ctrl-C or SIGTERM during a run.

@@ -1,9 +1,6 @@
 //! The run's results for people (a table on stdout) and for machines (a
 //! JSON file), and the targets checked against the floor.
 
-use std::fmt::Write as _;
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::scenario::{Report, Scenario, ScenarioResult, IN_FLIGHT, THROUGHPUT_FACTOR, WARMUP};
@@ -129,32 +126,108 @@ pub fn machine() -> Machine {
     }
 }
 
-/// The table (and the targets and memory lines) as printed on stdout.
+/// Columns every line on stdout fits in (counted in chars: `µ` is one).
+/// Only what has no space to break at can exceed it: a very long etcd
+/// URL, CPU name or output path.
+pub const WIDTH: usize = 100;
+
+/// The table (and the targets and memory lines) as printed on stdout,
+/// every line at most [`WIDTH`] columns. The table keeps the essential
+/// columns; mean, p90, max and the speed-up over the reported figure are
+/// in the JSON only.
 pub fn table(report: &Report) -> String {
+    table_on(report, &machine())
+}
+
+fn table_on(report: &Report, m: &Machine) -> String {
     let o = &report.options;
-    let m = machine();
     let mut s = String::new();
-    let mode = if o.in_process {
-        "all peers in this process (--in-process)"
-    } else {
-        "members as separate processes"
+    let mut say = |line: &str| {
+        for l in wrap(line, WIDTH) {
+            s.push_str(&l);
+            s.push('\n');
+        }
     };
-    let _ = writeln!(
-        s,
-        "parley bench: {} messages per scenario ({}x for throughput), {}-byte bodies, {mode}",
+    say(&format!(
+        "parley bench: {} messages per scenario ({}x for throughput), {}-byte bodies",
         o.messages, THROUGHPUT_FACTOR, o.payload
-    );
-    let _ = writeln!(s, "machine: {} cores, {}, {}", m.cores, m.cpu, m.os);
-    let _ = writeln!(s, "registry: {}", o.registry());
-    let _ = writeln!(s);
+    ));
+    say(if o.in_process {
+        "processes: the router and every peer in the bench process (--in-process)"
+    } else {
+        "processes: the router and every member a child process; the senders in the bench"
+    });
+    say(&format!("machine: {} cores, {}, {}", m.cores, m.cpu, m.os));
+    say(&format!("registry: {}", o.registry()));
+    say("");
+    let (lines, has_reported) = rows(report);
+    for line in &lines {
+        say(line);
+    }
+    say("");
+    say("latency: from the send call until every member has stored the message and acknowledged;");
+    say("x floor: p50 over the p50 of a bare gRPC Ping on the same loopback;");
+    if has_reported {
+        say("reported: the Python design's mean. Only in the --json file: mean, p90, max, speed-up.");
+    } else {
+        say(
+            "Only in the --json file: mean, p90, max, the Python design's reported mean, speed-up.",
+        );
+    }
+    let ran = |sc: Scenario| report.results.iter().any(|r| r.scenario == sc);
+    if ran(Scenario::Login) {
+        say("login: LoginChallenge, signature, UserLogin of a nick never used before, over a kept TLS channel; logged out after, untimed.");
+    }
+    if ran(Scenario::Join) {
+        say("join: JoinRoom of a logged-in session into one room another session holds; left after, untimed.");
+    }
+    if ran(Scenario::Login) || ran(Scenario::Join) {
+        say(&format!(
+            "login, join: calls to the router ({}), one after another; msgs = calls, msgs/s = calls per second of timed calls.",
+            o.registry()
+        ));
+    }
+    for t in targets(report) {
+        let value = if t.scenario == "throughput-private" {
+            format!("{:.0} msgs/s", t.value)
+        } else {
+            format!("{:.2}x", t.value)
+        };
+        say(&format!(
+            "target {:<20} {:<34} {:>14}  {}",
+            t.scenario,
+            t.what,
+            value,
+            if t.met { "met" } else { "MISSED" }
+        ));
+    }
+    say(&if o.in_process {
+        format!(
+            "peak memory (VmHWM): bench process {} (the router, every peer, the senders)",
+            fmt_kib(report.bench_peak_kib)
+        )
+    } else {
+        format!(
+            "peak memory (VmHWM): router {}, peer {} (largest member), bench {} (senders)",
+            fmt_kib(report.router_peak_kib),
+            fmt_kib(report.peer_peak_kib),
+            fmt_kib(report.bench_peak_kib)
+        )
+    });
+    say(&format!("run took {:.1} s", report.total.as_secs_f64()));
+    s
+}
+
+/// The table's header, rule and rows, and whether the `reported` column is
+/// in it: it is the first to go when the rows would not fit [`WIDTH`].
+fn rows(report: &Report) -> (Vec<String>, bool) {
     let header = [
-        "scenario", "members", "msgs", "failed", "mean", "p50", "p90", "p99", "max", "msgs/s",
-        "x floor", "reported", "speed-up",
+        "scenario", "members", "msgs", "failed", "p50", "p99", "msgs/s", "x floor", "reported",
     ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in &report.results {
         let sm = &r.summary;
-        rows.push(vec![
+        cells.push(vec![
             r.scenario.name().to_owned(),
             if r.scenario.has_members() {
                 r.members.to_string()
@@ -163,101 +236,100 @@ pub fn table(report: &Report) -> String {
             },
             r.messages.to_string(),
             r.failed.to_string(),
-            fmt_us(sm.mean_us),
             fmt_us(sm.p50_us),
-            fmt_us(sm.p90_us),
             fmt_us(sm.p99_us),
-            fmt_us(sm.max_us),
             format!("{:.0}", r.msgs_per_s()),
             format!("{:.2}", vs_floor(report, r)),
             r.scenario
                 .reported_ms()
                 .map_or_else(|| "-".into(), |ms| format!("{ms} ms")),
-            speedup(r).map_or_else(|| "-".into(), |x| format!("{x:.0}x")),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    for (i, row) in rows.iter().enumerate() {
+    // All columns two apart; else without `reported`; else one apart.
+    let fits = |columns: usize, gap: usize| {
+        widths[..columns].iter().sum::<usize>() + gap * (columns - 1) <= WIDTH
+    };
+    let all = header.len();
+    let (columns, gap) = if fits(all, 2) {
+        (all, 2)
+    } else if fits(all - 1, 2) {
+        (all - 1, 2)
+    } else {
+        (all - 1, 1)
+    };
+    let mut lines = Vec::new();
+    for (i, row) in cells.iter().enumerate() {
         let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate().take(columns) {
             let pad = widths[c] - cell.chars().count();
             if c == 0 {
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad));
             } else {
-                line.push_str("  ");
-                line.push_str(&" ".repeat(pad));
+                line.push_str(&" ".repeat(gap + pad));
                 line.push_str(cell);
             }
         }
-        let _ = writeln!(s, "{}", line.trim_end());
+        lines.push(line.trim_end().to_owned());
         if i == 0 {
-            let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-            let _ = writeln!(s, "{}", "-".repeat(total));
+            let total = widths[..columns].iter().sum::<usize>() + gap * (columns - 1);
+            lines.push("-".repeat(total));
         }
     }
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "latency: from the send call until every member has stored the message and acknowledged;"
-    );
-    let _ = writeln!(
-        s,
-        "x floor: p50 over the p50 of a bare gRPC Ping on the same loopback; reported: the Python design's mean."
-    );
-    let ran = |sc: Scenario| report.results.iter().any(|r| r.scenario == sc);
-    if ran(Scenario::Login) {
-        let _ = writeln!(
-            s,
-            "login: LoginChallenge, signature, UserLogin of a nick never used before, over a kept TLS channel; logged out after, untimed."
-        );
+    (lines, columns == all)
+}
+
+/// `line` broken at spaces into lines of at most `width` chars, the
+/// continuation lines indented by two. A word longer than a line is broken
+/// after its commas (a list of URLs) if it has any, else left whole and
+/// over `width`.
+pub fn wrap(line: &str, width: usize) -> Vec<String> {
+    const INDENT: &str = "  ";
+    if line.chars().count() <= width {
+        return vec![line.to_owned()];
     }
-    if ran(Scenario::Join) {
-        let _ = writeln!(
-            s,
-            "join: JoinRoom of a logged-in session into one room another session holds; left after, untimed."
-        );
+    // Pieces to place, each with whether a space goes before it.
+    let mut pieces: Vec<(&str, bool)> = Vec::new();
+    for word in line.split(' ').filter(|w| !w.is_empty()) {
+        if word.chars().count() <= width - INDENT.len() {
+            pieces.push((word, true));
+            continue;
+        }
+        let mut first = true;
+        for part in word.split_inclusive(',') {
+            pieces.push((part, first));
+            first = false;
+        }
     }
-    if ran(Scenario::Login) || ran(Scenario::Join) {
-        let _ = writeln!(
-            s,
-            "login, join: calls to the router ({}), one after another; msgs = calls, msgs/s = calls per second of timed calls.",
-            o.registry()
-        );
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut cur_len = 0;
+    for (piece, spaced) in pieces {
+        let len = piece.chars().count();
+        let sep = usize::from(spaced && cur_len > 0 && !cur.ends_with(' '));
+        let empty = cur.trim().is_empty();
+        if !empty && cur_len + sep + len > width {
+            out.push(cur);
+            cur = INDENT.to_owned();
+            cur_len = INDENT.len();
+        } else if sep == 1 {
+            cur.push(' ');
+            cur_len += 1;
+        }
+        cur.push_str(piece);
+        cur_len += len;
     }
-    for t in targets(report) {
-        let value = if t.scenario == "throughput-private" {
-            format!("{:.0} msgs/s", t.value)
-        } else {
-            format!("{:.2}x", t.value)
-        };
-        let _ = writeln!(
-            s,
-            "target {:<20} {:<34} {:>14}  {}",
-            t.scenario,
-            t.what,
-            value,
-            if t.met { "met" } else { "MISSED" }
-        );
-    }
-    let peer_note = if o.in_process {
-        "in-process: the bench process holds everything".to_owned()
-    } else {
-        format!(
-            "router {}, peer {} (largest member process)",
-            fmt_kib(report.router_peak_kib),
-            fmt_kib(report.peer_peak_kib)
-        )
-    };
-    let _ = writeln!(
-        s,
-        "peak memory (VmHWM): {peer_note}, bench process {} (senders)",
-        fmt_kib(report.bench_peak_kib)
-    );
-    let _ = writeln!(s, "run took {:.1} s", report.total.as_secs_f64());
-    s
+    out.push(cur);
+    out
 }
 
 #[derive(Serialize)]
@@ -321,8 +393,8 @@ struct JsonReport {
     total_s: f64,
 }
 
-/// Every figure, as JSON, to `path`.
-pub fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
+/// Every figure, as JSON text.
+pub fn json(report: &Report) -> anyhow::Result<String> {
     let o = &report.options;
     let rows = report
         .results
@@ -377,7 +449,126 @@ pub fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
         parley_version: env!("CARGO_PKG_VERSION"),
         total_s: report.total.as_secs_f64(),
     };
-    let text = serde_json::to_string_pretty(&json)?;
-    std::fs::write(path, text + "\n")?;
-    Ok(())
+    Ok(serde_json::to_string_pretty(&json)? + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::scenario::Options;
+    use crate::stats::Summary;
+
+    /// A report of every scenario with figures as wide as they come.
+    fn wide_report(options: Options) -> Report {
+        let results = Scenario::ALL
+            .into_iter()
+            .map(|scenario| ScenarioResult {
+                scenario,
+                messages: 100_000,
+                delivered: 99_990,
+                failed: 10,
+                senders: 2,
+                members: 1000,
+                in_flight: IN_FLIGHT,
+                wall: Duration::from_millis(3),
+                summary: Summary {
+                    count: 99_990,
+                    mean_us: 123_456_789.0,
+                    p50_us: 987_654_321.0,
+                    p90_us: 999_999.0,
+                    p99_us: 1_234_567_890.0,
+                    max_us: 9_876_543_210.0,
+                },
+                samples: Vec::new(),
+            })
+            .collect();
+        Report {
+            options,
+            run_id: "x".into(),
+            results,
+            floor_p50_us: 1.0,
+            router_peak_kib: Some(123_456_789),
+            peer_peak_kib: Some(123_456_789),
+            bench_peak_kib: Some(123_456_789),
+            total: Duration::from_secs(12_345),
+        }
+    }
+
+    fn assert_fits(text: &str) {
+        for line in text.lines() {
+            let n = line.chars().count();
+            assert!(n <= WIDTH, "{n} columns: {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_table_fits_even_with_wide_figures() {
+        let machine = Machine {
+            cores: 128,
+            cpu: "Intel(R) Xeon(R) Platinum 8480+ Sapphire Rapids 56-Core Processor @ 2.00GHz"
+                .into(),
+            os: "linux 6.18.44-a-rather-long-kernel-release-name".into(),
+        };
+        let etcd = Options {
+            etcd: (1..=4)
+                .map(|i| format!("http://etcd-{i}.example.internal:23790"))
+                .collect(),
+            messages: 100_000,
+            ..Options::default()
+        };
+        for options in [
+            Options::default(),
+            Options {
+                in_process: true,
+                ..Options::default()
+            },
+            etcd,
+        ] {
+            let text = table_on(&wide_report(options), &machine);
+            assert_fits(&text);
+            assert!(text.contains("\nfloor "), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_reported_column_goes_when_the_rows_would_not_fit() {
+        let report = wide_report(Options::default());
+        let (lines, has_reported) = rows(&report);
+        // 1000 members, 100000 msgs, seconds and a huge x floor.
+        assert!(lines[0].contains("x floor"), "{lines:?}");
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH));
+        if !has_reported {
+            assert!(!lines[0].contains("reported"));
+        }
+    }
+
+    #[test]
+    fn wrap_breaks_at_spaces_then_commas() {
+        let line = "word ".repeat(30);
+        let wrapped = wrap(line.trim_end(), 40);
+        assert!(wrapped.len() > 1);
+        assert!(
+            wrapped.iter().all(|l| l.chars().count() <= 40),
+            "{wrapped:?}"
+        );
+        assert!(wrapped[1..].iter().all(|l| l.starts_with("  w")));
+        assert_eq!(
+            wrapped.join(" ").split_whitespace().count(),
+            30,
+            "{wrapped:?}"
+        );
+        let urls = format!("registry: etcd at {}", ["http://a.example:1"; 5].join(","));
+        let wrapped = wrap(&urls, 40);
+        assert!(
+            wrapped.iter().all(|l| l.chars().count() <= 40),
+            "{wrapped:?}"
+        );
+        assert_eq!(wrapped.concat().replace(' ', ""), urls.replace(' ', ""));
+        // Short lines and unbreakable words are left alone.
+        assert_eq!(wrap("short", 40), ["short"]);
+        let long = "x".repeat(50);
+        assert_eq!(wrap(&long, 40), [long]);
+    }
 }

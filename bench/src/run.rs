@@ -1,5 +1,6 @@
 //! A run of the benchmark: starts the cluster, sends through the senders,
-//! times every message, and writes the figures where the options ask.
+//! times every message. What it measured goes back to `main`, which
+//! prints the table and writes the files (see [`crate::output`]).
 //!
 //! The latency of one message runs from the send call until every member
 //! has stored it and acknowledged: a member's `Deliver` answers only after
@@ -27,12 +28,10 @@ use parley::peer::Peer;
 
 use crate::cluster::{self, Cluster, MemberSpec};
 use crate::node::{self, LEASE_TTL};
-use crate::report;
 use crate::scenario::{
     Options, Report, Scenario, ScenarioResult, IN_FLIGHT, THROUGHPUT_FACTOR, WARMUP,
 };
 use crate::stats::{micros, summarise};
-use crate::svg;
 
 /// Latencies gathered by one or more senders.
 #[derive(Default)]
@@ -517,13 +516,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         bench_peak_kib,
         total: started.elapsed(),
     };
-    if let Some(path) = &report.options.json {
-        report::write_json(&report, path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(path) = &report.options.svg {
-        svg::write(&report, path).with_context(|| format!("cannot write {}", path.display()))?;
-    }
     Ok(report)
 }
 

@@ -1,7 +1,6 @@
 //! What a run is made of: the scenarios, the options a run takes, and what
 //! it measured (one row per scenario, and the whole report).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::stats::Summary;
@@ -137,8 +136,6 @@ pub struct Options {
     pub in_process: bool,
     /// etcd endpoints the router keeps its registry at; empty: in memory.
     pub etcd: Vec<String>,
-    pub json: Option<PathBuf>,
-    pub svg: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -151,8 +148,6 @@ impl Default for Options {
             payload: 100,
             in_process: false,
             etcd: Vec::new(),
-            json: None,
-            svg: None,
             quiet: false,
         }
     }

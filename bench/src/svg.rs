@@ -1,8 +1,6 @@
 //! One picture of the run: the latency CDF of every scenario on a log time
 //! axis, so how far each sits from the floor shows at a glance.
 
-use std::path::Path;
-
 use plotters::prelude::*;
 
 use crate::report::{fmt_us, vs_floor};
@@ -12,7 +10,14 @@ use crate::scenario::Report;
 /// for a small file.
 const MAX_POINTS: usize = 400;
 
-pub fn write(report: &Report, path: &Path) -> anyhow::Result<()> {
+/// The picture, as SVG text.
+pub fn render(report: &Report) -> anyhow::Result<String> {
+    let mut text = String::new();
+    draw(report, &mut text)?;
+    Ok(text)
+}
+
+fn draw(report: &Report, text: &mut String) -> anyhow::Result<()> {
     let curves: Vec<_> = report
         .results
         .iter()
@@ -30,7 +35,7 @@ pub fn write(report: &Report, path: &Path) -> anyhow::Result<()> {
         .max(lo * 10.0);
     let (lo, hi) = (lo * 0.8, hi * 1.25);
 
-    let root = SVGBackend::new(path, (1000, 620)).into_drawing_area();
+    let root = SVGBackend::with_string(text, (1000, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let title = format!(
         "parley bench: latency CDF ({} messages, {}, registry {})",

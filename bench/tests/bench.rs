@@ -69,9 +69,9 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             .find(|l| l.split_whitespace().next() == Some(name))
             .unwrap_or_else(|| panic!("no {name} row in:\n{stdout}"));
         let cells: Vec<&str> = line.split_whitespace().collect();
-        // name, members, msgs, failed, five "<n> <unit>" latencies, msgs/s,
-        // x floor, reported ("-" or "<n> ms"), speed-up.
-        assert!(cells.len() == 18 || cells.len() == 19, "{line}");
+        // name, members, msgs, failed, p50 and p99 ("<n> <unit>" each),
+        // msgs/s, x floor, reported ("-" or "<n> ms").
+        assert!(cells.len() == 11 || cells.len() == 12, "{line}");
         let msgs: usize = cells[2].parse().unwrap();
         let failed: usize = cells[3].parse().unwrap();
         assert!(msgs > 0 && failed == 0, "{line}");
@@ -115,9 +115,17 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
         );
         let msgs_per_s = f("msgs_per_s");
         f("wall_s");
-        let shown: f64 = cells[14].parse().unwrap();
+        // p50 and p99 as shown (2 decimals of ms or s, whole µs).
+        for (at, us) in [(4, p50), (6, p99)] {
+            let shown = latency_us(cells[at], cells[at + 1]);
+            assert!(
+                (us - shown).abs() <= 0.006 * us.max(1000.0),
+                "{line} vs {row}"
+            );
+        }
+        let shown: f64 = cells[8].parse().unwrap();
         assert!((msgs_per_s.round() - shown).abs() <= 1.0, "{line} vs {row}");
-        let shown_vs: f64 = cells[15].parse().unwrap();
+        let shown_vs: f64 = cells[9].parse().unwrap();
         assert!((vs_floor - shown_vs).abs() <= 0.006, "{line} vs {row}");
         if router_call {
             // One call after another, their rate over the timed calls only.
@@ -147,6 +155,25 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             "{targets:?}"
         );
     }
+    // Every line of stdout fits 100 columns (chars: µ is one), the
+    // header, rule, rows, legend, targets and memory lines alike.
+    for l in stdout.lines() {
+        assert!(
+            l.chars().count() <= 100,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    // The last lines say where the files went, as absolute paths.
+    let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
+    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap();
+    assert_eq!(
+        tail[1],
+        format!("json: {}", abs(&json).display()),
+        "{stdout}"
+    );
+    assert_eq!(tail[0], format!("svg: {}", abs(&svg).display()), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg"));
     for name in rows {
@@ -156,6 +183,17 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
         );
     }
     Run { stdout, doc }
+}
+
+/// A latency as the table shows it (`412 µs`, `1.23 ms`, `2.50 s`), in µs.
+fn latency_us(n: &str, unit: &str) -> f64 {
+    let n: f64 = n.parse().unwrap();
+    match unit {
+        "µs" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        other => panic!("unit {other}"),
+    }
 }
 
 /// The registry the run says it measured, in the table and in the JSON.
@@ -204,6 +242,126 @@ fn bench_says_so_when_etcd_does_not_answer() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Runs the bench (default scenarios and messages: a run of seconds) with
+/// `args`, expecting it to stop at once on a bad output path: exit code
+/// 1, nothing on stdout, one line on stderr naming `path`.
+fn refused(args: &[&std::ffi::OsStr], path: &std::path::Path) -> String {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("bench: "), "{stderr}");
+    assert!(lines[0].contains(&path.display().to_string()), "{stderr}");
+    // A run of every scenario at the default 1000 messages takes many
+    // seconds (and starting the router and 20 peers alone takes more than
+    // this): the path is refused before any of it.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    stderr
+}
+
+#[test]
+fn bench_refuses_a_bad_svg_path_before_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Its directory does not exist.
+    let svg = tmp.path().join("no-such-dir").join("bench.svg");
+    let json = tmp.path().join("bench.json");
+    let stderr = refused(
+        &[
+            "--json".as_ref(),
+            json.as_ref(),
+            "--svg".as_ref(),
+            svg.as_ref(),
+        ],
+        &svg,
+    );
+    assert!(
+        stderr.contains("--svg") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    // The JSON file, fine but never written, is not left behind.
+    assert!(!json.exists());
+    // A directory.
+    let stderr = refused(&["--svg".as_ref(), tmp.path().as_ref()], tmp.path());
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    // A file where a directory should be.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let under = file.join("bench.svg");
+    refused(&["--svg".as_ref(), under.as_ref()], &under);
+}
+
+#[test]
+fn bench_refuses_an_unwritable_json_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("read-only");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(dir.join("probe"), "").is_ok() {
+        eprintln!("skipped: permissions do not bind here (root)");
+        return;
+    }
+    let json = dir.join("bench.json");
+    let stderr = refused(&["--json".as_ref(), json.as_ref()], &json);
+    assert!(stderr.contains("not writable"), "{stderr}");
+}
+
+#[test]
+fn bench_prints_the_table_when_the_svg_cannot_be_written_after_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let json = tmp.path().join("bench.json");
+    let svg = dir.join("bench.svg");
+    let child = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--scenario", "private", "--messages", "500", "--quiet"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The file is there once checked, before the run; then its directory
+    // goes, so writing it after the run fails.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !svg.exists() {
+        assert!(Instant::now() < deadline, "{} never created", svg.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("private")),
+        "{stdout}"
+    );
+    // The JSON went where asked; the svg line is not there.
+    let json_line = format!("json: {}", std::fs::canonicalize(&json).unwrap().display());
+    assert_eq!(stdout.lines().last(), Some(json_line.as_str()), "{stdout}");
+    assert!(!stdout.contains("svg: "), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(&svg.display().to_string()), "{stderr}");
 }
 
 /// How long etcd may take to answer once started.
