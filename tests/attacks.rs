@@ -409,3 +409,48 @@ async fn a_rooms_creator_owns_it_after_a_router_restart_whoever_rejoins_first() 
     bob.stop().await;
     router.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_reporting_a_huge_version_cannot_hand_a_newcomer_forged_history() {
+    let router = TestRouter::start(TTL).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    let mallory = TestPeer::start(&router, "mallory").await;
+    alice.join("#town").await;
+    mallory.join("#town").await;
+    let real = alice.say("#town", "the real one").await;
+    mallory.wait_for("#town", 1).await;
+    // Mallory stuffs her own history: hundreds of messages in alice's name
+    // (signed by a key that is not alice's, or not at all), so that she
+    // reports the highest version and a newcomer pulls from her.
+    let other = Identity::generate();
+    let mut forged = Vec::new();
+    for seq in real.message.seq + 1..=400 {
+        let mut m = message("#town", "alice", seq, seq + 1, "forged in alice's name");
+        m.incarnation = alice.peer.incarnation();
+        if seq % 2 == 0 {
+            other.sign_message(&mut m);
+        }
+        forged.push(m);
+    }
+    mallory.peer.store().insert_many(forged).await.unwrap();
+    assert!(mallory.history("#town").await.len() > 300);
+
+    let carol = TestPeer::start(&router, "carol").await;
+    carol.join("#town").await;
+    let bodies: Vec<String> = carol
+        .history("#town")
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies, ["the real one"]);
+    // Alice's real next message is taken, not shadowed by a forgery.
+    let r = alice.say("#town", "second").await;
+    assert_eq!(r.message.seq, real.message.seq + 1);
+    let h = carol.wait_for("#town", 2).await;
+    assert_eq!(h[1].body, "second");
+    for p in [alice, mallory, carol] {
+        p.stop().await;
+    }
+    router.stop().await;
+}
