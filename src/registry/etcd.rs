@@ -27,9 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use etcd_client::{
@@ -39,14 +37,12 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::watcher::{Alive, Feed, Watcher};
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Scoped, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
+    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -126,16 +122,6 @@ struct Mirror {
     events: broadcast::Sender<Feed>,
     /// The etcd revision the mirror has applied; only grows.
     seen: watch::Sender<i64>,
-}
-
-/// What the mirror tells its watchers.
-#[derive(Clone)]
-enum Feed {
-    /// Shared: each watcher gets a clone.
-    Event(Arc<Scoped>),
-    /// The mirror was reloaded from scratch (etcd compacted past it):
-    /// every watcher has missed events and must rebuild.
-    Reset,
 }
 
 #[derive(Default)]
@@ -546,13 +532,13 @@ impl Mirror {
         for (revision, group) in by_revision {
             for (kind, audience) in state.apply_revision(&group) {
                 // No receivers is fine: nobody is watching.
-                let _ = self.events.send(Feed::Event(Arc::new(Scoped {
-                    event: Event {
+                let _ = self.events.send(Feed::event(
+                    Event {
                         revision: u64::try_from(revision).unwrap_or(0),
                         kind,
                     },
-                    audience: Arc::new(audience),
-                })));
+                    audience,
+                ));
             }
             state.revision = state.revision.max(revision);
         }
@@ -1261,14 +1247,9 @@ impl Registry for EtcdRegistry {
             // the subscription is lost.
             (self.mirror.events.subscribe(), s.nick.clone())
         };
-        Ok(Box::pin(Watcher {
-            events: BroadcastStream::new(rx),
-            mirror: self.mirror.clone(),
-            token: token.to_owned(),
-            nick,
-            follow: follow.iter().map(Nick::key).collect(),
-            done: false,
-        }))
+        let mirror = self.mirror.clone();
+        let alive: Alive = Box::new(move |t| mirror.lock().sessions.contains_key(t));
+        Ok(Box::pin(Watcher::new(rx, token, nick, follow, alive)))
     }
 }
 
@@ -1289,54 +1270,4 @@ fn snapshot(state: &State, rk: &str, created: bool) -> Option<RoomSnapshot> {
         // it.
         revision: u64::try_from(state.revision).unwrap_or(0),
     })
-}
-
-/// One watcher's events, scoped as the in-memory registry scopes them.
-struct Watcher {
-    events: BroadcastStream<Feed>,
-    mirror: Arc<Mirror>,
-    token: Token,
-    nick: String,
-    follow: HashSet<String>,
-    done: bool,
-}
-
-impl Watcher {
-    fn wants(&self, scoped: &Scoped) -> bool {
-        scoped.wanted_by(&self.token, &self.follow)
-    }
-}
-
-impl Stream for Watcher {
-    type Item = Result<Event, RegistryError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let event = loop {
-            match std::task::ready!(Pin::new(&mut this.events).poll_next(cx)) {
-                Some(Ok(Feed::Event(scoped))) if this.wants(&scoped) => break scoped.event.clone(),
-                Some(Ok(Feed::Event(_))) => continue,
-                None => return Poll::Ready(None),
-                Some(Ok(Feed::Reset)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(RegistryError::Lagged(0))));
-                }
-                Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(RegistryError::Lagged(n))));
-                }
-            }
-        };
-        if let EventKind::UserOffline(m) = &event.kind {
-            if m.nick.eq_ignore_ascii_case(&this.nick)
-                && !this.mirror.lock().sessions.contains_key(&this.token)
-            {
-                this.done = true;
-            }
-        }
-        Poll::Ready(Some(Ok(event)))
-    }
 }

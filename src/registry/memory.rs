@@ -7,21 +7,17 @@
 //! runs on `tokio::time` so tests can pause the clock.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::watcher::{Alive, Feed, Watcher};
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Scoped, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
+    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -41,7 +37,7 @@ struct Shared {
     ttl: Duration,
     /// Never held across an `.await`.
     state: Mutex<State>,
-    events: broadcast::Sender<Scoped>,
+    events: broadcast::Sender<Feed>,
     /// Wakes the purge task when the earliest expiry may have moved.
     purge: Notify,
 }
@@ -56,7 +52,7 @@ struct SessionState {
     rooms: BTreeSet<String>,
 }
 
-type Events = broadcast::Sender<Scoped>;
+type Events = broadcast::Sender<Feed>;
 
 struct RoomState {
     name: String,
@@ -121,13 +117,13 @@ impl State {
     fn emit(&mut self, events: &Events, kind: EventKind, audience: HashSet<Token>) -> u64 {
         self.revision += 1;
         // No receivers is fine: nobody is watching.
-        let _ = events.send(Scoped {
-            event: Event {
+        let _ = events.send(Feed::event(
+            Event {
                 revision: self.revision,
                 kind,
             },
-            audience: Arc::new(audience),
-        });
+            audience,
+        ));
         self.revision
     }
 
@@ -555,69 +551,9 @@ impl Registry for MemoryRegistry {
             // subscription is lost.
             (self.shared.events.subscribe(), s.nick.clone())
         };
-        Ok(Box::pin(Watcher {
-            events: BroadcastStream::new(rx),
-            shared: self.shared.clone(),
-            token: token.to_owned(),
-            nick,
-            follow: follow.iter().map(Nick::key).collect(),
-            done: false,
-        }))
-    }
-}
-
-/// One watcher's events. It ends after its own session's `UserOffline`, and
-/// after reporting that it fell behind (it has lost events and must rebuild).
-struct Watcher {
-    events: BroadcastStream<Scoped>,
-    shared: Arc<Shared>,
-    token: Token,
-    nick: String,
-    /// Keys of the nicks whose presence this watcher follows.
-    follow: HashSet<String>,
-    done: bool,
-}
-
-impl Watcher {
-    fn wants(&self, scoped: &Scoped) -> bool {
-        scoped.wanted_by(&self.token, &self.follow)
-    }
-}
-
-impl Stream for Watcher {
-    type Item = Result<Event, RegistryError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let item = loop {
-            match std::task::ready!(Pin::new(&mut this.events).poll_next(cx)) {
-                // Not this session's business: the next one.
-                Some(Ok(scoped)) if !this.wants(&scoped) => continue,
-                Some(Ok(scoped)) => break Some(Ok(scoped.event)),
-                other => break other.map(|r| r.map(|s| s.event)),
-            }
-        };
-        let item = match item {
-            None => None,
-            Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
-                this.done = true;
-                Some(Err(RegistryError::Lagged(n)))
-            }
-            Some(Ok(event)) => {
-                if let EventKind::UserOffline(m) = &event.kind {
-                    if m.nick.eq_ignore_ascii_case(&this.nick)
-                        && !this.shared.lock().sessions.contains_key(&this.token)
-                    {
-                        this.done = true;
-                    }
-                }
-                Some(Ok(event))
-            }
-        };
-        Poll::Ready(item)
+        let shared = self.shared.clone();
+        let alive: Alive = Box::new(move |t| shared.lock().sessions.contains_key(t));
+        Ok(Box::pin(Watcher::new(rx, token, nick, follow, alive)))
     }
 }
 

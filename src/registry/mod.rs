@@ -5,13 +5,12 @@
 
 mod etcd;
 mod memory;
+mod watcher;
 
 pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
 
-use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::Stream;
@@ -200,29 +199,6 @@ pub trait Registry: Send + Sync + 'static {
     /// users it shares a room with, of those it `follow`s (its private
     /// partners; at most [`MAX_FOLLOW`]), and its own.
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError>;
-}
-
-/// An event and the sessions that need it, fixed when it happens (after
-/// a leave or a delete the room no longer says who was in it). Both
-/// registries scope `Watch` streams with it.
-#[derive(Clone)]
-pub(crate) struct Scoped {
-    pub event: Event,
-    pub audience: Arc<HashSet<Token>>,
-}
-
-impl Scoped {
-    /// Whether the watcher of session `token`, following the presence of
-    /// the nick keys in `follow`, gets this event.
-    pub fn wanted_by(&self, token: &str, follow: &HashSet<String>) -> bool {
-        self.audience.contains(token)
-            || match &self.event.kind {
-                EventKind::UserOnline(m) | EventKind::UserOffline(m) => {
-                    follow.contains(&m.nick.to_ascii_lowercase())
-                }
-                _ => false,
-            }
-    }
 }
 
 /// A fresh session token: 128 random bits.
