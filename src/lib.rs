@@ -9,7 +9,8 @@
 //! - [`client`]: the terminal client: commands in, a peer driven, events out.
 //! - [`identity`]: a peer's or router's ed25519 key, kept in a 0600 file,
 //!   and the exact bytes messages and logins sign.
-//! - [`logging`]: how the binaries start: tracing to stderr, runtime, exit code.
+//! - [`logging`]: how the binaries start: tracing to stderr (or, for a peer on
+//!   a terminal, to its log file), runtime, exit code.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`net`]: channels to other peers (a bounded cache, deadlines) and the

@@ -203,32 +203,6 @@ impl Printer {
     }
 }
 
-/// Columns a character takes on a terminal: 0 for combining marks and
-/// joiners, 2 for East Asian wide ones and emoji, else 1. Close to what
-/// rustyline (unicode-width) counts, for the characters people type.
-fn char_width(c: char) -> usize {
-    let u = c as u32;
-    match u {
-        0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20D0..=0x20FF => 0,
-        0x1100..=0x115F
-        | 0x2E80..=0x303E
-        | 0x3041..=0x33FF
-        | 0x3400..=0x4DBF
-        | 0x4E00..=0x9FFF
-        | 0xA000..=0xA4CF
-        | 0xAC00..=0xD7A3
-        | 0xF900..=0xFAFF
-        | 0xFE30..=0xFE4F
-        | 0xFF00..=0xFF60
-        | 0xFFE0..=0xFFE6
-        | 0x1F300..=0x1F64F
-        | 0x1F900..=0x1F9FF
-        | 0x20000..=0x3FFFD => 2,
-        _ if c.is_control() => 0,
-        _ => 1,
-    }
-}
-
 /// Where the cursor stands (row, column from the prompt's first row) after
 /// `prompt` then `text`, wrapping at `cols` as rustyline does.
 fn position(prompt: &str, text: &str, cols: usize) -> (usize, usize) {
@@ -240,7 +214,8 @@ fn position(prompt: &str, text: &str, cols: usize) -> (usize, usize) {
             col = 0;
             continue;
         }
-        let w = char_width(c);
+        // The width rustyline itself counts with (unicode-width).
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
         col += w;
         if col > cols {
             row += 1;
