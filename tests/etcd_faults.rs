@@ -184,7 +184,7 @@ async fn bindings_and_owners_outlive_every_router() {
         assert_eq!(s.owner, "alice");
     }
     // Both routers dropped; their sessions run out in etcd.
-    tokio::time::sleep(TTL + Duration::from_secs(2)).await;
+    etcd.until_no_sessions(TTL * 3).await;
     let c = etcd.registry(TTL).await;
     let carol = login(&c, "carol").await;
     let found = c.find_user(&carol, &nick("alice")).await.unwrap();

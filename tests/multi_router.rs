@@ -173,8 +173,8 @@ async fn nick_bindings_and_room_owners_outlive_every_router() {
     bob.stop().await;
     ra.terminate().await;
     rb.terminate().await;
-    // Every lease runs out while no router runs.
-    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    // Every session ends while no router runs.
+    etcd.until_no_sessions(TTL * 3).await;
 
     let (rc, c) = router(&etcd, tmp.path(), "c").await;
     // Another key cannot take alice's nick, although she is offline and

@@ -7,7 +7,7 @@ mod etcd;
 mod memory;
 mod watcher;
 
-pub use etcd::EtcdRegistry;
+pub use etcd::{EtcdRegistry, PREFIX as ETCD_PREFIX};
 pub use memory::MemoryRegistry;
 
 use std::pin::Pin;

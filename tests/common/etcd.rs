@@ -245,6 +245,38 @@ impl Etcd {
         }
     }
 
+    /// Waits (at most `within`) until etcd holds no parley session: every
+    /// lease has run out or been revoked.
+    pub async fn until_no_sessions(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let prefix = format!("{}session/", parley::registry::ETCD_PREFIX);
+        loop {
+            let left = match etcd_client::Client::connect(self.endpoints(), None).await {
+                Ok(mut c) => c
+                    .get(
+                        prefix.as_str(),
+                        Some(
+                            etcd_client::GetOptions::new()
+                                .with_prefix()
+                                .with_count_only(),
+                        ),
+                    )
+                    .await
+                    .map(|r| r.count())
+                    .ok(),
+                Err(_) => None,
+            };
+            if left == Some(0) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd still holds sessions ({left:?}) after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Kills the leader; returns its index.
     pub async fn kill_leader(&mut self) -> usize {
         let i = self.leader().await;
