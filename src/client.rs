@@ -1,13 +1,11 @@
 //! The terminal client: reads commands, drives a [`Peer`], and prints what
 //! happens as [`Output`] events. It owns the state a person has that the
-//! peer does not: the current conversation, and the departures it waits on
-//! a moment to tell a quit from a part.
+//! peer does not: the conversations, the current one, and the rooms'
+//! members (for Tab).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::names::{private_key, Conversation, Nick, Room};
 use crate::peer::{Peer, PeerEvent, Presence, SendReport};
@@ -204,20 +202,6 @@ pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
     }
 }
 
-/// How long someone's leaving a room waits for their going offline, so a
-/// quit reads `has quit` once instead of `has left` then nothing: the router
-/// reports the two as separate events, in either order.
-pub const QUIT_WINDOW: Duration = Duration::from_millis(400);
-
-/// Leaves not shown yet, and who went offline a moment ago.
-#[derive(Default)]
-struct Departures {
-    /// (when to show it as a plain leave, room, nick), oldest first.
-    leaving: Vec<(Instant, String, String)>,
-    /// Nick key → when it went offline.
-    gone: HashMap<String, Instant>,
-}
-
 fn presence(room: String, nick: String, event: &str) -> Output {
     Output::Presence {
         room,
@@ -226,78 +210,13 @@ fn presence(room: String, nick: String, event: &str) -> Output {
     }
 }
 
-impl Departures {
-    /// `nick` left `room`: a quit at once if it just went offline, else
-    /// held until [`QUIT_WINDOW`] says it was a leave.
-    fn left(&mut self, room: String, nick: String, now: Instant) -> Option<Output> {
-        let gone = self
-            .gone
-            .get(&nick.to_ascii_lowercase())
-            .is_some_and(|at| now.duration_since(*at) < QUIT_WINDOW);
-        if gone {
-            return Some(presence(room, nick, "quit"));
-        }
-        self.leaving.push((now + QUIT_WINDOW, room, nick));
-        None
-    }
-
-    /// `nick` went offline: its held leaves were a quit.
-    fn offline(&mut self, nick: &str, now: Instant) -> Vec<Output> {
-        self.gone
-            .retain(|_, at| now.duration_since(*at) < QUIT_WINDOW);
-        self.gone.insert(nick.to_ascii_lowercase(), now);
-        self.take(|n| n.eq_ignore_ascii_case(nick), "quit")
-    }
-
-    /// `nick` joined somewhere: a leave held for it comes first, as a leave.
-    fn joined(&mut self, nick: &str) -> Vec<Output> {
-        self.take(|n| n.eq_ignore_ascii_case(nick), "left")
-    }
-
-    /// The held leaves whose wait is over, as leaves.
-    fn due(&mut self, now: Instant) -> Vec<Output> {
-        let (due, keep) = std::mem::take(&mut self.leaving)
-            .into_iter()
-            .partition(|(at, _, _)| *at <= now);
-        self.leaving = keep;
-        due.into_iter()
-            .map(|(_, room, nick)| presence(room, nick, "left"))
-            .collect()
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.leaving.iter().map(|(at, _, _)| *at).min()
-    }
-
-    fn take(&mut self, pick: impl Fn(&str) -> bool, event: &str) -> Vec<Output> {
-        let (taken, keep) = std::mem::take(&mut self.leaving)
-            .into_iter()
-            .partition(|(_, _, nick)| pick(nick));
-        self.leaving = keep;
-        taken
-            .into_iter()
-            .map(|(_, room, nick)| presence(room, nick, event))
-            .collect()
-    }
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The client's state: the peer, the current conversation and the
-/// departures not shown yet.
+/// The client's state: the peer, the conversations and the rooms' members.
 pub struct Client {
     peer: Peer,
     printer: Printer,
     windows: Windows,
     /// Room key → its members as last heard, for Tab.
     members: HashMap<String, Vec<String>>,
-    departures: Departures,
 }
 
 impl Client {
@@ -307,7 +226,6 @@ impl Client {
             printer,
             windows: Windows::default(),
             members: HashMap::new(),
-            departures: Departures::default(),
         }
     }
 
@@ -350,14 +268,8 @@ impl Client {
         self.update_screen();
         self.printer.line_done();
         loop {
-            let due = self.departures.next_due();
             tokio::select! {
                 _ = &mut stop => break,
-                _ = until(due) => {
-                    for out in self.departures.due(Instant::now()) {
-                        self.print(out);
-                    }
-                }
                 line = lines.recv() => {
                     let Some(line) = line else { break };
                     let go_on = self.handle_line(&line).await;
@@ -406,31 +318,22 @@ impl Client {
                 nick,
                 change: Presence::Joined,
             } => {
-                for out in self.departures.joined(&nick) {
-                    self.print(out);
-                }
                 let list = self.members.entry(room.to_ascii_lowercase()).or_default();
                 if !list.iter().any(|n| n.eq_ignore_ascii_case(&nick)) {
                     list.push(nick.clone());
                 }
                 self.print(presence(room, nick, "joined"));
             }
-            PeerEvent::Presence {
-                room,
-                nick,
-                change: Presence::Left,
-            } => {
+            PeerEvent::Presence { room, nick, change } => {
                 if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
                     list.retain(|n| !n.eq_ignore_ascii_case(&nick));
                 }
-                if let Some(out) = self.departures.left(room, nick, Instant::now()) {
-                    self.print(out);
-                }
-            }
-            PeerEvent::Offline { nick } => {
-                for out in self.departures.offline(&nick, Instant::now()) {
-                    self.print(out);
-                }
+                let event = if change == Presence::Quit {
+                    "quit"
+                } else {
+                    "left"
+                };
+                self.print(presence(room, nick, event));
             }
             PeerEvent::Router { up } => self.print(Output::Router {
                 state: if up { "back" } else { "lost" }.into(),
@@ -683,63 +586,6 @@ impl Client {
 mod tests {
     use super::*;
 
-    fn at(ms: u64) -> Instant {
-        // Offsets from one base: the test reads them, nothing sleeps.
-        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        *BASE.get_or_init(Instant::now) + Duration::from_millis(ms)
-    }
-
-    fn events(outs: Vec<Output>) -> Vec<(String, String, String)> {
-        outs.into_iter()
-            .map(|o| match o {
-                Output::Presence { room, nick, event } => (room, nick, event),
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    }
-
-    fn one(room: &str, nick: &str, event: &str) -> (String, String, String) {
-        (room.into(), nick.into(), event.into())
-    }
-
-    #[test]
-    fn a_leave_then_going_offline_is_one_quit_per_room() {
-        let mut d = Departures::default();
-        assert!(d.left("#a".into(), "bob".into(), at(0)).is_none());
-        assert!(d.left("#b".into(), "bob".into(), at(1)).is_none());
-        assert!(d.left("#a".into(), "carol".into(), at(2)).is_none());
-        assert_eq!(
-            events(d.offline("BOB", at(5))),
-            [one("#a", "bob", "quit"), one("#b", "bob", "quit")]
-        );
-        // Carol only left: shown as a leave once the window is over.
-        assert!(d.due(at(100)).is_empty());
-        assert_eq!(
-            events(d.due(at(2) + QUIT_WINDOW)),
-            [one("#a", "carol", "left")]
-        );
-        assert_eq!(d.next_due(), None);
-    }
-
-    #[test]
-    fn going_offline_then_the_leave_is_a_quit_too() {
-        let mut d = Departures::default();
-        assert!(d.offline("bob", at(0)).is_empty());
-        assert_eq!(
-            events(
-                d.left("#a".into(), "bob".into(), at(10))
-                    .into_iter()
-                    .collect()
-            ),
-            [one("#a", "bob", "quit")]
-        );
-        // Long after, a leave is a leave again.
-        assert!(d
-            .left("#a".into(), "bob".into(), at(10) + QUIT_WINDOW)
-            .is_none());
-        assert_eq!(d.next_due(), Some(at(10) + QUIT_WINDOW * 2));
-    }
-
     fn room(s: &str) -> Target {
         Target::Room(Room::parse(s).unwrap())
     }
@@ -780,13 +626,5 @@ mod tests {
         assert_eq!(w.prompt(), "> ");
         w.arrived("#go", false);
         assert_eq!(w.prompt(), "(1 unread) > ");
-    }
-
-    #[test]
-    fn a_rejoin_shows_the_held_leave_first() {
-        let mut d = Departures::default();
-        assert!(d.left("#a".into(), "bob".into(), at(0)).is_none());
-        assert_eq!(events(d.joined("bob")), [one("#a", "bob", "left")]);
-        assert!(d.due(at(0) + QUIT_WINDOW).is_empty());
     }
 }

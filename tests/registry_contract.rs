@@ -291,12 +291,21 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
         EventKind::UserOffline(m) => assert_eq!(m.nick, "dave"),
         other => panic!("{other:?}"),
     }
-    // Bob goes: he leaves the room, then goes offline.
+    // Bob leaves the room and comes back: a leave, not a quit.
+    f.b.leave(&b, &room("#rust")).await.unwrap();
+    assert!(
+        matches!(next(&mut w).await, EventKind::MemberLeft { member, quit: false, .. } if member.nick == "bob")
+    );
+    f.b.join(&b, &room("#rust"), None).await.unwrap();
+    assert!(
+        matches!(next(&mut w).await, EventKind::MemberJoined { member, .. } if member.nick == "bob")
+    );
+    // Bob goes: he leaves the room as a quit, then goes offline.
     f.b.logout(&b).await.unwrap();
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
-        matches!(&seen[0], EventKind::MemberLeft { member, .. } if member.nick == "bob"),
+        matches!(&seen[0], EventKind::MemberLeft { member, quit: true, .. } if member.nick == "bob"),
         "{seen:?}"
     );
     assert!(
@@ -308,7 +317,7 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
     // Alice's own end ends her stream.
     f.a.logout(&a).await.unwrap();
     assert!(
-        matches!(next(&mut w).await, EventKind::MemberLeft { member, .. } if member.nick == "alice")
+        matches!(next(&mut w).await, EventKind::MemberLeft { member, quit: true, .. } if member.nick == "alice")
     );
     assert!(matches!(next(&mut w).await, EventKind::UserOffline(m) if m.nick == "alice"));
     let end = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
@@ -347,7 +356,7 @@ async fn a_lease_without_heartbeats_runs_out(f: Fixture) {
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
-        matches!(&seen[0], EventKind::MemberLeft { member, .. } if member.nick == "bob"),
+        matches!(&seen[0], EventKind::MemberLeft { member, quit: true, .. } if member.nick == "bob"),
         "{seen:?}"
     );
     assert!(

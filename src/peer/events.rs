@@ -38,9 +38,6 @@ pub enum PeerEvent {
         nick: String,
         change: Presence,
     },
-    /// Someone else went offline: logged out, or its lease ran out (the
-    /// router does not say which). Their rooms' `Left` comes separately.
-    Offline { nick: String },
     /// The router stopped answering (`up` false: every router of the list
     /// was unreachable), or answers again after that (`up` true). Said once
     /// per outage.
@@ -51,7 +48,11 @@ pub enum PeerEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
     Joined,
+    /// Left the room.
     Left,
+    /// Its session ended: logged out, or its lease ran out (the router
+    /// does not say which), one per room it sat in.
+    Quit,
 }
 
 /// The sending side of the queue. Cheap to clone.

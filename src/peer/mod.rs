@@ -470,20 +470,21 @@ impl Peer {
                     });
                 }
                 SessionEvent::Reconnected => self.inner.kick.notify_one(),
-                SessionEvent::Presence { room, nick, joined } => {
-                    let change = if joined {
-                        events::Presence::Joined
-                    } else {
-                        events::Presence::Left
+                SessionEvent::Presence {
+                    room,
+                    nick,
+                    joined,
+                    quit,
+                } => {
+                    let change = match (joined, quit) {
+                        (true, _) => events::Presence::Joined,
+                        (false, false) => events::Presence::Left,
+                        (false, true) => events::Presence::Quit,
                     };
                     self.inner
                         .events
                         .emit(PeerEvent::Presence { room, nick, change });
                 }
-                SessionEvent::Offline(member) => self
-                    .inner
-                    .events
-                    .emit(PeerEvent::Offline { nick: member.nick }),
                 SessionEvent::Router { up } => self.inner.events.emit(PeerEvent::Router { up }),
             }
         }

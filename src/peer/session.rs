@@ -81,14 +81,14 @@ pub enum SessionEvent {
     /// The `Watch` stream was opened again after a break: events may have
     /// been missed, so it is worth comparing histories.
     Reconnected,
-    /// Someone else joined or left one of this peer's rooms.
+    /// Someone else joined or left one of this peer's rooms (`quit`: its
+    /// session ended).
     Presence {
         room: String,
         nick: String,
         joined: bool,
+        quit: bool,
     },
-    /// Someone else went offline.
-    Offline(Member),
     /// No router could be asked (`up` false), or one answers again after
     /// that (`up` true): once per outage, whatever the calls in between.
     Router { up: bool },
@@ -697,12 +697,19 @@ impl Session {
             }
             Change::RoomGone { room, by } => self.emit(SessionEvent::RoomGone { room, by }),
             // Others' comings and goings; this peer's own are not news.
-            Change::Presence { nick, .. } | Change::Offline(Member { nick, .. })
+            Change::Presence { nick, .. }
                 if nick.eq_ignore_ascii_case(self.inner.config.nick.as_str()) => {}
-            Change::Presence { room, nick, joined } => {
-                self.emit(SessionEvent::Presence { room, nick, joined })
-            }
-            Change::Offline(member) => self.emit(SessionEvent::Offline(member)),
+            Change::Presence {
+                room,
+                nick,
+                joined,
+                quit,
+            } => self.emit(SessionEvent::Presence {
+                room,
+                nick,
+                joined,
+                quit,
+            }),
         }
     }
 

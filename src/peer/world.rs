@@ -52,14 +52,13 @@ pub enum Change {
     /// `nick` joined (or left) one of this peer's rooms: one not in the
     /// picture before (or one that was). Members a snapshot dropped and
     /// that come back are not news; nor are events the picture holds.
+    /// `quit`: it left because its session ended.
     Presence {
         room: String,
         nick: String,
         joined: bool,
+        quit: bool,
     },
-    /// A user went offline (logged out or its lease ran out). Not said when
-    /// the session ending is an old one its nick already replaced.
-    Offline(Member),
 }
 
 #[derive(Debug, Clone)]
@@ -257,14 +256,10 @@ impl World {
                 // A reclaim ends an old session after the new one began: only
                 // drop the user if the address is the one going away.
                 let k = key(&m.nick);
-                match s.users.get(&k) {
-                    Some(u) if u.address == m.address => {
-                        s.users.remove(&k);
-                        Change::Offline(m.clone())
-                    }
-                    Some(_) => Change::Nothing,
-                    None => Change::Offline(m.clone()),
+                if s.users.get(&k).is_some_and(|u| u.address == m.address) {
+                    s.users.remove(&k);
                 }
+                Change::Nothing
             }
             Some(Kind::RoomDeleted(d)) => match s.rooms.remove(&key(&d.room)) {
                 Some(view) => Change::RoomGone {
@@ -292,6 +287,7 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         Some(Kind::MemberLeft(rm)) => (rm, false),
         _ => return None,
     };
+    let quit = !joined && rm.quit;
     let member = rm.member.as_ref()?;
     let view = s.rooms.get_mut(&key(&rm.room))?;
     if e.revision <= view.revision {
@@ -317,6 +313,7 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         room: view.name.clone(),
         nick: member.nick.clone(),
         joined,
+        quit,
     })
 }
 
@@ -349,6 +346,7 @@ mod tests {
             Kind::MemberJoined(RoomMember {
                 room: "#r".into(),
                 member: Some(m("carol")),
+                ..Default::default()
             }),
         ));
         // A stale event at rev 4 is already in the snapshot.
@@ -357,6 +355,7 @@ mod tests {
             Kind::MemberLeft(RoomMember {
                 room: "#r".into(),
                 member: Some(m("bob")),
+                ..Default::default()
             }),
         ));
         w.set_room("#R", vec![m("alice"), m("bob")], 5);
@@ -389,6 +388,7 @@ mod tests {
             Kind::MemberJoined(RoomMember {
                 room: "#r".into(),
                 member: Some(m("bob")),
+                ..Default::default()
             }),
         ));
         assert_eq!(w.membership("#r", "bob"), Membership::Member);
@@ -401,6 +401,7 @@ mod tests {
             Kind::MemberLeft(RoomMember {
                 room: "#r".into(),
                 member: Some(m("carol")),
+                ..Default::default()
             }),
         ));
         assert_eq!(w.membership("#r", "carol"), Membership::Unknown);
@@ -412,6 +413,7 @@ mod tests {
             Kind::MemberJoined(RoomMember {
                 room: room.into(),
                 member: Some(m(n)),
+                ..Default::default()
             }),
         )
     }
@@ -422,6 +424,7 @@ mod tests {
             Kind::MemberLeft(RoomMember {
                 room: room.into(),
                 member: Some(m(n)),
+                ..Default::default()
             }),
         )
     }
@@ -431,6 +434,7 @@ mod tests {
             room: room.into(),
             nick: nick.into(),
             joined,
+            quit: false,
         }
     }
 
@@ -449,18 +453,35 @@ mod tests {
         assert_eq!(w.apply(left(5, "#r", "dave")), Change::Nothing);
         // Rooms this peer is not in say nothing.
         assert_eq!(w.apply(joined(6, "#other", "erin")), Change::Nothing);
-        // Going offline is news; the end of an old session whose nick is
-        // already back at another address is not.
-        w.set_users(vec![m("bob"), m("carol")]);
+        // A leave because the session ended is a quit.
         assert_eq!(
-            w.apply(ev(7, Kind::UserOffline(m("bob")))),
-            Change::Offline(m("bob"))
+            w.apply(joined(7, "#r", "dave")),
+            presence("#R", "dave", true)
         );
+        let mut quit = left(8, "#r", "dave");
+        if let Some(Kind::MemberLeft(rm)) = &mut quit.kind {
+            rm.quit = true;
+        }
+        assert_eq!(
+            w.apply(quit),
+            Change::Presence {
+                room: "#R".into(),
+                nick: "dave".into(),
+                joined: false,
+                quit: true,
+            }
+        );
+        // Going offline drops the user; the end of an old session whose
+        // nick is already back at another address does not.
+        w.set_users(vec![m("bob"), m("carol")]);
+        assert_eq!(w.apply(ev(9, Kind::UserOffline(m("bob")))), Change::Nothing);
+        assert!(w.user("bob").is_none());
         let old = Member {
             address: "elsewhere:1".into(),
             ..m("carol")
         };
-        assert_eq!(w.apply(ev(8, Kind::UserOffline(old))), Change::Nothing);
+        assert_eq!(w.apply(ev(10, Kind::UserOffline(old))), Change::Nothing);
+        assert!(w.user("carol").is_some());
         // A router restart: a member the snapshot dropped that joins again
         // was never gone, as far as a person can tell.
         w.new_session();

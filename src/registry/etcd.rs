@@ -759,7 +759,10 @@ impl State {
                 }
                 if let Some(member) = self.member(nk) {
                     let room = self.room_name(rk);
-                    out.push((EventKind::MemberLeft { room, member }, audience));
+                    // The user key going in the same revision: the session
+                    // ended (its lease), not a leave.
+                    let quit = gone.contains_key(*nk);
+                    out.push((EventKind::MemberLeft { room, member, quit }, audience));
                 }
             }
             ["user", nk] => {

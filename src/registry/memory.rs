@@ -181,7 +181,8 @@ impl State {
 
     /// Removes `nick_key` from room `key`, dropping the room when empty.
     /// The owner stays the owner: ownership comes from the room's history.
-    fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str) {
+    /// `quit`: because the member's session ended.
+    fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str, quit: bool) {
         let Some(member) = self.member(nick_key) else {
             return;
         };
@@ -196,7 +197,11 @@ impl State {
         }
         self.emit(
             events,
-            EventKind::MemberLeft { room: name, member },
+            EventKind::MemberLeft {
+                room: name,
+                member,
+                quit,
+            },
             audience,
         );
     }
@@ -216,7 +221,7 @@ impl State {
         let expires = session.expires;
         let audience = self.peers_audience(token);
         for room in rooms {
-            self.remove_member(events, &room, &nick_key);
+            self.remove_member(events, &room, &nick_key, true);
         }
         self.sessions.remove(token);
         self.expiry.remove(&(expires, token.to_owned()));
@@ -441,7 +446,7 @@ impl Registry for MemoryRegistry {
         if let Some(s) = state.sessions.get_mut(token) {
             s.rooms.remove(&key);
         }
-        state.remove_member(&self.shared.events, &key, &nick_key);
+        state.remove_member(&self.shared.events, &key, &nick_key, false);
         Ok(())
     }
 
@@ -624,7 +629,7 @@ mod tests {
         // The watcher was told: Alice left the room, then went offline.
         let e1 = events.next().await.unwrap().unwrap();
         assert!(
-            matches!(&e1.kind, EventKind::MemberLeft { room, member } if room == "#rust" && member.nick == "alice"),
+            matches!(&e1.kind, EventKind::MemberLeft { room, member, .. } if room == "#rust" && member.nick == "alice"),
             "{e1:?}"
         );
         let e2 = events.next().await.unwrap().unwrap();

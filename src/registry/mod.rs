@@ -101,9 +101,21 @@ pub struct Event {
 pub enum EventKind {
     UserOnline(Member),
     UserOffline(Member),
-    MemberJoined { room: String, member: Member },
-    MemberLeft { room: String, member: Member },
-    RoomDeleted { room: String, by: String },
+    MemberJoined {
+        room: String,
+        member: Member,
+    },
+    /// `quit`: the member's session ended (logout, lease ran out, taken
+    /// over by a new login), as opposed to leaving the room.
+    MemberLeft {
+        room: String,
+        member: Member,
+        quit: bool,
+    },
+    RoomDeleted {
+        room: String,
+        by: String,
+    },
 }
 
 /// The events a watcher receives. It ends when the watcher's session ends;

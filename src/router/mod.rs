@@ -109,10 +109,12 @@ impl From<Event> for proto::RegistryEvent {
             EventKind::MemberJoined { room, member } => Kind::MemberJoined(proto::RoomMember {
                 room,
                 member: Some(member.into()),
+                quit: false,
             }),
-            EventKind::MemberLeft { room, member } => Kind::MemberLeft(proto::RoomMember {
+            EventKind::MemberLeft { room, member, quit } => Kind::MemberLeft(proto::RoomMember {
                 room,
                 member: Some(member.into()),
+                quit,
             }),
             EventKind::RoomDeleted { room, by } => {
                 Kind::RoomDeleted(proto::RoomDeleted { room, by })
