@@ -39,10 +39,10 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::watcher::{Alive, Feed, Watcher};
+use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
+    RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -1229,12 +1229,7 @@ impl Registry for EtcdRegistry {
     }
 
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {
-        if follow.len() > MAX_FOLLOW {
-            return Err(RegistryError::InvalidArgument(format!(
-                "a watch follows at most {MAX_FOLLOW} nicks, not {}",
-                follow.len()
-            )));
-        }
+        check_follow(follow)?;
         self.live(token).await?;
         // "From now on" means from etcd's now, not from wherever this
         // router's mirror has got to: changes made before the call

@@ -14,10 +14,10 @@ use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::watcher::{Alive, Feed, Watcher};
+use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
     new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MAX_FOLLOW, MIN_LEASE_TTL,
+    RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -543,12 +543,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {
-        if follow.len() > MAX_FOLLOW {
-            return Err(RegistryError::InvalidArgument(format!(
-                "a watch follows at most {MAX_FOLLOW} nicks, not {}",
-                follow.len()
-            )));
-        }
+        check_follow(follow)?;
         let (rx, nick) = {
             let state = self.shared.lock();
             let s = state.live(token, Instant::now())?;
@@ -979,7 +974,9 @@ mod tests {
                 (false, "alice".to_string())
             ]
         );
-        let many: Vec<Nick> = (0..=MAX_FOLLOW).map(|i| nick(&format!("n{i}"))).collect();
+        let many: Vec<Nick> = (0..=crate::registry::MAX_FOLLOW)
+            .map(|i| nick(&format!("n{i}")))
+            .collect();
         let d = login(&r, "dave").await;
         assert!(matches!(
             r.watch(&d, &many).await.err(),

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::Stream;
 
-use super::{Event, EventKind, RegistryError, Token};
+use super::{Event, EventKind, RegistryError, Token, MAX_FOLLOW};
 use crate::names::Nick;
 
 /// An event and the sessions that need it, fixed when it happens (after
@@ -37,6 +37,17 @@ impl Feed {
     pub fn event(event: Event, audience: HashSet<Token>) -> Feed {
         Feed::Event(Arc::new(Scoped { event, audience }))
     }
+}
+
+/// Refuses a watch that asks to follow more than [`MAX_FOLLOW`] nicks.
+pub(crate) fn check_follow(follow: &[Nick]) -> Result<(), RegistryError> {
+    if follow.len() > MAX_FOLLOW {
+        return Err(RegistryError::InvalidArgument(format!(
+            "a watch follows at most {MAX_FOLLOW} nicks, not {}",
+            follow.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a session token still holds a live session.
