@@ -11,7 +11,7 @@ use crate::names::{private_key, Conversation, Nick, Room};
 use crate::peer::{Peer, PeerEvent, Presence, SendReport};
 use crate::proto::{ChatMessage, Kind};
 use crate::terminal::{
-    action_body, parse, Command, MessageView, Output, Printer, RoomView, Target, Window,
+    action_body, mentions, parse, Command, MessageView, Output, Printer, RoomView, Target, Window,
     DEFAULT_PROMPT, HELP,
 };
 
@@ -186,6 +186,10 @@ pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
     let conversation = Conversation::parse_key(&m.conversation)
         .map(|c| c.display_for(me))
         .unwrap_or_else(|_| m.conversation.clone());
+    let kind = Kind::try_from(m.kind);
+    let mention = kind == Ok(Kind::Text)
+        && !m.author.eq_ignore_ascii_case(me.as_str())
+        && mentions(&m.body, me.as_str());
     MessageView {
         conversation,
         from: m.author.clone(),
@@ -194,11 +198,25 @@ pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
         lamport: m.lamport,
         sent_at_ms: m.sent_at_ms,
         late,
-        kind: match Kind::try_from(m.kind) {
+        kind: match kind {
             Ok(Kind::Text) => None,
             Ok(Kind::Created) => Some("created".into()),
+            Ok(Kind::Topic) => Some("topic".into()),
             Err(_) => Some(format!("unknown {}", m.kind)),
         },
+        mention,
+    }
+}
+
+/// A room's topic event as shown; `None` is "no topic".
+fn topic_of(room: &Room, event: Option<ChatMessage>) -> Output {
+    let (topic, by, set_at_ms) =
+        event.map_or_else(Default::default, |m| (m.body, m.author, m.sent_at_ms));
+    Output::Topic {
+        room: room.to_string(),
+        topic,
+        by,
+        set_at_ms,
     }
 }
 
@@ -217,6 +235,9 @@ pub struct Client {
     windows: Windows,
     /// Room key → its members as last heard, for Tab.
     members: HashMap<String, Vec<String>>,
+    /// Nick key → the away message last shown for it: a person is told
+    /// once, not on every line they write to someone away.
+    away_shown: HashMap<String, String>,
 }
 
 impl Client {
@@ -226,6 +247,7 @@ impl Client {
             printer,
             windows: Windows::default(),
             members: HashMap::new(),
+            away_shown: HashMap::new(),
         }
     }
 
@@ -386,6 +408,10 @@ impl Client {
                     version: j.version,
                     created: j.created,
                 });
+                // As IRC does on joining: the topic, when there is one.
+                if let Some(t) = peer.topic(&room).await.map_err(|e| e.to_string())? {
+                    self.print(topic_of(&room, Some(t)));
+                }
                 self.show_missed(&room, j.new, j.version).await;
             }
             Command::Leave(room) => {
@@ -429,6 +455,30 @@ impl Client {
                     room: room.to_string(),
                     members,
                 });
+            }
+            Command::Topic { room, text: None } => {
+                let room = self.current_room(room, "/topic #room")?;
+                let t = peer.topic(&room).await.map_err(|e| e.to_string())?;
+                self.print(topic_of(&room, t));
+            }
+            Command::Topic {
+                room,
+                text: Some(text),
+            } => {
+                let room = self.current_room(room, "/topic #room TEXT")?;
+                let report = peer
+                    .set_topic(&room, &text)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.sent(&Target::Room(room), report).await;
+            }
+            Command::Away(message) => {
+                peer.set_away(message.as_deref())
+                    .map_err(|e| e.to_string())?;
+                self.print(Output::info(match message {
+                    Some(m) => format!("you are marked as away: {m}"),
+                    None => "you are no longer marked as away".into(),
+                }));
             }
             Command::Rooms => {
                 let rooms = peer.rooms().await.map_err(|e| e.to_string())?;
@@ -545,6 +595,13 @@ impl Client {
             Target::Nick(n) => self.peer.send_private(n, body).await,
         }
         .map_err(|e| e.to_string())?;
+        self.sent(target, report).await;
+        Ok(())
+    }
+
+    /// Shows what a send did: the line itself (to a person), who lacks it,
+    /// and who is away.
+    async fn sent(&mut self, target: &Target, report: SendReport) {
         let (_, shown) = self.conversation(target);
         let json = self.printer.is_json();
         if !json {
@@ -563,6 +620,12 @@ impl Client {
             }
             _ => None,
         };
+        // One who took it and said nothing is back: a later away is new.
+        for nick in &report.delivered {
+            if !report.away.iter().any(|(n, _)| n == nick) {
+                self.away_shown.remove(&nick.to_ascii_lowercase());
+            }
+        }
         let sent = Output::Sent {
             conversation: shown,
             author_seq: report.message.seq,
@@ -578,7 +641,14 @@ impl Client {
                 "nobody called {n} has been seen; the message will wait for them"
             )));
         }
-        Ok(())
+        for (nick, message) in report.away {
+            // Scripts hear it every time; a person once per message.
+            let key = nick.to_ascii_lowercase();
+            if json || self.away_shown.get(&key) != Some(&message) {
+                self.away_shown.insert(key, message.clone());
+                self.print(Output::Away { nick, message });
+            }
+        }
     }
 }
 

@@ -34,6 +34,10 @@ pub fn valid_message(m: &ChatMessage) -> Result<Conversation, NameError> {
                 "invalid message: a creation event belongs to a room and names it",
             ))
         }
+        Ok(Kind::Topic) if matches!(conv, Conversation::Room(_)) => {}
+        Ok(Kind::Topic) => {
+            return Err(NameError::new("invalid message: a topic belongs to a room"))
+        }
         Err(_) => {
             return Err(NameError::new(format!(
                 "invalid message: unknown kind {}",
@@ -91,5 +95,31 @@ pub(crate) mod tests {
         ] {
             assert!(valid_message(&broken).is_err(), "{broken:?}");
         }
+    }
+
+    #[test]
+    fn events_belong_to_rooms() {
+        let topic = ChatMessage {
+            kind: Kind::Topic as i32,
+            ..msg()
+        };
+        assert!(valid_message(&topic).is_ok());
+        let private_topic = ChatMessage {
+            conversation: "@alice+bob".into(),
+            ..topic.clone()
+        };
+        assert!(valid_message(&private_topic).is_err());
+        let created = ChatMessage {
+            kind: Kind::Created as i32,
+            body: "#Rust".into(),
+            ..msg()
+        };
+        assert!(valid_message(&created).is_ok());
+        let elsewhere = ChatMessage {
+            body: "#go".into(),
+            ..created
+        };
+        assert!(valid_message(&elsewhere).is_err());
+        assert!(valid_message(&ChatMessage { kind: 99, ..msg() }).is_err());
     }
 }

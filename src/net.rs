@@ -212,6 +212,16 @@ impl Peers {
     /// One `Deliver` of `msg` to `member`, under [`CALL_DEADLINE`].
     /// Remembers whether the address answered.
     pub async fn deliver(&self, member: &Member, msg: ChatMessage) -> Delivery {
+        self.deliver_answered(member, msg).await.0
+    }
+
+    /// [`Peers::deliver`], with the member's away message when it answered
+    /// that its person is away.
+    pub async fn deliver_answered(
+        &self,
+        member: &Member,
+        msg: ChatMessage,
+    ) -> (Delivery, Option<String>) {
         let address = member.address.as_str();
         let mut client = match self.client(member) {
             Ok(c) => c,
@@ -220,13 +230,20 @@ impl Peers {
                 // a good one when the member logs in again, and a changed
                 // key may be trusted: not a refusal, the message waits.
                 tracing::debug!(%err, "not delivering");
-                return Delivery::Unreachable;
+                return (Delivery::Unreachable, None);
             }
         };
         let mut req = tonic::Request::new(DeliverRequest { message: Some(msg) });
         req.set_timeout(CALL_DEADLINE);
+        let mut away = None;
         let result = match tokio::time::timeout(CALL_DEADLINE, client.deliver(req)).await {
-            Ok(Ok(_)) => Delivery::Stored,
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                if !resp.away.is_empty() {
+                    away = Some(resp.away);
+                }
+                Delivery::Stored
+            }
             Ok(Err(status)) => {
                 tracing::debug!(address, %status, "deliver failed");
                 Delivery::of_status(status.code())
@@ -240,7 +257,7 @@ impl Peers {
             Delivery::Unreachable => self.mark_down(address),
             _ => self.mark_up(address),
         }
-        result
+        (result, away)
     }
 
     /// Records that `address` did not answer in time.

@@ -437,3 +437,103 @@ async fn switch_and_me_in_json_mode() {
     b.quit().await;
     router.terminate().await;
 }
+
+#[tokio::test]
+async fn a_topic_lives_in_the_history_and_outlives_the_router() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &["--join", "#rust"]).await;
+    a.event("joined").await;
+    a.send("/topic").await;
+    assert_eq!(
+        a.event("topic").await,
+        serde_json::json!({"type": "topic", "room": "#rust", "topic": "", "by": "", "set_at_ms": 0})
+    );
+    a.send("/topic fearless  concurrency").await;
+    let sent = a.event("sent").await;
+    assert_eq!(sent["conversation"], "#rust");
+
+    // A new router knows nothing of it; the history does.
+    router.terminate().await;
+    let (router, _) = Proc::router_on(&addr, 10).await;
+    common::until_members(&addr, "#rust", 1, Duration::from_secs(15)).await;
+    let mut b = Proc::peer(&addr, "b", &tmp.path().join("b"), &["--join", "#rust"]).await;
+    b.event("joined").await;
+    let t = b.event("topic").await;
+    assert_eq!(
+        (t["room"].as_str(), t["topic"].as_str(), t["by"].as_str()),
+        (Some("#rust"), Some("fearless  concurrency"), Some("a"))
+    );
+    assert!(t["set_at_ms"].as_i64().unwrap() > 0, "{t}");
+
+    // Set again, by another member, with the room named: everyone in the
+    // room sees the change as a topic event.
+    b.send("/topic #rust zero-cost abstractions").await;
+    b.event("sent").await;
+    let m = a.event("message").await;
+    assert_eq!(
+        (m["kind"].as_str(), m["from"].as_str(), m["body"].as_str()),
+        (Some("topic"), Some("b"), Some("zero-cost abstractions"))
+    );
+    a.send("/topic #rust").await;
+    let t = a.event("topic").await;
+    assert_eq!(
+        (t["topic"].as_str(), t["by"].as_str()),
+        (Some("zero-cost abstractions"), Some("b"))
+    );
+    // Outside a room there is nothing to set; bad names are refused.
+    a.send("/topic #nowhere a b").await;
+    let e = a.event("error").await;
+    assert!(e["message"].as_str().unwrap().contains("#nowhere"), "{e}");
+    a.send("/topic #bad!name x").await;
+    a.event("error").await;
+    a.send("/topic").await;
+    assert_eq!(a.event("topic").await["topic"], "zero-cost abstractions");
+    a.quit().await;
+    b.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn away_is_told_to_whoever_writes_privately() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &["--join", "#r"]).await;
+    a.event("joined").await;
+    let mut b = Proc::peer(&addr, "b", &tmp.path().join("b"), &["--join", "#r"]).await;
+    b.event("joined").await;
+    b.send("/away gone  fishing").await;
+    assert_eq!(
+        b.event("info").await["message"],
+        "you are marked as away: gone  fishing"
+    );
+    a.send("/msg b are you there?").await;
+    let sent = a.event("sent").await;
+    assert_eq!(sent["delivered"], serde_json::json!(["b"]));
+    assert_eq!(
+        a.event("away").await,
+        serde_json::json!({"type": "away", "nick": "b", "message": "gone  fishing"})
+    );
+    // The message itself arrived all the same.
+    assert_eq!(b.event("message").await["body"], "are you there?");
+    // A room message is not answered with it.
+    a.send("/switch #r").await;
+    a.event("info").await;
+    a.send("hello room").await;
+    a.event("sent").await;
+    // Back: private messages are no longer answered with it.
+    b.send("/away").await;
+    assert_eq!(
+        b.event("info").await["message"],
+        "you are no longer marked as away"
+    );
+    a.send("/msg b now?").await;
+    a.event("sent").await;
+    a.send("/users").await;
+    a.event("users").await;
+    let aways: Vec<_> = a.skipped.iter().filter(|e| e["type"] == "away").collect();
+    assert!(aways.is_empty(), "{aways:?}");
+    a.quit().await;
+    b.quit().await;
+    router.terminate().await;
+}

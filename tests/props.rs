@@ -212,6 +212,13 @@ fn a_command() -> impl Strategy<Value = Command> {
             (1usize..1000).prop_map(Window::Number),
         ])
         .prop_map(Command::Switch),
+        (proptest::option::of(a_room()), proptest::option::of(body()))
+            // Without a room, a first word of `#...` would name one.
+            .prop_filter("a room-less topic does not start with #", |(r, t)| {
+                r.is_some() || !t.as_deref().is_some_and(|t| t.starts_with('#'))
+            })
+            .prop_map(|(room, text)| Command::Topic { room, text }),
+        proptest::option::of(body()).prop_map(Command::Away),
     ]
 }
 
@@ -341,6 +348,19 @@ fn render(cmd: &Command, st: &Style) -> String {
             s
         }
         Command::Delete(r) => format!("{}{sep}{r}{}", name("delete"), st.tail),
+        Command::Topic { room, text } => {
+            let mut s = name("topic");
+            if let Some(r) = room {
+                s.push_str(&format!("{sep}{r}"));
+            }
+            match text {
+                Some(t) => s.push_str(&format!("{sep}{t}{line_end}")),
+                None => s.push_str(st.tail),
+            }
+            s
+        }
+        Command::Away(Some(m)) => format!("{}{sep}{m}{line_end}", name("away")),
+        Command::Away(None) => format!("{}{}", name("away"), st.tail),
         Command::Help => format!("{}{}", name("help"), st.tail),
         Command::Quit => format!(
             "{}{}",
@@ -377,6 +397,8 @@ fn line_like() -> impl Strategy<Value = String> {
             "/delete",
             "/help",
             "/quit",
+            "/topic",
+            "/away",
             "/",
             "//",
             "/jion",

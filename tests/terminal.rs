@@ -26,7 +26,14 @@ struct Screen {
 }
 
 impl Screen {
+    /// A peer on a pty, without colour (`NO_COLOR`): the screen reads as
+    /// plain text.
     fn peer(args: &[&str]) -> Screen {
+        Screen::peer_in(args, false)
+    }
+
+    /// A peer on a pty, in colour when `colour` is set.
+    fn peer_in(args: &[&str], colour: bool) -> Screen {
         let winsize = nix::pty::Winsize {
             ws_row: 30,
             ws_col: 100,
@@ -41,7 +48,11 @@ impl Screen {
             .stdout(slave(&pty.slave))
             .stderr(slave(&pty.slave))
             .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
             .env("TERM", "xterm");
+        if !colour {
+            cmd.env("NO_COLOR", "1");
+        }
         // Its own session, as a login shell would give it: keys typed here
         // never signal the test.
         unsafe {
@@ -446,6 +457,125 @@ async fn joining_shows_what_was_missed() {
         .await;
     screen.burst("/quit\r");
     assert_eq!(screen.exit_code().await, Some(0));
+    bob.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn colours_mentions_topics_and_a_kept_line_on_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &["--join", "#c"]).await;
+    bob.event("joined").await;
+    bob.send("/topic colour me in").await;
+    bob.event("sent").await;
+    let dir = tmp.path().join("alice");
+    let mut screen = Screen::peer_in(
+        &[
+            "--nick",
+            "alice",
+            "--router",
+            &addr,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--join",
+            "#c",
+        ],
+        true,
+    );
+    // On joining, the topic, as IRC shows it.
+    screen
+        .wait_for(
+            "-- topic of #c: colour me in (set by bob, ",
+            Duration::from_secs(10),
+        )
+        .await;
+    screen.wait_for("[#c] ", Duration::from_secs(10)).await;
+
+    // bob's nick in its own colour, the same on every line; a line that
+    // names alice stands out (bold, reverse), one that does not, not.
+    let bob_in_colour = format!(
+        "<\x1b[{}mbob\x1b[0m>",
+        parley::terminal::output::nick_colour("bob")
+    );
+    bob.send("plain words").await;
+    bob.event("sent").await;
+    screen
+        .wait_for(
+            &format!("{bob_in_colour} plain words"),
+            Duration::from_secs(10),
+        )
+        .await;
+    bob.send("Alice: look here").await;
+    bob.event("sent").await;
+    screen
+        .wait_for(
+            &format!("{bob_in_colour} \x1b[1;7mAlice: look here\x1b[0m"),
+            Duration::from_secs(10),
+        )
+        .await;
+    bob.send("malice is no mention").await;
+    bob.event("sent").await;
+    screen
+        .wait_for(
+            &format!("{bob_in_colour} malice is no mention"),
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Ctrl-C on a half-typed line asks, and the line comes back whole.
+    screen.type_keys("half a thou").await;
+    screen.burst("\x03");
+    screen
+        .wait_for(parley::terminal::io::CTRL_C_AGAIN, Duration::from_secs(10))
+        .await;
+    screen.type_keys("ght\r").await;
+    let m = bob.event("message").await;
+    assert_eq!(m["body"], "half a thought");
+    // On an empty line, Ctrl-C quits at once; so does a second Ctrl-C.
+    screen.type_keys("another").await;
+    screen.burst("\x03");
+    screen
+        .wait_after("half a thought", parley::terminal::io::CTRL_C_AGAIN)
+        .await;
+    screen.burst("\x03");
+    assert_eq!(screen.exit_code().await, Some(0));
+    screen.assert_no_log_lines();
+    bob.quit().await;
+    router.terminate().await;
+}
+
+#[tokio::test]
+async fn no_colour_with_no_color() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &["--join", "#n"]).await;
+    bob.event("joined").await;
+    let dir = tmp.path().join("alice");
+    let mut screen = Screen::peer(&[
+        "--nick",
+        "alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--join",
+        "#n",
+    ]);
+    screen.wait_for("[#n] ", Duration::from_secs(10)).await;
+    bob.send("alice, plain please").await;
+    bob.event("sent").await;
+    screen
+        .wait_for("#n <bob> alice, plain please", Duration::from_secs(10))
+        .await;
+    screen.burst("/quit\r");
+    assert_eq!(screen.exit_code().await, Some(0));
+    assert!(!screen.text().contains("\x1b[1;7m"), "{:?}", screen.text());
+    assert!(
+        !screen.text().contains("mbob\x1b[0m"),
+        "{:?}",
+        screen.text()
+    );
     bob.quit().await;
     router.terminate().await;
 }

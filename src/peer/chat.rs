@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use super::away::Away;
 use super::events::{Events, PeerEvent};
 use super::rooms::Rooms;
 use super::session::Session;
@@ -56,6 +57,8 @@ pub(super) struct ChatService {
     pub(super) sync: Syncer,
     pub(super) peers: Peers,
     pub(super) events: Events,
+    /// Told to whoever writes privately while the person is away.
+    pub(super) away: Away,
     pub(super) stop: CancellationToken,
     pub(super) tasks: TaskTracker,
 }
@@ -250,8 +253,13 @@ impl Chat for ChatService {
                 late: inserted.late,
             });
         }
+        let away = match conv {
+            Conversation::Private(..) => self.away.get().map(|a| a.to_string()),
+            Conversation::Room(_) => None,
+        };
         Ok(Response::new(DeliverResponse {
             stored: inserted.new,
+            away: away.unwrap_or_default(),
         }))
     }
 

@@ -8,9 +8,11 @@
 //! - `chat`: the `Chat` service others call, given only what it serves
 //!   from;
 //! - [`rooms`]: the rooms the person is in, kept across restarts;
+//! - `away`: the person's away message, told to private senders;
 //! - [`events`]: what the person is told, through a bounded queue;
 //! - catching up ([`crate::sync`]): join syncs, gap repair, anti-entropy.
 
+mod away;
 mod chat;
 pub mod events;
 pub mod outbox;
@@ -191,6 +193,7 @@ struct Inner {
     peers: Peers,
     rooms: Rooms,
     events: Events,
+    away: away::Away,
     /// Wakes anti-entropy early (a failed delivery, a reconnection).
     kick: Arc<Notify>,
     sync_interval: Duration,
@@ -292,6 +295,7 @@ impl Peer {
                 peers,
                 rooms,
                 events,
+                away: away::Away::default(),
                 kick,
                 sync_interval: config.sync_interval,
                 stop,
@@ -406,6 +410,7 @@ impl Peer {
             sync: inner.sync.clone(),
             peers: inner.peers.clone(),
             events: inner.events.clone(),
+            away: inner.away.clone(),
             stop: inner.stop.clone(),
             tasks: inner.tasks.clone(),
         };
@@ -731,10 +736,40 @@ impl Peer {
         Ok(self.inner.store.history(conv, limit).await?)
     }
 
-    /// Sends `body` to a room this peer sits in. Every member the picture
-    /// holds is owed it, those that may have only dropped out of the
-    /// picture (a router restart) included.
+    /// Sends `body` to a room this peer sits in.
     pub async fn send_room(&self, room: &Room, body: &str) -> Result<SendReport, PeerError> {
+        self.send_room_kind(room, (proto::Kind::Text, body)).await
+    }
+
+    /// Makes `topic` the room's topic: a topic event in its history, sent
+    /// to every member like a message. Any member may set it.
+    pub async fn set_topic(&self, room: &Room, topic: &str) -> Result<SendReport, PeerError> {
+        self.send_room_kind(room, (proto::Kind::Topic, topic)).await
+    }
+
+    /// The room's topic event as this history holds it: the latest.
+    pub async fn topic(&self, room: &Room) -> Result<Option<ChatMessage>, PeerError> {
+        Ok(self.inner.store.topic(&room.key()).await?)
+    }
+
+    /// Marks the person away with `message` (told to whoever writes to
+    /// them privately), or back with `None`.
+    pub fn set_away(&self, message: Option<&str>) -> Result<(), PeerError> {
+        if let Some(m) = message {
+            check_body(m)?;
+        }
+        self.inner.away.set(message);
+        Ok(())
+    }
+
+    /// A message of `kind` to `room`. Every member the picture holds is
+    /// owed it, those that may have only dropped out of the picture (a
+    /// router restart) included.
+    async fn send_room_kind(
+        &self,
+        room: &Room,
+        (kind, body): (proto::Kind, &str),
+    ) -> Result<SendReport, PeerError> {
         check_body(body)?;
         let world = self.inner.session.world();
         if world.has_absent(room.as_str()) {
@@ -753,7 +788,7 @@ impl Peer {
         Ok(self
             .inner
             .outbox
-            .send(room.key(), online, absent, (proto::Kind::Text, body))
+            .send(room.key(), online, absent, (kind, body))
             .await?)
     }
 

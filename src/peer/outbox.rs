@@ -45,6 +45,8 @@ pub struct SendReport {
     pub message: ChatMessage,
     pub delivered: Vec<String>,
     pub pending: Vec<String>,
+    /// (nick, away message) of recipients that answered they are away.
+    pub away: Vec<(String, String)>,
 }
 
 /// The sending side of a peer. Cheap to clone.
@@ -199,18 +201,22 @@ impl Outbox {
             // message stays owed at once (senders never stall on a frozen
             // member), and the retry loop delivers it.
             if inner.peers.is_down(&m.address) {
-                return Delivery::Unreachable;
+                return (Delivery::Unreachable, None);
             }
-            inner.peers.deliver(m, msg.clone()).await
+            inner.peers.deliver_answered(m, msg.clone()).await
         }))
         .await;
         let mut report = SendReport {
             message: msg,
             delivered: Vec::new(),
             pending: offline,
+            away: Vec::new(),
         };
         let mut failed = false;
-        for (member, result) in online.into_iter().zip(results) {
+        for (member, (result, away)) in online.into_iter().zip(results) {
+            if let Some(away) = away {
+                report.away.push((member.nick.clone(), away));
+            }
             let row = (member.nick.to_ascii_lowercase(), id.clone());
             match result {
                 Delivery::Stored => report.delivered.push(member.nick),

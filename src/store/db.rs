@@ -958,6 +958,24 @@ pub(crate) fn creation(
     .optional()
 }
 
+/// The conversation's latest topic event in its order (Lamport time, then
+/// author, incarnation, seq: the order every peer shows), if any is held.
+pub(crate) fn topic(
+    conn: &Connection,
+    conversation: &str,
+) -> rusqlite::Result<Option<ChatMessage>> {
+    conn.prepare_cached(
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
+         FROM messages WHERE conversation = ?1 AND kind = ?2
+         ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC LIMIT 1",
+    )?
+    .query_row(
+        params![conversation, crate::proto::Kind::Topic as i32],
+        row_to_msg,
+    )
+    .optional()
+}
+
 /// Ordered by the outbox's own columns so `outbox_order` serves it and the
 /// read stops at the limit instead of sorting the whole queue.
 const OUTBOX_PAGE: &str =

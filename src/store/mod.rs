@@ -362,6 +362,12 @@ impl Store {
         self.call(move |c| db::creation(c, &conversation)).await
     }
 
+    /// The room's topic event: the latest in the room's order, if any.
+    pub async fn topic(&self, conversation: &str) -> Result<Option<ChatMessage>, StoreError> {
+        let conversation = conversation.to_string();
+        self.call(move |c| db::topic(c, &conversation)).await
+    }
+
     /// The conversation's message count and version vector.
     pub async fn version(&self, conversation: &str) -> Result<Version, StoreError> {
         let conversation = conversation.to_string();

@@ -35,9 +35,9 @@ pub fn action_text(body: &str) -> Option<&str> {
 
 /// Every command name, aliases included, for Tab completion.
 pub const COMMANDS: &[&str] = &[
-    "/delete", "/exit", "/help", "/history", "/j", "/join", "/leave", "/list", "/me", "/msg",
-    "/names", "/part", "/q", "/query", "/quit", "/rooms", "/switch", "/trust", "/users", "/who",
-    "/whois", "/window",
+    "/away", "/delete", "/exit", "/help", "/history", "/j", "/join", "/leave", "/list", "/me",
+    "/msg", "/names", "/part", "/q", "/query", "/quit", "/rooms", "/switch", "/topic", "/trust",
+    "/users", "/who", "/whois", "/window",
 ];
 
 /// One parsed input line.
@@ -61,6 +61,15 @@ pub enum Command {
     /// `/switch [#room|@nick|N]`, alias `/window`: make a conversation you
     /// are in the current one; without an argument, list them.
     Switch(Option<Window>),
+    /// `/topic [#room] [TEXT]`: with TEXT, set the room's topic (the
+    /// current room by default); without, show it.
+    Topic {
+        room: Option<Room>,
+        text: Option<String>,
+    },
+    /// `/away [MESSAGE]`: marked away with MESSAGE (told to whoever writes
+    /// privately), or back without one.
+    Away(Option<String>),
     /// `/rooms`, alias `/list`
     Rooms,
     /// `/users`
@@ -93,6 +102,8 @@ pub const HELP: &str = "\
 /switch [#room|@nick|N]  go to a conversation you are in; alone, list them (alias /window)
 /me ACTION               say what you do: * you ACTION
 /who [#room]             list a room's members, the current room by default (alias /names)
+/topic [#room] [TEXT]    show a room's topic, or set it to TEXT
+/away [MESSAGE]          be away: MESSAGE is told to whoever writes to you; alone, be back
 /rooms                   list the rooms (alias /list)
 /users                   list the users online
 /history [#room|@nick] [N]  show the last N messages of a conversation
@@ -191,6 +202,15 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             Command::Switch(optional(args, USAGE_SWITCH)?.map(window).transpose()?)
         }
         "who" | "names" => Command::Who(optional(args, USAGE_WHO)?.map(room).transpose()?),
+        "topic" => topic(args)?,
+        "away" => match args.trim() {
+            "" => Command::Away(None),
+            _ => {
+                let text = args.trim_start();
+                check_body(text).map_err(CommandError::Body)?;
+                Command::Away(Some(text.to_owned()))
+            }
+        },
         "rooms" | "list" => {
             none(args, USAGE_ROOMS)?;
             Command::Rooms
@@ -212,6 +232,25 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         _ => return Err(CommandError::Unknown(name.to_owned())),
     };
     Ok(Some(command))
+}
+
+/// `/topic [#room] [TEXT]`: a first word that starts with `#` names the
+/// room (as IRC reads it); the rest, if any, is the new topic.
+fn topic(args: &str) -> Result<Command, CommandError> {
+    let (first, rest) = split_word(args);
+    let (room, text) = if first.starts_with('#') {
+        (Some(self::room(first)?), rest)
+    } else {
+        (None, args.trim_start())
+    };
+    if text.trim().is_empty() {
+        return Ok(Command::Topic { room, text: None });
+    }
+    check_body(text).map_err(CommandError::Body)?;
+    Ok(Command::Topic {
+        room,
+        text: Some(text.to_owned()),
+    })
 }
 
 fn say(text: &str) -> Result<Command, CommandError> {
@@ -386,6 +425,40 @@ mod tests {
         assert_eq!(ok("/help"), Command::Help);
         assert_eq!(ok("/quit"), Command::Quit);
         assert_eq!(ok("/quit\r\n"), Command::Quit);
+    }
+
+    #[test]
+    fn topic_and_away() {
+        let topic = |room: Option<&str>, text: Option<&str>| Command::Topic {
+            room: room.map(r),
+            text: text.map(str::to_owned),
+        };
+        assert_eq!(ok("/topic"), topic(None, None));
+        assert_eq!(ok("/topic #rust"), topic(Some("#rust"), None));
+        assert_eq!(ok("/topic #rust  "), topic(Some("#rust"), None));
+        assert_eq!(
+            ok("/topic #rust borrow  checker"),
+            topic(Some("#rust"), Some("borrow  checker"))
+        );
+        assert_eq!(
+            ok("/topic all about  lifetimes"),
+            topic(None, Some("all about  lifetimes"))
+        );
+        assert!(matches!(err("/topic #bad!room x"), CommandError::Name(_)));
+        assert!(matches!(
+            err(&format!("/topic {}", "x".repeat(10_001))),
+            CommandError::Body(_)
+        ));
+        assert_eq!(ok("/away"), Command::Away(None));
+        assert_eq!(ok("/away   "), Command::Away(None));
+        assert_eq!(
+            ok("/away gone to lunch"),
+            Command::Away(Some("gone to lunch".into()))
+        );
+        assert!(matches!(
+            err(&format!("/away {}", "x".repeat(10_001))),
+            CommandError::Body(_)
+        ));
     }
 
     #[test]
@@ -604,7 +677,7 @@ mod tests {
         for name in [
             "/join", "/leave", "/part", "/msg", "/query", "/who", "/rooms", "/list", "/users",
             "/history", "/delete", "/help", "/quit", "/switch", "/me", "/names", "/exit", "/j",
-            "/q", "/window",
+            "/q", "/window", "/topic", "/away",
         ] {
             assert!(HELP.contains(name), "{name}");
         }

@@ -3,7 +3,7 @@
 //! Input is read on a dedicated std thread (reading stdin blocks, and must not
 //! hold a tokio worker) and handed over a channel, one line at a time; the
 //! channel closes at end of input, Ctrl-D or Ctrl-C, which the caller takes as
-//! `/quit`. When a person sits at a terminal (and `--json` is off) the thread
+//! `/quit` (Ctrl-C on a half-typed line first asks, and keeps the line). When a person sits at a terminal (and `--json` is off) the thread
 //! runs a rustyline editor; otherwise lines go straight to stdout, one per
 //! event, flushed, for scripts.
 //!
@@ -36,7 +36,7 @@ use rustyline::{Context, Editor, Helper};
 use tokio::sync::mpsc;
 
 use super::command::{parse, Command, COMMANDS};
-use super::output::Output;
+use super::output::{Colour, Output};
 
 /// Lines waiting between the input thread and the peer; typing is slow, a
 /// pipe can be fast, and a full channel just makes the reader wait.
@@ -84,6 +84,8 @@ fn lock(screen: &SharedScreen) -> std::sync::MutexGuard<'_, Screen> {
 #[derive(Clone)]
 pub struct Printer {
     json: bool,
+    /// Nick colours and mention highlights in human lines.
+    colour: Colour,
     /// The line editor's screen, when one is reading the terminal.
     screen: Option<SharedScreen>,
     /// Tells the editor a line was acted on.
@@ -100,10 +102,12 @@ impl std::fmt::Debug for Printer {
 }
 
 impl Printer {
-    /// A printer that writes to stdout: JSON lines, or human lines.
+    /// A printer that writes to stdout: JSON lines, or human lines (in
+    /// colour on a terminal, see [`Colour::detect`]).
     pub fn stdout(json: bool) -> Printer {
         Printer {
             json,
+            colour: Colour::detect(!json && std::io::stdout().is_terminal()),
             screen: None,
             ack: None,
         }
@@ -125,7 +129,7 @@ impl Printer {
         let text = if self.json {
             out.to_json()
         } else {
-            out.to_human()
+            out.to_human_in(self.colour)
         };
         (!text.is_empty()).then_some(text)
     }
@@ -395,9 +399,9 @@ pub fn spawn_input(json: bool) -> (mpsc::Receiver<String>, Printer) {
                     edit_loop(editor, thread_screen, ack_rx, tx)
                 }) {
                     let printer = Printer {
-                        json,
                         screen: Some(screen),
                         ack: Some(Arc::new(Mutex::new(ack_tx))),
+                        ..Printer::stdout(json)
                     };
                     return (rx, printer);
                 }
@@ -434,6 +438,8 @@ fn edit_loop(
     // The first prompt waits for the client to be ready (rooms given with
     // `--join` joined), so it names the current conversation.
     let _ = acks.recv_timeout(ACK_WAIT);
+    // A half-typed line that Ctrl-C would have dropped, offered again.
+    let mut kept: Option<(String, usize)> = None;
     loop {
         let cols = editor.dimensions().map(|(c, _)| usize::from(c));
         let prompt = {
@@ -447,10 +453,21 @@ fn edit_loop(
             }
             s.shown_prompt.clone()
         };
-        let read = editor.readline(&prompt);
+        let asked = kept.is_some();
+        let read = match kept.take() {
+            Some((line, pos)) => {
+                let (left, right) = line.split_at(pos);
+                editor.readline_with_initial(&prompt, (left, right))
+            }
+            None => editor.readline(&prompt),
+        };
         // The accepted line stays on the screen as typed; from here until
         // the next prompt, events print plainly.
-        lock(&screen).editing = false;
+        let half = {
+            let mut s = lock(&screen);
+            s.editing = false;
+            (std::mem::take(&mut s.line), s.pos)
+        };
         match read {
             Ok(line) => {
                 if !line.trim().is_empty() {
@@ -469,12 +486,44 @@ fn edit_loop(
                 // names the room); a slow command only delays it.
                 let _ = acks.recv_timeout(ACK_WAIT);
             }
+            // Ctrl-C on a half-typed line asks first: the line comes back,
+            // and a second Ctrl-C quits.
+            Err(ReadlineError::Interrupted) if !asked && !half.0.trim().is_empty() => {
+                let pos = if half.0.is_char_boundary(half.1) {
+                    half.1
+                } else {
+                    half.0.len()
+                };
+                // rustyline has ended the line already.
+                write_plain(&screen, &format!("{CTRL_C_AGAIN}\n"));
+                kept = Some((half.0, pos));
+            }
             Err(ReadlineError::Eof | ReadlineError::Interrupted) => return,
             Err(err) => {
                 tracing::debug!(cause = %err, "line editor failed; ending input");
                 return;
             }
         }
+    }
+}
+
+/// What Ctrl-C on a half-typed line says before it would drop it.
+pub const CTRL_C_AGAIN: &str = "-- Ctrl-C again quits; Enter sends the line, Ctrl-U clears it";
+
+/// Writes `text` to the terminal while no line is being edited.
+fn write_plain(screen: &SharedScreen, text: &str) {
+    let mut screen = lock(screen);
+    let result = match screen.out.as_mut() {
+        Some(file) => file.write_all(text.as_bytes()).and_then(|()| file.flush()),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(cause = %err, "could not write to the terminal");
     }
 }
 

@@ -16,4 +16,4 @@ pub mod output;
 
 pub use command::{action_body, action_text, parse, Command, CommandError, Target, Window, HELP};
 pub use io::{complete, spawn_input, Printer, DEFAULT_PROMPT};
-pub use output::{MessageView, Output, RoomView};
+pub use output::{mentions, Colour, MessageView, Output, RoomView};

@@ -23,9 +23,12 @@ pub struct MessageView {
     /// Arrived after later messages were already shown (written in a partition).
     pub late: bool,
     /// Absent for a line someone wrote; `"created"` for a room's creation
-    /// event (its author owns the room).
+    /// event (its author owns the room), `"topic"` for a new topic (the body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Someone else's message that names the reader's nick; absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention: bool,
 }
 
 /// One room in a `rooms` listing.
@@ -125,6 +128,19 @@ pub enum Output {
         nick: String,
         event: String,
     },
+    /// A room's topic: on `/topic` and after a join. Empty `topic` (and
+    /// `by`) when none was ever set.
+    Topic {
+        room: String,
+        topic: String,
+        by: String,
+        set_at_ms: i64,
+    },
+    /// `nick` answered a private message saying its person is away.
+    Away {
+        nick: String,
+        message: String,
+    },
     /// The router: `state` is `lost` (none could be reached; the peer keeps
     /// retrying) or `back` (one answers again). Once each per outage.
     Router {
@@ -161,11 +177,17 @@ impl Output {
     /// lines (history, help), and is empty when there is nothing worth saying
     /// (a message that reached everyone).
     pub fn to_human(&self) -> String {
+        self.to_human_in(Colour::Off)
+    }
+
+    /// [`Output::to_human`], with nicks coloured and mentions highlighted
+    /// when `colour` is on.
+    pub fn to_human_in(&self, colour: Colour) -> String {
         match self {
             Output::Ready { nick, listen } => {
                 format!("-- you are {nick}, listening on {listen}; /help lists commands")
             }
-            Output::Message(m) => message_line(m),
+            Output::Message(m) => message_line(m, colour),
             Output::Sent { pending, .. } if pending.is_empty() => String::new(),
             Output::Sent { pending, .. } => format!(
                 "-- stored; not delivered yet to {}: they will get it when they are back online",
@@ -208,6 +230,19 @@ impl Output {
                 other => clean(&format!("-- router {other}")),
             },
             Output::Back { room, new } => clean(&format!("-- back in {room} ({new} new)")),
+            Output::Topic { room, topic, .. } if topic.is_empty() => {
+                clean(&format!("-- {room} has no topic; /topic TEXT sets one"))
+            }
+            Output::Topic {
+                room,
+                topic,
+                by,
+                set_at_ms,
+            } => clean(&format!(
+                "-- topic of {room}: {topic} (set by {by}, {})",
+                when(*set_at_ms)
+            )),
+            Output::Away { nick, message } => clean(&format!("-- {nick} is away: {message}")),
             Output::Who { room, members } if members.is_empty() => {
                 clean(&format!("-- {room}: no members"))
             }
@@ -286,7 +321,7 @@ impl Output {
                 ));
                 for m in messages {
                     s.push('\n');
-                    s.push_str(&message_line(m));
+                    s.push_str(&message_line(m, colour));
                 }
                 s
             }
@@ -296,40 +331,117 @@ impl Output {
     }
 }
 
+/// Whether human lines carry colour: on for a person's terminal, off for
+/// pipes, `NO_COLOR` and `TERM=dumb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colour {
+    On,
+    Off,
+}
+
+impl Colour {
+    /// On when `stdout_is_terminal`, unless `NO_COLOR` is set (to
+    /// anything: no-color.org) or `TERM` is `dumb`.
+    pub fn detect(stdout_is_terminal: bool) -> Colour {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        if stdout_is_terminal && !no_color && !dumb {
+            Colour::On
+        } else {
+            Colour::Off
+        }
+    }
+}
+
+/// SGR colours a nick may get: the six hues and their bright forms, never
+/// black or white, which vanish on one background or the other.
+const NICK_COLOURS: [u8; 12] = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96];
+/// Bold and reverse video: a line that names the reader.
+const MENTION: &str = "\x1b[1;7m";
+const RESET: &str = "\x1b[0m";
+
+/// The SGR colour of `nick`: the same for one nick in any case, on every
+/// run and every machine (it is taken from a SHA-256 of the folded nick).
+pub fn nick_colour(nick: &str) -> u8 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(nick.to_ascii_lowercase().as_bytes());
+    NICK_COLOURS[usize::from(digest[0]) % NICK_COLOURS.len()]
+}
+
+/// `nick`, cleaned, in its colour when `colour` is on.
+fn paint(nick: &str, colour: Colour) -> String {
+    match colour {
+        Colour::On => format!("\x1b[{}m{}{RESET}", nick_colour(nick), clean(nick)),
+        Colour::Off => clean(nick),
+    }
+}
+
 /// `12:03 #rust <bob> hello`, with `[late]` before the body of a late one.
-fn message_line(m: &MessageView) -> String {
-    if m.kind.as_deref() == Some("created") {
-        return clean(&format!(
-            "{} {} -- {} created {}",
-            clock(m.sent_at_ms),
-            m.conversation,
-            m.from,
-            m.body
-        ));
+fn message_line(m: &MessageView, colour: Colour) -> String {
+    let at = clock(m.sent_at_ms);
+    let conv = clean(&m.conversation);
+    let from = paint(&m.from, colour);
+    match m.kind.as_deref() {
+        Some("created") => return format!("{at} {conv} -- {from} created {}", clean(&m.body)),
+        Some("topic") => {
+            return format!(
+                "{at} {conv} -- {from} changed the topic to: {}",
+                clean(&m.body).replace('\n', " ")
+            )
+        }
+        _ => {}
     }
     let late = if m.late { "[late] " } else { "" };
-    if let Some(action) = super::command::action_text(&m.body) {
-        // IRC's `/me`: `* alice waves`.
-        let head = format!(
-            "{} {} {late}* {} ",
-            clock(m.sent_at_ms),
-            m.conversation,
-            m.from
-        );
-        let indent = " ".repeat(head.chars().count());
-        return clean(&head) + &clean(action).replace('\n', &format!("\n{indent}"));
-    }
-    let head = format!(
-        "{} {} <{}> {late}",
-        clock(m.sent_at_ms),
-        m.conversation,
-        m.from
-    );
     // Continuation lines of a multi-line body are indented under the body so
-    // they cannot be mistaken for a message of their own.
-    let indent = " ".repeat(head.chars().count());
-    let body = clean(&m.body).replace('\n', &format!("\n{indent}"));
-    clean(&head) + &body
+    // they cannot be mistaken for a message of their own; the indent counts
+    // what the head shows, not its colour codes.
+    let (head, shown, text) = match super::command::action_text(&m.body) {
+        // IRC's `/me`: `* alice waves`.
+        Some(action) => (
+            format!("{at} {conv} {late}* {from} "),
+            format!("{at} {conv} {late}* {} ", clean(&m.from)),
+            action,
+        ),
+        None => (
+            format!("{at} {conv} <{from}> {late}"),
+            format!("{at} {conv} <{}> {late}", clean(&m.from)),
+            m.body.as_str(),
+        ),
+    };
+    let indent = " ".repeat(shown.chars().count());
+    let cleaned = clean(text);
+    let lines = cleaned.split('\n').map(|l| match colour {
+        // Each line is marked on its own, after its indent: a terminal may
+        // not carry the attribute across a line break.
+        Colour::On if m.mention => format!("{MENTION}{l}{RESET}"),
+        _ => l.to_owned(),
+    });
+    head + &lines.collect::<Vec<_>>().join(&format!("\n{indent}"))
+}
+
+/// Whether `body` names `nick` as a word (any case): `bob: hi` and
+/// `thanks, Bob!` do, `bobby` does not.
+pub fn mentions(body: &str, nick: &str) -> bool {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let lower = body.to_ascii_lowercase();
+    let nick = nick.to_ascii_lowercase();
+    if nick.is_empty() {
+        return false;
+    }
+    lower.match_indices(&nick).any(|(i, _)| {
+        let before = lower[..i].chars().next_back();
+        let after = lower[i + nick.len()..].chars().next();
+        !before.is_some_and(is_name) && !after.is_some_and(is_name)
+    })
+}
+
+/// `HH:MM` today, `YYYY-MM-DD HH:MM` on another day.
+fn when(ms: i64) -> String {
+    match Local.timestamp_millis_opt(ms).single() {
+        Some(t) if t.date_naive() == Local::now().date_naive() => t.format("%H:%M").to_string(),
+        Some(t) => t.format("%Y-%m-%d %H:%M").to_string(),
+        None => "??:??".into(),
+    }
 }
 
 /// `HH:MM` in local time; `??:??` for a time chrono cannot represent.
@@ -385,6 +497,7 @@ mod tests {
             sent_at_ms: 1_700_000_000_000,
             late,
             kind: None,
+            mention: false,
         }
     }
 
@@ -497,6 +610,33 @@ mod tests {
                 },
                 json!({"type": "router", "state": "lost"}),
             ),
+            (
+                Output::Topic {
+                    room: "#rust".into(),
+                    topic: "fearless".into(),
+                    by: "bob".into(),
+                    set_at_ms: 5,
+                },
+                json!({"type": "topic", "room": "#rust", "topic": "fearless", "by": "bob", "set_at_ms": 5}),
+            ),
+            (
+                Output::Away {
+                    nick: "bob".into(),
+                    message: "lunch".into(),
+                },
+                json!({"type": "away", "nick": "bob", "message": "lunch"}),
+            ),
+            (
+                Output::Message(MessageView {
+                    mention: true,
+                    kind: Some("topic".into()),
+                    ..view(false)
+                }),
+                json!({"type": "message", "conversation": "#rust", "from": "bob",
+                       "body": "hello  there", "author_seq": 7, "lamport": 42,
+                       "sent_at_ms": 1_700_000_000_000i64, "late": false,
+                       "kind": "topic", "mention": true}),
+            ),
         ];
         for (out, want) in cases {
             assert_eq!(json_of(&out), want, "{out:?}");
@@ -549,6 +689,122 @@ mod tests {
         });
         assert_eq!(m.to_human(), format!("{hhmm} #rust -- alice created #Rust"));
         assert_eq!(json_of(&m)["kind"], "created");
+    }
+
+    #[test]
+    fn topics_and_away_read_as_irc_shows_them() {
+        let hhmm = clock(1_700_000_000_000);
+        let m = Output::Message(MessageView {
+            body: "all about\nlifetimes".into(),
+            kind: Some("topic".into()),
+            ..view(false)
+        });
+        assert_eq!(
+            m.to_human(),
+            format!("{hhmm} #rust -- bob changed the topic to: all about lifetimes")
+        );
+        let topic = |topic: &str, by: &str| Output::Topic {
+            room: "#rust".into(),
+            topic: topic.into(),
+            by: by.into(),
+            set_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            topic("", "").to_human(),
+            "-- #rust has no topic; /topic TEXT sets one"
+        );
+        let day = Local
+            .timestamp_millis_opt(1_700_000_000_000)
+            .single()
+            .unwrap()
+            .format("%Y-%m-%d %H:%M");
+        assert_eq!(
+            topic("fearless", "bob").to_human(),
+            format!("-- topic of #rust: fearless (set by bob, {day})")
+        );
+        // Set today: the time alone.
+        let now = crate::message::now_ms();
+        let today = Output::Topic {
+            room: "#rust".into(),
+            topic: "fearless".into(),
+            by: "bob".into(),
+            set_at_ms: now,
+        };
+        assert_eq!(
+            today.to_human(),
+            format!("-- topic of #rust: fearless (set by bob, {})", clock(now))
+        );
+        let away = Output::Away {
+            nick: "bob".into(),
+            message: "lunch\u{1b}[2J".into(),
+        };
+        assert_eq!(away.to_human(), "-- bob is away: lunch\u{FFFD}[2J");
+    }
+
+    #[test]
+    fn nicks_have_stable_colours_and_mentions_stand_out() {
+        // Stable: one nick, any case, one colour, from a fixed palette.
+        assert_eq!(nick_colour("bob"), nick_colour("BoB"));
+        assert!(NICK_COLOURS.contains(&nick_colour("bob")));
+        let all: std::collections::HashSet<u8> = [
+            "alice", "bob", "carol", "dave", "eve", "mallory", "trent", "peggy",
+        ]
+        .iter()
+        .map(|n| nick_colour(n))
+        .collect();
+        assert!(all.len() > 3, "nicks spread over the palette: {all:?}");
+        let c = nick_colour("bob");
+        let plain = Output::Message(view(false));
+        assert_eq!(
+            plain.to_human_in(Colour::On),
+            format!(
+                "{} #rust <\x1b[{c}mbob\x1b[0m> hello  there",
+                clock(1_700_000_000_000)
+            )
+        );
+        // Off: exactly the plain line.
+        assert_eq!(plain.to_human_in(Colour::Off), plain.to_human());
+        let mention = Output::Message(MessageView {
+            mention: true,
+            body: "alice:\nlook".into(),
+            ..view(false)
+        });
+        let line = mention.to_human_in(Colour::On);
+        assert!(line.contains("\x1b[1;7malice:\x1b[0m"), "{line:?}");
+        assert!(line.contains("\x1b[1;7mlook\x1b[0m"), "{line:?}");
+        // The continuation indent counts what is shown, not colour codes.
+        let second = line.lines().nth(1).unwrap();
+        let shown_head = format!("{} #rust <bob> ", clock(1_700_000_000_000));
+        assert!(
+            second.starts_with(&" ".repeat(shown_head.len())),
+            "{second:?}"
+        );
+        assert!(
+            !second.starts_with(&" ".repeat(shown_head.len() + 1)),
+            "{second:?}"
+        );
+        // A nick with control characters is cleaned inside its colour.
+        let evil = Output::Message(MessageView {
+            from: "b\u{1b}[2Jb".into(),
+            ..view(false)
+        });
+        assert!(!evil.to_human_in(Colour::On).contains("\u{1b}[2J"));
+    }
+
+    #[test]
+    fn a_mention_is_the_nick_as_a_word() {
+        assert!(mentions("alice: hi", "alice"));
+        assert!(mentions("thanks, Alice!", "alice"));
+        assert!(mentions("ALICE", "alice"));
+        assert!(mentions("hey @alice.", "alice"));
+        assert!(!mentions("malice", "alice"));
+        assert!(!mentions("alice_bot says", "alice"));
+        assert!(!mentions("alice-2 says", "alice"));
+        assert!(!mentions("nothing here", "alice"));
+        assert!(mentions("bobby and bob", "bob"));
+        assert!(mentions("é bob é", "bob"));
+        assert!(!mentions("", "bob"));
+        assert!(!mentions("bob", ""));
     }
 
     #[test]
