@@ -350,10 +350,11 @@ impl Client {
                 if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
                     list.retain(|n| !n.eq_ignore_ascii_case(&nick));
                 }
-                let event = if change == Presence::Quit {
-                    "quit"
-                } else {
-                    "left"
+                let event = match change {
+                    Presence::Quit => "quit",
+                    Presence::TimedOut => "timeout",
+                    // (Joined is the arm above.)
+                    Presence::Left | Presence::Joined => "left",
                 };
                 self.print(presence(room, nick, event));
             }

@@ -233,6 +233,33 @@ async fn a_router_stops_on_sigterm_while_a_peer_is_frozen() {
     peer.kill9().await;
 }
 
+/// A peer killed outright stops heartbeating: when its lease runs out the
+/// others hear a timeout, not a quit (a `/quit` is one: see
+/// `joins_parts_and_quits_are_presence_events`).
+#[tokio::test]
+async fn a_killed_peer_times_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The shortest lease the router takes: the timeout comes within 2 s.
+    let (router, addr) = Proc::router(2).await;
+    let mut a = Proc::peer(&addr, "a", &tmp.path().join("a"), &["--join", "#rust"]).await;
+    a.event("joined").await;
+    let mut b = Proc::peer(&addr, "b", &tmp.path().join("b"), &["--join", "#rust"]).await;
+    b.event("joined").await;
+    let e = a.event("presence").await;
+    assert_eq!(
+        (e["nick"].as_str(), e["event"].as_str()),
+        (Some("b"), Some("joined"))
+    );
+    b.kill9().await;
+    let e = a.event("presence").await;
+    assert_eq!(
+        e,
+        serde_json::json!({"type": "presence", "room": "#rust", "nick": "b", "event": "timeout"})
+    );
+    a.quit().await;
+    router.terminate().await;
+}
+
 /// The `presence` events of `p` seen so far (skipped ones included) that
 /// name `nick`.
 fn presence_of(p: &Proc, nick: &str) -> Vec<serde_json::Value> {
@@ -280,7 +307,8 @@ async fn joins_parts_and_quits_are_presence_events() {
             serde_json::json!({"type": "presence", "room": "#rust", "nick": "c", "event": "left"})
         );
     }
-    // A quit (with a message) is one quit per room, not a leave.
+    // A quit (with a message) is one quit per room, not a leave, nor a
+    // timeout.
     b.send("/quit bye all").await;
     b.quit().await;
     let e = a.event("presence").await;

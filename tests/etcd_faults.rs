@@ -276,8 +276,8 @@ impl Drop for Relay {
 /// Connections to etcd cut again and again under a router: calls are
 /// retried, some after etcd applied them and the answer was lost, and
 /// every answer is still the one a single run gives (a fresh nick is not
-/// "reclaimed", a new room is "created", a member's leave and an owner's
-/// delete succeed).
+/// "reclaimed", a new room is "created", a member's leave, an owner's
+/// delete and a logout succeed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd"]
 async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
@@ -320,6 +320,14 @@ async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
         a.heartbeat(&again.token).await.unwrap();
         a.delete_room(&again.token, &r).await.unwrap();
         assert!(b.find_room(&witness, &r).await.unwrap().is_none());
+        // A logout (its quit mark, then its revocation) run again is one.
+        a.logout(&again.token).await.unwrap();
+        assert!(b
+            .find_user(&witness, &nick(&n))
+            .await
+            .unwrap()
+            .online
+            .is_none());
     }
     cutter.abort();
 }

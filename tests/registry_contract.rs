@@ -13,7 +13,7 @@ use futures::StreamExt;
 use parley::identity::{Identity, PublicKey};
 use parley::names::{Nick, Room};
 use parley::registry::{
-    Creation, EventKind, EventStream, MemoryRegistry, Registry, RegistryError, RoomInfo,
+    Creation, Departure, EventKind, EventStream, MemoryRegistry, Registry, RegistryError, RoomInfo,
 };
 
 const TTL: Duration = Duration::from_secs(3);
@@ -71,6 +71,7 @@ contract!(
     only_the_owner_deletes_and_members_are_told,
     a_watch_carries_only_what_its_session_needs,
     a_lease_without_heartbeats_runs_out,
+    a_login_taking_over_a_session_ends_it_as_a_quit,
     of_racing_logins_with_one_nick_one_key_wins,
     of_racing_creators_of_one_room_one_creates_it,
 );
@@ -293,19 +294,21 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
     }
     // Bob leaves the room and comes back: a leave, not a quit.
     f.b.leave(&b, &room("#rust")).await.unwrap();
+    let e = next(&mut w).await;
     assert!(
-        matches!(next(&mut w).await, EventKind::MemberLeft { member, quit: false, .. } if member.nick == "bob")
+        matches!(&e, EventKind::MemberLeft { member, departure: Departure::Left, .. } if member.nick == "bob"),
+        "{e:?}"
     );
     f.b.join(&b, &room("#rust"), None).await.unwrap();
     assert!(
         matches!(next(&mut w).await, EventKind::MemberJoined { member, .. } if member.nick == "bob")
     );
-    // Bob goes: he leaves the room as a quit, then goes offline.
+    // Bob logs out: he leaves the room as a quit, then goes offline.
     f.b.logout(&b).await.unwrap();
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
-        matches!(&seen[0], EventKind::MemberLeft { member, quit: true, .. } if member.nick == "bob"),
+        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::Quit, .. } if member.nick == "bob"),
         "{seen:?}"
     );
     assert!(
@@ -316,8 +319,10 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
     assert_eq!(quiet(&mut w).await, None);
     // Alice's own end ends her stream.
     f.a.logout(&a).await.unwrap();
+    let e = next(&mut w).await;
     assert!(
-        matches!(next(&mut w).await, EventKind::MemberLeft { member, quit: true, .. } if member.nick == "alice")
+        matches!(&e, EventKind::MemberLeft { member, departure: Departure::Quit, .. } if member.nick == "alice"),
+        "{e:?}"
     );
     assert!(matches!(next(&mut w).await, EventKind::UserOffline(m) if m.nick == "alice"));
     let end = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
@@ -353,10 +358,11 @@ async fn a_lease_without_heartbeats_runs_out(f: Fixture) {
         f.b.heartbeat(&b).await.unwrap_err(),
         RegistryError::Unauthenticated
     );
+    // A lease that ran out is a timeout, not a quit.
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
-        matches!(&seen[0], EventKind::MemberLeft { member, quit: true, .. } if member.nick == "bob"),
+        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::TimedOut, .. } if member.nick == "bob"),
         "{seen:?}"
     );
     assert!(
@@ -367,6 +373,35 @@ async fn a_lease_without_heartbeats_runs_out(f: Fixture) {
     assert_eq!(
         f.a.find_user(&a, &nick("bob")).await.unwrap().key,
         Some(key("bob"))
+    );
+}
+
+async fn a_login_taking_over_a_session_ends_it_as_a_quit(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let old = login(&f.b, "bob").await;
+    f.a.join(&a, &room("#r"), None).await.unwrap();
+    f.b.join(&old, &room("#r"), None).await.unwrap();
+    let mut w = f.a.watch(&a, &[]).await.unwrap();
+    // Bob's key logs in again through the other router: his old session
+    // ends at once, and that is no timeout.
+    let new =
+        f.a.login(&nick("bob"), "127.0.0.1:7100", &key("bob"))
+            .await
+            .unwrap();
+    assert!(new.reclaimed);
+    let mut seen = vec![next(&mut w).await, next(&mut w).await];
+    seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
+    assert!(
+        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::Quit, .. } if member.nick == "bob" && member.address == "127.0.0.1:7000"),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(&seen[1], EventKind::UserOffline(m) if m.nick == "bob"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        f.b.heartbeat(&old).await.unwrap_err(),
+        RegistryError::Unauthenticated
     );
 }
 

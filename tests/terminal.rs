@@ -455,9 +455,14 @@ async fn joining_shows_what_was_missed() {
     screen
         .wait_after("-- 2 new since you left", "#m <bob> later2")
         .await;
+    // Bob logs out: a quit, as IRC says it.
+    bob.send("/quit").await;
+    bob.quit().await;
+    screen
+        .wait_for("-- bob has quit (#m)", Duration::from_secs(10))
+        .await;
     screen.burst("/quit\r");
     assert_eq!(screen.exit_code().await, Some(0));
-    bob.quit().await;
     router.terminate().await;
 }
 

@@ -50,9 +50,12 @@ pub enum Presence {
     Joined,
     /// Left the room.
     Left,
-    /// Its session ended: logged out, or its lease ran out (the router
-    /// does not say which), one per room it sat in.
+    /// Its session ended on purpose: it logged out (or a new login of its
+    /// key took over); one per room it sat in.
     Quit,
+    /// Its lease ran out: the peer stopped answering (crashed, cut off);
+    /// one per room it sat in.
+    TimedOut,
 }
 
 /// The sending side of the queue. Cheap to clone.

@@ -479,12 +479,13 @@ impl Peer {
                     room,
                     nick,
                     joined,
-                    quit,
+                    departure,
                 } => {
-                    let change = match (joined, quit) {
+                    let change = match (joined, departure) {
                         (true, _) => events::Presence::Joined,
-                        (false, false) => events::Presence::Left,
-                        (false, true) => events::Presence::Quit,
+                        (false, proto::Departure::Left) => events::Presence::Left,
+                        (false, proto::Departure::Quit) => events::Presence::Quit,
+                        (false, proto::Departure::TimedOut) => events::Presence::TimedOut,
                     };
                     self.inner
                         .events

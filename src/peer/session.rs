@@ -81,13 +81,13 @@ pub enum SessionEvent {
     /// The `Watch` stream was opened again after a break: events may have
     /// been missed, so it is worth comparing histories.
     Reconnected,
-    /// Someone else joined or left one of this peer's rooms (`quit`: its
-    /// session ended).
+    /// Someone else joined or left one of this peer's rooms (`departure`:
+    /// the room only, or how its session ended).
     Presence {
         room: String,
         nick: String,
         joined: bool,
-        quit: bool,
+        departure: proto::Departure,
     },
     /// No router could be asked (`up` false), or one answers again after
     /// that (`up` true): once per outage, whatever the calls in between.
@@ -703,12 +703,12 @@ impl Session {
                 room,
                 nick,
                 joined,
-                quit,
+                departure,
             } => self.emit(SessionEvent::Presence {
                 room,
                 nick,
                 joined,
-                quit,
+                departure,
             }),
         }
     }

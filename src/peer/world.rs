@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::proto::registry_event::Kind;
-use crate::proto::{Member, RegistryEvent};
+use crate::proto::{Departure, Member, RegistryEvent};
 
 /// Recent events kept to replay over a snapshot that arrives late.
 const LOG_LEN: usize = 4096;
@@ -52,12 +52,13 @@ pub enum Change {
     /// `nick` joined (or left) one of this peer's rooms: one not in the
     /// picture before (or one that was). Members a snapshot dropped and
     /// that come back are not news; nor are events the picture holds.
-    /// `quit`: it left because its session ended.
+    /// `departure`, when it left: the room only, or its session ended (it
+    /// quit, or its lease ran out); [`Departure::Left`] for a join.
     Presence {
         room: String,
         nick: String,
         joined: bool,
-        quit: bool,
+        departure: Departure,
     },
 }
 
@@ -287,7 +288,12 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         Some(Kind::MemberLeft(rm)) => (rm, false),
         _ => return None,
     };
-    let quit = !joined && rm.quit;
+    // A value this peer does not know reads as a leave.
+    let departure = if joined {
+        Departure::Left
+    } else {
+        rm.departure()
+    };
     let member = rm.member.as_ref()?;
     let view = s.rooms.get_mut(&key(&rm.room))?;
     if e.revision <= view.revision {
@@ -313,7 +319,7 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         room: view.name.clone(),
         nick: member.nick.clone(),
         joined,
-        quit,
+        departure,
     })
 }
 
@@ -434,7 +440,7 @@ mod tests {
             room: room.into(),
             nick: nick.into(),
             joined,
-            quit: false,
+            departure: Departure::Left,
         }
     }
 
@@ -453,34 +459,50 @@ mod tests {
         assert_eq!(w.apply(left(5, "#r", "dave")), Change::Nothing);
         // Rooms this peer is not in say nothing.
         assert_eq!(w.apply(joined(6, "#other", "erin")), Change::Nothing);
-        // A leave because the session ended is a quit.
-        assert_eq!(
-            w.apply(joined(7, "#r", "dave")),
-            presence("#R", "dave", true)
-        );
-        let mut quit = left(8, "#r", "dave");
-        if let Some(Kind::MemberLeft(rm)) = &mut quit.kind {
-            rm.quit = true;
-        }
-        assert_eq!(
-            w.apply(quit),
-            Change::Presence {
-                room: "#R".into(),
-                nick: "dave".into(),
-                joined: false,
-                quit: true,
+        // A leave because the session ended says how it ended: a quit, a
+        // lease run out; a reason this peer does not know is a leave.
+        let mut rev = 6;
+        for (wire, departure) in [
+            (Departure::Quit as i32, Departure::Quit),
+            (Departure::TimedOut as i32, Departure::TimedOut),
+            (99, Departure::Left),
+        ] {
+            rev += 1;
+            assert_eq!(
+                w.apply(joined(rev, "#r", "dave")),
+                presence("#R", "dave", true)
+            );
+            rev += 1;
+            let mut gone = left(rev, "#r", "dave");
+            if let Some(Kind::MemberLeft(rm)) = &mut gone.kind {
+                rm.departure = wire;
             }
-        );
+            assert_eq!(
+                w.apply(gone),
+                Change::Presence {
+                    room: "#R".into(),
+                    nick: "dave".into(),
+                    joined: false,
+                    departure,
+                }
+            );
+        }
         // Going offline drops the user; the end of an old session whose
         // nick is already back at another address does not.
         w.set_users(vec![m("bob"), m("carol")]);
-        assert_eq!(w.apply(ev(9, Kind::UserOffline(m("bob")))), Change::Nothing);
+        assert_eq!(
+            w.apply(ev(rev + 1, Kind::UserOffline(m("bob")))),
+            Change::Nothing
+        );
         assert!(w.user("bob").is_none());
         let old = Member {
             address: "elsewhere:1".into(),
             ..m("carol")
         };
-        assert_eq!(w.apply(ev(10, Kind::UserOffline(old))), Change::Nothing);
+        assert_eq!(
+            w.apply(ev(rev + 2, Kind::UserOffline(old))),
+            Change::Nothing
+        );
         assert!(w.user("carol").is_some());
         // A router restart: a member the snapshot dropped that joins again
         // was never gone, as far as a person can tell.

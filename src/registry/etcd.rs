@@ -13,6 +13,11 @@
 //!   no lease: owners outlive routers. A room with no members is not shown.
 //! - `deleted/ROOM` → who deleted it, under a short lease: the event that
 //!   tells members.
+//! - `quit/TOKEN` → empty, under the session's lease: the mark of a session
+//!   ending on purpose. A logout, or a login taking the nick over, puts it
+//!   just before revoking the lease, so the revocation deletes it in the
+//!   same revision as the session's other keys. A session whose keys go
+//!   with its mark quit; one whose keys go without it ran out (timed out).
 //!
 //! Every router keeps a mirror of the prefix, fed by one etcd watch resumed
 //! from the last revision it applied, and answers reads and scopes `Watch`
@@ -23,7 +28,7 @@
 //! election or a broken connection is retried for a few seconds, then
 //! reported as [`RegistryError::Unavailable`]. Each write is built so that
 //! running it again after a lost answer gives the answer the first run
-//! would have (see `login`, `join`, `leave`, `delete_room`).
+//! would have (see `login`, `logout`, `join`, `leave`, `delete_room`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -41,8 +46,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
-    new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
+    new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
+    RoomInfo, RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -481,6 +486,31 @@ impl EtcdRegistry {
             None => Ok(()),
         }
     }
+
+    /// Ends the session `token` on purpose: puts its `quit/` mark under
+    /// its `lease`, then revokes the lease, which deletes the mark with
+    /// the session's other keys in one revision (see the module doc).
+    /// Safe to run again: the same mark put twice is one mark, and a lease
+    /// already gone (it ran out, or an earlier attempt revoked it) is fine.
+    /// A mark whose revocation never comes (etcd went away in between)
+    /// still reads as a quit when the lease runs out: the peer did log out.
+    async fn end_session(&self, token: &str, lease: i64) -> Result<(), RegistryError> {
+        let mark = k(&["quit", token]);
+        let put = retry(&self.client, "marking a session as quitting", |mut c| {
+            let mark = mark.clone();
+            async move {
+                c.put(mark, Vec::new(), Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await;
+        match put {
+            Ok(_) => self.revoke(lease).await,
+            // Gone before it could quit: it ran out, or was ended already.
+            Err(Failure::Refused { error, .. }) if lease_not_found(&error) => Ok(()),
+            Err(f) => Err(f.into()),
+        }
+    }
 }
 
 impl Mirror {
@@ -572,7 +602,8 @@ fn kind_rank(key: &[u8]) -> u8 {
 }
 
 /// Order for deletions: members leave, then users go, then sessions and
-/// rooms.
+/// rooms. (A `quit/` mark is read before any deletion is applied: see
+/// `State::apply_revision`.)
 fn delete_rank(key: &[u8]) -> u8 {
     let key = String::from_utf8_lossy(key);
     let rest = key.strip_prefix(PREFIX).unwrap_or(&key);
@@ -585,6 +616,13 @@ fn delete_rank(key: &[u8]) -> u8 {
 }
 
 type Out<'a> = Option<&'a mut Vec<(EventKind, HashSet<Token>)>>;
+
+/// A user whose key goes in the revision being applied: who is told, and
+/// how its memberships end.
+struct Gone {
+    audience: HashSet<Token>,
+    departure: Departure,
+}
 
 impl State {
     fn member(&self, nick_key: &str) -> Option<Member> {
@@ -641,16 +679,37 @@ impl State {
         });
         // A user going offline is told to those it shared a room with
         // before this revision removed its memberships (a lease that ran
-        // out deletes them all at once).
-        let mut gone: HashMap<String, HashSet<Token>> = HashMap::new();
+        // out deletes them all at once). Its session's `quit/` mark going
+        // too says it quit; no mark, its lease ran out.
+        let deleted: Vec<String> = order
+            .iter()
+            .filter(|e| e.event_type() == EventType::Delete)
+            .filter_map(|e| e.kv())
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        let quit_prefix = format!("{PREFIX}quit/");
+        let quitting: HashSet<&str> = deleted
+            .iter()
+            .filter_map(|key| key.strip_prefix(&quit_prefix))
+            .collect();
+        let mut gone: HashMap<String, Gone> = HashMap::new();
         let user_prefix = format!("{PREFIX}user/");
-        for e in order.iter().filter(|e| e.event_type() == EventType::Delete) {
-            let Some(kv) = e.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
+        for key in &deleted {
             if let Some(nk) = key.strip_prefix(&user_prefix) {
                 if let Some(token) = self.users.get(nk) {
+                    let departure = if quitting.contains(token.as_str()) {
+                        Departure::Quit
+                    } else {
+                        Departure::TimedOut
+                    };
                     let audience = self.peers_audience(token, nk);
-                    gone.insert(nk.to_string(), audience);
+                    gone.insert(
+                        nk.to_string(),
+                        Gone {
+                            audience,
+                            departure,
+                        },
+                    );
                 }
             }
         }
@@ -734,7 +793,7 @@ impl State {
     fn delete(
         &mut self,
         kv: &KeyValue,
-        gone: &mut HashMap<String, HashSet<Token>>,
+        gone: &mut HashMap<String, Gone>,
         out: &mut Vec<(EventKind, HashSet<Token>)>,
     ) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -760,9 +819,16 @@ impl State {
                 if let Some(member) = self.member(nk) {
                     let room = self.room_name(rk);
                     // The user key going in the same revision: the session
-                    // ended (its lease), not a leave.
-                    let quit = gone.contains_key(*nk);
-                    out.push((EventKind::MemberLeft { room, member, quit }, audience));
+                    // ended (quit or ran out), not a leave.
+                    let departure = gone.get(*nk).map_or(Departure::Left, |g| g.departure);
+                    out.push((
+                        EventKind::MemberLeft {
+                            room,
+                            member,
+                            departure,
+                        },
+                        audience,
+                    ));
                 }
             }
             ["user", nk] => {
@@ -771,7 +837,7 @@ impl State {
                 };
                 let audience = gone
                     .remove(*nk)
-                    .unwrap_or_else(|| self.peers_audience(&token, nk));
+                    .map_or_else(|| self.peers_audience(&token, nk), |g| g.audience);
                 if let Some(member) = self.member(nk) {
                     out.push((EventKind::UserOffline(member), audience));
                 }
@@ -943,9 +1009,10 @@ impl Registry for EtcdRegistry {
                 });
             }
             if let Some(kv) = held {
-                // The same key holds a live session: take it over. Every
-                // key of that session is under its lease.
-                self.revoke(kv.lease()).await?;
+                // The same key holds a live session: take it over, as a
+                // quit. Every key of that session is under its lease.
+                let old = String::from_utf8_lossy(kv.value()).into_owned();
+                self.end_session(&old, kv.lease()).await?;
                 reclaimed = true;
             }
         }
@@ -979,7 +1046,7 @@ impl Registry for EtcdRegistry {
 
     async fn logout(&self, token: &str) -> Result<(), RegistryError> {
         let (s, _) = self.live(token).await?;
-        self.revoke(s.lease).await
+        self.end_session(token, s.lease).await
     }
 
     async fn join(

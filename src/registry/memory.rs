@@ -16,8 +16,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
-    new_token, Creation, Event, EventKind, EventStream, Member, Registry, RegistryError, RoomInfo,
-    RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
+    new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
+    RoomInfo, RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, Nick, Room};
@@ -181,8 +181,8 @@ impl State {
 
     /// Removes `nick_key` from room `key`, dropping the room when empty.
     /// The owner stays the owner: ownership comes from the room's history.
-    /// `quit`: because the member's session ended.
-    fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str, quit: bool) {
+    /// `departure`: a leave, or why the member's session ended.
+    fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str, departure: Departure) {
         let Some(member) = self.member(nick_key) else {
             return;
         };
@@ -200,14 +200,15 @@ impl State {
             EventKind::MemberLeft {
                 room: name,
                 member,
-                quit,
+                departure,
             },
             audience,
         );
     }
 
-    /// Ends a session: it leaves every room and goes offline.
-    fn end_session(&mut self, events: &Events, token: &str) {
+    /// Ends a session: it leaves every room (`how`: [`Departure::Quit`] or
+    /// [`Departure::TimedOut`]) and goes offline.
+    fn end_session(&mut self, events: &Events, token: &str, how: Departure) {
         let Some(session) = self.sessions.get(token) else {
             return;
         };
@@ -221,7 +222,7 @@ impl State {
         let expires = session.expires;
         let audience = self.peers_audience(token);
         for room in rooms {
-            self.remove_member(events, &room, &nick_key, true);
+            self.remove_member(events, &room, &nick_key, how);
         }
         self.sessions.remove(token);
         self.expiry.remove(&(expires, token.to_owned()));
@@ -239,7 +240,7 @@ impl State {
                 return Some(when);
             }
             tracing::debug!(nick = ?self.sessions.get(&token).map(|s| &s.nick), "lease expired");
-            self.end_session(events, &token);
+            self.end_session(events, &token, Departure::TimedOut);
             // end_session removes the entry; make sure a stale one cannot spin.
             self.expiry.remove(&(when, token));
         }
@@ -297,7 +298,8 @@ impl Registry for MemoryRegistry {
         }
         let mut reclaimed = false;
         if let Some(old) = state.users.get(&nick_key).cloned() {
-            state.end_session(&shared.events, &old);
+            // Taken over by its own key: the old session quits.
+            state.end_session(&shared.events, &old, Departure::Quit);
             reclaimed = true;
         }
         let token = new_token();
@@ -352,7 +354,7 @@ impl Registry for MemoryRegistry {
     async fn logout(&self, token: &str) -> Result<(), RegistryError> {
         let mut state = self.shared.lock();
         state.live(token, Instant::now())?;
-        state.end_session(&self.shared.events, token);
+        state.end_session(&self.shared.events, token, Departure::Quit);
         Ok(())
     }
 
@@ -446,7 +448,7 @@ impl Registry for MemoryRegistry {
         if let Some(s) = state.sessions.get_mut(token) {
             s.rooms.remove(&key);
         }
-        state.remove_member(&self.shared.events, &key, &nick_key, false);
+        state.remove_member(&self.shared.events, &key, &nick_key, Departure::Left);
         Ok(())
     }
 
@@ -621,10 +623,11 @@ mod tests {
             .members;
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].nick, "bob");
-        // The watcher was told: Alice left the room, then went offline.
+        // The watcher was told: Alice timed out of the room, then went
+        // offline.
         let e1 = events.next().await.unwrap().unwrap();
         assert!(
-            matches!(&e1.kind, EventKind::MemberLeft { room, member, .. } if room == "#rust" && member.nick == "alice"),
+            matches!(&e1.kind, EventKind::MemberLeft { room, member, departure: Departure::TimedOut } if room == "#rust" && member.nick == "alice"),
             "{e1:?}"
         );
         let e2 = events.next().await.unwrap().unwrap();
@@ -686,6 +689,7 @@ mod tests {
             .await
             .unwrap();
         r.join(&old.token, &room("#rust"), None).await.unwrap();
+        let mut events = r.watch(&old.token, &[]).await.unwrap();
         let new = r
             .login(&nick("alice"), "127.0.0.1:7100", &key("alice"))
             .await
@@ -703,12 +707,17 @@ mod tests {
             .online
             .unwrap();
         assert_eq!(m.address, "127.0.0.1:7100");
-        // The old session's rooms went with it.
+        // The old session's rooms went with it: a quit, not a timeout.
         assert!(r
             .find_room(&new.token, &room("#rust"))
             .await
             .unwrap()
             .is_none());
+        let e = events.next().await.unwrap().unwrap();
+        assert!(
+            matches!(&e.kind, EventKind::MemberLeft { member, departure: Departure::Quit, .. } if member.address == "127.0.0.1:7000"),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
@@ -930,7 +939,9 @@ mod tests {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;
         r.join(&a, &room("#x"), None).await.unwrap();
+        r.join(&a, &room("#y"), None).await.unwrap();
         let mut events = r.watch(&a, &[]).await.unwrap();
+        r.leave(&a, &room("#y")).await.unwrap();
         r.logout(&a).await.unwrap();
         let obs = login(&r, "observer").await;
         assert!(r.find_room(&obs, &room("#x")).await.unwrap().is_none());
@@ -939,8 +950,17 @@ mod tests {
         while let Some(e) = events.next().await {
             kinds.push(e.unwrap().kind);
         }
-        assert_eq!(kinds.len(), 2, "{kinds:?}");
-        assert!(matches!(kinds[1], EventKind::UserOffline(_)));
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        // A leave is a leave; the logout's leaves are quits.
+        assert!(
+            matches!(&kinds[0], EventKind::MemberLeft { room, departure: Departure::Left, .. } if room == "#y"),
+            "{kinds:?}"
+        );
+        assert!(
+            matches!(&kinds[1], EventKind::MemberLeft { room, departure: Departure::Quit, .. } if room == "#x"),
+            "{kinds:?}"
+        );
+        assert!(matches!(kinds[2], EventKind::UserOffline(_)));
     }
     /// A watch follows the presence of the nicks it names (private
     /// partners sharing no room), and of no others.

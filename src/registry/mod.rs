@@ -105,17 +105,29 @@ pub enum EventKind {
         room: String,
         member: Member,
     },
-    /// `quit`: the member's session ended (logout, lease ran out, taken
-    /// over by a new login), as opposed to leaving the room.
+    /// `departure`: whether the member left the room, or its session
+    /// ended, and how.
     MemberLeft {
         room: String,
         member: Member,
-        quit: bool,
+        departure: Departure,
     },
     RoomDeleted {
         room: String,
         by: String,
     },
+}
+
+/// Why a member is no longer in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It left the room; its session goes on.
+    Left,
+    /// Its session ended on purpose: a logout, or a new login of the same
+    /// key taking the nick over.
+    Quit,
+    /// Its lease ran out: the peer stopped heartbeating (crashed, cut off).
+    TimedOut,
 }
 
 /// The events a watcher receives. It ends when the watcher's session ends;

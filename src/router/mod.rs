@@ -23,7 +23,7 @@ use crate::identity::{login_bytes, Identity, PublicKey};
 use crate::names::{Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
-use crate::registry::{Creation, Event, EventKind, Member, Registry, RegistryError};
+use crate::registry::{Creation, Departure, Event, EventKind, Member, Registry, RegistryError};
 use crate::tls::{Tls, TlsError};
 
 /// Largest request the router decodes: its messages are names and tokens.
@@ -100,6 +100,16 @@ impl From<Member> for proto::Member {
     }
 }
 
+impl From<Departure> for proto::Departure {
+    fn from(d: Departure) -> Self {
+        match d {
+            Departure::Left => proto::Departure::Left,
+            Departure::Quit => proto::Departure::Quit,
+            Departure::TimedOut => proto::Departure::TimedOut,
+        }
+    }
+}
+
 impl From<Event> for proto::RegistryEvent {
     fn from(e: Event) -> Self {
         use proto::registry_event::Kind;
@@ -109,12 +119,16 @@ impl From<Event> for proto::RegistryEvent {
             EventKind::MemberJoined { room, member } => Kind::MemberJoined(proto::RoomMember {
                 room,
                 member: Some(member.into()),
-                quit: false,
+                departure: proto::Departure::Left.into(),
             }),
-            EventKind::MemberLeft { room, member, quit } => Kind::MemberLeft(proto::RoomMember {
+            EventKind::MemberLeft {
+                room,
+                member,
+                departure,
+            } => Kind::MemberLeft(proto::RoomMember {
                 room,
                 member: Some(member.into()),
-                quit,
+                departure: proto::Departure::from(departure).into(),
             }),
             EventKind::RoomDeleted { room, by } => {
                 Kind::RoomDeleted(proto::RoomDeleted { room, by })

@@ -120,9 +120,9 @@ pub enum Output {
         key: String,
     },
     /// Someone else came into or went out of a room this peer is in:
-    /// `event` is `joined`, `left` (they left the room) or `quit` (they
-    /// went offline: logged out, or their lease ran out; the router does
-    /// not say which).
+    /// `event` is `joined`, `left` (they left the room), `quit` (they
+    /// logged out) or `timeout` (their lease ran out: their peer stopped
+    /// answering).
     Presence {
         room: String,
         nick: String,
@@ -222,6 +222,7 @@ impl Output {
                 "joined" => format!("-- {nick} has joined {room}"),
                 "left" => format!("-- {nick} has left {room}"),
                 "quit" => format!("-- {nick} has quit ({room})"),
+                "timeout" => format!("-- {nick} has timed out ({room})"),
                 other => format!("-- {nick} {other} {room}"),
             }),
             Output::Router { state } => match state.as_str() {
@@ -907,6 +908,7 @@ mod tests {
         assert_eq!(presence("joined"), "-- bob has joined #rust");
         assert_eq!(presence("left"), "-- bob has left #rust");
         assert_eq!(presence("quit"), "-- bob has quit (#rust)");
+        assert_eq!(presence("timeout"), "-- bob has timed out (#rust)");
         let router = |state: &str| {
             Output::Router {
                 state: state.into(),
