@@ -356,6 +356,21 @@ async fn bursts_prompts_switching_and_tab_work_as_typed() {
     screen
         .wait_for("#b <alice> said in one burst", Duration::from_secs(10))
         .await;
+    // Several lines in one write: every one is taken, in order.
+    screen.burst("first of three\rsecond of three\r/j #a\r");
+    screen
+        .wait_for("#b <alice> first of three", Duration::from_secs(10))
+        .await;
+    screen
+        .wait_for("#b <alice> second of three", Duration::from_secs(10))
+        .await;
+    screen
+        .wait_after("#b <alice> second of three", "-- joined #a")
+        .await;
+    screen.burst("/switch #b\r");
+    screen
+        .wait_for("-- now talking in #b", Duration::from_secs(10))
+        .await;
 
     // A message elsewhere is marked with its room, and counted.
     bob.send("over in a").await;

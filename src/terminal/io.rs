@@ -17,7 +17,9 @@
 //! line itself, writes the event, and redraws the prompt and the half-typed
 //! line where they were, in one write. The editor tells it what is on the
 //! line (through its helper, on every change), so the redraw matches what
-//! rustyline believes is on the screen.
+//! rustyline believes is on the screen. A burst of several lines needs
+//! rustyline's `buffer-redux` feature: without it, keys read past the first
+//! Enter are dropped with the reader at the end of that line.
 
 use std::borrow::Cow;
 use std::fs::File;
