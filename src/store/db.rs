@@ -172,16 +172,18 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
         0
     };
 
-    // One connection (the writer thread's) is the only one ever open, and
-    // the data directory lock keeps other peers out: exclusive locking lets
-    // WAL skip its shared-memory index and the file locks around every
-    // transaction, a good part of a commit's cost.
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(err)?;
+    // SQLite's own checkpoint runs in the commit that fills the WAL, and
+    // syncs the WAL and the file (milliseconds, most of it the two fsyncs):
+    // that commit's caller, a message on its way, waits for it. The hook
+    // replaces it: it only records the WAL's length, and the store's
+    // writer has a second connection checkpoint on its own thread (see
+    // `store::checkpointer`); that is why this connection does not use
+    // exclusive locking.
+    conn.wal_hook(Some(record_wal_frames));
     conn.set_prepared_statement_cache_capacity(64);
 
     if version == 0 {
@@ -192,6 +194,54 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
     }
     let identity = read_identity(&conn, path)?;
     Ok((conn, identity))
+}
+
+thread_local! {
+    /// Frames in the WAL after this thread's last commit, as SQLite's WAL
+    /// hook reports them: the writer thread reads it after each batch.
+    static WAL_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn record_wal_frames(
+    _: &rusqlite::hooks::Wal,
+    frames: std::os::raw::c_int,
+) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(u64::try_from(frames).unwrap_or(0)));
+    Ok(())
+}
+
+/// Frames in the WAL after the last commit made on this thread.
+pub(crate) fn wal_frames() -> u64 {
+    WAL_FRAMES.with(|f| f.get())
+}
+
+/// A second connection to the history at `path` (already opened by
+/// [`open`]), for checkpoints only.
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let err = |e| StoreError::sqlite(path, e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    Ok(conn)
+}
+
+/// Copies what the WAL holds into the database file without waiting for
+/// the writer (`PASSIVE`); the writer starts the WAL over once all of it
+/// has been copied. `TRUNCATE` at close also empties the WAL file.
+/// Whether it copied everything: only then can the writer start the WAL
+/// over.
+pub(crate) fn checkpoint(conn: &Connection, truncate: bool) -> rusqlite::Result<bool> {
+    let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        let (busy, log, copied): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        Ok(busy == 0 && log == copied)
+    })
 }
 
 /// Runs `f` in one transaction: committed if it succeeds, rolled back if not.

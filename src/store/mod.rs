@@ -234,11 +234,20 @@ impl Store {
         signer: Option<Arc<crate::identity::Identity>>,
     ) -> Result<Store, StoreError> {
         let (conn, identity) = db::open(path)?;
+        let checkpoints = db::open_checkpointer(path)?;
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        // One nudge waiting is enough: the checkpoint copies whatever the
+        // WAL holds by the time it runs.
+        let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        let owned = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("parley-checkpoint".into())
+            .spawn(move || checkpointer(checkpoints, &owned, nudged))
+            .map_err(|e| StoreError::io(path, e))?;
         let owned = path.to_path_buf();
         std::thread::Builder::new()
             .name("parley-store".into())
-            .spawn(move || writer(conn, &owned, rx))
+            .spawn(move || writer(conn, &owned, rx, nudge))
             .map_err(|e| StoreError::io(path, e))?;
         Ok(Store {
             tx,
@@ -535,8 +544,14 @@ impl Store {
 
 /// The writer thread: owns the connection; runs until every [`Store`] handle
 /// is dropped.
-fn writer(conn: Connection, path: &Path, mut rx: mpsc::Receiver<Job>) {
+fn writer(
+    conn: Connection,
+    path: &Path,
+    mut rx: mpsc::Receiver<Job>,
+    nudge: std::sync::mpsc::SyncSender<()>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut next_nudge = CHECKPOINT_FRAMES;
     // A plain thread, outside any runtime, so blocking here is what it is for.
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -547,13 +562,63 @@ fn writer(conn: Connection, path: &Path, mut rx: mpsc::Receiver<Job>) {
             }
         }
         run_batch(&conn, path, &mut batch);
+        let frames = db::wal_frames();
+        if frames < next_nudge.saturating_sub(CHECKPOINT_FRAMES) {
+            next_nudge = CHECKPOINT_FRAMES; // the WAL started over
+        }
+        if frames >= next_nudge {
+            // Full means one is already waiting to run.
+            let _ = nudge.try_send(());
+            next_nudge = frames + CHECKPOINT_FRAMES;
+        }
+        // The WAL starts over only at a commit that finds all of it copied:
+        // writes that never pause for as long as a checkpoint takes keep
+        // that from happening. Past a bound the writer checkpoints itself,
+        // between two batches, as SQLite would have.
+        if frames >= WAL_FRAMES_AT_MOST {
+            if let Err(e) = db::checkpoint(&conn, false) {
+                tracing::warn!(path = %path.display(), cause = %e, "WAL checkpoint failed");
+            }
+        }
     }
     tracing::debug!(path = %path.display(), "store writer stopped");
+    // Dropping `nudge` tells the checkpointer to finish.
+}
+
+/// WAL frames (pages, 4 KiB) between two checkpoints, as SQLite's default.
+const CHECKPOINT_FRAMES: u64 = 1000;
+/// WAL frames past which the writer checkpoints itself: 64 MiB.
+const WAL_FRAMES_AT_MOST: u64 = 16 * 1024;
+/// Passes the checkpointer makes after a nudge to catch up with a writer
+/// that appended while it copied; each copies only what came meanwhile.
+const CATCH_UP_PASSES: usize = 4;
+
+/// Checkpoints the WAL when the writer says it has grown, on its own
+/// connection and thread, so no message waits for one; empties the WAL once
+/// the writer has stopped.
+fn checkpointer(conn: Connection, path: &Path, nudged: std::sync::mpsc::Receiver<()>) {
+    while nudged.recv().is_ok() {
+        for _ in 0..CATCH_UP_PASSES {
+            match db::checkpoint(&conn, false) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), cause = %e, "WAL checkpoint failed");
+                    break;
+                }
+            }
+        }
+    }
+    if let Err(e) = db::checkpoint(&conn, true) {
+        tracing::debug!(path = %path.display(), cause = %e, "final WAL checkpoint failed");
+    }
 }
 
 /// Runs every job in one transaction, each in its own savepoint so one
 /// failing command cannot undo or half-apply the others, and replies after
-/// the commit.
+/// the commit. A job alone in its batch (the common case when messages come
+/// one at a time) needs no savepoint: the transaction is its own, and a
+/// failure rolls it all back.
 fn run_batch(conn: &Connection, path: &Path, batch: &mut Vec<Job>) {
     let sql = |conn: &Connection, s: &str| -> Result<(), StoreError> {
         conn.prepare_cached(s)
@@ -563,6 +628,7 @@ fn run_batch(conn: &Connection, path: &Path, batch: &mut Vec<Job>) {
     };
     let mut pending: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut in_tx = false;
+    let alone = batch.len() == 1;
     for job in batch.drain(..) {
         if !in_tx {
             if let Err(e) = sql(conn, "BEGIN IMMEDIATE") {
@@ -571,6 +637,20 @@ fn run_batch(conn: &Connection, path: &Path, batch: &mut Vec<Job>) {
                 continue;
             }
             in_tx = true;
+        }
+        if alone {
+            let out = job(Ok(conn), path);
+            match out.error {
+                None => pending.push(out.reply),
+                Some(_) => {
+                    if !conn.is_autocommit() {
+                        let _ = sql(conn, "ROLLBACK");
+                    }
+                    in_tx = false;
+                    (out.reply)(None);
+                }
+            }
+            continue;
         }
         if let Err(e) = sql(conn, "SAVEPOINT job") {
             (job(Err(e), path).reply)(None);

@@ -1001,3 +1001,69 @@ async fn a_rooms_creation_is_its_earliest_creation_event_by_send_time() {
     assert!(s.all("#r").await.unwrap().contains(&earlier));
     assert_eq!(s.creation("#other").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_job_alone_in_its_batch_that_fails_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    let failed = s
+        .call(|c| {
+            c.execute(
+                "INSERT INTO rooms (room_key, name) VALUES ('#half', '#half')",
+                [],
+            )?;
+            c.execute("INSERT INTO no_such_table VALUES (1)", [])
+        })
+        .await;
+    assert!(failed.is_err());
+    // Its first write went with it; the next job runs in a fresh transaction.
+    let rooms: i64 = s
+        .call(|c| c.query_row("SELECT count(*) FROM rooms", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(rooms, 0);
+    let m = s
+        .append_own("#r", "a", s.identity().incarnation, "after", 1, vec![])
+        .await
+        .unwrap();
+    assert_eq!(s.all("#r").await.unwrap(), vec![m]);
+}
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_as_it_grows_and_emptied_at_close() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("history.db");
+    let wal = dir.path().join("history.db-wal");
+    let s = open(&dir);
+    let inc = s.identity().incarnation;
+    let body = "x".repeat(4000);
+    // About 40 MB written one message at a time, as a peer receives them.
+    let mut biggest = 0;
+    for i in 0..10_000u64 {
+        s.insert(ChatMessage {
+            body: body.clone(),
+            ..msg("#big", "b", 7, i + 1, i + 1)
+        })
+        .await
+        .unwrap();
+        if i % 500 == 0 {
+            biggest = biggest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+    }
+    // The WAL was started over again and again, never holding it all.
+    assert!(biggest < 80 << 20, "the WAL grew to {biggest} bytes");
+    let _ = s
+        .append_own("#big", "a", inc, "last", 1, vec![])
+        .await
+        .unwrap();
+    drop(s);
+    // The checkpointer empties the WAL once the writer has stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&wal).map_or(0, |m| m.len()) > 0 {
+        assert!(std::time::Instant::now() < deadline, "WAL still holds data");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > 40_000_000);
+    let s = open(&dir);
+    assert_eq!(s.version("#big").await.unwrap().count, 10_001);
+}
