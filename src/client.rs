@@ -220,11 +220,12 @@ fn topic_of(room: &Room, event: Option<ChatMessage>) -> Output {
     }
 }
 
-fn presence(room: String, nick: String, event: &str) -> Output {
+fn presence(room: String, nick: String, event: &str, message: String) -> Output {
     Output::Presence {
         room,
         nick,
         event: event.into(),
+        message,
     }
 }
 
@@ -238,6 +239,8 @@ pub struct Client {
     /// Nick key → the away message last shown for it: a person is told
     /// once, not on every line they write to someone away.
     away_shown: HashMap<String, String>,
+    /// The parting message of the `/quit` that ended the client.
+    parting: String,
 }
 
 impl Client {
@@ -248,6 +251,7 @@ impl Client {
             windows: Windows::default(),
             members: HashMap::new(),
             away_shown: HashMap::new(),
+            parting: String::new(),
         }
     }
 
@@ -277,13 +281,15 @@ impl Client {
         self.printer.set_names(names);
     }
 
-    /// Runs until `/quit`, end of input, or `stop` resolves.
+    /// Runs until `/quit`, end of input, or `stop` resolves. Returns the
+    /// parting message of a `/quit MESSAGE` (empty for none, and when the
+    /// client ended otherwise), for the logout: [`Peer::quit`].
     pub async fn run(
         mut self,
         mut lines: mpsc::Receiver<String>,
         mut events: mpsc::Receiver<PeerEvent>,
         stop: impl std::future::Future<Output = ()>,
-    ) {
+    ) -> String {
         tokio::pin!(stop);
         // The editor draws its first prompt once the rooms of `--join` are
         // joined, so it names the current one.
@@ -306,6 +312,7 @@ impl Client {
                 }
             }
         }
+        self.parting
     }
 
     fn show_event(&mut self, event: PeerEvent) {
@@ -339,14 +346,20 @@ impl Client {
                 room,
                 nick,
                 change: Presence::Joined,
+                message,
             } => {
                 let list = self.members.entry(room.to_ascii_lowercase()).or_default();
                 if !list.iter().any(|n| n.eq_ignore_ascii_case(&nick)) {
                     list.push(nick.clone());
                 }
-                self.print(presence(room, nick, "joined"));
+                self.print(presence(room, nick, "joined", message));
             }
-            PeerEvent::Presence { room, nick, change } => {
+            PeerEvent::Presence {
+                room,
+                nick,
+                change,
+                message,
+            } => {
                 if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
                     list.retain(|n| !n.eq_ignore_ascii_case(&nick));
                 }
@@ -356,7 +369,7 @@ impl Client {
                     // (Joined is the arm above.)
                     Presence::Left | Presence::Joined => "left",
                 };
-                self.print(presence(room, nick, event));
+                self.print(presence(room, nick, event, message));
             }
             PeerEvent::Router { up } => self.print(Output::Router {
                 state: if up { "back" } else { "lost" }.into(),
@@ -368,7 +381,8 @@ impl Client {
         }
     }
 
-    /// Handles one input line; false means quit.
+    /// Handles one input line; false means quit (with the parting message
+    /// [`Client::run`] returns).
     pub async fn handle_line(&mut self, line: &str) -> bool {
         let cmd = match parse(line) {
             Ok(Some(cmd)) => cmd,
@@ -378,7 +392,8 @@ impl Client {
                 return true;
             }
         };
-        if matches!(cmd, Command::Quit) {
+        if let Command::Quit(message) = cmd {
+            self.parting = message.unwrap_or_default();
             return false;
         }
         if let Err(message) = self.execute(cmd).await {
@@ -415,9 +430,11 @@ impl Client {
                 }
                 self.show_missed(&room, j.new, j.version).await;
             }
-            Command::Leave(room) => {
+            Command::Leave(room, message) => {
                 let room = self.current_room(room, "/leave #room")?;
-                peer.leave(&room).await.map_err(|e| e.to_string())?;
+                peer.leave(&room, message.as_deref().unwrap_or_default())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.windows.close(&Target::Room(room.clone()));
                 self.print(Output::Left {
                     room: room.to_string(),
@@ -542,7 +559,7 @@ impl Client {
                 });
             }
             Command::Help => self.print(Output::info(HELP)),
-            Command::Quit => {}
+            Command::Quit(_) => {}
             Command::Say(body) => {
                 let target = self
                     .windows

@@ -13,6 +13,8 @@ pub const MAX_NICK: usize = 32;
 pub const MAX_ROOM: usize = 64;
 /// Longest message body, in characters.
 pub const MAX_BODY_CHARS: usize = 10_000;
+/// Longest parting message (of a leave or a quit), in characters.
+pub const MAX_PARTING_CHARS: usize = 300;
 
 /// A name that breaks the rules, with a message that says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,6 +208,25 @@ pub fn check_body(body: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks a parting message, the one a leave or a quit carries to the
+/// room's members: at most 300 characters and one line, with no control
+/// characters (they would reach others' terminals). Empty is none.
+pub fn check_parting(message: &str) -> Result<(), NameError> {
+    let n = message.chars().count();
+    if n > MAX_PARTING_CHARS {
+        return Err(NameError(format!(
+            "parting message too long: {n} characters, at most {MAX_PARTING_CHARS}"
+        )));
+    }
+    if let Some(c) = message.chars().find(|c| c.is_control()) {
+        return Err(NameError(format!(
+            "parting message holds a control character ({}): use one line of plain text",
+            c.escape_unicode()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a chat address: `host:port` that parses as a socket address or a
 /// plain host name with a port.
 pub fn check_address(addr: &str) -> Result<(), NameError> {
@@ -290,6 +311,19 @@ mod tests {
         assert!(check_body("hi").is_ok());
         assert!(check_body(&"é".repeat(10_000)).is_ok());
         assert!(check_body(&"x".repeat(10_001)).is_err());
+    }
+
+    #[test]
+    fn parting_messages_are_one_short_line() {
+        assert!(check_parting("").is_ok());
+        assert!(check_parting("see ya (back soon)").is_ok());
+        assert!(check_parting(&"é".repeat(300)).is_ok());
+        let long = check_parting(&"x".repeat(301)).unwrap_err().to_string();
+        assert!(long.contains("too long") && long.contains("300"), "{long}");
+        for bad in ["two\nlines", "tab\there", "esc\u{1b}[2J", "nul\0", "\u{85}"] {
+            let e = check_parting(bad).unwrap_err().to_string();
+            assert!(e.contains("control character"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

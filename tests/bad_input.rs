@@ -155,7 +155,12 @@ async fn oversized_frames_are_refused_and_change_nothing() {
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].body, "small");
 
-    c.user_logout(LogoutRequest { token: alice }).await.unwrap();
+    c.user_logout(LogoutRequest {
+        token: alice,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     bob.stop().await;
     router.stop().await;
 }

@@ -143,7 +143,7 @@ async fn joiner_pulls_from_the_member_with_the_highest_version() {
         a.say("#v", &format!("both {i}")).await;
     }
     // b leaves; a writes 5 more that only a holds.
-    b.peer.leave(&Room::parse("#v").unwrap()).await.unwrap();
+    b.peer.leave(&Room::parse("#v").unwrap(), "").await.unwrap();
     for i in 0..5 {
         a.say("#v", &format!("only a {i}")).await;
     }
@@ -285,7 +285,12 @@ async fn a_pull_of_five_thousand_messages_comes_in_pages() {
     assert_eq!(sizes.iter().sum::<usize>(), 5001, "and the room's creation");
     assert!(sizes.len() >= 10, "{sizes:?}");
     assert!(sizes.iter().all(|s| *s <= 500));
-    rc.user_logout(LogoutRequest { token }).await.unwrap();
+    rc.user_logout(LogoutRequest {
+        token,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // And through the join of a new member.
     let b = TestPeer::start(&router, "b").await;

@@ -69,7 +69,7 @@ async fn killing_the_leader_of_three_loses_no_call_and_no_session() {
             b.heartbeat(&bob).await.map(|_| ()),
             b.join(&bob, &room(&r), None).await.map(|_| ()),
             a.join(&alice, &room(&r), None).await.map(|_| ()),
-            b.leave(&bob, &room(&r)).await,
+            b.leave(&bob, &room(&r), "").await,
             b.find_user(&bob, &nick("alice")).await.and_then(|u| {
                 u.online
                     .map(|_| ())
@@ -277,7 +277,8 @@ impl Drop for Relay {
 /// retried, some after etcd applied them and the answer was lost, and
 /// every answer is still the one a single run gives (a fresh nick is not
 /// "reclaimed", a new room is "created", a member's leave, an owner's
-/// delete and a logout succeed).
+/// delete and a logout succeed; a leave's parting message reaches the
+/// room once, and no parting mark is left behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd"]
 async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
@@ -289,6 +290,7 @@ async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
         .unwrap();
     let b = etcd.registry(TTL).await;
     let witness = login(&b, "witness").await;
+    let mut seen = b.watch(&witness, &[]).await.unwrap();
     let cut = relay.cut.clone();
     let cutter = tokio::spawn(async move {
         loop {
@@ -310,7 +312,30 @@ async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
         b.heartbeat(&witness).await.unwrap();
         let joined = b.join(&witness, &r, None).await.unwrap();
         assert!(!joined.created);
-        a.leave(&s.token, &r).await.unwrap();
+        a.leave(&s.token, &r, "see ya").await.unwrap();
+        // The witness hears the leave, with its message, through the other
+        // registry: the first time the member leaves the room.
+        let said = loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), seen.next())
+                .await
+                .expect("the leave within 10 s")
+                .expect("the watch goes on")
+                .expect("not lagged");
+            match e.kind {
+                EventKind::MemberLeft {
+                    room,
+                    member,
+                    departure,
+                    message,
+                } if member.nick == n && room == r.as_str() => break (departure, message),
+                _ => continue,
+            }
+        };
+        assert_eq!(
+            said,
+            (parley::registry::Departure::Left, "see ya".to_string()),
+            "{n}"
+        );
         a.join(&s.token, &r, None).await.unwrap();
         let again = a
             .login(&nick(&n), "127.0.0.1:7001", &key(&n))
@@ -321,7 +346,7 @@ async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
         a.delete_room(&again.token, &r).await.unwrap();
         assert!(b.find_room(&witness, &r).await.unwrap().is_none());
         // A logout (its quit mark, then its revocation) run again is one.
-        a.logout(&again.token).await.unwrap();
+        a.logout(&again.token, "bye").await.unwrap();
         assert!(b
             .find_user(&witness, &nick(&n))
             .await
@@ -330,6 +355,9 @@ async fn calls_retried_after_a_lost_answer_answer_as_if_run_once() {
             .is_none());
     }
     cutter.abort();
+    // Every mark went with what it spoke for.
+    assert_eq!(etcd.keys("part/").await, Vec::<String>::new());
+    assert_eq!(etcd.keys("quit/").await, Vec::<String>::new());
 }
 
 /// `router --etcd` with etcd not there: one line on stderr naming the

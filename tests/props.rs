@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use parley::names::{private_key, Conversation, Nick, Room, MAX_BODY_CHARS};
+use parley::names::{
+    check_parting, private_key, Conversation, Nick, Room, MAX_BODY_CHARS, MAX_PARTING_CHARS,
+};
 use parley::proto::ChatMessage;
 use parley::store::{OrderKey, Store};
 use parley::terminal::{parse, Command, Target, Window};
@@ -175,6 +177,17 @@ fn body() -> impl Strategy<Value = String> {
         })
 }
 
+/// A parting message the parser hands back unchanged after `/quit ` or
+/// `/part #room `: a [`body`] without the control characters a parting
+/// message may not hold, still starting with something besides whitespace.
+fn parting() -> impl Strategy<Value = String> {
+    body()
+        .prop_map(|b| b.chars().filter(|c| !c.is_control()).collect::<String>())
+        .prop_filter("starts with non-whitespace", |m| {
+            m.chars().next().is_some_and(|c| !c.is_whitespace())
+        })
+}
+
 fn a_room() -> impl Strategy<Value = Room> {
     valid_room().prop_map(|s| Room::parse(&s).unwrap())
 }
@@ -190,7 +203,15 @@ fn a_command() -> impl Strategy<Value = Command> {
     ];
     prop_oneof![
         a_room().prop_map(Command::Join),
-        proptest::option::of(a_room()).prop_map(Command::Leave),
+        // A parting message needs its room first.
+        (
+            proptest::option::of(a_room()),
+            proptest::option::of(parting())
+        )
+            .prop_map(|(room, message)| {
+                let message = if room.is_some() { message } else { None };
+                Command::Leave(room, message)
+            }),
         (a_nick(), body()).prop_map(|(n, b)| Command::Msg(n, b)),
         a_nick().prop_map(Command::Query),
         proptest::option::of(a_room()).prop_map(Command::Who),
@@ -203,7 +224,7 @@ fn a_command() -> impl Strategy<Value = Command> {
             .prop_map(|(target, limit)| Command::History { target, limit }),
         a_room().prop_map(Command::Delete),
         Just(Command::Help),
-        Just(Command::Quit),
+        proptest::option::of(parting()).prop_map(Command::Quit),
         body().prop_map(Command::Say),
         "[a-z\\p{L}][a-z\\p{L} ]{0,30}".prop_map(Command::Me),
         proptest::option::of(prop_oneof![
@@ -274,11 +295,12 @@ fn render(cmd: &Command, st: &Style) -> String {
             name(if st.alias { "j" } else { "join" }),
             st.tail
         ),
-        Command::Leave(r) => {
+        Command::Leave(r, m) => {
             let n = name(if st.alias { "part" } else { "leave" });
-            match r {
-                Some(r) => format!("{n}{sep}{r}{}", st.tail),
-                None => format!("{n}{}", st.tail),
+            match (r, m) {
+                (Some(r), Some(m)) => format!("{n}{sep}{r}{sep}{m}{line_end}"),
+                (Some(r), None) => format!("{n}{sep}{r}{}", st.tail),
+                (None, _) => format!("{n}{}", st.tail),
             }
         }
         Command::Msg(n, b) => format!("{}{sep}{}{sep}{b}{line_end}", name("msg"), nick(n)),
@@ -362,11 +384,13 @@ fn render(cmd: &Command, st: &Style) -> String {
         Command::Away(Some(m)) => format!("{}{sep}{m}{line_end}", name("away")),
         Command::Away(None) => format!("{}{}", name("away"), st.tail),
         Command::Help => format!("{}{}", name("help"), st.tail),
-        Command::Quit => format!(
-            "{}{}",
-            name(if st.alias { "exit" } else { "quit" }),
-            st.tail
-        ),
+        Command::Quit(m) => {
+            let n = name(if st.alias { "exit" } else { "quit" });
+            match m {
+                Some(m) => format!("{n}{sep}{m}{line_end}"),
+                None => format!("{n}{}", st.tail),
+            }
+        }
         Command::Say(b) => {
             // A message starting with `/` is typed with a second one.
             if b.starts_with('/') {
@@ -397,6 +421,7 @@ fn line_like() -> impl Strategy<Value = String> {
             "/delete",
             "/help",
             "/quit",
+            "/exit",
             "/topic",
             "/away",
             "/",
@@ -436,6 +461,10 @@ proptest! {
                 // Whatever it accepts as a message fits the rules.
                 prop_assert!(parley::names::check_body(&b).is_ok());
             }
+            Ok(Some(Command::Leave(_, Some(m)))) | Ok(Some(Command::Quit(Some(m)))) => {
+                // A parting message it takes is one the router takes.
+                prop_assert!(check_parting(&m).is_ok() && !m.trim().is_empty());
+            }
             Ok(None) => prop_assert!(line.trim().is_empty()),
             Ok(Some(_)) => {}
             Err(e) => prop_assert!(!e.to_string().is_empty()),
@@ -459,6 +488,20 @@ proptest! {
         } else {
             prop_assert!(said.is_err());
             prop_assert!(sent.is_err());
+        }
+    }
+
+    #[test]
+    fn parting_messages_are_accepted_up_to_the_limit(n in (MAX_PARTING_CHARS - 3)..(MAX_PARTING_CHARS + 3), c in prop::sample::select(vec!['x', 'é', '😀'])) {
+        let text: String = std::iter::repeat_n(c, n).collect();
+        let quit = parse(&format!("/quit {text}"));
+        let part = parse(&format!("/part #go {text}"));
+        if n <= MAX_PARTING_CHARS {
+            prop_assert_eq!(quit, Ok(Some(Command::Quit(Some(text.clone())))));
+            prop_assert_eq!(part, Ok(Some(Command::Leave(Some(Room::parse("#go").unwrap()), Some(text)))));
+        } else {
+            prop_assert!(quit.is_err());
+            prop_assert!(part.is_err());
         }
     }
 }

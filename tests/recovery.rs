@@ -196,7 +196,7 @@ async fn a_member_that_rejoins_holds_what_it_missed_before_joined() {
     }
     b.say("#r", "hello").await;
     let room = Room::parse("#r").unwrap();
-    b.peer.leave(&room).await.unwrap();
+    b.peer.leave(&room, "").await.unwrap();
     for i in 0..50 {
         a.say("#r", &format!("a {i}")).await;
         c.say("#r", &format!("c {i}")).await;

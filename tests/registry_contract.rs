@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use parley::identity::{Identity, PublicKey};
-use parley::names::{Nick, Room};
+use parley::names::{Nick, Room, MAX_PARTING_CHARS};
 use parley::registry::{
     Creation, Departure, EventKind, EventStream, MemoryRegistry, Registry, RegistryError, RoomInfo,
 };
@@ -21,7 +21,7 @@ const TTL: Duration = Duration::from_secs(3);
 struct Fixture {
     a: Arc<dyn Registry>,
     b: Arc<dyn Registry>,
-    _etcd: Option<common::etcd::Etcd>,
+    etcd: Option<common::etcd::Etcd>,
 }
 
 async fn memory() -> Fixture {
@@ -29,7 +29,7 @@ async fn memory() -> Fixture {
     Fixture {
         a: r.clone(),
         b: r,
-        _etcd: None,
+        etcd: None,
     }
 }
 
@@ -38,7 +38,7 @@ async fn etcd() -> Fixture {
     Fixture {
         a: Arc::new(etcd.registry(TTL).await),
         b: Arc::new(etcd.registry(TTL).await),
-        _etcd: Some(etcd),
+        etcd: Some(etcd),
     }
 }
 
@@ -72,6 +72,7 @@ contract!(
     a_watch_carries_only_what_its_session_needs,
     a_lease_without_heartbeats_runs_out,
     a_login_taking_over_a_session_ends_it_as_a_quit,
+    parting_messages_reach_the_other_routers_watchers,
     of_racing_logins_with_one_nick_one_key_wins,
     of_racing_creators_of_one_room_one_creates_it,
 );
@@ -149,13 +150,13 @@ async fn a_room_lives_while_it_has_members_and_its_owner_stays(f: Fixture) {
             owner: "alice".into()
         }]
     );
-    f.a.leave(&a, &room("#rust")).await.unwrap();
+    f.a.leave(&a, &room("#rust"), "").await.unwrap();
     assert_eq!(f.b.list_rooms(&b).await.unwrap()[0].owner, "alice");
     assert_eq!(
-        f.a.leave(&a, &room("#rust")).await.unwrap_err(),
+        f.a.leave(&a, &room("#rust"), "").await.unwrap_err(),
         RegistryError::NotMember("#rust".into())
     );
-    f.b.leave(&b, &room("#rust")).await.unwrap();
+    f.b.leave(&b, &room("#rust"), "").await.unwrap();
     assert!(f.a.find_room(&a, &room("#rust")).await.unwrap().is_none());
     assert!(f.a.list_rooms(&a).await.unwrap().is_empty());
 }
@@ -172,7 +173,7 @@ async fn a_nick_is_bound_to_its_first_key(f: Fixture) {
             .unwrap_err();
     assert_eq!(other, RegistryError::KeyMismatch("Alice".into()));
     // Bound while offline too.
-    f.a.logout(&first.token).await.unwrap();
+    f.a.logout(&first.token, "").await.unwrap();
     let other =
         f.b.login(&nick("alice"), "127.0.0.1:7002", &key("mallory"))
             .await
@@ -259,7 +260,7 @@ async fn only_the_owner_deletes_and_members_are_told(f: Fixture) {
         }
     );
     assert_eq!(
-        f.b.leave(&b, &room("#rust")).await.unwrap_err(),
+        f.b.leave(&b, &room("#rust"), "").await.unwrap_err(),
         RegistryError::NotMember("#rust".into())
     );
 }
@@ -287,13 +288,13 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
         EventKind::UserOnline(m) => assert_eq!(m.nick, "dave"),
         other => panic!("{other:?}"),
     }
-    f.b.logout(&d).await.unwrap();
+    f.b.logout(&d, "").await.unwrap();
     match next(&mut w).await {
         EventKind::UserOffline(m) => assert_eq!(m.nick, "dave"),
         other => panic!("{other:?}"),
     }
     // Bob leaves the room and comes back: a leave, not a quit.
-    f.b.leave(&b, &room("#rust")).await.unwrap();
+    f.b.leave(&b, &room("#rust"), "").await.unwrap();
     let e = next(&mut w).await;
     assert!(
         matches!(&e, EventKind::MemberLeft { member, departure: Departure::Left, .. } if member.nick == "bob"),
@@ -304,7 +305,7 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
         matches!(next(&mut w).await, EventKind::MemberJoined { member, .. } if member.nick == "bob")
     );
     // Bob logs out: he leaves the room as a quit, then goes offline.
-    f.b.logout(&b).await.unwrap();
+    f.b.logout(&b, "").await.unwrap();
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
@@ -315,10 +316,10 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
         matches!(&seen[1], EventKind::UserOffline(m) if m.nick == "bob"),
         "{seen:?}"
     );
-    f.b.logout(&c).await.unwrap();
+    f.b.logout(&c, "").await.unwrap();
     assert_eq!(quiet(&mut w).await, None);
     // Alice's own end ends her stream.
-    f.a.logout(&a).await.unwrap();
+    f.a.logout(&a, "").await.unwrap();
     let e = next(&mut w).await;
     assert!(
         matches!(&e, EventKind::MemberLeft { member, departure: Departure::Quit, .. } if member.nick == "alice"),
@@ -362,7 +363,7 @@ async fn a_lease_without_heartbeats_runs_out(f: Fixture) {
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
-        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::TimedOut, .. } if member.nick == "bob"),
+        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::TimedOut, message, .. } if member.nick == "bob" && message.is_empty()),
         "{seen:?}"
     );
     assert!(
@@ -392,7 +393,7 @@ async fn a_login_taking_over_a_session_ends_it_as_a_quit(f: Fixture) {
     let mut seen = vec![next(&mut w).await, next(&mut w).await];
     seen.sort_by_key(|k| matches!(k, EventKind::UserOffline(_)));
     assert!(
-        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::Quit, .. } if member.nick == "bob" && member.address == "127.0.0.1:7000"),
+        matches!(&seen[0], EventKind::MemberLeft { member, departure: Departure::Quit, message, .. } if member.nick == "bob" && member.address == "127.0.0.1:7000" && message.is_empty()),
         "{seen:?}"
     );
     assert!(
@@ -403,6 +404,87 @@ async fn a_login_taking_over_a_session_ends_it_as_a_quit(f: Fixture) {
         f.b.heartbeat(&old).await.unwrap_err(),
         RegistryError::Unauthenticated
     );
+}
+
+async fn parting_messages_reach_the_other_routers_watchers(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let b = login(&f.b, "bob").await;
+    for r in ["#rust", "#go"] {
+        f.a.join(&a, &room(r), None).await.unwrap();
+        f.b.join(&b, &room(r), None).await.unwrap();
+    }
+    let mut w = f.a.watch(&a, &[]).await.unwrap();
+    let left = |e: &EventKind| match e {
+        EventKind::MemberLeft {
+            room,
+            member,
+            departure,
+            message,
+        } => Some((
+            room.clone(),
+            member.nick.clone(),
+            *departure,
+            message.clone(),
+        )),
+        _ => None,
+    };
+    let said =
+        |r: &str, d: Departure, m: &str| Some((r.to_string(), "bob".to_string(), d, m.to_string()));
+    // Bob leaves through the other router: alice hears what he said. Then
+    // he comes back and goes again, saying the longest message there is,
+    // then nothing: nothing of an earlier leave is left over.
+    let longest = "é".repeat(MAX_PARTING_CHARS);
+    for message in ["see ya", longest.as_str(), ""] {
+        f.b.leave(&b, &room("#go"), message).await.unwrap();
+        let e = next(&mut w).await;
+        assert_eq!(left(&e), said("#go", Departure::Left, message), "{e:?}");
+        f.b.join(&b, &room("#go"), None).await.unwrap();
+        let e = next(&mut w).await;
+        assert!(
+            matches!(&e, EventKind::MemberJoined { member, .. } if member.nick == "bob"),
+            "{e:?}"
+        );
+    }
+    // Bad parting messages are refused, and nothing changes: bob is still
+    // in both rooms, still online, and alice hears nothing.
+    let too_long = "x".repeat(MAX_PARTING_CHARS + 1);
+    for bad in [too_long.as_str(), "bye\u{1b}[2J", "two\nlines"] {
+        let err = f.b.leave(&b, &room("#rust"), bad).await.unwrap_err();
+        assert!(matches!(err, RegistryError::InvalidName(_)), "{err:?}");
+        let err = f.b.logout(&b, bad).await.unwrap_err();
+        assert!(matches!(err, RegistryError::InvalidName(_)), "{err:?}");
+    }
+    assert_eq!(quiet(&mut w).await, None);
+    f.b.heartbeat(&b).await.unwrap();
+    for r in ["#rust", "#go"] {
+        let s = f.a.find_room(&a, &room(r)).await.unwrap().unwrap();
+        let nicks: Vec<_> = s.members.iter().map(|m| m.nick.as_str()).collect();
+        assert_eq!(nicks, ["alice", "bob"], "{r}");
+    }
+    // Bob logs out through the other router: a quit in each room, saying
+    // what he said, then offline.
+    f.b.logout(&b, "bye all").await.unwrap();
+    let mut seen = vec![next(&mut w).await, next(&mut w).await, next(&mut w).await];
+    seen.sort_by_key(|k| (matches!(k, EventKind::UserOffline(_)), left(k).map(|l| l.0)));
+    assert_eq!(
+        left(&seen[0]),
+        said("#go", Departure::Quit, "bye all"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        left(&seen[1]),
+        said("#rust", Departure::Quit, "bye all"),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(&seen[2], EventKind::UserOffline(m) if m.nick == "bob"),
+        "{seen:?}"
+    );
+    // No mark outlives its leave or its session.
+    if let Some(etcd) = &f.etcd {
+        assert_eq!(etcd.keys("part/").await, Vec::<String>::new());
+        assert_eq!(etcd.keys("quit/").await, Vec::<String>::new());
+    }
 }
 
 async fn of_racing_logins_with_one_nick_one_key_wins(f: Fixture) {

@@ -139,9 +139,12 @@ async fn login_join_find_and_list_over_grpc() {
     let nicks: Vec<_> = users.users.iter().map(|u| u.nick.as_str()).collect();
     assert_eq!(nicks, ["Alice", "bob"]);
 
-    c.user_logout(LogoutRequest { token: bob.clone() })
-        .await
-        .unwrap();
+    c.user_logout(LogoutRequest {
+        token: bob.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let room = c
         .find(FindRequest {
             name: "#rust".into(),
@@ -192,6 +195,56 @@ async fn errors_carry_the_right_codes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A parting message over 300 characters or with control characters is
+    // refused, and changes nothing: alice stays in the room, bob online.
+    c.join_room(JoinRoomRequest {
+        token: alice.clone(),
+        room: "#part".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for bad in ["x".repeat(301), "bye\u{7}".into(), "two\nlines".into()] {
+        let err = c
+            .leave_room(LeaveRoomRequest {
+                token: alice.clone(),
+                room: "#part".into(),
+                message: bad.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("parting message"), "{err:?}");
+        let err = c
+            .user_logout(LogoutRequest {
+                token: bob.clone(),
+                message: bad,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    let found = c
+        .find(FindRequest {
+            name: "#part".into(),
+            token: bob.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let nicks: Vec<_> = found.members.iter().map(|m| m.nick.as_str()).collect();
+    assert_eq!(nicks, ["alice"]);
+    c.heartbeat(HeartbeatRequest { token: bob.clone() })
+        .await
+        .unwrap();
+    c.leave_room(LeaveRoomRequest {
+        token: alice.clone(),
+        room: "#part".into(),
+        message: "x".repeat(300),
+    })
+    .await
+    .unwrap();
 
     // Wrong tokens.
     for token in ["", "deadbeef", "00000000000000000000000000000000"] {
@@ -330,6 +383,7 @@ async fn watch_streams_presence_and_membership() {
     c.leave_room(LeaveRoomRequest {
         token: bob.clone(),
         room: "#r".into(),
+        message: "see ya".into(),
     })
     .await
     .unwrap();
@@ -349,17 +403,28 @@ async fn watch_streams_presence_and_membership() {
         .await
         .unwrap();
     }
-    c.user_logout(LogoutRequest { token: carol }).await.unwrap();
-    c.user_logout(LogoutRequest { token: bob }).await.unwrap();
+    c.user_logout(LogoutRequest {
+        token: carol,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.user_logout(LogoutRequest {
+        token: bob,
+        message: "bye all".into(),
+    })
+    .await
+    .unwrap();
 
+    // The parting messages come with the leave and the quit.
     let expected = [
         "joined #r alice",
         "joined #r bob",
-        "left #r bob",
+        "left #r bob (see ya)",
         "deleted #r by alice",
         "joined #s alice",
         "joined #s bob",
-        "left #s bob",
+        "left #s bob (bye all)",
         "offline bob",
     ];
     let mut seen = Vec::new();
@@ -376,7 +441,9 @@ async fn watch_streams_presence_and_membership() {
             Kind::UserOnline(m) => format!("online {}", m.nick),
             Kind::UserOffline(m) => format!("offline {}", m.nick),
             Kind::MemberJoined(r) => format!("joined {} {}", r.room, r.member.unwrap().nick),
-            Kind::MemberLeft(r) => format!("left {} {}", r.room, r.member.unwrap().nick),
+            Kind::MemberLeft(r) => {
+                format!("left {} {} ({})", r.room, r.member.unwrap().nick, r.message)
+            }
             Kind::RoomDeleted(r) => format!("deleted {} by {}", r.room, r.by),
         });
     }
@@ -480,9 +547,12 @@ async fn the_same_key_takes_the_nick_back_at_once() {
     assert_eq!(found.members[0].address, "127.0.0.1:7009");
     // The nick stays bound to alice's key after she logs out: another key
     // cannot take it.
-    c.user_logout(LogoutRequest { token: resp.token })
-        .await
-        .unwrap();
+    c.user_logout(LogoutRequest {
+        token: resp.token,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let err = login_as(&mut c, &Identity::generate(), "alice", "127.0.0.1:7010")
         .await
         .unwrap_err();

@@ -470,11 +470,11 @@ async fn joining_shows_what_was_missed() {
     screen
         .wait_after("-- 2 new since you left", "#m <bob> later2")
         .await;
-    // Bob logs out: a quit, as IRC says it.
-    bob.send("/quit").await;
+    // Bob logs out: a quit, with his parting message, as IRC says it.
+    bob.send("/quit off to bed").await;
     bob.quit().await;
     screen
-        .wait_for("-- bob has quit (#m)", Duration::from_secs(10))
+        .wait_for("-- bob has quit (#m): off to bed", Duration::from_secs(10))
         .await;
     screen.burst("/quit\r");
     assert_eq!(screen.exit_code().await, Some(0));

@@ -271,10 +271,13 @@ async fn router_calls(
     let logout = |token: String| {
         let mut r = router.clone();
         async move {
-            r.user_logout(LogoutRequest { token })
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("UserLogout: {s}"))
+            r.user_logout(LogoutRequest {
+                token,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("UserLogout: {s}"))
         }
     };
     let heartbeat = |token: String| {
@@ -303,10 +306,14 @@ async fn router_calls(
     let leave = |token: String, room: String| {
         let mut r = router.clone();
         async move {
-            r.leave_room(LeaveRoomRequest { token, room })
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("LeaveRoom: {s}"))
+            r.leave_room(LeaveRoomRequest {
+                token,
+                room,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("LeaveRoom: {s}"))
         }
     };
     // One login, timed from the challenge's request to the token.

@@ -178,7 +178,8 @@ async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
     for room in &args.join {
         client.handle_line(&format!("/join {room}")).await;
     }
-    client.run(lines, events, parley::shutdown::signal()).await;
-    peer.shutdown().await;
+    // `/quit MESSAGE` tells the others MESSAGE as this peer logs out.
+    let parting = client.run(lines, events, parley::shutdown::signal()).await;
+    peer.quit(&parting).await;
     Ok(())
 }

@@ -32,11 +32,13 @@ pub enum PeerEvent {
     /// another key.
     Warning { nick: String, text: String },
     /// Someone else joined or left one of this peer's rooms (from the
-    /// router's `Watch` events; never this peer itself).
+    /// router's `Watch` events; never this peer itself). `message`: the
+    /// parting message of a leave or a quit, empty for none.
     Presence {
         room: String,
         nick: String,
         change: Presence,
+        message: String,
     },
     /// The router stopped answering (`up` false: every router of the list
     /// was unreachable), or answers again after that (`up` true). Said once

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::{Identity as Key, IdentityError, PublicKey};
-use crate::names::{check_body, private_key, NameError, Nick, Room};
+use crate::names::{check_body, check_parting, private_key, NameError, Nick, Room};
 use crate::net::Peers;
 use crate::proto::chat_server::ChatServer;
 use crate::proto::{self, ChatMessage, Member};
@@ -480,6 +480,7 @@ impl Peer {
                     nick,
                     joined,
                     departure,
+                    message,
                 } => {
                     let change = match (joined, departure) {
                         (true, _) => events::Presence::Joined,
@@ -487,9 +488,12 @@ impl Peer {
                         (false, proto::Departure::Quit) => events::Presence::Quit,
                         (false, proto::Departure::TimedOut) => events::Presence::TimedOut,
                     };
-                    self.inner
-                        .events
-                        .emit(PeerEvent::Presence { room, nick, change });
+                    self.inner.events.emit(PeerEvent::Presence {
+                        room,
+                        nick,
+                        change,
+                        message,
+                    });
                 }
                 SessionEvent::Router { up } => self.inner.events.emit(PeerEvent::Router { up }),
             }
@@ -686,10 +690,13 @@ impl Peer {
         Ok(key.map(|k| (event, k)))
     }
 
-    /// Leaves `room`.
-    pub async fn leave(&self, room: &Room) -> Result<(), PeerError> {
+    /// Leaves `room`, telling its members the parting `message` (empty for
+    /// none). A message the router would refuse is refused here first, and
+    /// the room is kept.
+    pub async fn leave(&self, room: &Room, message: &str) -> Result<(), PeerError> {
+        check_parting(message)?;
         self.inner.rooms.remove(room.as_str()).await?;
-        self.inner.session.leave(room).await?;
+        self.inner.session.leave(room, message).await?;
         Ok(())
     }
 
@@ -822,7 +829,22 @@ impl Peer {
 
     /// Logs out and stops serving; waits for the peer's tasks to end.
     pub async fn shutdown(&self) {
-        self.inner.session.logout().await;
+        self.quit("").await;
+    }
+
+    /// [`Peer::shutdown`] with a parting message (IRC's QUIT message) for
+    /// the members of every room this peer is in. A message the router
+    /// would refuse is dropped (with a warning) rather than keep the
+    /// session from ending.
+    pub async fn quit(&self, message: &str) {
+        let message = match check_parting(message) {
+            Ok(()) => message,
+            Err(err) => {
+                tracing::warn!(cause = %err, "quitting without the parting message");
+                ""
+            }
+        };
+        self.inner.session.logout(message).await;
         self.stop_now().await;
     }
 

@@ -82,12 +82,14 @@ pub enum SessionEvent {
     /// been missed, so it is worth comparing histories.
     Reconnected,
     /// Someone else joined or left one of this peer's rooms (`departure`:
-    /// the room only, or how its session ended).
+    /// the room only, or how its session ended; `message`: its parting
+    /// message, empty for none).
     Presence {
         room: String,
         nick: String,
         joined: bool,
         departure: proto::Departure,
+        message: String,
     },
     /// No router could be asked (`up` false), or one answers again after
     /// that (`up` true): once per outage, whatever the calls in between.
@@ -704,11 +706,13 @@ impl Session {
                 nick,
                 joined,
                 departure,
+                message,
             } => self.emit(SessionEvent::Presence {
                 room,
                 nick,
                 joined,
                 departure,
+                message,
             }),
         }
     }
@@ -738,12 +742,15 @@ impl Session {
         Ok(resp)
     }
 
-    pub async fn leave(&self, room: &Room) -> Result<(), SessionError> {
+    /// Leaves `room` at the router, telling its members the parting
+    /// `message` (empty for none).
+    pub async fn leave(&self, room: &Room, message: &str) -> Result<(), SessionError> {
         self.inner.world.drop_room(room.as_str());
         self.call("leave", |mut r, token| {
             let req = proto::LeaveRoomRequest {
                 token,
                 room: room.to_string(),
+                message: message.to_owned(),
             };
             async move { r.leave_room(req).await }
         })
@@ -845,10 +852,13 @@ impl Session {
         }
     }
 
-    /// Ends the session at the router (bounded: the router may be gone).
-    pub async fn logout(&self) {
+    /// Ends the session at the router (bounded: the router may be gone),
+    /// telling the members of every room the parting `message` (empty for
+    /// none).
+    pub async fn logout(&self, message: &str) {
         let req = proto::LogoutRequest {
             token: self.token(),
+            message: message.to_owned(),
         };
         let mut router = self.link().1.client.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), router.user_logout(req)).await;

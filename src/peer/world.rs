@@ -54,11 +54,14 @@ pub enum Change {
     /// that come back are not news; nor are events the picture holds.
     /// `departure`, when it left: the room only, or its session ended (it
     /// quit, or its lease ran out); [`Departure::Left`] for a join.
+    /// `message`: the parting message of a leave or a quit, empty for none
+    /// (and for a join).
     Presence {
         room: String,
         nick: String,
         joined: bool,
         departure: Departure,
+        message: String,
     },
 }
 
@@ -289,10 +292,10 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         _ => return None,
     };
     // A value this peer does not know reads as a leave.
-    let departure = if joined {
-        Departure::Left
+    let (departure, message) = if joined {
+        (Departure::Left, String::new())
     } else {
-        rm.departure()
+        (rm.departure(), rm.message.clone())
     };
     let member = rm.member.as_ref()?;
     let view = s.rooms.get_mut(&key(&rm.room))?;
@@ -320,6 +323,7 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         nick: member.nick.clone(),
         joined,
         departure,
+        message,
     })
 }
 
@@ -441,6 +445,7 @@ mod tests {
             nick: nick.into(),
             joined,
             departure: Departure::Left,
+            message: String::new(),
         }
     }
 
@@ -460,12 +465,13 @@ mod tests {
         // Rooms this peer is not in say nothing.
         assert_eq!(w.apply(joined(6, "#other", "erin")), Change::Nothing);
         // A leave because the session ended says how it ended: a quit, a
-        // lease run out; a reason this peer does not know is a leave.
+        // lease run out; a reason this peer does not know is a leave. The
+        // parting message comes along as the router gave it.
         let mut rev = 6;
-        for (wire, departure) in [
-            (Departure::Quit as i32, Departure::Quit),
-            (Departure::TimedOut as i32, Departure::TimedOut),
-            (99, Departure::Left),
+        for (wire, departure, message) in [
+            (Departure::Quit as i32, Departure::Quit, "bye all"),
+            (Departure::TimedOut as i32, Departure::TimedOut, ""),
+            (99, Departure::Left, "see ya"),
         ] {
             rev += 1;
             assert_eq!(
@@ -476,6 +482,7 @@ mod tests {
             let mut gone = left(rev, "#r", "dave");
             if let Some(Kind::MemberLeft(rm)) = &mut gone.kind {
                 rm.departure = wire;
+                rm.message = message.into();
             }
             assert_eq!(
                 w.apply(gone),
@@ -484,6 +491,7 @@ mod tests {
                     nick: "dave".into(),
                     joined: false,
                     departure,
+                    message: message.into(),
                 }
             );
         }

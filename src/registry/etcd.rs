@@ -13,11 +13,25 @@
 //!   no lease: owners outlive routers. A room with no members is not shown.
 //! - `deleted/ROOM` → who deleted it, under a short lease: the event that
 //!   tells members.
-//! - `quit/TOKEN` → empty, under the session's lease: the mark of a session
-//!   ending on purpose. A logout, or a login taking the nick over, puts it
-//!   just before revoking the lease, so the revocation deletes it in the
-//!   same revision as the session's other keys. A session whose keys go
-//!   with its mark quit; one whose keys go without it ran out (timed out).
+//! - `quit/TOKEN` → the session's parting message (plain text, empty for
+//!   none), under the session's lease: the mark of a session ending on
+//!   purpose. A logout (with its message), or a login taking the nick over
+//!   (with none), puts it just before revoking the lease, so the
+//!   revocation deletes it in the same revision as the session's other
+//!   keys. A session whose keys go with its mark quit, saying the mark's
+//!   value; one whose keys go without it ran out (timed out), saying
+//!   nothing.
+//! - `part/ROOM/NICK` → the parting message of a leave (plain text, empty
+//!   for none), under the member's session lease: a leave puts it, then
+//!   deletes it and `member/ROOM/NICK` in one transaction. A member key
+//!   that goes with its mark left saying the mark's value. A mark whose
+//!   deletion never came (etcd went away in between) is overwritten and
+//!   deleted by the next leave of that room, deleted with the room, and
+//!   goes with the lease in any case: marks never pile up.
+//!
+//! A deletion event carries no value, so the mirror keeps the marks' values
+//! from their puts (an earlier revision, or the initial read) and uses them
+//! when the marks go.
 //!
 //! Every router keeps a mirror of the prefix, fed by one etcd watch resumed
 //! from the last revision it applied, and answers reads and scopes `Watch`
@@ -50,7 +64,7 @@ use super::{
     RoomInfo, RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
-use crate::names::{check_address, Nick, Room};
+use crate::names::{check_address, check_parting, Nick, Room};
 
 /// Every key parley keeps in etcd starts with this.
 pub const PREFIX: &str = "/parley/v1/";
@@ -140,6 +154,10 @@ struct State {
     /// Room key → member nick keys, with the revision each joined at (join
     /// order).
     members: HashMap<String, BTreeMap<String, i64>>,
+    /// Session token → the parting message of its `quit/` mark.
+    quits: HashMap<Token, String>,
+    /// (Room key, nick key) → the parting message of its `part/` mark.
+    parts: HashMap<(String, String), String>,
 }
 
 fn k(parts: &[&str]) -> String {
@@ -487,19 +505,25 @@ impl EtcdRegistry {
         }
     }
 
-    /// Ends the session `token` on purpose: puts its `quit/` mark under
-    /// its `lease`, then revokes the lease, which deletes the mark with
-    /// the session's other keys in one revision (see the module doc).
-    /// Safe to run again: the same mark put twice is one mark, and a lease
-    /// already gone (it ran out, or an earlier attempt revoked it) is fine.
-    /// A mark whose revocation never comes (etcd went away in between)
-    /// still reads as a quit when the lease runs out: the peer did log out.
-    async fn end_session(&self, token: &str, lease: i64) -> Result<(), RegistryError> {
+    /// Ends the session `token` on purpose: puts its `quit/` mark, holding
+    /// the parting `message`, under its `lease`, then revokes the lease,
+    /// which deletes the mark with the session's other keys in one revision
+    /// (see the module doc). Safe to run again: the same mark put twice is
+    /// one mark, and a lease already gone (it ran out, or an earlier
+    /// attempt revoked it) is fine. A mark whose revocation never comes
+    /// (etcd went away in between) still reads as a quit, with its
+    /// message, when the lease runs out: the peer did log out.
+    async fn end_session(
+        &self,
+        token: &str,
+        lease: i64,
+        message: &str,
+    ) -> Result<(), RegistryError> {
         let mark = k(&["quit", token]);
         let put = retry(&self.client, "marking a session as quitting", |mut c| {
-            let mark = mark.clone();
+            let (mark, message) = (mark.clone(), message.to_owned());
             async move {
-                c.put(mark, Vec::new(), Some(PutOptions::new().with_lease(lease)))
+                c.put(mark, message, Some(PutOptions::new().with_lease(lease)))
                     .await
             }
         })
@@ -618,10 +642,20 @@ fn delete_rank(key: &[u8]) -> u8 {
 type Out<'a> = Option<&'a mut Vec<(EventKind, HashSet<Token>)>>;
 
 /// A user whose key goes in the revision being applied: who is told, and
-/// how its memberships end.
+/// how its memberships end (with the parting message of a quit).
 struct Gone {
     audience: HashSet<Token>,
     departure: Departure,
+    message: String,
+}
+
+/// The `part/` marks deleted in the revision being applied: (room key,
+/// nick key) → the parting message. A member key deleted with its mark
+/// left saying it.
+type Parting = HashMap<(String, String), String>;
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
 }
 
 impl State {
@@ -680,7 +714,8 @@ impl State {
         // A user going offline is told to those it shared a room with
         // before this revision removed its memberships (a lease that ran
         // out deletes them all at once). Its session's `quit/` mark going
-        // too says it quit; no mark, its lease ran out.
+        // too says it quit, and the mark's value (kept from its put) is
+        // what it said; no mark, its lease ran out.
         let deleted: Vec<String> = order
             .iter()
             .filter(|e| e.event_type() == EventType::Delete)
@@ -697,10 +732,11 @@ impl State {
         for key in &deleted {
             if let Some(nk) = key.strip_prefix(&user_prefix) {
                 if let Some(token) = self.users.get(nk) {
-                    let departure = if quitting.contains(token.as_str()) {
-                        Departure::Quit
+                    let (departure, message) = if quitting.contains(token.as_str()) {
+                        let said = self.quits.get(token).cloned().unwrap_or_default();
+                        (Departure::Quit, said)
                     } else {
-                        Departure::TimedOut
+                        (Departure::TimedOut, String::new())
                     };
                     let audience = self.peers_audience(token, nk);
                     gone.insert(
@@ -708,17 +744,29 @@ impl State {
                         Gone {
                             audience,
                             departure,
+                            message,
                         },
                     );
                 }
             }
         }
+        // A leave deletes the member key and its `part/` mark together.
+        let part_prefix = format!("{PREFIX}part/");
+        let parting: Parting = deleted
+            .iter()
+            .filter_map(|key| key.strip_prefix(&part_prefix)?.split_once('/'))
+            .map(|(rk, nk)| {
+                let at = (rk.to_string(), nk.to_string());
+                let said = self.parts.get(&at).cloned().unwrap_or_default();
+                (at, said)
+            })
+            .collect();
         let mut out = Vec::new();
         for e in order {
             let Some(kv) = e.kv() else { continue };
             match e.event_type() {
                 EventType::Put => self.put(kv, Some(&mut out)),
-                EventType::Delete => self.delete(kv, &mut gone, &mut out),
+                EventType::Delete => self.delete(kv, &mut gone, &parting, &mut out),
             }
         }
         out
@@ -770,6 +818,13 @@ impl State {
                     ));
                 }
             }
+            ["quit", token] => {
+                self.quits.insert((*token).to_string(), text(kv.value()));
+            }
+            ["part", rk, nk] => {
+                self.parts
+                    .insert(((*rk).to_string(), (*nk).to_string()), text(kv.value()));
+            }
             ["deleted", rk] => {
                 if let (Some(out), Ok(v)) =
                     (out, serde_json::from_slice::<DeletedValue>(kv.value()))
@@ -794,6 +849,7 @@ impl State {
         &mut self,
         kv: &KeyValue,
         gone: &mut HashMap<String, Gone>,
+        parting: &Parting,
         out: &mut Vec<(EventKind, HashSet<Token>)>,
     ) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -819,13 +875,24 @@ impl State {
                 if let Some(member) = self.member(nk) {
                     let room = self.room_name(rk);
                     // The user key going in the same revision: the session
-                    // ended (quit or ran out), not a leave.
-                    let departure = gone.get(*nk).map_or(Departure::Left, |g| g.departure);
+                    // ended (quit or ran out), not a leave. A leave says
+                    // what its mark, gone with the key, held.
+                    let (departure, message) = match gone.get(*nk) {
+                        Some(g) => (g.departure, g.message.clone()),
+                        None => (
+                            Departure::Left,
+                            parting
+                                .get(&((*rk).to_string(), (*nk).to_string()))
+                                .cloned()
+                                .unwrap_or_default(),
+                        ),
+                    };
                     out.push((
                         EventKind::MemberLeft {
                             room,
                             member,
                             departure,
+                            message,
                         },
                         audience,
                     ));
@@ -848,6 +915,12 @@ impl State {
             }
             ["room", rk] => {
                 self.rooms.remove(*rk);
+            }
+            ["quit", token] => {
+                self.quits.remove(*token);
+            }
+            ["part", rk, nk] => {
+                self.parts.remove(&((*rk).to_string(), (*nk).to_string()));
             }
             _ => {}
         }
@@ -1012,7 +1085,7 @@ impl Registry for EtcdRegistry {
                 // The same key holds a live session: take it over, as a
                 // quit. Every key of that session is under its lease.
                 let old = String::from_utf8_lossy(kv.value()).into_owned();
-                self.end_session(&old, kv.lease()).await?;
+                self.end_session(&old, kv.lease(), "").await?;
                 reclaimed = true;
             }
         }
@@ -1044,9 +1117,10 @@ impl Registry for EtcdRegistry {
         }
     }
 
-    async fn logout(&self, token: &str) -> Result<(), RegistryError> {
+    async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError> {
+        check_parting(message)?;
         let (s, _) = self.live(token).await?;
-        self.end_session(token, s.lease).await
+        self.end_session(token, s.lease, message).await
     }
 
     async fn join(
@@ -1153,9 +1227,11 @@ impl Registry for EtcdRegistry {
         snapshot(&state, &rk, created).ok_or_else(|| RegistryError::NoSuchRoom(room.to_string()))
     }
 
-    async fn leave(&self, token: &str, room: &Room) -> Result<(), RegistryError> {
+    async fn leave(&self, token: &str, room: &Room, message: &str) -> Result<(), RegistryError> {
+        check_parting(message)?;
         let (s, _) = self.live(token).await?;
-        let member_key = k(&["member", &room.key(), &s.nick.to_ascii_lowercase()]);
+        let (rk, nk) = (room.key(), s.nick.to_ascii_lowercase());
+        let (member_key, mark) = (k(&["member", &rk, &nk]), k(&["part", &rk, &nk]));
         // Asked first, so that a delete run again after a lost answer
         // (deleting nothing the second time) is not taken for "not a
         // member".
@@ -1163,13 +1239,33 @@ impl Registry for EtcdRegistry {
         if held.kvs().is_empty() {
             return Err(RegistryError::NotMember(room.to_string()));
         }
-        let r = self
-            .call("leaving a room", |mut c| {
-                let key = member_key.clone();
-                async move { c.delete(key, None).await }
-            })
+        // The parting message, in a revision of its own, so the mirror has
+        // it when the mark goes (a deletion carries no value). Put twice, it
+        // is one mark; one left by a leave that never got further is
+        // overwritten. Under the session's lease: a lease gone is a session
+        // gone.
+        let lease = s.lease;
+        self.call("marking a leave", |mut c| {
+            let (mark, message) = (mark.clone(), message.to_owned());
+            async move {
+                c.put(mark, message, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+        // The member key and its mark go in one revision, paired by the
+        // mirror. Run again after a lost answer it deletes nothing, and the
+        // mark never outlives the call that put it unless etcd went away.
+        let (_, _, revision) = self
+            .txn(
+                "leaving a room",
+                Txn::new().and_then([
+                    TxnOp::delete(member_key.clone(), None),
+                    TxnOp::delete(mark.clone(), None),
+                ]),
+            )
             .await?;
-        self.seen(r.header().map_or(0, |h| h.revision())).await
+        self.seen(revision).await
     }
 
     async fn delete_room(&self, token: &str, room: &Room) -> Result<(), RegistryError> {
@@ -1222,6 +1318,11 @@ impl Registry for EtcdRegistry {
                             TxnOp::delete(room_key.clone(), None),
                             TxnOp::delete(
                                 k(&["member", &rk, ""]),
+                                Some(DeleteOptions::new().with_prefix()),
+                            ),
+                            // Marks of leaves that never finished go too.
+                            TxnOp::delete(
+                                k(&["part", &rk, ""]),
                                 Some(DeleteOptions::new().with_prefix()),
                             ),
                         ])

@@ -20,7 +20,7 @@ use super::{
     RoomInfo, RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
-use crate::names::{check_address, Nick, Room};
+use crate::names::{check_address, check_parting, Nick, Room};
 
 /// Events buffered per watcher before it is cut off as too slow.
 const WATCH_BUFFER: usize = 4096;
@@ -181,8 +181,16 @@ impl State {
 
     /// Removes `nick_key` from room `key`, dropping the room when empty.
     /// The owner stays the owner: ownership comes from the room's history.
-    /// `departure`: a leave, or why the member's session ended.
-    fn remove_member(&mut self, events: &Events, key: &str, nick_key: &str, departure: Departure) {
+    /// `departure`: a leave, or why the member's session ended; `message`
+    /// its parting message.
+    fn remove_member(
+        &mut self,
+        events: &Events,
+        key: &str,
+        nick_key: &str,
+        departure: Departure,
+        message: &str,
+    ) {
         let Some(member) = self.member(nick_key) else {
             return;
         };
@@ -201,14 +209,16 @@ impl State {
                 room: name,
                 member,
                 departure,
+                message: message.to_owned(),
             },
             audience,
         );
     }
 
     /// Ends a session: it leaves every room (`how`: [`Departure::Quit`] or
-    /// [`Departure::TimedOut`]) and goes offline.
-    fn end_session(&mut self, events: &Events, token: &str, how: Departure) {
+    /// [`Departure::TimedOut`], with the parting `message` of a quit) and
+    /// goes offline.
+    fn end_session(&mut self, events: &Events, token: &str, how: Departure, message: &str) {
         let Some(session) = self.sessions.get(token) else {
             return;
         };
@@ -222,7 +232,7 @@ impl State {
         let expires = session.expires;
         let audience = self.peers_audience(token);
         for room in rooms {
-            self.remove_member(events, &room, &nick_key, how);
+            self.remove_member(events, &room, &nick_key, how, message);
         }
         self.sessions.remove(token);
         self.expiry.remove(&(expires, token.to_owned()));
@@ -240,7 +250,8 @@ impl State {
                 return Some(when);
             }
             tracing::debug!(nick = ?self.sessions.get(&token).map(|s| &s.nick), "lease expired");
-            self.end_session(events, &token, Departure::TimedOut);
+            // A lease that ran out carries no message.
+            self.end_session(events, &token, Departure::TimedOut, "");
             // end_session removes the entry; make sure a stale one cannot spin.
             self.expiry.remove(&(when, token));
         }
@@ -299,7 +310,7 @@ impl Registry for MemoryRegistry {
         let mut reclaimed = false;
         if let Some(old) = state.users.get(&nick_key).cloned() {
             // Taken over by its own key: the old session quits.
-            state.end_session(&shared.events, &old, Departure::Quit);
+            state.end_session(&shared.events, &old, Departure::Quit, "");
             reclaimed = true;
         }
         let token = new_token();
@@ -351,10 +362,11 @@ impl Registry for MemoryRegistry {
         Ok(self.shared.ttl)
     }
 
-    async fn logout(&self, token: &str) -> Result<(), RegistryError> {
+    async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError> {
+        check_parting(message)?;
         let mut state = self.shared.lock();
         state.live(token, Instant::now())?;
-        state.end_session(&self.shared.events, token, Departure::Quit);
+        state.end_session(&self.shared.events, token, Departure::Quit, message);
         Ok(())
     }
 
@@ -437,7 +449,8 @@ impl Registry for MemoryRegistry {
             .ok_or_else(|| RegistryError::NoSuchRoom(room.to_string()))
     }
 
-    async fn leave(&self, token: &str, room: &Room) -> Result<(), RegistryError> {
+    async fn leave(&self, token: &str, room: &Room, message: &str) -> Result<(), RegistryError> {
+        check_parting(message)?;
         let mut state = self.shared.lock();
         let session = state.live(token, Instant::now())?;
         let key = room.key();
@@ -448,7 +461,13 @@ impl Registry for MemoryRegistry {
         if let Some(s) = state.sessions.get_mut(token) {
             s.rooms.remove(&key);
         }
-        state.remove_member(&self.shared.events, &key, &nick_key, Departure::Left);
+        state.remove_member(
+            &self.shared.events,
+            &key,
+            &nick_key,
+            Departure::Left,
+            message,
+        );
         Ok(())
     }
 
@@ -627,7 +646,7 @@ mod tests {
         // offline.
         let e1 = events.next().await.unwrap().unwrap();
         assert!(
-            matches!(&e1.kind, EventKind::MemberLeft { room, member, departure: Departure::TimedOut } if room == "#rust" && member.nick == "alice"),
+            matches!(&e1.kind, EventKind::MemberLeft { room, member, departure: Departure::TimedOut, message } if room == "#rust" && member.nick == "alice" && message.is_empty()),
             "{e1:?}"
         );
         let e2 = events.next().await.unwrap().unwrap();
@@ -672,7 +691,7 @@ mod tests {
         assert_eq!(m.key, key("alice"));
         r.heartbeat(&a).await.unwrap();
         // Gone offline, the nick is still bound to its key.
-        r.logout(&a).await.unwrap();
+        r.logout(&a, "").await.unwrap();
         let err = r
             .login(&nick("alice"), "127.0.0.1:7001", &key("mallory"))
             .await
@@ -752,14 +771,14 @@ mod tests {
             }]
         );
         // The owner leaves: still the owner (ownership is the history's).
-        r.leave(&a, &room("#rust")).await.unwrap();
+        r.leave(&a, &room("#rust"), "").await.unwrap();
         assert_eq!(r.list_rooms(&a).await.unwrap()[0].owner, "alice");
         assert_eq!(
-            r.leave(&a, &room("#rust")).await.unwrap_err(),
+            r.leave(&a, &room("#rust"), "").await.unwrap_err(),
             RegistryError::NotMember("#rust".into())
         );
         // The last member leaves: the room is gone.
-        r.leave(&b, &room("#rust")).await.unwrap();
+        r.leave(&b, &room("#rust"), "").await.unwrap();
         assert!(r.find_room(&a, &room("#rust")).await.unwrap().is_none());
         assert!(r.list_rooms(&a).await.unwrap().is_empty());
     }
@@ -854,7 +873,7 @@ mod tests {
         );
         // Bob is no longer in it.
         assert_eq!(
-            r.leave(&b, &room("#rust")).await.unwrap_err(),
+            r.leave(&b, &room("#rust"), "").await.unwrap_err(),
             RegistryError::NotMember("#rust".into())
         );
         assert_eq!(
@@ -869,9 +888,9 @@ mod tests {
         let t = "00000000000000000000000000000000";
         let unauth = RegistryError::Unauthenticated;
         assert_eq!(r.heartbeat(t).await.unwrap_err(), unauth);
-        assert_eq!(r.logout(t).await.unwrap_err(), unauth);
+        assert_eq!(r.logout(t, "").await.unwrap_err(), unauth);
         assert_eq!(r.join(t, &room("#a"), None).await.unwrap_err(), unauth);
-        assert_eq!(r.leave(t, &room("#a")).await.unwrap_err(), unauth);
+        assert_eq!(r.leave(t, &room("#a"), "").await.unwrap_err(), unauth);
         assert_eq!(r.delete_room(t, &room("#a")).await.unwrap_err(), unauth);
         assert!(r.watch(t, &[]).await.is_err());
         assert_eq!(r.list_rooms(t).await.unwrap_err(), unauth);
@@ -941,8 +960,19 @@ mod tests {
         r.join(&a, &room("#x"), None).await.unwrap();
         r.join(&a, &room("#y"), None).await.unwrap();
         let mut events = r.watch(&a, &[]).await.unwrap();
-        r.leave(&a, &room("#y")).await.unwrap();
-        r.logout(&a).await.unwrap();
+        // A bad parting message is refused and changes nothing.
+        let long = "x".repeat(crate::names::MAX_PARTING_CHARS + 1);
+        assert!(matches!(
+            r.leave(&a, &room("#y"), &long).await,
+            Err(RegistryError::InvalidName(_))
+        ));
+        assert!(matches!(
+            r.logout(&a, "bye\u{1b}[2J").await,
+            Err(RegistryError::InvalidName(_))
+        ));
+        r.heartbeat(&a).await.unwrap();
+        r.leave(&a, &room("#y"), "see ya").await.unwrap();
+        r.logout(&a, "bye all").await.unwrap();
         let obs = login(&r, "observer").await;
         assert!(r.find_room(&obs, &room("#x")).await.unwrap().is_none());
         assert_eq!(r.list_users(&obs).await.unwrap().len(), 1);
@@ -951,13 +981,14 @@ mod tests {
             kinds.push(e.unwrap().kind);
         }
         assert_eq!(kinds.len(), 3, "{kinds:?}");
-        // A leave is a leave; the logout's leaves are quits.
+        // A leave is a leave; the logout's leaves are quits. Each carries
+        // its parting message.
         assert!(
-            matches!(&kinds[0], EventKind::MemberLeft { room, departure: Departure::Left, .. } if room == "#y"),
+            matches!(&kinds[0], EventKind::MemberLeft { room, departure: Departure::Left, message, .. } if room == "#y" && message == "see ya"),
             "{kinds:?}"
         );
         assert!(
-            matches!(&kinds[1], EventKind::MemberLeft { room, departure: Departure::Quit, .. } if room == "#x"),
+            matches!(&kinds[1], EventKind::MemberLeft { room, departure: Departure::Quit, message, .. } if room == "#x" && message == "bye all"),
             "{kinds:?}"
         );
         assert!(matches!(kinds[2], EventKind::UserOffline(_)));
@@ -971,9 +1002,9 @@ mod tests {
         let mut watch = r.watch(&a, &[nick("Bob")]).await.unwrap();
         let c = login(&r, "carol").await;
         let b = login(&r, "bob").await;
-        r.logout(&c).await.unwrap();
-        r.logout(&b).await.unwrap();
-        r.logout(&a).await.unwrap();
+        r.logout(&c, "").await.unwrap();
+        r.logout(&b, "").await.unwrap();
+        r.logout(&a, "").await.unwrap();
         let mut seen = Vec::new();
         while let Some(e) = watch.next().await {
             seen.push(e.unwrap().kind);
@@ -1020,12 +1051,12 @@ mod tests {
         let mut watch = r.watch(&a, &[]).await.unwrap();
         // Carol's room and Carol's presence are none of Alice's business.
         r.join(&c, &go, None).await.unwrap();
-        r.leave(&c, &go).await.unwrap();
-        r.logout(&c).await.unwrap();
+        r.leave(&c, &go, "").await.unwrap();
+        r.logout(&c, "").await.unwrap();
         // Bob joins Alice's room, then goes: both are hers to know.
         r.join(&b, &rust, None).await.unwrap();
-        r.logout(&b).await.unwrap();
-        r.logout(&a).await.unwrap();
+        r.logout(&b, "").await.unwrap();
+        r.logout(&a, "").await.unwrap();
         let mut seen = Vec::new();
         while let Some(e) = watch.next().await {
             seen.push(e.unwrap().kind);

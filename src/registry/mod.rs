@@ -106,11 +106,13 @@ pub enum EventKind {
         member: Member,
     },
     /// `departure`: whether the member left the room, or its session
-    /// ended, and how.
+    /// ended, and how. `message`: the parting message of a leave or a
+    /// quit (empty for none); a timeout has none.
     MemberLeft {
         room: String,
         member: Member,
         departure: Departure,
+        message: String,
     },
     RoomDeleted {
         room: String,
@@ -182,8 +184,11 @@ pub trait Registry: Send + Sync + 'static {
     /// Renews the session's lease.
     async fn heartbeat(&self, token: &str) -> Result<Duration, RegistryError>;
 
-    /// Ends the session: leaves every room, goes offline.
-    async fn logout(&self, token: &str) -> Result<(), RegistryError>;
+    /// Ends the session: leaves every room, goes offline. `message` is the
+    /// parting message every room's members are told (empty for none); one
+    /// that [`check_parting`](crate::names::check_parting) refuses is
+    /// refused, and nothing changes.
+    async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError>;
 
     /// Joins `room`, creating it if it is new. The owner is the author of
     /// the earliest `creation` shown for the room, or, while none has been,
@@ -196,8 +201,10 @@ pub trait Registry: Send + Sync + 'static {
         creation: Option<&Creation>,
     ) -> Result<RoomSnapshot, RegistryError>;
 
-    /// Leaves `room`; a room left empty is gone.
-    async fn leave(&self, token: &str, room: &Room) -> Result<(), RegistryError>;
+    /// Leaves `room`, telling its members `message` (empty for none; one
+    /// that [`check_parting`](crate::names::check_parting) refuses is
+    /// refused, and nothing changes); a room left empty is gone.
+    async fn leave(&self, token: &str, room: &Room, message: &str) -> Result<(), RegistryError>;
 
     /// Deletes `room`: its owner only (nick and key); every member is
     /// removed.

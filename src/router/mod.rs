@@ -20,7 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status};
 
 use crate::identity::{login_bytes, Identity, PublicKey};
-use crate::names::{Name, Nick, Room};
+use crate::names::{check_parting, Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
 use crate::registry::{Creation, Departure, Event, EventKind, Member, Registry, RegistryError};
@@ -120,15 +120,18 @@ impl From<Event> for proto::RegistryEvent {
                 room,
                 member: Some(member.into()),
                 departure: proto::Departure::Left.into(),
+                message: String::new(),
             }),
             EventKind::MemberLeft {
                 room,
                 member,
                 departure,
+                message,
             } => Kind::MemberLeft(proto::RoomMember {
                 room,
                 member: Some(member.into()),
                 departure: proto::Departure::from(departure).into(),
+                message,
             }),
             EventKind::RoomDeleted { room, by } => {
                 Kind::RoomDeleted(proto::RoomDeleted { room, by })
@@ -147,6 +150,13 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 fn room_arg(room: &str) -> Result<Room, Status> {
     Room::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A parting message as the request gives it: refused (and nothing done)
+/// when too long or holding control characters.
+fn parting_arg(message: &str) -> Result<&str, Status> {
+    check_parting(message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(message)
 }
 
 /// The creation event a joiner shows, checked: a valid creation event of
@@ -293,7 +303,9 @@ impl Router for RouterService {
         &self,
         req: Request<proto::LogoutRequest>,
     ) -> Result<Response<proto::LogoutResponse>, Status> {
-        self.registry.logout(&req.get_ref().token).await?;
+        let req = req.into_inner();
+        let message = parting_arg(&req.message)?;
+        self.registry.logout(&req.token, message).await?;
         Ok(Response::new(proto::LogoutResponse {}))
     }
 
@@ -323,7 +335,8 @@ impl Router for RouterService {
     ) -> Result<Response<proto::LeaveRoomResponse>, Status> {
         let req = req.into_inner();
         let room = room_arg(&req.room)?;
-        self.registry.leave(&req.token, &room).await?;
+        let message = parting_arg(&req.message)?;
+        self.registry.leave(&req.token, &room, message).await?;
         Ok(Response::new(proto::LeaveRoomResponse {}))
     }
 

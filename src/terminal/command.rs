@@ -5,7 +5,7 @@
 //! The parser only checks what it can see on the line (names, body length,
 //! counts); whether a room exists or a nick is online is the peer's business.
 
-use crate::names::{check_body, NameError, Nick, Room};
+use crate::names::{check_body, check_parting, NameError, Nick, Room};
 
 /// Where `/history` looks: a room, or the private conversation with a nick.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,9 +46,9 @@ pub enum Command {
     /// `/join #room`
     Join(Room),
     /// `/leave [#room [MESSAGE]]`, alias `/part`; no room means the current
-    /// one. A parting message is accepted, and goes nowhere: the router
-    /// carries none.
-    Leave(Option<Room>),
+    /// one. MESSAGE, the parting message (IRC's), is told to the room's
+    /// members: `-- alice has left #go (see ya)`. It needs its room first.
+    Leave(Option<Room>, Option<String>),
     /// `/msg NICK TEXT`
     Msg(Nick, String),
     /// `/query NICK`: make the private conversation with NICK the current one.
@@ -87,8 +87,9 @@ pub enum Command {
     Trust(Nick),
     /// `/help`
     Help,
-    /// `/quit [MESSAGE]` (the message, like a parting one, goes nowhere).
-    Quit,
+    /// `/quit [MESSAGE]`, alias `/exit`: MESSAGE, the parting message, is
+    /// told to the members of every room: `-- alice has quit (#go): bye`.
+    Quit(Option<String>),
     /// Any line not starting with `/`: a message to the current conversation.
     Say(String),
 }
@@ -96,7 +97,7 @@ pub enum Command {
 /// One line per command, shown by `/help`.
 pub const HELP: &str = "\
 /join #room              join a room (created if new) and talk there (alias /j)
-/leave [#room [MESSAGE]] leave a room, the current one by default (alias /part)
+/leave [#room [MESSAGE]] leave a room, the current one by default, saying MESSAGE (alias /part)
 /msg NICK TEXT           send a private message to NICK
 /query NICK              talk privately to NICK from now on (alias /q)
 /switch [#room|@nick|N]  go to a conversation you are in; alone, list them (alias /window)
@@ -111,7 +112,7 @@ pub const HELP: &str = "\
 /whois NICK              show NICK's address and key fingerprint
 /trust NICK              accept the new key NICK came back with (check with them first)
 /help                    show this help
-/quit [MESSAGE]          leave the chat (alias /exit)
+/quit [MESSAGE]          leave the chat, saying MESSAGE in your rooms (alias /exit)
 TEXT                     send TEXT to the current room or nick (//TEXT sends /TEXT)";
 
 const USAGE_JOIN: &str = "/join #room";
@@ -146,6 +147,10 @@ pub enum CommandError {
     /// A message body that is empty or over the length limit.
     #[error("{0}")]
     Body(NameError),
+    /// A parting message (`/part`, `/quit`) over the length limit or with
+    /// control characters.
+    #[error("{0}")]
+    Parting(NameError),
     /// `/history` was given a count that is not a positive integer.
     #[error("invalid count {0:?}: N must be a positive integer; usage: {USAGE_HISTORY}")]
     BadCount(String),
@@ -175,10 +180,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
     };
     let command = match name.to_ascii_lowercase().as_str() {
         "join" | "j" => Command::Join(room(one(args, USAGE_JOIN)?)?),
-        // IRC's parting message after the room: accepted, not carried.
+        // IRC's parting message comes after the room.
         "leave" | "part" => match split_word(args) {
-            ("", _) => Command::Leave(None),
-            (name, _) => Command::Leave(Some(room(name)?)),
+            ("", _) => Command::Leave(None, None),
+            (name, message) => Command::Leave(Some(room(name)?), parting(message)?),
         },
         "msg" => {
             let (who, text) = split_word(args);
@@ -227,8 +232,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             none(args, USAGE_HELP)?;
             Command::Help
         }
-        // `/quit bye all`: the message is accepted, not carried.
-        "quit" | "exit" => Command::Quit,
+        // `/quit bye all`: the rest of the line is the parting message.
+        "quit" | "exit" => Command::Quit(parting(args.trim_start())?),
         _ => return Err(CommandError::Unknown(name.to_owned())),
     };
     Ok(Some(command))
@@ -251,6 +256,16 @@ fn topic(args: &str) -> Result<Command, CommandError> {
         room,
         text: Some(text.to_owned()),
     })
+}
+
+/// A parting message as typed (the text after the command or its room):
+/// none when blank, refused as the router would refuse it.
+fn parting(text: &str) -> Result<Option<String>, CommandError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    check_parting(text).map_err(CommandError::Parting)?;
+    Ok(Some(text.to_owned()))
 }
 
 fn say(text: &str) -> Result<Command, CommandError> {
@@ -410,8 +425,8 @@ mod tests {
     #[test]
     fn every_command() {
         assert_eq!(ok("/join #rust"), Command::Join(r("#rust")));
-        assert_eq!(ok("/leave"), Command::Leave(None));
-        assert_eq!(ok("/leave #rust"), Command::Leave(Some(r("#rust"))));
+        assert_eq!(ok("/leave"), Command::Leave(None, None));
+        assert_eq!(ok("/leave #rust"), Command::Leave(Some(r("#rust")), None));
         assert_eq!(ok("/msg bob hi"), Command::Msg(n("bob"), "hi".into()));
         assert_eq!(ok("/query bob"), Command::Query(n("bob")));
         assert_eq!(ok("/who"), Command::Who(None));
@@ -423,8 +438,8 @@ mod tests {
         assert_eq!(ok("/trust @bob"), Command::Trust(n("bob")));
         assert_eq!(err("/trust"), CommandError::Missing(USAGE_TRUST));
         assert_eq!(ok("/help"), Command::Help);
-        assert_eq!(ok("/quit"), Command::Quit);
-        assert_eq!(ok("/quit\r\n"), Command::Quit);
+        assert_eq!(ok("/quit"), Command::Quit(None));
+        assert_eq!(ok("/quit\r\n"), Command::Quit(None));
     }
 
     #[test]
@@ -462,22 +477,48 @@ mod tests {
     }
 
     #[test]
-    fn parting_messages_are_accepted() {
-        assert_eq!(ok("/quit bye all"), Command::Quit);
-        assert_eq!(ok("/part #go see ya"), Command::Leave(Some(r("#go"))));
-        assert_eq!(ok("/leave #a #b"), Command::Leave(Some(r("#a"))));
-        assert_eq!(ok("/part   "), Command::Leave(None));
+    fn parting_messages_are_carried() {
+        let quit = |m: &str| Command::Quit(Some(m.into()));
+        let part = |room: &str, m: &str| Command::Leave(Some(r(room)), Some(m.into()));
+        assert_eq!(ok("/quit bye all"), quit("bye all"));
+        assert_eq!(ok("/quit   bye  all\r\n"), quit("bye  all"));
+        assert_eq!(ok("/quit   "), Command::Quit(None));
+        assert_eq!(ok("/part #go see ya"), part("#go", "see ya"));
+        assert_eq!(ok("/part\t#go\t see  ya"), part("#go", "see  ya"));
+        assert_eq!(ok("/leave #a #b"), part("#a", "#b"));
+        assert_eq!(ok("/part #go   "), Command::Leave(Some(r("#go")), None));
+        assert_eq!(ok("/part   "), Command::Leave(None, None));
         // A message needs its room first: a word without `#` is a bad name,
         // not "leave whatever is current".
         assert!(matches!(err("/part see ya"), CommandError::Name(_)));
+        // The router's limits, told at once: 300 characters, one line of
+        // plain text.
+        let max = "é".repeat(crate::names::MAX_PARTING_CHARS);
+        assert_eq!(ok(&format!("/quit {max}")), quit(&max));
+        for line in [
+            format!("/quit {max}x"),
+            format!("/part #go {max}x"),
+            "/quit bye\tall".into(),
+            "/part #go see\u{1b}[2J".into(),
+        ] {
+            let e = err(&line);
+            assert!(
+                matches!(e, CommandError::Parting(_)),
+                "{}: {e:?}",
+                short(&line)
+            );
+        }
+        assert!(err(&format!("/exit {max}x"))
+            .to_string()
+            .contains("at most 300"));
     }
 
     #[test]
     fn irc_short_aliases() {
         assert_eq!(ok("/j #rust"), Command::Join(r("#rust")));
         assert_eq!(ok("/q bob"), Command::Query(n("bob")));
-        assert_eq!(ok("/exit"), Command::Quit);
-        assert_eq!(ok("/EXIT see you"), Command::Quit);
+        assert_eq!(ok("/exit"), Command::Quit(None));
+        assert_eq!(ok("/EXIT see you"), Command::Quit(Some("see you".into())));
         assert_eq!(ok("/names"), Command::Who(None));
         assert_eq!(ok("/names #rust"), Command::Who(Some(r("#rust"))));
         assert_eq!(ok("/me waves  at all"), Command::Me("waves  at all".into()));
@@ -526,18 +567,18 @@ mod tests {
 
     #[test]
     fn aliases() {
-        assert_eq!(ok("/part"), Command::Leave(None));
-        assert_eq!(ok("/part #rust"), Command::Leave(Some(r("#rust"))));
+        assert_eq!(ok("/part"), Command::Leave(None, None));
+        assert_eq!(ok("/part #rust"), Command::Leave(Some(r("#rust")), None));
         assert_eq!(ok("/list"), Command::Rooms);
     }
 
     #[test]
     fn commands_ignore_case() {
         assert_eq!(ok("/JOIN #Rust"), Command::Join(r("#Rust")));
-        assert_eq!(ok("/Part"), Command::Leave(None));
+        assert_eq!(ok("/Part"), Command::Leave(None, None));
         assert_eq!(ok("/MSG Bob hi"), Command::Msg(n("Bob"), "hi".into()));
         assert_eq!(ok("/LIST"), Command::Rooms);
-        assert_eq!(ok("/Quit"), Command::Quit);
+        assert_eq!(ok("/Quit"), Command::Quit(None));
     }
 
     #[test]

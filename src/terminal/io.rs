@@ -479,7 +479,7 @@ fn edit_loop(
                 }
                 // After `/quit` no prompt is drawn again: it would stay on
                 // the screen after the peer is gone.
-                let quit = matches!(parse(&line), Ok(Some(Command::Quit)));
+                let quit = matches!(parse(&line), Ok(Some(Command::Quit(_))));
                 while acks.try_recv().is_ok() {}
                 if tx.blocking_send(line).is_err() || quit {
                     return; // the peer stopped listening, or is stopping

@@ -122,11 +122,14 @@ pub enum Output {
     /// Someone else came into or went out of a room this peer is in:
     /// `event` is `joined`, `left` (they left the room), `quit` (they
     /// logged out) or `timeout` (their lease ran out: their peer stopped
-    /// answering).
+    /// answering). `message`: the parting message of a `left` or a `quit`,
+    /// absent when they gave none (and always for `joined` and `timeout`).
     Presence {
         room: String,
         nick: String,
         event: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        message: String,
     },
     /// A room's topic: on `/topic` and after a join. Empty `topic` (and
     /// `by`) when none was ever set.
@@ -218,13 +221,25 @@ impl Output {
                 clean(&format!("-- you deleted {room}"))
             }
             Output::Left { room, reason } => clean(&format!("-- left {room} ({reason})")),
-            Output::Presence { room, nick, event } => clean(&match event.as_str() {
-                "joined" => format!("-- {nick} has joined {room}"),
-                "left" => format!("-- {nick} has left {room}"),
-                "quit" => format!("-- {nick} has quit ({room})"),
-                "timeout" => format!("-- {nick} has timed out ({room})"),
-                other => format!("-- {nick} {other} {room}"),
-            }),
+            Output::Presence {
+                room,
+                nick,
+                event,
+                message,
+            } => clean(&match (event.as_str(), message.is_empty()) {
+                ("joined", _) => format!("-- {nick} has joined {room}"),
+                // IRC's parting messages: `has left #go (see ya)`, and,
+                // the room already in brackets, `has quit (#go): bye`.
+                ("left", true) => format!("-- {nick} has left {room}"),
+                ("left", false) => format!("-- {nick} has left {room} ({message})"),
+                ("quit", true) => format!("-- {nick} has quit ({room})"),
+                ("quit", false) => format!("-- {nick} has quit ({room}): {message}"),
+                ("timeout", _) => format!("-- {nick} has timed out ({room})"),
+                (other, true) => format!("-- {nick} {other} {room}"),
+                (other, false) => format!("-- {nick} {other} {room}: {message}"),
+            })
+            // One line, whatever another peer's router let through.
+            .replace('\n', " "),
             Output::Router { state } => match state.as_str() {
                 "lost" => "-- lost the router, retrying".into(),
                 "back" => "-- router back".into(),
@@ -602,8 +617,19 @@ mod tests {
                     room: "#rust".into(),
                     nick: "bob".into(),
                     event: "quit".into(),
+                    message: String::new(),
                 },
                 json!({"type": "presence", "room": "#rust", "nick": "bob", "event": "quit"}),
+            ),
+            (
+                Output::Presence {
+                    room: "#rust".into(),
+                    nick: "bob".into(),
+                    event: "left".into(),
+                    message: "see ya".into(),
+                },
+                json!({"type": "presence", "room": "#rust", "nick": "bob", "event": "left",
+                       "message": "see ya"}),
             ),
             (
                 Output::Router {
@@ -897,18 +923,28 @@ mod tests {
         assert_eq!(left(""), "-- you left #rust");
         assert_eq!(left("deleted"), "-- you deleted #rust");
         assert_eq!(left("deleted by a"), "-- left #rust (deleted by a)");
-        let presence = |event: &str| {
+        let said = |event: &str, message: &str| {
             Output::Presence {
                 room: "#rust".into(),
                 nick: "bob".into(),
                 event: event.into(),
+                message: message.into(),
             }
             .to_human()
         };
+        let presence = |event: &str| said(event, "");
         assert_eq!(presence("joined"), "-- bob has joined #rust");
         assert_eq!(presence("left"), "-- bob has left #rust");
         assert_eq!(presence("quit"), "-- bob has quit (#rust)");
         assert_eq!(presence("timeout"), "-- bob has timed out (#rust)");
+        // Parting messages, as IRC shows them.
+        assert_eq!(said("left", "see ya"), "-- bob has left #rust (see ya)");
+        assert_eq!(said("quit", "bye all"), "-- bob has quit (#rust): bye all");
+        // What another peer says reaches the screen cleaned.
+        assert_eq!(
+            said("quit", "bye\u{1b}[2J\nall"),
+            "-- bob has quit (#rust): bye\u{FFFD}[2J all"
+        );
         let router = |state: &str| {
             Output::Router {
                 state: state.into(),

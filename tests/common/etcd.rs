@@ -277,6 +277,30 @@ impl Etcd {
         }
     }
 
+    /// The keys etcd holds under parley's prefix and `under` (`part/`,
+    /// `quit/`...), in key order.
+    pub async fn keys(&self, under: &str) -> Vec<String> {
+        let prefix = format!("{}{under}", parley::registry::ETCD_PREFIX);
+        let mut c = etcd_client::Client::connect(self.endpoints(), None)
+            .await
+            .expect("a client of the test etcd");
+        let r = c
+            .get(
+                prefix.as_str(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .expect("a read of the test etcd");
+        r.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect()
+    }
+
     /// Kills the leader; returns its index.
     pub async fn kill_leader(&mut self) -> usize {
         let i = self.leader().await;

@@ -591,7 +591,12 @@ pub async fn until_members(router: &str, name: &str, n: usize, within: Duration)
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if let Some(token) = token {
-        let _ = c.user_logout(parley::proto::LogoutRequest { token }).await;
+        let _ = c
+            .user_logout(parley::proto::LogoutRequest {
+                token,
+                ..Default::default()
+            })
+            .await;
     }
     assert!(found, "{name} never had {n} members within {within:?}");
 }
