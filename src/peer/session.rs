@@ -159,6 +159,9 @@ struct Inner {
     /// as written), and a wake-up to watch again when one is added.
     follow: Mutex<BTreeMap<String, Nick>>,
     refollow: Notify,
+    /// Set by [`Session::logout`]: a refused token is then the logout's
+    /// doing, and nobody logs in again.
+    leaving: AtomicBool,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -220,6 +223,7 @@ impl Session {
                 rewatch: Notify::new(),
                 follow: Mutex::new(BTreeMap::new()),
                 refollow: Notify::new(),
+                leaving: AtomicBool::new(false),
                 stop,
                 tasks,
             }),
@@ -519,6 +523,13 @@ impl Session {
     /// callers log in once. Only the login happens under the guard.
     async fn relogin(&self, stale: &str, persist: bool) -> Result<(), SessionError> {
         let _guard = self.inner.relogin.lock().await;
+        if self.inner.leaving.load(Ordering::SeqCst) {
+            return Err(SessionError::Refused {
+                what: "a new login",
+                code: Code::Cancelled,
+                message: "this peer logged out".into(),
+            });
+        }
         if self.token() != stale {
             return Ok(());
         }
@@ -584,6 +595,9 @@ impl Session {
                     async move { r.heartbeat(req).await }
                 })
                 .await;
+            if self.inner.leaving.load(Ordering::SeqCst) {
+                return; // logged out meanwhile: the answer means nothing
+            }
             match beat {
                 Ok(_) => {}
                 Err(SessionError::Refused {
@@ -651,7 +665,9 @@ impl Session {
                     code: Code::Unauthenticated,
                     ..
                 }) => {
-                    let _ = self.relogin(&token, true).await;
+                    if self.relogin(&token, true).await.is_err() {
+                        return; // logged out (a persistent relogin ends no other way)
+                    }
                     continue;
                 }
                 Err(err) => tracing::debug!(cause = %err, "cannot open watch"),
@@ -856,6 +872,9 @@ impl Session {
     /// telling the members of every room the parting `message` (empty for
     /// none).
     pub async fn logout(&self, message: &str) {
+        // First, so a heartbeat answered after the logout does not log in
+        // again.
+        self.inner.leaving.store(true, Ordering::SeqCst);
         let req = proto::LogoutRequest {
             token: self.token(),
             message: message.to_owned(),
