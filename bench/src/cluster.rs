@@ -119,6 +119,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The sending peers, always in this process.
     pub senders: Vec<Peer>,
+    /// Members run in this process rather than as children.
+    in_process: bool,
     /// Dropped last: the data directories of every peer.
     dir: tempfile::TempDir,
 }
@@ -168,10 +170,19 @@ impl Cluster {
             router,
             members: Vec::new(),
             senders: Vec::new(),
+            in_process,
             dir,
         };
+        cluster.add_members(members).await?;
+        Ok(cluster)
+    }
+
+    /// Starts more members (each joined to its rooms), all at once.
+    pub async fn add_members(&mut self, members: Vec<MemberSpec>) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the bench executable")?;
+        let in_process = self.in_process;
         let starts = members.into_iter().map(|spec| {
-            let (exe, root, router) = (&exe, cluster.dir.path(), &cluster.router_addr);
+            let (exe, root, router) = (&exe, self.dir.path(), &self.router_addr);
             async move {
                 if in_process {
                     start_local_member(spec, router, root).await
@@ -180,8 +191,9 @@ impl Cluster {
                 }
             }
         });
-        cluster.members = try_join_all(starts).await?;
-        Ok(cluster)
+        let started = try_join_all(starts).await?;
+        self.members.extend(started);
+        Ok(())
     }
 
     /// Starts a sending peer in this process, joined to `rooms`.

@@ -44,7 +44,7 @@ use crate::scenario::{Options, Report, Scenario};
 #[command(version, about)]
 struct Args {
     /// A scenario to run (repeatable; default all): floor, login, join,
-    /// private, private-unsigned, private-both, room-3, room-20,
+    /// private, private-unsigned, private-both, room-3, room-20, room-100,
     /// room-3-two-senders, throughput (= throughput-private and
     /// throughput-room-20). login: one login of a fresh nick at the router;
     /// join: one JoinRoom into a room another session holds.

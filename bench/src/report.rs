@@ -28,10 +28,44 @@ pub fn targets(report: &Report) -> Vec<Target> {
             value: vs,
             met: vs > 0.0 && vs <= limit,
         };
+        // The tail: p99 at most `limit` times the row's own p50.
+        let tail = |limit: f64| {
+            let value = if r.summary.p50_us > 0.0 {
+                r.summary.p99_us / r.summary.p50_us
+            } else {
+                0.0
+            };
+            Target {
+                scenario: r.scenario.name(),
+                what: format!("p99 at most {limit}x its p50"),
+                limit,
+                value,
+                met: value > 0.0 && value <= limit,
+            }
+        };
+        let rate = |limit: f64| Target {
+            scenario: r.scenario.name(),
+            what: format!("at least {limit:.0} messages/s"),
+            limit,
+            value: r.msgs_per_s(),
+            met: r.msgs_per_s() >= limit,
+        };
+        // Issue 14's targets: TLS and signatures on, ratios to the floor of
+        // the same run.
         match r.scenario {
-            Scenario::Private => out.push(p50(2.0)),
-            Scenario::Room3 => out.push(p50(3.0)),
-            Scenario::Room20 => out.push(p50(10.0)),
+            Scenario::Private => {
+                out.push(p50(1.6));
+                out.push(tail(3.0));
+            }
+            Scenario::Room3 => {
+                out.push(p50(2.0));
+                out.push(tail(3.0));
+            }
+            Scenario::Room20 => out.push(p50(6.0)),
+            // Set from its first measurement (305x): room-20's target per
+            // delivery (6x over 19) for 99 deliveries is about 31x; the rest
+            // is headroom for 100 processes on 2 cores. See the README.
+            Scenario::Room100 => out.push(p50(50.0)),
             Scenario::PrivateUnsigned => {
                 // What signing and checking add, both pairs in this run.
                 let signed = report
@@ -54,13 +88,8 @@ pub fn targets(report: &Report) -> Vec<Target> {
                     });
                 }
             }
-            Scenario::ThroughputPrivate => out.push(Target {
-                scenario: r.scenario.name(),
-                what: "at least 20000 messages/s".into(),
-                limit: 20_000.0,
-                value: r.msgs_per_s(),
-                met: r.msgs_per_s() >= 20_000.0,
-            }),
+            Scenario::ThroughputPrivate => out.push(rate(30_000.0)),
+            Scenario::ThroughputRoom20 => out.push(rate(3_000.0)),
             _ => {}
         }
     }
@@ -188,7 +217,7 @@ fn table_on(report: &Report, m: &Machine) -> String {
         ));
     }
     for t in targets(report) {
-        let value = if t.scenario == "throughput-private" {
+        let value = if t.scenario.starts_with("throughput") {
             format!("{:.0} msgs/s", t.value)
         } else {
             format!("{:.2}x", t.value)

@@ -29,7 +29,7 @@ use parley::peer::Peer;
 use crate::cluster::{self, Cluster, MemberSpec};
 use crate::node::{self, LEASE_TTL};
 use crate::scenario::{
-    Options, Report, Scenario, ScenarioResult, IN_FLIGHT, THROUGHPUT_FACTOR, WARMUP,
+    Options, Report, Scenario, ScenarioResult, IN_FLIGHT, ROOM_100, THROUGHPUT_FACTOR, WARMUP,
 };
 use crate::stats::{micros, summarise};
 
@@ -452,6 +452,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     let room3 = room("room-3", run);
     let room20 = room("room-20", run);
+    let room100 = room("room-100", run);
     let room3two = room("room-3-two", run);
     let needs_room20 = has(Scenario::Room20) || has(Scenario::ThroughputRoom20);
     // m01 is the private partner, in every room, and the floor's server.
@@ -462,6 +463,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     if needs_room20 {
         members_needed = members_needed.max(options.room_size - 1);
     }
+    // room-100's members beyond these start only when it runs (see
+    // `Scenario::Room100`); these join its room from the start.
     let specs: Vec<MemberSpec> = (1..=members_needed)
         .map(|i| {
             let mut rooms = Vec::new();
@@ -473,6 +476,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             }
             if has(Scenario::Room3TwoSenders) && i == 1 {
                 rooms.push(room3two.clone());
+            }
+            if has(Scenario::Room100) {
+                rooms.push(room100.clone());
             }
             MemberSpec {
                 nick: nick(&format!("m{i:02}"), run),
@@ -491,6 +497,18 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         });
     }
 
+    let later: Vec<MemberSpec> = if has(Scenario::Room100) {
+        (members_needed + 1..ROOM_100)
+            .map(|i| MemberSpec {
+                nick: nick(&format!("m{i:02}"), run),
+                rooms: vec![room100.clone()],
+                unsigned: false,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
     let bar = progress_bar(&options, &selected);
     bar.set_message("starting router and peers");
     let mut cluster = Cluster::start(options.in_process, &options.etcd, specs).await?;
@@ -500,7 +518,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         &mut cluster,
         &bar,
         run,
-        [room3, room20, room3two],
+        ([room3, room20, room100, room3two], later),
     )
     .await;
     let (router_peak_kib, peer_peak_kib) = cluster.peak_memory_kib();
@@ -562,7 +580,7 @@ async fn measure_all(
     cluster: &mut Cluster,
     bar: &ProgressBar,
     run: &str,
-    [room3, room20, room3two]: [Room; 3],
+    ([room3, room20, room100, room3two], mut later): ([Room; 4], Vec<MemberSpec>),
 ) -> anyhow::Result<Vec<ScenarioResult>> {
     let has = |s: Scenario| selected.contains(&s);
     let m01 = cluster.members[0].nick.clone();
@@ -578,6 +596,9 @@ async fn measure_all(
     }
     if has(Scenario::Room20) || has(Scenario::ThroughputRoom20) {
         a_rooms.push(room20.clone());
+    }
+    if has(Scenario::Room100) {
+        a_rooms.push(room100.clone());
     }
     if has(Scenario::Room3TwoSenders) {
         a_rooms.push(room3two.clone());
@@ -668,6 +689,18 @@ async fn measure_all(
                 let t = Target::Room(room20.clone());
                 warm_up(&a, &t, &body).await;
                 members = options.room_size;
+                start = Instant::now();
+                sequential(&a, &t, &body, n, bar).await
+            }
+            Scenario::Room100 => {
+                bar.set_message("room-100: starting its other members");
+                cluster.add_members(std::mem::take(&mut later)).await?;
+                // Joined again, the sender's picture lists every member.
+                a.join(&room100).await.context("bench-a cannot rejoin")?;
+                bar.set_message(scenario.name());
+                let t = Target::Room(room100.clone());
+                warm_up(&a, &t, &body).await;
+                members = ROOM_100;
                 start = Instant::now();
                 sequential(&a, &t, &body, n, bar).await
             }

@@ -8,6 +8,10 @@ use crate::stats::Summary;
 /// Unmeasured messages each sender sends before a scenario's clock starts:
 /// channels connect and member lists settle on them.
 pub const WARMUP: usize = 10;
+/// Members of the `room-100` room, the sender included: every member its
+/// own process (or, with `--in-process`, its own peer in this one), with
+/// its own store and chat service.
+pub const ROOM_100: usize = 100;
 /// Sends kept in flight by the throughput scenarios.
 pub const IN_FLIGHT: usize = 128;
 /// Throughput scenarios send this many times `--messages`, so the run is
@@ -36,10 +40,14 @@ pub enum Scenario {
     Room3TwoSenders,
     ThroughputPrivate,
     ThroughputRoom20,
+    /// One sender and 99 members: the largest group the design serves.
+    /// Last: the members only it needs start just before it, so their
+    /// background work (heartbeats, anti-entropy) weighs on no other row.
+    Room100,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Floor,
         Scenario::Login,
         Scenario::Join,
@@ -51,6 +59,7 @@ impl Scenario {
         Scenario::Room3TwoSenders,
         Scenario::ThroughputPrivate,
         Scenario::ThroughputRoom20,
+        Scenario::Room100,
     ];
 
     /// The row's name, in the table and the JSON file.
@@ -64,6 +73,7 @@ impl Scenario {
             Scenario::PrivateBoth => "private-both",
             Scenario::Room3 => "room-3",
             Scenario::Room20 => "room-20",
+            Scenario::Room100 => "room-100",
             Scenario::Room3TwoSenders => "room-3-two-senders",
             Scenario::ThroughputPrivate => "throughput-private",
             Scenario::ThroughputRoom20 => "throughput-room-20",

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every row of a default run, in the table's order.
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 12] = [
     "floor",
     "login",
     "join",
@@ -22,6 +22,7 @@ const ROWS: [&str; 11] = [
     "room-3-two-senders",
     "throughput-private",
     "throughput-room-20",
+    "room-100",
 ];
 
 /// `--messages` of every run here.
@@ -137,6 +138,11 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             );
         } else {
             assert!(row["members"].as_u64().unwrap() >= 2, "{row}");
+        }
+        if name == "room-100" {
+            // A hundred members, whatever --room-size says.
+            assert_eq!(row["members"].as_u64(), Some(100), "{row}");
+            assert_eq!(cells[1], "100", "{line}");
         }
     }
     if rows.contains(&"login") || rows.contains(&"join") {
