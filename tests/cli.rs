@@ -563,6 +563,17 @@ async fn away_is_told_to_whoever_writes_privately() {
     a.event("info").await;
     a.send("hello room").await;
     a.event("sent").await;
+    // A line that names b is a mention for b; one that does not, not.
+    let m = b.event("message").await;
+    assert_eq!(m["body"], "hello room");
+    assert!(m.get("mention").is_none(), "{m}");
+    a.send("B: look here").await;
+    a.event("sent").await;
+    let m = b.event("message").await;
+    assert_eq!(
+        (m["body"].as_str(), m["mention"].as_bool()),
+        (Some("B: look here"), Some(true))
+    );
     // Back: private messages are no longer answered with it.
     b.send("/away").await;
     assert_eq!(
