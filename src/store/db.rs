@@ -996,16 +996,12 @@ pub(crate) fn creation(
     conn: &Connection,
     conversation: &str,
 ) -> rusqlite::Result<Option<ChatMessage>> {
-    conn.prepare_cached(
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
-         FROM messages WHERE conversation = ?1 AND kind = ?2
-         ORDER BY sent_at_ms, author_lower, incarnation, seq LIMIT 1",
-    )?
-    .query_row(
-        params![conversation, crate::proto::Kind::Created as i32],
-        row_to_msg,
+    first_event(
+        conn,
+        conversation,
+        crate::proto::Kind::Created,
+        "ORDER BY sent_at_ms, author_lower, incarnation, seq",
     )
-    .optional()
 }
 
 /// The conversation's latest topic event in its order (Lamport time, then
@@ -1014,15 +1010,27 @@ pub(crate) fn topic(
     conn: &Connection,
     conversation: &str,
 ) -> rusqlite::Result<Option<ChatMessage>> {
-    conn.prepare_cached(
-        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
-         FROM messages WHERE conversation = ?1 AND kind = ?2
-         ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC LIMIT 1",
-    )?
-    .query_row(
-        params![conversation, crate::proto::Kind::Topic as i32],
-        row_to_msg,
+    first_event(
+        conn,
+        conversation,
+        crate::proto::Kind::Topic,
+        "ORDER BY lamport DESC, author_lower DESC, incarnation DESC, seq DESC",
     )
+}
+
+/// The first event of `kind` in `conversation` by `order` (a constant
+/// `ORDER BY` clause); `messages_events` finds the kind's rows.
+fn first_event(
+    conn: &Connection,
+    conversation: &str,
+    kind: crate::proto::Kind,
+    order: &'static str,
+) -> rusqlite::Result<Option<ChatMessage>> {
+    conn.prepare_cached(&format!(
+        "SELECT conversation, author, incarnation, seq, lamport, sent_at_ms, body, signature, kind
+         FROM messages WHERE conversation = ?1 AND kind = ?2 {order} LIMIT 1"
+    ))?
+    .query_row(params![conversation, kind as i32], row_to_msg)
     .optional()
 }
 
