@@ -209,6 +209,17 @@ impl Cluster {
         Ok(peer)
     }
 
+    /// Where the peer `nick` keeps (or will keep) its data: a member, a
+    /// sender, or a peer the caller starts itself.
+    pub fn data_dir(&self, nick: &Nick) -> PathBuf {
+        data_dir(self.dir.path(), nick)
+    }
+
+    /// A path for a scratch file of the run, removed with the cluster.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
     /// Peak resident memory (VmHWM, KiB) of the router process and of the
     /// largest member process; None in-process (there is only this one).
     pub fn peak_memory_kib(&self) -> (Option<u64>, Option<u64>) {

@@ -11,6 +11,8 @@
 //! - [`cluster`]: the router and member peers on loopback, as child
 //!   processes or in this process, and the senders.
 //! - [`child`]: what this executable runs when re-run as a child.
+//! - [`history`]: `join-100k`'s history, written into its holders' stores,
+//!   and its floor.
 //! - [`node`]: what routers and peers share wherever they run.
 //! - [`stats`]: latency summaries.
 //! - [`report`]: the table and the JSON file.
@@ -20,6 +22,7 @@
 
 mod child;
 mod cluster;
+mod history;
 mod node;
 mod output;
 mod report;
@@ -46,8 +49,9 @@ struct Args {
     /// A scenario to run (repeatable; default all): floor, login, join,
     /// private, private-unsigned, private-both, room-3, room-20, room-100,
     /// room-3-two-senders, throughput (= throughput-private and
-    /// throughput-room-20). login: one login of a fresh nick at the router;
-    /// join: one JoinRoom into a room another session holds.
+    /// throughput-room-20), join-100k. login: one login of a fresh nick at
+    /// the router; join: one JoinRoom into a room another session holds;
+    /// join-100k: a new member pulls a history of 100x --messages messages.
     #[arg(long = "scenario", value_name = "NAME", value_parser = |s: &str| Scenario::select(s))]
     scenarios: Vec<Vec<Scenario>>,
     /// Messages per sender and scenario, and logins or joins for login

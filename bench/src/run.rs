@@ -27,9 +27,11 @@ use parley::names::{Nick, Room, MAX_BODY_CHARS};
 use parley::peer::Peer;
 
 use crate::cluster::{self, Cluster, MemberSpec};
+use crate::history;
 use crate::node::{self, LEASE_TTL};
 use crate::scenario::{
-    Options, Report, Scenario, ScenarioResult, IN_FLIGHT, ROOM_100, THROUGHPUT_FACTOR, WARMUP,
+    Options, Report, Scenario, ScenarioResult, HISTORY_FACTOR, HOLDERS, IN_FLIGHT, ROOM_100,
+    THROUGHPUT_FACTOR, WARMUP,
 };
 use crate::stats::{micros, summarise};
 
@@ -417,6 +419,94 @@ async fn router_calls(
     Ok((samples, timed))
 }
 
+/// What `join-100k` measured.
+struct Pulled {
+    /// The join, timed from the call to its end (the `joined` event).
+    took: Duration,
+    /// Messages the join brought in.
+    new: usize,
+    /// Copying the same rows between two SQLite files.
+    floor: Duration,
+}
+
+/// `join-100k`: writes a history of `count` messages of `room` into the
+/// stores of [`HOLDERS`] new members (`hNN-RUN`; the first is its author),
+/// measures the floor on those files, starts the holders (each joins
+/// `room`), then times one new peer (`pull-j-RUN`, in this process) joining
+/// `room` and pulling all of it. The joiner logs out after.
+async fn join_history(
+    cluster: &mut Cluster,
+    room: &Room,
+    run: &str,
+    (count, body): (usize, &str),
+    bar: &ProgressBar,
+) -> anyhow::Result<Pulled> {
+    let holders: Vec<Nick> = (1..=HOLDERS)
+        .map(|i| nick(&format!("h{i:02}"), run))
+        .collect();
+    let dirs: Vec<_> = holders.iter().map(|h| cluster.data_dir(h)).collect();
+    let conversation = room.key();
+    history::seed(
+        (&holders[0], &dirs[0]),
+        &dirs[1..],
+        &conversation,
+        count,
+        body,
+        bar,
+    )
+    .await?;
+    bar.set_message("join-100k: the floor (the rows copied between two files)");
+    let (from, to, conv) = (
+        dirs[1].clone(),
+        cluster.scratch("join-100k-floor.db"),
+        conversation.clone(),
+    );
+    let (floor, copied) =
+        tokio::task::spawn_blocking(move || history::copy_floor(&from, &to, &conv)).await??;
+    anyhow::ensure!(
+        copied as usize == count,
+        "join-100k: the floor copied {copied} of {count} messages"
+    );
+    bar.set_message("join-100k: starting its holders");
+    let specs = holders
+        .iter()
+        .map(|h| MemberSpec {
+            nick: h.clone(),
+            rooms: vec![room.clone()],
+            unsigned: false,
+        })
+        .collect();
+    cluster.add_members(specs).await?;
+    bar.set_message("join-100k: a new member pulls the history");
+    let joiner = nick("pull-j", run);
+    let peer = node::start_peer(
+        &joiner,
+        &cluster.router_addr,
+        cluster.data_dir(&joiner),
+        &[],
+        false,
+    )
+    .await?;
+    let start = Instant::now();
+    let joined = peer.join(room).await;
+    let took = start.elapsed();
+    peer.shutdown().await;
+    let joined = joined.with_context(|| format!("{joiner} cannot join {room}"))?;
+    // The history, and whatever events of the room the holders wrote on
+    // joining (its creation).
+    anyhow::ensure!(
+        joined.new >= count,
+        "join-100k: the join brought in {} of the {count} messages",
+        joined.new
+    );
+    bar.inc(count as u64);
+    Ok(Pulled {
+        took,
+        new: joined.new,
+        floor,
+    })
+}
+
 /// Runs the benchmark. The progress bar goes to stderr unless `quiet`.
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -454,6 +544,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let room20 = room("room-20", run);
     let room100 = room("room-100", run);
     let room3two = room("room-3-two", run);
+    let room_history = room("join-100k", run);
     let needs_room20 = has(Scenario::Room20) || has(Scenario::ThroughputRoom20);
     // m01 is the private partner, in every room, and the floor's server.
     let mut members_needed = 1;
@@ -518,7 +609,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         &mut cluster,
         &bar,
         run,
-        ([room3, room20, room100, room3two], later),
+        ([room3, room20, room100, room3two, room_history], later),
     )
     .await;
     let (router_peak_kib, peer_peak_kib) = cluster.peak_memory_kib();
@@ -550,6 +641,8 @@ fn progress_bar(options: &Options, selected: &[Scenario]) -> ProgressBar {
         .map(|s| {
             let per_sender = if s.is_throughput() {
                 options.messages * THROUGHPUT_FACTOR
+            } else if *s == Scenario::Join100k {
+                options.messages * HISTORY_FACTOR
             } else {
                 options.messages
             };
@@ -580,7 +673,10 @@ async fn measure_all(
     cluster: &mut Cluster,
     bar: &ProgressBar,
     run: &str,
-    ([room3, room20, room100, room3two], mut later): ([Room; 4], Vec<MemberSpec>),
+    ([room3, room20, room100, room3two, room_history], mut later): (
+        [Room; 5],
+        Vec<MemberSpec>,
+    ),
 ) -> anyhow::Result<Vec<ScenarioResult>> {
     let has = |s: Scenario| selected.contains(&s);
     let m01 = cluster.members[0].nick.clone();
@@ -639,6 +735,8 @@ async fn measure_all(
         let mut members = 2;
         // The router calls' wall time: the sum of the timed calls.
         let mut timed_wall = None;
+        // join-100k's messages and its own floor.
+        let mut pulled = None;
         let start;
         let samples = match scenario {
             Scenario::Floor => {
@@ -692,6 +790,18 @@ async fn measure_all(
                 start = Instant::now();
                 sequential(&a, &t, &body, n, bar).await
             }
+            Scenario::Join100k => {
+                members = HOLDERS + 1;
+                start = Instant::now();
+                let count = n * HISTORY_FACTOR;
+                let p = join_history(cluster, &room_history, run, (count, &body), bar).await?;
+                timed_wall = Some(p.took);
+                pulled = Some((count, p.new, micros(p.floor)));
+                Samples {
+                    lat_us: vec![micros(p.took)],
+                    ..Samples::default()
+                }
+            }
             Scenario::Room100 => {
                 bar.set_message("room-100: starting its other members");
                 cluster.add_members(std::mem::take(&mut later)).await?;
@@ -739,10 +849,15 @@ async fn measure_all(
             mut lat_us, failed, ..
         } = samples;
         let summary = summarise(&mut lat_us);
+        let (messages, delivered, own_floor_us) = match pulled {
+            Some((count, new, floor)) => (count, new.min(count), Some(floor)),
+            None => (lat_us.len() + failed, lat_us.len(), None),
+        };
         results.push(ScenarioResult {
             scenario,
-            messages: lat_us.len() + failed,
-            delivered: lat_us.len(),
+            messages,
+            delivered,
+            own_floor_us,
             failed,
             senders,
             members,

@@ -12,6 +12,11 @@ pub const WARMUP: usize = 10;
 /// own process (or, with `--in-process`, its own peer in this one), with
 /// its own store and chat service.
 pub const ROOM_100: usize = 100;
+/// Members holding `join-100k`'s history before the joiner comes.
+pub const HOLDERS: usize = 3;
+/// `join-100k`'s history holds this many times `--messages` (100,000 at
+/// the default 1000).
+pub const HISTORY_FACTOR: usize = 100;
 /// Sends kept in flight by the throughput scenarios.
 pub const IN_FLIGHT: usize = 128;
 /// Throughput scenarios send this many times `--messages`, so the run is
@@ -40,6 +45,11 @@ pub enum Scenario {
     Room3TwoSenders,
     ThroughputPrivate,
     ThroughputRoom20,
+    /// A new member joins a room whose history (100 x `--messages`
+    /// messages, one author's, signed) [`HOLDERS`] members hold, and pulls
+    /// all of it; timed to its join's end, against copying the same rows
+    /// between two SQLite files. Its holders start just before it.
+    Join100k,
     /// One sender and 99 members: the largest group the design serves.
     /// Last: the members only it needs start just before it, so their
     /// background work (heartbeats, anti-entropy) weighs on no other row.
@@ -47,7 +57,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Floor,
         Scenario::Login,
         Scenario::Join,
@@ -59,6 +69,7 @@ impl Scenario {
         Scenario::Room3TwoSenders,
         Scenario::ThroughputPrivate,
         Scenario::ThroughputRoom20,
+        Scenario::Join100k,
         Scenario::Room100,
     ];
 
@@ -77,6 +88,7 @@ impl Scenario {
             Scenario::Room3TwoSenders => "room-3-two-senders",
             Scenario::ThroughputPrivate => "throughput-private",
             Scenario::ThroughputRoom20 => "throughput-room-20",
+            Scenario::Join100k => "join-100k",
         }
     }
 
@@ -168,9 +180,10 @@ impl Default for Options {
 pub struct ScenarioResult {
     pub scenario: Scenario,
     /// Measured messages sent (all senders together); logins or joins
-    /// for the router calls.
+    /// for the router calls; for `join-100k`, the history's messages.
     pub messages: usize,
-    /// Of those, stored and acknowledged by every member.
+    /// Of those, stored and acknowledged by every member (for
+    /// `join-100k`, brought in by the join).
     pub delivered: usize,
     pub failed: usize,
     pub senders: usize,
@@ -183,8 +196,12 @@ pub struct ScenarioResult {
     /// are left out), so their rate is 1 / mean.
     pub wall: Duration,
     pub summary: Summary,
-    /// Latencies of delivered messages (µs), sorted.
+    /// Latencies of delivered messages (µs), sorted; for `join-100k`, the
+    /// time of each join.
     pub samples: Vec<f64>,
+    /// The row's own floor (µs) where a Ping is not the measure: for
+    /// `join-100k`, copying the same rows between two SQLite files.
+    pub own_floor_us: Option<f64>,
 }
 
 impl ScenarioResult {
