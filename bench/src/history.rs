@@ -67,7 +67,9 @@ pub async fn seed(
             .await
             .with_context(|| format!("cannot write {author}'s history"))?;
         written += n;
-        bar.set_message(format!("join-100k: writing the history ({written}/{count})"));
+        bar.set_message(format!(
+            "join-100k: writing the history ({written}/{count})"
+        ));
     }
     let msgs = store.all(conversation).await?;
     drop((store, lock));

@@ -673,10 +673,7 @@ async fn measure_all(
     cluster: &mut Cluster,
     bar: &ProgressBar,
     run: &str,
-    ([room3, room20, room100, room3two, room_history], mut later): (
-        [Room; 5],
-        Vec<MemberSpec>,
-    ),
+    ([room3, room20, room100, room3two, room_history], mut later): ([Room; 5], Vec<MemberSpec>),
 ) -> anyhow::Result<Vec<ScenarioResult>> {
     let has = |s: Scenario| selected.contains(&s);
     let m01 = cluster.members[0].nick.clone();

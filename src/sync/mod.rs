@@ -42,7 +42,7 @@ use crate::net::{Delivery, Peers};
 use crate::proto::{
     ChatMessage, GetVersionRequest, GetVersionResponse, Member, PullHistoryRequest, VectorEntry,
 };
-use crate::store::{PullCursor, Store, StoreError};
+use crate::store::{Inserted, PullCursor, Store, StoreError};
 
 /// Deadline of a version query during sync.
 pub const VERSION_DEADLINE: Duration = Duration::from_secs(1);
@@ -162,6 +162,50 @@ pub fn digest(vector: &[VectorEntry]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+/// Fewer checks than this are done in place: a thread hop costs more.
+const VERIFY_IN_PLACE: usize = 32;
+
+/// Checks each message's signature against its key (`false` for a message
+/// without one), in order. A pull's page is hundreds of checks, most of
+/// what catching up costs in CPU: they are spread over the blocking pool,
+/// one share per core, so they neither hold up the runtime's thread nor
+/// leave a core idle.
+async fn verify_all(keyed: Vec<(ChatMessage, KeyOf)>) -> Vec<(ChatMessage, KeyOf, bool)> {
+    fn verify(part: Vec<(ChatMessage, KeyOf)>) -> Vec<(ChatMessage, KeyOf, bool)> {
+        part.into_iter()
+            .map(|(m, key)| {
+                let ok = matches!(key, KeyOf::Key(k) if k.verify_message(&m));
+                (m, key, ok)
+            })
+            .collect()
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if keyed.len() < VERIFY_IN_PLACE || cores == 1 {
+        return verify(keyed);
+    }
+    let share = keyed.len().div_ceil(cores);
+    let mut rest = keyed;
+    let mut parts = Vec::with_capacity(cores);
+    while !rest.is_empty() {
+        let tail = rest.split_off(share.min(rest.len()));
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    let checks = parts
+        .into_iter()
+        .map(|part| tokio::task::spawn_blocking(move || verify(part)));
+    let mut out = Vec::new();
+    for done in join_all(checks).await {
+        match done {
+            Ok(part) => out.extend(part),
+            // Only a panic in the check itself (or a runtime shutting
+            // down): those messages are dropped, and a later sync brings
+            // them again.
+            Err(err) => tracing::warn!(cause = %err, "a signature check did not finish"),
+        }
+    }
+    out
+}
+
 /// The catching-up machinery of one peer. Cheap to clone.
 #[derive(Clone)]
 pub struct Syncer {
@@ -230,8 +274,10 @@ impl Syncer {
     /// over; a message whose author's key cannot be learnt now is dropped
     /// too (a later sync brings it again).
     pub async fn checked(&self, from: &str, msgs: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        // The keys first (learning one may ask the registry), then the
+        // signatures, which are pure CPU.
         let mut keys: HashMap<String, KeyOf> = HashMap::new();
-        let mut good = Vec::with_capacity(msgs.len());
+        let mut keyed = Vec::with_capacity(msgs.len());
         for m in msgs {
             let author = m.author.to_ascii_lowercase();
             let key = match keys.get(&author) {
@@ -242,8 +288,12 @@ impl Syncer {
                     k
                 }
             };
+            keyed.push((m, key));
+        }
+        let mut good = Vec::with_capacity(keyed.len());
+        for (m, key, ok) in verify_all(keyed).await {
             match key {
-                KeyOf::Key(k) if k.verify_message(&m) => good.push(m),
+                KeyOf::Key(_) if ok => good.push(m),
                 KeyOf::Key(_) | KeyOf::Unbound => tracing::warn!(
                     from,
                     author = %m.author,
@@ -530,12 +580,16 @@ impl Syncer {
                     return Ok(());
                 }
             };
+            // Each page is checked while the one before is being stored:
+            // the signatures and the commit run side by side. One page at
+            // a time goes to the store, in order.
+            let mut storing: Option<tokio::task::JoinHandle<Stored>> = None;
             while let Some(page) = pages.next().await {
                 let page = match page {
                     Ok(p) => p,
                     Err(status) => {
                         tracing::debug!(address, %status, "pull broken off");
-                        return Ok(());
+                        break;
                     }
                 };
                 let msgs: Vec<ChatMessage> = page
@@ -544,15 +598,17 @@ impl Syncer {
                     .filter(|m| m.conversation == conversation && valid_message(m).is_ok())
                     .collect();
                 let msgs = self.checked(&member.nick, msgs).await;
-                let results = store.insert_many(msgs.clone()).await?;
-                for (m, r) in msgs.into_iter().zip(results) {
-                    if r.implausible {
-                        tracing::warn!(from = %member.nick, author = %m.author, seq = m.seq, lamport = m.lamport, "refused a message whose clock runs implausibly far ahead");
-                    }
-                    if r.new {
-                        fresh.push((m, r.late));
-                    }
+                if let Some(prev) = storing.take() {
+                    fresh.extend(stored(&member.nick, store, prev.await)?);
                 }
+                let store = store.clone();
+                storing = Some(tokio::spawn(async move {
+                    let results = store.insert_many(msgs.clone()).await;
+                    (msgs, results)
+                }));
+            }
+            if let Some(prev) = storing.take() {
+                fresh.extend(stored(&member.nick, store, prev.await)?);
             }
             Ok::<(), StoreError>(())
         };
@@ -570,6 +626,33 @@ impl Syncer {
             .fetch_add(fresh.len() as u64, Ordering::Relaxed);
         Ok(fresh)
     }
+}
+
+/// A page of a pull and what storing it found.
+type Stored = (Vec<ChatMessage>, Result<Vec<Inserted>, StoreError>);
+
+/// The messages of a stored page that were new here, with their `late`
+/// flags; the store's error if it could not store the page.
+fn stored(
+    from: &str,
+    store: &Store,
+    done: Result<Stored, tokio::task::JoinError>,
+) -> Result<Vec<(ChatMessage, bool)>, StoreError> {
+    // The task ends early only if it panicked or the runtime is stopping:
+    // either way this store is gone for this pull.
+    let (msgs, results) = done.map_err(|_| StoreError::Closed {
+        path: store.path().to_path_buf(),
+    })?;
+    let mut fresh = Vec::new();
+    for (m, r) in msgs.into_iter().zip(results?) {
+        if r.implausible {
+            tracing::warn!(from, author = %m.author, seq = m.seq, lamport = m.lamport, "refused a message whose clock runs implausibly far ahead");
+        }
+        if r.new {
+            fresh.push((m, r.late));
+        }
+    }
+    Ok(fresh)
 }
 
 #[cfg(test)]
