@@ -108,6 +108,83 @@ impl PublicKey {
     }
 }
 
+/// Below this many signatures a batch saves nothing: they are checked one
+/// by one.
+const BATCH_AT_LEAST: usize = 8;
+
+/// Which of `items` (a key and a message each) carry their key's signature,
+/// in order: [`PublicKey::verify_message`] for many at once, for a pull's
+/// pages.
+///
+/// One batch equation (ed25519-dalek's `verify_batch`) covers every
+/// signature that meets the strict check's preconditions: a key that is not
+/// of small order, an R that is canonically encoded and not of small order
+/// (and, checked by the batch itself, a canonical s). Those failing them are
+/// checked alone, strictly, and refused. A batch that fails is halved and
+/// each half checked again, down to single strict checks, so a bad
+/// signature costs a few more equations and never a good message. Where
+/// the batch and the strict equation could still disagree (a point with a
+/// small-order part, which only the key's owner can put into a valid-looking
+/// signature), the owner gains nothing it lacks: it can already show
+/// different peers different messages under one seq.
+pub fn verify_messages(items: &[(PublicKey, &ChatMessage)]) -> Vec<bool> {
+    let mut ok = vec![false; items.len()];
+    // (index, bytes, signature) of those the batch may take.
+    let mut batch = Vec::with_capacity(items.len());
+    for (i, (key, m)) in items.iter().enumerate() {
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(&m.signature) else {
+            continue;
+        };
+        let bytes = message_bytes(m);
+        if batchable(key, &sig) {
+            batch.push((i, bytes, sig));
+        } else {
+            ok[i] = key.0.verify_strict(&bytes, &sig).is_ok();
+        }
+    }
+    check_batch(items, &batch, &mut ok);
+    ok
+}
+
+/// Whether the strict check's preconditions hold, so the batch equation
+/// may stand in for it.
+fn batchable(key: &PublicKey, sig: &ed25519_dalek::Signature) -> bool {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    if key.0.is_weak() {
+        return false;
+    }
+    let r = CompressedEdwardsY(*sig.r_bytes());
+    r.decompress()
+        .is_some_and(|p| !p.is_small_order() && p.compress() == r)
+}
+
+/// Sets `ok` for every entry of `part`: all at once if the batch holds,
+/// else each half again, and one by one below [`BATCH_AT_LEAST`].
+fn check_batch(
+    items: &[(PublicKey, &ChatMessage)],
+    part: &[(usize, Vec<u8>, ed25519_dalek::Signature)],
+    ok: &mut [bool],
+) {
+    if part.len() < BATCH_AT_LEAST {
+        for (i, bytes, sig) in part {
+            ok[*i] = items[*i].0 .0.verify_strict(bytes, sig).is_ok();
+        }
+        return;
+    }
+    let messages: Vec<&[u8]> = part.iter().map(|(_, b, _)| b.as_slice()).collect();
+    let signatures: Vec<ed25519_dalek::Signature> = part.iter().map(|(_, _, s)| *s).collect();
+    let keys: Vec<VerifyingKey> = part.iter().map(|(i, _, _)| items[*i].0 .0).collect();
+    if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+        for (i, _, _) in part {
+            ok[*i] = true;
+        }
+        return;
+    }
+    let (a, b) = part.split_at(part.len() / 2);
+    check_batch(items, a, ok);
+    check_batch(items, b, ok);
+}
+
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PublicKey({})", self.fingerprint())
@@ -316,6 +393,7 @@ pub fn login_bytes(challenge: &[u8], nick: &str, address: &str, key: &PublicKey)
 mod tests {
     use super::*;
     use crate::message::tests::msg;
+    use ed25519_dalek::Verifier;
 
     #[test]
     fn a_signed_message_checks_and_any_change_breaks_it() {
@@ -339,6 +417,71 @@ mod tests {
             assert!(!id.public().verify_message(&forged), "{forged:?}");
         }
         assert!(!Identity::generate().public().verify_message(&m));
+    }
+
+    /// `n` messages, signed by `a` (even seqs) and `b` (odd), with keys.
+    fn signed(a: &Identity, b: &Identity, n: u64) -> Vec<(PublicKey, ChatMessage)> {
+        (0..n)
+            .map(|seq| {
+                let id = if seq % 2 == 0 { a } else { b };
+                let mut m = ChatMessage { seq, ..msg() };
+                id.sign_message(&mut m);
+                (id.public(), m)
+            })
+            .collect()
+    }
+
+    fn batch(items: &[(PublicKey, ChatMessage)]) -> Vec<bool> {
+        let refs: Vec<(PublicKey, &ChatMessage)> = items.iter().map(|(k, m)| (*k, m)).collect();
+        verify_messages(&refs)
+    }
+
+    #[test]
+    fn a_batch_finds_exactly_the_messages_that_do_not_check() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let mut items = signed(&a, &b, 100);
+        assert!(batch(&items).iter().all(|ok| *ok));
+        // A changed body, a signature by the other key, a truncated one.
+        items[7].1.body = "forged".into();
+        items[40].0 = b.public();
+        items[93].1.signature.truncate(10);
+        let ok = batch(&items);
+        for (i, (key, m)) in items.iter().enumerate() {
+            assert_eq!(ok[i], key.verify_message(m), "message {i}");
+            assert_eq!(ok[i], ![7, 40, 93].contains(&i), "message {i}");
+        }
+        // Below the batch size, the same answers.
+        assert_eq!(batch(&items[..5]), [true; 5]);
+        assert_eq!(batch(&items[5..9]), [true, true, false, true]);
+        assert!(batch(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_refuses_small_order_forms_as_the_strict_check_does() {
+        // The identity point as the key, R the identity and s zero: the
+        // plain equation holds ([0]B = R + [k]A), the strict check refuses.
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        let weak = PublicKey::from_bytes(&identity_point).unwrap();
+        let mut sig = identity_point.to_vec();
+        sig.extend([0u8; 32]);
+        let forged = ChatMessage {
+            signature: sig.clone(),
+            ..msg()
+        };
+        let plain = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+        assert!(weak.0.verify(&message_bytes(&forged), &plain).is_ok());
+        assert!(!weak.verify_message(&forged));
+        // Among good ones, in a batch, and alone.
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let mut items = signed(&a, &b, 30);
+        items[12] = (weak, forged.clone());
+        let ok = batch(&items);
+        assert_eq!(ok.iter().filter(|ok| !**ok).count(), 1, "{ok:?}");
+        assert!(!ok[12]);
+        // A good key with that small-order R: refused too.
+        items[12] = (a.public(), forged);
+        assert!(!batch(&items)[12]);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::identity::PublicKey;
+use crate::identity::{verify_messages, PublicKey};
 use crate::message::valid_message;
 use crate::names::{Conversation, Nick};
 use crate::net::{Delivery, Peers};
@@ -172,11 +172,21 @@ const VERIFY_IN_PLACE: usize = 32;
 /// leave a core idle.
 async fn verify_all(keyed: Vec<(ChatMessage, KeyOf)>) -> Vec<(ChatMessage, KeyOf, bool)> {
     fn verify(part: Vec<(ChatMessage, KeyOf)>) -> Vec<(ChatMessage, KeyOf, bool)> {
-        part.into_iter()
-            .map(|(m, key)| {
-                let ok = matches!(key, KeyOf::Key(k) if k.verify_message(&m));
-                (m, key, ok)
+        let (keyed, at): (Vec<(PublicKey, &ChatMessage)>, Vec<usize>) = part
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (m, key))| match key {
+                KeyOf::Key(k) => Some(((*k, m), i)),
+                _ => None,
             })
+            .unzip();
+        let mut ok = vec![false; part.len()];
+        for (i, good) in at.into_iter().zip(verify_messages(&keyed)) {
+            ok[i] = good;
+        }
+        part.into_iter()
+            .zip(ok)
+            .map(|((m, key), ok)| (m, key, ok))
             .collect()
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
