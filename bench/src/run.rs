@@ -211,6 +211,9 @@ fn nick(name: &str, run: &str) -> Nick {
     Nick::parse(&format!("{name}-{run}")).expect("the bench's nicks follow the rules")
 }
 
+/// Members started at once when room-100's start.
+const START_WAVE: usize = 16;
+
 /// Where the sessions of `login` and `join` say they listen. Nothing
 /// serves there and nothing dials it: no peer shares a room with them or
 /// follows them.
@@ -801,7 +804,14 @@ async fn measure_all(
             }
             Scenario::Room100 => {
                 bar.set_message("room-100: starting its other members");
-                cluster.add_members(std::mem::take(&mut later)).await?;
+                // In waves: 80 processes starting at once on 2 cores can
+                // keep the router from taking a connection within the
+                // peers' connect timeout (seen: "no router at").
+                while !later.is_empty() {
+                    let wave: Vec<MemberSpec> =
+                        later.drain(..later.len().min(START_WAVE)).collect();
+                    cluster.add_members(wave).await?;
+                }
                 // Joined again, the sender's picture lists every member.
                 a.join(&room100).await.context("bench-a cannot rejoin")?;
                 bar.set_message(scenario.name());
