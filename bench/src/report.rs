@@ -260,6 +260,15 @@ fn table_on(report: &Report, m: &Machine) -> String {
             if t.met { "met" } else { "MISSED" }
         ));
     }
+    let sig = &report.signatures;
+    say(&format!(
+        "signatures here, one core, {}-byte bodies: sign {}, strict check {} (as Deliver), {} each in a batch of {} (as a pull)",
+        o.payload,
+        fmt_us(sig.sign_us),
+        fmt_us(sig.check_us),
+        fmt_us(sig.batch_check_us),
+        crate::stats::BATCH
+    ));
     say(&if o.in_process {
         format!(
             "peak memory (VmHWM): bench process {} (the router, every peer, the senders)",
@@ -447,6 +456,9 @@ struct JsonConfig {
 struct JsonReport {
     scenarios: Vec<JsonRow>,
     floor_p50_us: f64,
+    /// What one signature costs here (µs): sign_us, check_us,
+    /// batch_check_us.
+    signatures: crate::stats::SignatureCost,
     targets: Vec<Target>,
     peak_memory: JsonMemory,
     machine: Machine,
@@ -485,6 +497,7 @@ pub fn json(report: &Report) -> anyhow::Result<String> {
     let json = JsonReport {
         scenarios: rows,
         floor_p50_us: report.floor_p50_us,
+        signatures: report.signatures,
         targets: targets(report),
         peak_memory: JsonMemory {
             router_peak_kib: report.router_peak_kib,
@@ -553,6 +566,11 @@ mod tests {
             run_id: "x".into(),
             results,
             floor_p50_us: 1.0,
+            signatures: crate::stats::SignatureCost {
+                sign_us: 123_456.0,
+                check_us: 123_456.0,
+                batch_check_us: 123_456.0,
+            },
             router_peak_kib: Some(123_456_789),
             peer_peak_kib: Some(123_456_789),
             bench_peak_kib: Some(123_456_789),

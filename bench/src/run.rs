@@ -33,7 +33,7 @@ use crate::scenario::{
     Options, Report, Scenario, ScenarioResult, HISTORY_FACTOR, HOLDERS, IN_FLIGHT, ROOM_100,
     THROUGHPUT_FACTOR, WARMUP,
 };
-use crate::stats::{micros, summarise};
+use crate::stats::{self, micros, summarise};
 
 /// Latencies gathered by one or more senders.
 #[derive(Default)]
@@ -604,6 +604,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     };
 
     let bar = progress_bar(&options, &selected);
+    // On a quiet machine: nothing else of the run has started yet.
+    bar.set_message("timing signatures");
+    let signatures = tokio::task::spawn_blocking({
+        let (n, payload) = (options.messages, options.payload);
+        move || stats::signature_cost(n, payload)
+    })
+    .await?;
     bar.set_message("starting router and peers");
     let mut cluster = Cluster::start(options.in_process, &options.etcd, specs).await?;
     let measured = measure_all(
@@ -630,6 +637,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         run_id,
         results,
         floor_p50_us,
+        signatures,
         router_peak_kib,
         peer_peak_kib,
         bench_peak_kib,

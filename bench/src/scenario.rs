@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::stats::Summary;
+use crate::stats::{SignatureCost, Summary};
 
 /// Unmeasured messages each sender sends before a scenario's clock starts:
 /// channels connect and member lists settle on them.
@@ -235,6 +235,8 @@ pub struct Report {
     pub results: Vec<ScenarioResult>,
     /// p50 of the floor, µs.
     pub floor_p50_us: f64,
+    /// What a signature costs here, measured before the cluster starts.
+    pub signatures: SignatureCost,
     /// Peak resident memory, KiB: the router process, the largest member
     /// process, this process (the senders; everything with `in_process`).
     pub router_peak_kib: Option<u64>,

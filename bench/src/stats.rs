@@ -66,3 +66,69 @@ mod tests {
         assert_eq!((s.p50_us, s.p99_us, s.max_us), (7.0, 7.0, 7.0));
     }
 }
+
+/// What one signature costs on this machine, on one core: what every
+/// message pays at its sender and its receiver, measured in the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct SignatureCost {
+    /// Signing one message (µs, mean).
+    pub sign_us: f64,
+    /// Checking one strictly, as `Deliver` does (µs, mean).
+    pub check_us: f64,
+    /// Checking one within a batch of [`BATCH`], as a pull's pages are
+    /// (µs per signature, mean).
+    pub batch_check_us: f64,
+}
+
+/// The batch `signature_cost` times.
+pub const BATCH: usize = 256;
+
+/// Times signing and checking `n` messages of `payload` bytes (a few tenths
+/// of a second at the default 1000).
+pub fn signature_cost(n: usize, payload: usize) -> SignatureCost {
+    use parley::identity::{verify_messages, Identity};
+    use parley::proto::ChatMessage;
+    use std::time::Instant;
+    let id = Identity::generate();
+    let key = id.public();
+    let n = n.max(1);
+    let mut msgs: Vec<ChatMessage> = (0..n.max(BATCH) as u64)
+        .map(|seq| ChatMessage {
+            conversation: "#bench".into(),
+            author: "bench".into(),
+            incarnation: 1,
+            seq: seq + 1,
+            lamport: seq + 1,
+            sent_at_ms: 1,
+            body: "x".repeat(payload),
+            ..ChatMessage::default()
+        })
+        .collect();
+    let start = Instant::now();
+    for m in msgs.iter_mut() {
+        id.sign_message(m);
+    }
+    let sign_us = micros(start.elapsed()) / msgs.len() as f64;
+    let start = Instant::now();
+    let good = msgs
+        .iter()
+        .take(n)
+        .filter(|m| key.verify_message(m))
+        .count();
+    let check_us = micros(start.elapsed()) / n as f64;
+    let batch: Vec<_> = msgs.iter().take(BATCH).map(|m| (key, m)).collect();
+    let start = Instant::now();
+    let rounds = n.div_ceil(BATCH).max(1);
+    let mut batch_good = 0;
+    for _ in 0..rounds {
+        batch_good += verify_messages(&batch).iter().filter(|ok| **ok).count();
+    }
+    let batch_check_us = micros(start.elapsed()) / (rounds * BATCH) as f64;
+    // Every one was signed by that key: a check that fails is a bug here.
+    debug_assert!(good == n && batch_good == rounds * BATCH);
+    SignatureCost {
+        sign_us,
+        check_us,
+        batch_check_us,
+    }
+}

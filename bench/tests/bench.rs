@@ -159,6 +159,12 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             assert_eq!(cells[1], "100", "{line}");
         }
     }
+    // What a signature costs here, timed in the same run.
+    for field in ["sign_us", "check_us", "batch_check_us"] {
+        let v = doc["signatures"][field].as_f64().unwrap_or(0.0);
+        assert!(v > 0.0 && v < 100_000.0, "signatures.{field} = {v}");
+    }
+    assert!(stdout.contains("\nsignatures here, one core, "), "{stdout}");
     if rows.contains(&"login") || rows.contains(&"join") {
         assert!(
             stdout.contains("\nlogin: ") && stdout.contains("\njoin: "),
