@@ -89,7 +89,7 @@ pub fn targets(report: &Report) -> Vec<Target> {
                 }
             }
             // Set from their first measurements, in memory; see the README.
-            // A login is two calls, a signature and its check: 2.9-3.5x
+            // A login is two calls, a signature and its check: 2.9-3.6x
             // the floor. A join is one call.
             Scenario::Login if report.options.etcd.is_empty() => out.push(p50(4.0)),
             Scenario::Join if report.options.etcd.is_empty() => out.push(p50(2.0)),

@@ -211,7 +211,7 @@ fn nick(name: &str, run: &str) -> Nick {
     Nick::parse(&format!("{name}-{run}")).expect("the bench's nicks follow the rules")
 }
 
-/// Members started at once when room-100's start.
+/// Members started at once when room-100's members start.
 const START_WAVE: usize = 16;
 
 /// Where the sessions of `login` and `join` say they listen. Nothing

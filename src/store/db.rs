@@ -330,17 +330,135 @@ fn sql_limit(limit: usize) -> i64 {
 
 /// Stores one message; see [`Inserted`] for what the flags mean.
 pub(crate) fn insert(conn: &Connection, m: &ChatMessage) -> rusqlite::Result<Inserted> {
-    insert_as(conn, m, false)
+    insert_many(conn, std::slice::from_ref(m)).map(|r| r[0])
 }
 
-/// Stores `m`; `own`: this peer's new message, whose seq and lamport are one
-/// past the highest held (see [`append_own`]), so nothing can follow it in
-/// display order or in its author's sequence and those two reads are
-/// skipped.
-fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<Inserted> {
+/// Stores `msgs` in order, each with the flags [`insert`] gives it alone.
+/// What repeats from one message to the next is kept in memory for the
+/// batch (see [`Batch`]), so a pull's page, hundreds of messages of a few
+/// author incarnations, costs two or three statements a message, not eight.
+pub(crate) fn insert_many(
+    conn: &Connection,
+    msgs: &[ChatMessage],
+) -> rusqlite::Result<Vec<Inserted>> {
+    let mut batch = Batch::default();
+    let out = msgs
+        .iter()
+        .map(|m| insert_as(conn, &mut batch, m, false))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    batch.finish(conn)?;
+    Ok(out)
+}
+
+/// An author incarnation's place in a conversation's history during a
+/// batch of inserts.
+struct Held {
+    /// The highest seq held with no gap below it.
+    contiguous: u64,
+    /// Set once a message of it is stored: its vector row is written at the
+    /// batch's end, with this spelling if the row is new (an existing row
+    /// keeps its own).
+    author: Option<String>,
+}
+
+/// What a batch of inserts keeps in memory between its messages, as the
+/// tables would say it after each one: each conversation's Lamport clock
+/// (highest held), each author incarnation's contiguous seq, the counts
+/// added. [`Batch::finish`] writes the counts and vector rows, once each.
+/// Read before the batch's first message of each, so a batch sees what
+/// earlier batches wrote.
+#[derive(Default)]
+struct Batch {
+    clocks: HashMap<String, u64>,
+    held: HashMap<(String, String, i64), Held>,
+    added: HashMap<String, u64>,
+}
+
+impl Batch {
+    fn held(
+        &mut self,
+        conn: &Connection,
+        conv: &str,
+        author_lower: &str,
+        inc: i64,
+    ) -> rusqlite::Result<&mut Held> {
+        let key = (conv.to_owned(), author_lower.to_owned(), inc);
+        if !self.held.contains_key(&key) {
+            let contiguous = contiguous(conn, conv, author_lower, inc)?;
+            self.held.insert(
+                key.clone(),
+                Held {
+                    contiguous,
+                    author: None,
+                },
+            );
+        }
+        Ok(self.held.get_mut(&key).expect("inserted just above"))
+    }
+
+    /// The highest Lamport time `conv` holds (0 for none).
+    fn clock(&mut self, conn: &Connection, conv: &str) -> rusqlite::Result<u64> {
+        if let Some(c) = self.clocks.get(conv) {
+            return Ok(*c);
+        }
+        let clock: Option<i64> = conn
+            .prepare_cached("SELECT max(lamport) FROM messages WHERE conversation = ?1")?
+            .query_row([conv], |r| r.get(0))?;
+        let clock = clock.map_or(0, dec);
+        self.clocks.insert(conv.to_owned(), clock);
+        Ok(clock)
+    }
+
+    /// Writes the counts added and the vector rows of every author
+    /// incarnation a message was stored for.
+    fn finish(self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut count = conn.prepare_cached(
+            "INSERT INTO conversations (conversation, count) VALUES (?1, ?2)
+             ON CONFLICT (conversation) DO UPDATE SET count = count + excluded.count",
+        )?;
+        // A plain count, not an enc()'d u64: it is never compared with one.
+        for (conv, n) in &self.added {
+            count.execute(params![conv, i64::try_from(*n).unwrap_or(i64::MAX)])?;
+        }
+        let mut vector = conn.prepare_cached(
+            "INSERT INTO vector (conversation, author_lower, incarnation, author, contiguous)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (conversation, author_lower, incarnation)
+             DO UPDATE SET contiguous = excluded.contiguous",
+        )?;
+        for ((conv, author_lower, inc), held) in &self.held {
+            if let Some(author) = &held.author {
+                vector.execute(params![
+                    conv,
+                    author_lower,
+                    inc,
+                    author,
+                    enc(held.contiguous)
+                ])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stores `m` within `batch`; `own`: this peer's new message, whose seq and
+/// lamport are one past the highest held (see [`append_own`]), so nothing
+/// can follow it in display order or in its author's sequence and those
+/// reads are skipped.
+fn insert_as(
+    conn: &Connection,
+    batch: &mut Batch,
+    m: &ChatMessage,
+    own: bool,
+) -> rusqlite::Result<Inserted> {
+    let conv = m.conversation.as_str();
     let author_lower = m.author.to_ascii_lowercase();
     let (inc, seq, lamport) = (enc(m.incarnation), enc(m.seq), enc(m.lamport));
-    if !own && implausible(conn, m, &author_lower, inc)? {
+    let old = batch.held(conn, conv, &author_lower, inc)?.contiguous;
+    // Own messages need neither the plausibility rule nor the lateness
+    // check, the two readers of the clock.
+    let clock = if own { 0 } else { batch.clock(conn, conv)? };
+    if !own && implausible(m, old, clock) {
         return Ok(Inserted {
             implausible: true,
             ..Inserted::default()
@@ -369,18 +487,19 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
     if added == 0 {
         // Already held: nothing changes. The gap is still reported, so a
         // redelivery can still trigger repair of what is missing below it.
-        let contiguous = contiguous(conn, &m.conversation, &author_lower, inc)?;
         return Ok(Inserted {
             new: false,
             late: false,
-            gap: contiguous < m.seq,
+            gap: old < m.seq,
             implausible: false,
         });
     }
 
-    // `lamport >= ?2` gives the planner a plain index range; the row value
-    // does the exact tie-break.
+    // Nothing can follow a message past the clock in display order; below
+    // it, ask. `lamport >= ?2` gives the planner a plain index range; the
+    // row value does the exact tie-break.
     let late = !own
+        && m.lamport <= clock
         && conn
             .prepare_cached(
                 "SELECT 1 FROM messages
@@ -389,14 +508,11 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
                  LIMIT 1",
             )?
             .exists(params![m.conversation, lamport, author_lower, inc, seq])?;
+    if let Some(c) = batch.clocks.get_mut(conv) {
+        *c = (*c).max(m.lamport);
+    }
+    *batch.added.entry(conv.to_owned()).or_insert(0) += 1;
 
-    conn.prepare_cached(
-        "INSERT INTO conversations (conversation, count) VALUES (?1, 1)
-         ON CONFLICT (conversation) DO UPDATE SET count = count + 1",
-    )?
-    .execute([&m.conversation])?;
-
-    let old = contiguous(conn, &m.conversation, &author_lower, inc)?;
     let mut now = old;
     if own && m.seq == old.wrapping_add(1) {
         now = m.seq;
@@ -414,19 +530,9 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
             now += 1;
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO vector (conversation, author_lower, incarnation, author, contiguous)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (conversation, author_lower, incarnation)
-         DO UPDATE SET contiguous = excluded.contiguous",
-    )?
-    .execute(params![
-        m.conversation,
-        author_lower,
-        inc,
-        m.author,
-        enc(now)
-    ])?;
+    let held = batch.held(conn, conv, &author_lower, inc)?;
+    held.contiguous = now;
+    held.author.get_or_insert_with(|| m.author.clone());
 
     Ok(Inserted {
         new: true,
@@ -438,26 +544,14 @@ fn insert_as(conn: &Connection, m: &ChatMessage, own: bool) -> rusqlite::Result<
 
 /// The bounded-clocks rule: a received message may run at most
 /// [`MAX_AHEAD`] past what is held, in its author's sequence (past the
-/// highest seq held with no gap below it) and in the conversation's
-/// Lamport clock (past the highest Lamport time held). An honest author
-/// steps each by one per message, so only a peer that missed more than
-/// that many messages of one conversation (and then repairs in order) ever
-/// meets the limit; a message claiming 2^64-1 never gets in, and no
+/// highest seq held with no gap below it, `held`) and in the conversation's
+/// Lamport clock (past the highest Lamport time held, `clock`). An honest
+/// author steps each by one per message, so only a peer that missed more
+/// than that many messages of one conversation (and then repairs in order)
+/// ever meets the limit; a message claiming 2^64-1 never gets in, and no
 /// received message can push this peer's own counters near saturation.
-fn implausible(
-    conn: &Connection,
-    m: &ChatMessage,
-    author_lower: &str,
-    inc: i64,
-) -> rusqlite::Result<bool> {
-    let held = contiguous(conn, &m.conversation, author_lower, inc)?;
-    if m.seq > held.saturating_add(MAX_AHEAD) {
-        return Ok(true);
-    }
-    let clock: Option<i64> = conn
-        .prepare_cached("SELECT max(lamport) FROM messages WHERE conversation = ?1")?
-        .query_row([&m.conversation], |r| r.get(0))?;
-    Ok(m.lamport > clock.map_or(0, dec).saturating_add(MAX_AHEAD))
+fn implausible(m: &ChatMessage, held: u64, clock: u64) -> bool {
+    m.seq > held.saturating_add(MAX_AHEAD) || m.lamport > clock.saturating_add(MAX_AHEAD)
 }
 
 fn contiguous(
@@ -519,7 +613,9 @@ pub(crate) fn append_own(
     if let Some(id) = signer {
         id.sign_message(&mut msg);
     }
-    insert_as(conn, &msg, true)?;
+    let mut batch = Batch::default();
+    insert_as(conn, &mut batch, &msg, true)?;
+    batch.finish(conn)?;
     let mut owe = conn.prepare_cached(
         "INSERT OR IGNORE INTO outbox
          (recipient, conversation, author_lower, incarnation, seq, lamport)

@@ -305,8 +305,7 @@ impl Store {
     /// Stores many messages in one transaction; one result per message, in
     /// the same order.
     pub async fn insert_many(&self, msgs: Vec<ChatMessage>) -> Result<Vec<Inserted>, StoreError> {
-        self.call(move |c| msgs.iter().map(|m| db::insert(c, m)).collect())
-            .await
+        self.call(move |c| db::insert_many(c, &msgs)).await
     }
 
     /// Stores this peer's own new message: seq is one past the highest held

@@ -81,6 +81,68 @@ async fn insert_many_dedups_within_and_across_batches() {
     assert_eq!(s.version("#r").await.unwrap().count, 2);
 }
 
+/// A batch keeps clocks, contiguous seqs and counts in memory between its
+/// messages: every message must get the flags it gets stored alone, and
+/// the history must end the same, whatever the batches look like.
+#[tokio::test]
+async fn a_batch_stores_and_flags_exactly_as_one_at_a_time() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    for round in 0..20 {
+        let (one_dir, many_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let (one, many) = (open(&one_dir), open(&many_dir));
+        let msgs: Vec<ChatMessage> = (0..300)
+            .map(|_| {
+                let conv = ["#x", "#y"][rng.random_range(0..2)];
+                // One author in two spellings, and another.
+                let author = ["Alice", "alice", "bob"][rng.random_range(0..3)];
+                let inc = rng.random_range(1..3);
+                let mut seq = rng.random_range(1..40);
+                let mut lamport = rng.random_range(1..80);
+                // Now and then one that runs implausibly far ahead.
+                match rng.random_range(0..40) {
+                    0 => seq += db::MAX_AHEAD + 50,
+                    1 => lamport += db::MAX_AHEAD + 100,
+                    _ => {}
+                }
+                msg(conv, author, inc, seq, lamport)
+            })
+            .collect();
+        let mut alone = Vec::new();
+        for m in &msgs {
+            alone.push(one.insert(m.clone()).await.unwrap());
+        }
+        let mut batched = Vec::new();
+        let mut rest = &msgs[..];
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=rest.len().min(120));
+            batched.extend(many.insert_many(rest[..n].to_vec()).await.unwrap());
+            rest = &rest[n..];
+        }
+        for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+            assert_eq!(a, b, "round {round}, message {i}: {:?}", msgs[i]);
+        }
+        assert!(alone.iter().any(|r| r.new && r.late), "round {round}");
+        assert!(alone.iter().any(|r| r.implausible), "round {round}");
+        assert!(
+            alone.iter().any(|r| !r.new && !r.implausible),
+            "round {round}"
+        );
+        for conv in ["#x", "#y"] {
+            assert_eq!(
+                one.version(conv).await.unwrap(),
+                many.version(conv).await.unwrap(),
+                "round {round}"
+            );
+            assert_eq!(
+                one.all(conv).await.unwrap(),
+                many.all(conv).await.unwrap(),
+                "round {round}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn version_vector_tracks_contiguous_prefix_and_gap_flag() {
     let dir = TempDir::new().unwrap();
