@@ -921,6 +921,18 @@ fn newer_schema_is_refused_and_left_untouched() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("history.db");
     drop(Store::open(&path).unwrap());
+    // The dropped store's threads close on their own and empty the WAL
+    // into the file as they go: wait for its last connection to remove the
+    // WAL, or that write lands after `before` is read.
+    let wal = dir.path().join("history.db-wal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wal.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(user_version(&path), 4);
     Connection::open(&path)
         .unwrap()
