@@ -610,7 +610,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let (n, payload) = (options.messages, options.payload);
         move || stats::signature_cost(n, payload)
     })
-    .await?;
+    .await??;
     bar.set_message("starting router and peers");
     let mut cluster = Cluster::start(options.in_process, &options.etcd, specs).await?;
     let measured = measure_all(

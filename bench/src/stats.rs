@@ -85,7 +85,7 @@ pub const BATCH: usize = 256;
 
 /// Times signing and checking `n` messages of `payload` bytes (a few tenths
 /// of a second at the default 1000).
-pub fn signature_cost(n: usize, payload: usize) -> SignatureCost {
+pub fn signature_cost(n: usize, payload: usize) -> anyhow::Result<SignatureCost> {
     use parley::identity::{verify_messages, Identity};
     use parley::proto::ChatMessage;
     use std::time::Instant;
@@ -124,11 +124,16 @@ pub fn signature_cost(n: usize, payload: usize) -> SignatureCost {
         batch_good += verify_messages(&batch).iter().filter(|ok| **ok).count();
     }
     let batch_check_us = micros(start.elapsed()) / (rounds * BATCH) as f64;
-    // Every one was signed by that key: a check that fails is a bug here.
-    debug_assert!(good == n && batch_good == rounds * BATCH);
-    SignatureCost {
+    // Every one was signed by that key: a refusal means the timing timed
+    // the wrong thing.
+    anyhow::ensure!(
+        good == n && batch_good == rounds * BATCH,
+        "timing signatures: {good} of {n} checked alone, {batch_good} of {} in batches",
+        rounds * BATCH
+    );
+    Ok(SignatureCost {
         sign_us,
         check_us,
         batch_check_us,
-    }
+    })
 }

@@ -382,18 +382,15 @@ impl Batch {
         author_lower: &str,
         inc: i64,
     ) -> rusqlite::Result<&mut Held> {
+        use std::collections::hash_map::Entry;
         let key = (conv.to_owned(), author_lower.to_owned(), inc);
-        if !self.held.contains_key(&key) {
-            let contiguous = contiguous(conn, conv, author_lower, inc)?;
-            self.held.insert(
-                key.clone(),
-                Held {
-                    contiguous,
-                    author: None,
-                },
-            );
-        }
-        Ok(self.held.get_mut(&key).expect("inserted just above"))
+        Ok(match self.held.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Held {
+                contiguous: contiguous(conn, conv, author_lower, inc)?,
+                author: None,
+            }),
+        })
     }
 
     /// The highest Lamport time `conv` holds (0 for none).
