@@ -1,8 +1,8 @@
 //! Connections to other peers: one lazily connected HTTP/2 channel over TLS
 //! per peer address and key, kept and reused for every call (never a
 //! connection per message), each call under a deadline; and the one
-//! `Deliver` call every sender (fan-out, outbox, pushes after a sync) makes
-//! through them. A channel reaches only the key the registry gave for the
+//! delivery every sender (fan-out, outbox, pushes after a sync) makes
+//! through them, over a long-lived `Link` stream per channel ([`link`]). A channel reaches only the key the registry gave for the
 //! member, and only if that key is the one this peer knows for the nick
 //! (see [`crate::trust`]).
 
@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+mod link;
+
 use crate::identity::PublicKey;
 use crate::proto::chat_client::ChatClient;
-use crate::proto::{ChatMessage, DeliverRequest, Member};
+use crate::proto::{ChatMessage, Member};
 use crate::tls::{Expect, Tls};
 use crate::trust::{KnownKeys, Trust};
 
@@ -93,6 +95,8 @@ struct Kept {
     /// The member's key, decoded once when the channel was made.
     key: PublicKey,
     used: Instant,
+    /// The link stream deliveries go over, opened on first use.
+    link: Option<link::Link>,
 }
 
 /// The channels to other peers, by address and key. Cheap to clone.
@@ -190,6 +194,7 @@ impl Peers {
                     channel,
                     key,
                     used: Instant::now(),
+                    link: None,
                 });
                 kept.channel.clone()
             }
@@ -216,15 +221,16 @@ impl Peers {
     }
 
     /// [`Peers::deliver`], with the member's away message when it answered
-    /// that its person is away.
+    /// that its person is away. It goes over the member's link, in a batch
+    /// with whatever else is on its way there.
     pub async fn deliver_answered(
         &self,
         member: &Member,
         msg: ChatMessage,
     ) -> (Delivery, Option<String>) {
         let address = member.address.as_str();
-        let mut client = match self.client(member) {
-            Ok(c) => c,
+        let link = match self.link(member) {
+            Ok(link) => link,
             Err(err) => {
                 // An address that cannot be parsed today may be replaced by
                 // a good one when the member logs in again, and a changed
@@ -233,31 +239,42 @@ impl Peers {
                 return (Delivery::Unreachable, None);
             }
         };
-        let mut req = tonic::Request::new(DeliverRequest { message: Some(msg) });
-        req.set_timeout(CALL_DEADLINE);
-        let mut away = None;
-        let result = match tokio::time::timeout(CALL_DEADLINE, client.deliver(req)).await {
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                if !resp.away.is_empty() {
-                    away = Some(resp.away);
-                }
-                Delivery::Stored
-            }
-            Ok(Err(status)) => {
-                tracing::debug!(address, %status, "deliver failed");
-                Delivery::of_status(status.code())
-            }
+        let answer = match tokio::time::timeout(CALL_DEADLINE, link.deliver(msg)).await {
+            Ok(answer) => answer,
             Err(_) => {
                 tracing::debug!(address, "deliver timed out");
-                Delivery::Unreachable
+                (Delivery::Unreachable, None)
             }
         };
-        match result {
+        match answer.0 {
             Delivery::Unreachable => self.mark_down(address),
             _ => self.mark_up(address),
         }
-        (result, away)
+        answer
+    }
+
+    /// The link to `member`, kept with its channel; a new one when there
+    /// is none or the last one ended. Trust is checked as for [`Peers::client`].
+    fn link(&self, member: &Member) -> Result<link::Link, NetError> {
+        let client = self.client(member)?;
+        let raw: [u8; 32] = member
+            .key
+            .as_slice()
+            .try_into()
+            .map_err(|_| NetError::BadKey(member.nick.clone()))?;
+        let mut channels = self.lock_channels();
+        let Some(kept) = channels.get_mut(&(member.address.clone(), raw)) else {
+            // Dropped from the cache just now: a link for this message.
+            return Ok(link::Link::open(client));
+        };
+        match &kept.link {
+            Some(link) if !link.is_closed() => Ok(link.clone()),
+            _ => {
+                let link = link::Link::open(client);
+                kept.link = Some(link.clone());
+                Ok(link)
+            }
+        }
     }
 
     /// Records that `address` did not answer in time.

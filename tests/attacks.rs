@@ -103,6 +103,89 @@ async fn a_message_with_a_bad_signature_is_refused_even_from_its_author() {
     router.stop().await;
 }
 
+/// A link batch is judged message by message, as `Deliver` judges one: in
+/// one batch, a message in another's name and one changed after signing
+/// are refused with Deliver's codes, and the good ones around them are
+/// stored. A repeat is held already; a batch past the limit ends the link.
+#[tokio::test]
+async fn a_link_batch_is_judged_message_by_message() {
+    let router = TestRouter::start(TTL).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    let bob = TestPeer::start(&router, "bob").await;
+    let (mallory, _) = mallory(&router).await;
+    let mut raw = chat_client_as(&bob.peer.listen_addr().to_string(), &mallory);
+
+    let signed = |seq: u64, body: &str| {
+        let mut m = message("@bob+mallory", "mallory", seq, seq, body);
+        mallory.sign_message(&mut m);
+        m
+    };
+    let mut forged = message("@alice+bob", "alice", 1, 1, "in alice's name");
+    forged.incarnation = alice.peer.incarnation();
+    mallory.sign_message(&mut forged);
+    let mut changed = signed(2, "as signed");
+    changed.body = "changed after signing".into();
+    let batch = vec![
+        signed(1, "one"),
+        forged,
+        changed,
+        signed(2, "two"),
+        signed(3, "three"),
+    ];
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = raw
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(LinkBatch { messages: batch }).await.unwrap();
+    let ack = acks.message().await.unwrap().expect("an answer");
+    let codes: Vec<Code> = ack.results.iter().map(|r| Code::from_i32(r.code)).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::Ok,
+            Code::Ok
+        ],
+        "{ack:?}"
+    );
+    assert!(ack.results[0].stored && ack.results[3].stored && ack.results[4].stored);
+    assert!(!ack.results[1].error.is_empty() && !ack.results[2].error.is_empty());
+    let held: Vec<String> = bob
+        .history("@bob+mallory")
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(held, ["one", "two", "three"]);
+    assert!(bob.history("@alice+bob").await.is_empty());
+
+    // The same message again, on the same link: held already.
+    tx.send(LinkBatch {
+        messages: vec![signed(1, "one")],
+    })
+    .await
+    .unwrap();
+    let ack = acks.message().await.unwrap().expect("an answer");
+    assert_eq!(ack.results.len(), 1);
+    assert_eq!(Code::from_i32(ack.results[0].code), Code::Ok);
+    assert!(!ack.results[0].stored);
+
+    // Past the limit: the link ends, and nothing of that batch is stored.
+    let too_many = (0..1025).map(|i| signed(4 + i, "more")).collect();
+    tx.send(LinkBatch { messages: too_many }).await.unwrap();
+    let err = acks.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(bob.history("@bob+mallory").await.len(), 3);
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn private_and_room_history_is_read_only_by_those_with_a_right() {
     let router = TestRouter::start(TTL).await;

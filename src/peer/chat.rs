@@ -6,6 +6,7 @@
 //! author's nick is bound to and carry that key's signature; a private
 //! conversation is read only by its other party, a room only by members.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 
 use tokio::sync::mpsc;
@@ -13,25 +14,31 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::away::Away;
 use super::events::{Events, PeerEvent};
 use super::rooms::Rooms;
 use super::session::Session;
-use crate::identity::PublicKey;
+use crate::identity::{verify_messages, PublicKey};
 use crate::message::valid_message;
 use crate::names::{Conversation, Nick, Room};
 use crate::net::Peers;
 use crate::proto::chat_server::Chat;
 use crate::proto::*;
-use crate::store::{PullCursor, Store, StoreError};
+use crate::store::{Inserted, PullCursor, Store, StoreError};
 use crate::sync::{digest, KeyOf, Syncer};
 
 /// Most messages a history page carries, whatever the requester asks.
 const MAX_PAGE: usize = 1000;
 /// Bytes of bodies per page: keeps every frame far below the size limit.
 const PAGE_BYTES: usize = 1024 * 1024;
+/// Most messages one link batch may carry (proto `LinkBatch`).
+pub const MAX_LINK_BATCH: usize = 1024;
+/// Answers of a link waiting for its caller to read them.
+const LINK_ACKS: usize = 4;
+/// From this many signatures on, a batch is checked on the blocking pool.
+const VERIFY_IN_PLACE: usize = 32;
 
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Status {
@@ -47,7 +54,9 @@ impl From<StoreError> for Status {
 
 /// What the chat service serves from: the store, the picture of the world
 /// (through the session), the rooms the person wants, and where new
-/// messages and gaps go. Not the peer itself.
+/// messages and gaps go. Not the peer itself. Cheap to clone: a link's
+/// task holds its own.
+#[derive(Clone)]
 pub(super) struct ChatService {
     /// Off only in `bench`'s comparison (see `PeerConfig::unsigned`).
     pub(super) check_signatures: bool,
@@ -183,6 +192,200 @@ impl ChatService {
             }
         }
     }
+    /// Takes `msgs`, the caller's own messages, as `Deliver` takes one:
+    /// each is checked (well formed, its author's key is the caller's, a
+    /// member or party may write it), their signatures are checked as one
+    /// batch, and those that pass are stored in one store job. One answer
+    /// per message, in order; a refusal is that message's alone.
+    async fn take(
+        &self,
+        caller: &PublicKey,
+        msgs: Vec<ChatMessage>,
+    ) -> Vec<Result<DeliverResponse, Status>> {
+        let mut answers: Vec<Option<Result<DeliverResponse, Status>>> = vec![None; msgs.len()];
+        // Within a batch each author's key and each (room, author)'s
+        // membership is asked once: a link's batch is one author's.
+        let mut keys: HashMap<String, Result<(), Status>> = HashMap::new();
+        let mut passed = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.into_iter().enumerate() {
+            match self.admit(caller, &msg, &mut keys).await {
+                Ok((conv, author)) => passed.push((i, msg, conv, author)),
+                Err(status) => answers[i] = Some(Err(status)),
+            }
+        }
+        if self.check_signatures && !passed.is_empty() {
+            let good = verify_own(caller, passed.iter().map(|p| p.1.clone()).collect()).await;
+            passed = passed
+                .into_iter()
+                .zip(good)
+                .filter_map(|(p, good)| {
+                    if good {
+                        return Some(p);
+                    }
+                    let msg = &p.1;
+                    tracing::warn!(author = %msg.author, caller = %caller, conversation = %msg.conversation, seq = msg.seq, "refused a message whose signature does not check");
+                    answers[p.0] = Some(Err(Status::invalid_argument(
+                        "the message's signature does not check against its author's key",
+                    )));
+                    None
+                })
+                .collect();
+        }
+        let mut rights: HashMap<(String, String), Result<(), Status>> = HashMap::new();
+        let mut admitted = Vec::with_capacity(passed.len());
+        for (i, msg, conv, author) in passed {
+            let right = match &conv {
+                Conversation::Room(room) => {
+                    let at = (room.key(), author.key());
+                    match rights.get(&at) {
+                        Some(right) => right.clone(),
+                        None => {
+                            let right = self.check_room(room, &author).await;
+                            rights.insert(at, right.clone());
+                            right
+                        }
+                    }
+                }
+                Conversation::Private(..) => {
+                    if !conv.is_party(self.me()) || !conv.is_party(&author) {
+                        Err(Status::permission_denied(
+                            "not a party to that private conversation",
+                        ))
+                    } else {
+                        // A new partner may share no room: follow its presence.
+                        self.session.follow(&author);
+                        Ok(())
+                    }
+                }
+            };
+            match right {
+                Ok(()) => admitted.push((i, msg, conv)),
+                Err(status) => answers[i] = Some(Err(status)),
+            }
+        }
+        if !admitted.is_empty() {
+            let batch = admitted.iter().map(|a| a.1.clone()).collect();
+            match self.store.insert_many(batch).await {
+                Ok(inserted) => {
+                    for ((i, msg, conv), inserted) in admitted.into_iter().zip(inserted) {
+                        answers[i] = Some(self.stored(msg, &conv, inserted));
+                    }
+                }
+                Err(err) => {
+                    let status = Status::from(err);
+                    for (i, ..) in admitted {
+                        answers[i] = Some(Err(status.clone()));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(Status::internal("no answer"))))
+            .collect()
+    }
+
+    /// The checks of one message that need no signature: well formed, not
+    /// this peer's own nick, written by the caller's key.
+    async fn admit(
+        &self,
+        caller: &PublicKey,
+        msg: &ChatMessage,
+        keys: &mut HashMap<String, Result<(), Status>>,
+    ) -> Result<(Conversation, Nick), Status> {
+        let conv = valid_message(msg).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let author =
+            Nick::parse(&msg.author).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if author.key() == self.me().key() {
+            return Err(Status::invalid_argument(
+                "a message from this peer's own nick",
+            ));
+        }
+        // Deliver carries the caller's own messages only: whatever name it
+        // writes, the key decides, and the signature must be that key's.
+        let known = match keys.get(&author.key()) {
+            Some(known) => known.clone(),
+            None => {
+                let known = self.is_key_of(author.as_str(), caller).await;
+                keys.insert(author.key(), known.clone());
+                known
+            }
+        };
+        known.map(|()| (conv, author))
+    }
+
+    /// What a stored message means: told to the person if new, a gap
+    /// repaired, the answer to its sender.
+    fn stored(
+        &self,
+        msg: ChatMessage,
+        conv: &Conversation,
+        inserted: Inserted,
+    ) -> Result<DeliverResponse, Status> {
+        if inserted.implausible {
+            tracing::warn!(author = %msg.author, seq = msg.seq, lamport = msg.lamport, "refused a message whose clock runs implausibly far ahead");
+            return Err(Status::invalid_argument(
+                "seq or Lamport time runs implausibly far ahead of what is held",
+            ));
+        }
+        if inserted.gap {
+            if let Some(sender) = self.session.world().user(&msg.author) {
+                self.sync.repair_gap(&msg, sender);
+            }
+        }
+        let stored = inserted.new;
+        if inserted.new {
+            self.events.emit(PeerEvent::Message {
+                msg,
+                late: inserted.late,
+            });
+        }
+        let away = match conv {
+            Conversation::Private(..) => self.away.get().map(|a| a.to_string()),
+            Conversation::Room(_) => None,
+        };
+        Ok(DeliverResponse {
+            stored,
+            away: away.unwrap_or_default(),
+        })
+    }
+}
+
+/// Which of `msgs` carry `key`'s signature, checked as one batch; a large
+/// batch on the blocking pool, so the runtime's threads keep serving.
+async fn verify_own(key: &PublicKey, msgs: Vec<ChatMessage>) -> Vec<bool> {
+    fn check(key: PublicKey, msgs: &[ChatMessage]) -> Vec<bool> {
+        let items: Vec<(PublicKey, &ChatMessage)> = msgs.iter().map(|m| (key, m)).collect();
+        verify_messages(&items)
+    }
+    let n = msgs.len();
+    if n < VERIFY_IN_PLACE {
+        return check(*key, &msgs);
+    }
+    let key = *key;
+    // A check that did not finish (a panic, a runtime shutting down)
+    // refuses the batch; the sender tries again.
+    tokio::task::spawn_blocking(move || check(key, &msgs))
+        .await
+        .unwrap_or_else(|_| vec![false; n])
+}
+
+/// A link's answer for one message, as `Deliver` would have given it.
+fn link_result(answer: Result<DeliverResponse, Status>) -> LinkResult {
+    match answer {
+        Ok(resp) => LinkResult {
+            code: Code::Ok as i32,
+            error: String::new(),
+            stored: resp.stored,
+            away: resp.away,
+        },
+        Err(status) => LinkResult {
+            code: status.code() as i32,
+            error: status.message().to_owned(),
+            stored: false,
+            away: String::new(),
+        },
+    }
 }
 
 /// The key that called, as its link proved it.
@@ -193,6 +396,7 @@ fn caller<T>(req: &Request<T>) -> Result<PublicKey, Status> {
 }
 
 type PageStream = Pin<Box<dyn Stream<Item = Result<HistoryPage, Status>> + Send>>;
+type AckStream = Pin<Box<dyn Stream<Item = Result<LinkAck, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Chat for ChatService {
@@ -205,62 +409,59 @@ impl Chat for ChatService {
             .into_inner()
             .message
             .ok_or_else(|| Status::invalid_argument("missing message"))?;
-        let conv = valid_message(&msg).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let me = self.me();
-        let author =
-            Nick::parse(&msg.author).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if author.key() == me.key() {
-            return Err(Status::invalid_argument(
-                "a message from this peer's own nick",
-            ));
-        }
-        // Deliver carries the caller's own messages only: whatever name it
-        // writes, the key decides, and the signature must be that key's.
-        self.is_key_of(author.as_str(), &caller).await?;
-        if self.check_signatures && !caller.verify_message(&msg) {
-            tracing::warn!(author = %msg.author, caller = %caller, conversation = %msg.conversation, seq = msg.seq, "refused a message whose signature does not check");
-            return Err(Status::invalid_argument(
-                "the message's signature does not check against its author's key",
-            ));
-        }
-        match &conv {
-            Conversation::Room(room) => self.check_room(room, &author).await?,
-            Conversation::Private(..) => {
-                if !conv.is_party(me) || !conv.is_party(&author) {
-                    return Err(Status::permission_denied(
-                        "not a party to that private conversation",
-                    ));
+        // A batch of one: the same checks and the same store job as a link's.
+        let answer = self.take(&caller, vec![msg]).await.pop();
+        answer
+            .unwrap_or_else(|| Err(Status::internal("no answer")))
+            .map(Response::new)
+    }
+
+    type LinkStream = AckStream;
+
+    async fn link(
+        &self,
+        req: Request<Streaming<LinkBatch>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let caller = caller(&req)?;
+        let mut batches = req.into_inner();
+        let (tx, rx) = mpsc::channel(LINK_ACKS);
+        let svc = self.clone();
+        // One batch at a time, in order: the next waits in the transport
+        // (and grows at the sender) while this one is checked and stored.
+        self.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = svc.stop.cancelled() => return,
+                    b = batches.message() => b,
+                };
+                let batch = match next {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, caller = %caller, "link ended");
+                        return;
+                    }
+                };
+                if batch.messages.len() > MAX_LINK_BATCH {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "a link batch holds at most {MAX_LINK_BATCH} messages"
+                        ))))
+                        .await;
+                    return;
                 }
-                // A new partner may share no room: follow its presence.
-                self.session.follow(&author);
+                let results = svc
+                    .take(&caller, batch.messages)
+                    .await
+                    .into_iter()
+                    .map(link_result)
+                    .collect();
+                if tx.send(Ok(LinkAck { results })).await.is_err() {
+                    return;
+                }
             }
-        }
-        let inserted = self.store.insert(msg.clone()).await?;
-        if inserted.implausible {
-            tracing::warn!(author = %msg.author, seq = msg.seq, lamport = msg.lamport, "refused a message whose clock runs implausibly far ahead");
-            return Err(Status::invalid_argument(
-                "seq or Lamport time runs implausibly far ahead of what is held",
-            ));
-        }
-        if inserted.gap {
-            if let Some(sender) = self.session.world().user(&msg.author) {
-                self.sync.repair_gap(&msg, sender);
-            }
-        }
-        if inserted.new {
-            self.events.emit(PeerEvent::Message {
-                msg,
-                late: inserted.late,
-            });
-        }
-        let away = match conv {
-            Conversation::Private(..) => self.away.get().map(|a| a.to_string()),
-            Conversation::Room(_) => None,
-        };
-        Ok(Response::new(DeliverResponse {
-            stored: inserted.new,
-            away: away.unwrap_or_default(),
-        }))
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_version(
