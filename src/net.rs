@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -54,6 +55,9 @@ pub enum NetError {
 
 /// Told once per changed key: (nick, known key, new key).
 pub type OnChanged = Arc<dyn Fn(&str, PublicKey, PublicKey) + Send + Sync>;
+
+/// Most messages [`Peers::deliver_all`] has on a link at once.
+const DELIVER_CHUNK: usize = 1024;
 
 /// How long an address that failed to answer is skipped by senders.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -218,6 +222,26 @@ impl Peers {
     /// Remembers whether the address answered.
     pub async fn deliver(&self, member: &Member, msg: ChatMessage) -> Delivery {
         self.deliver_answered(member, msg).await.0
+    }
+
+    /// Delivers `msgs` to `member`, in order, all queued on its link at
+    /// once, so they travel in a few batches instead of a round trip each.
+    /// One answer per message; after a chunk with an unreachable answer the
+    /// rest are not tried and answer [`Delivery::Unreachable`].
+    pub async fn deliver_all(&self, member: &Member, msgs: Vec<ChatMessage>) -> Vec<Delivery> {
+        let total = msgs.len();
+        let mut answers = Vec::with_capacity(total);
+        let mut rest = msgs.into_iter();
+        while answers.len() < total {
+            let chunk: Vec<ChatMessage> = rest.by_ref().take(DELIVER_CHUNK).collect();
+            let got = join_all(chunk.into_iter().map(|m| self.deliver(member, m))).await;
+            let unreachable = got.contains(&Delivery::Unreachable);
+            answers.extend(got);
+            if unreachable {
+                answers.resize(total, Delivery::Unreachable);
+            }
+        }
+        answers
     }
 
     /// [`Peers::deliver`], with the member's away message when it answered

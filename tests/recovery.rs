@@ -121,6 +121,27 @@ async fn a_private_message_to_an_offline_nick_arrives_when_it_logs_in() {
     router.stop().await;
 }
 
+/// A backlog far larger than one link batch's share of a round trip:
+/// every message owed reaches the member when it logs in, none twice.
+#[tokio::test]
+async fn a_backlog_of_hundreds_reaches_a_member_when_it_logs_in() {
+    let router = TestRouter::start(TTL).await;
+    let alice = TestPeer::start(&router, "alice").await;
+    for i in 0..300 {
+        let r = alice.tell("bob", &format!("owed {i}")).await;
+        assert_eq!(r.pending, ["bob"]);
+    }
+    let bob = TestPeer::start(&router, "bob").await;
+    let held = bob.wait_for("@alice+bob", 300).await;
+    let bodies: Vec<String> = held.iter().map(|m| m.body.clone()).collect();
+    let want: Vec<String> = (0..300).map(|i| format!("owed {i}")).collect();
+    assert_eq!(bodies, want);
+    assert_eq!(ids(&held), ids(&alice.history("@alice+bob").await));
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn an_outbox_survives_a_sender_restart() {
     let router = TestRouter::start(TTL).await;

@@ -240,7 +240,8 @@ impl Outbox {
         Ok(report)
     }
 
-    /// Delivers what the outbox holds for `nick`, in order, if it is online.
+    /// Delivers what the outbox holds for `nick`, in order and all at once
+    /// over its link, if it is online.
     pub async fn flush(&self, nick: &str) {
         let key = nick.to_ascii_lowercase();
         if !self.lock_flushing().insert(key.clone()) {
@@ -286,16 +287,17 @@ impl Outbox {
                 .filter(|m| !in_flight.contains(&(key.to_owned(), MsgId::of(m))))
                 .collect()
         };
+        let ids: Vec<MsgId> = msgs.iter().map(MsgId::of).collect();
+        let answers = inner.peers.deliver_all(&member, msgs).await;
         let mut done = Vec::new();
         let mut delivered = 0;
-        for m in msgs {
-            let id = MsgId::of(&m);
-            match inner.peers.deliver(&member, m).await {
+        for (id, answer) in ids.into_iter().zip(answers) {
+            match answer {
                 Delivery::Stored => delivered += 1,
                 // Definite: it will never take this one.
                 Delivery::Refused => {}
-                // Still away (or not sure yet): keep the rest, in order.
-                Delivery::Unreachable => break,
+                // Still away (or not sure yet): kept for the next flush.
+                Delivery::Unreachable => continue,
             }
             done.push(id);
         }

@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::identity::{verify_messages, PublicKey};
 use crate::message::valid_message;
 use crate::names::{Conversation, Nick};
-use crate::net::{Delivery, Peers};
+use crate::net::Peers;
 use crate::proto::{
     ChatMessage, GetVersionRequest, GetVersionResponse, Member, PullHistoryRequest, VectorEntry,
 };
@@ -478,11 +478,8 @@ impl Syncer {
             self.inner.tasks.spawn(async move {
                 match s.own_missing(&conv, vector).await {
                     Ok(msgs) => {
-                        for m in msgs {
-                            if s.inner.peers.deliver(&member, m).await != Delivery::Stored {
-                                break;
-                            }
-                        }
+                        // Whatever is not taken now, the next sync offers again.
+                        s.inner.peers.deliver_all(&member, msgs).await;
                     }
                     Err(err) => tracing::warn!(cause = %err, "cannot read own messages to push"),
                 }
