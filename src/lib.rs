@@ -13,8 +13,9 @@
 //!   a terminal, to its log file), runtime, exit code.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
-//! - [`net`]: channels to other peers (a bounded cache, deadlines) and the
-//!   one `Deliver` call, with what its answer means.
+//! - [`net`]: channels to other peers (a bounded cache, deadlines), the
+//!   long-lived `Link` stream per channel that carries every delivery in
+//!   batches, and what an answer means.
 //! - [`peer`]: the [`peer::Peer`] handle over its parts: the router session
 //!   and the picture of the world, fan-out and the outbox, the `Chat`
 //!   service, the rooms kept across restarts, the events for the person.

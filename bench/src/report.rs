@@ -262,7 +262,7 @@ fn table_on(report: &Report, m: &Machine) -> String {
     }
     let sig = &report.signatures;
     say(&format!(
-        "signatures here, one core, {}-byte bodies: sign {}, strict check {} (as Deliver), {} each in a batch of {} (as a pull)",
+        "signatures here, one core, {}-byte bodies: sign {}, strict check {} (a message alone), {} each in a batch of {} (a pull, a busy link)",
         o.payload,
         fmt_us(sig.sign_us),
         fmt_us(sig.check_us),

@@ -73,10 +73,10 @@ mod tests {
 pub struct SignatureCost {
     /// Signing one message (µs, mean).
     pub sign_us: f64,
-    /// Checking one strictly, as `Deliver` does (µs, mean).
+    /// Checking one strictly, as a message that arrives alone is (µs, mean).
     pub check_us: f64,
-    /// Checking one within a batch of [`BATCH`], as a pull's pages are
-    /// (µs per signature, mean).
+    /// Checking one within a batch of [`BATCH`], as a pull's pages and a
+    /// busy link's batches are (µs per signature, mean).
     pub batch_check_us: f64,
 }
 

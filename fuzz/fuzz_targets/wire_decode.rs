@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use parley::names::{check_address, check_body, Conversation, Name, Nick, Room};
 use parley::proto::{
-    ChatMessage, DeliverRequest, GetVersionRequest, JoinRoomRequest, LoginRequest,
-    PullHistoryRequest, RegistryEvent,
+    ChatMessage, DeliverRequest, GetVersionRequest, JoinRoomRequest, LinkAck, LinkBatch,
+    LoginRequest, PullHistoryRequest, RegistryEvent,
 };
 use prost::Message;
 
@@ -43,6 +43,16 @@ fuzz_target!(|data: &[u8]| {
         if let Some(m) = &d.message {
             message(m);
         }
+    }
+    // A peer's link receives batches; a sender's link, their answers.
+    if let Ok(b) = LinkBatch::decode(data) {
+        for m in &b.messages {
+            message(m);
+        }
+    }
+    if let Ok(a) = LinkAck::decode(data) {
+        let again = LinkAck::decode(a.encode_to_vec().as_slice()).expect("re-decode");
+        assert_eq!(again, a);
     }
     if let Ok(p) = PullHistoryRequest::decode(data) {
         names(&p.conversation);
