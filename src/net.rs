@@ -2,9 +2,10 @@
 //! per peer address and key, kept and reused for every call (never a
 //! connection per message), each call under a deadline; and the one
 //! delivery every sender (fan-out, outbox, pushes after a sync) makes
-//! through them, over a long-lived `Link` stream per channel ([`link`]). A channel reaches only the key the registry gave for the
-//! member, and only if that key is the one this peer knows for the nick
-//! (see [`crate::trust`]).
+//! through them, over a long-lived `Link` stream per channel ([`link`]).
+//! A channel reaches only the key the registry gave for the member, and
+//! only if that key is the one this peer knows for the nick (see
+//! [`crate::trust`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
