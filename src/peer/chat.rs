@@ -214,7 +214,14 @@ impl ChatService {
             }
         }
         if self.check_signatures && !passed.is_empty() {
-            let good = verify_own(caller, passed.iter().map(|p| p.1.clone()).collect()).await;
+            let good = if passed.len() < VERIFY_IN_PLACE {
+                // In place, the usual case (a message alone): no copies.
+                let items: Vec<(PublicKey, &ChatMessage)> =
+                    passed.iter().map(|p| (*caller, &p.1)).collect();
+                verify_messages(&items)
+            } else {
+                verify_off_runtime(*caller, passed.iter().map(|p| p.1.clone()).collect()).await
+            };
             passed = passed
                 .into_iter()
                 .zip(good)
@@ -351,23 +358,18 @@ impl ChatService {
     }
 }
 
-/// Which of `msgs` carry `key`'s signature, checked as one batch; a large
-/// batch on the blocking pool, so the runtime's threads keep serving.
-async fn verify_own(key: &PublicKey, msgs: Vec<ChatMessage>) -> Vec<bool> {
-    fn check(key: PublicKey, msgs: &[ChatMessage]) -> Vec<bool> {
-        let items: Vec<(PublicKey, &ChatMessage)> = msgs.iter().map(|m| (key, m)).collect();
-        verify_messages(&items)
-    }
+/// Which of `msgs` carry `key`'s signature, checked as one batch on the
+/// blocking pool, so the runtime's threads keep serving meanwhile.
+async fn verify_off_runtime(key: PublicKey, msgs: Vec<ChatMessage>) -> Vec<bool> {
     let n = msgs.len();
-    if n < VERIFY_IN_PLACE {
-        return check(*key, &msgs);
-    }
-    let key = *key;
     // A check that did not finish (a panic, a runtime shutting down)
     // refuses the batch; the sender tries again.
-    tokio::task::spawn_blocking(move || check(key, &msgs))
-        .await
-        .unwrap_or_else(|_| vec![false; n])
+    tokio::task::spawn_blocking(move || {
+        let items: Vec<(PublicKey, &ChatMessage)> = msgs.iter().map(|m| (key, m)).collect();
+        verify_messages(&items)
+    })
+    .await
+    .unwrap_or_else(|_| vec![false; n])
 }
 
 /// A link's answer for one message, as `Deliver` would have given it.
