@@ -155,13 +155,7 @@ async fn a_link_batch_is_judged_message_by_message() {
     );
     assert!(ack.results[0].stored && ack.results[3].stored && ack.results[4].stored);
     assert!(!ack.results[1].error.is_empty() && !ack.results[2].error.is_empty());
-    let held: Vec<String> = bob
-        .history("@bob+mallory")
-        .await
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
-    assert_eq!(held, ["one", "two", "three"]);
+    assert_eq!(bob.bodies("@bob+mallory").await, ["one", "two", "three"]);
     assert!(bob.history("@alice+bob").await.is_empty());
 
     // The same message again, on the same link: held already.
@@ -520,13 +514,7 @@ async fn a_member_reporting_a_huge_version_cannot_hand_a_newcomer_forged_history
 
     let carol = TestPeer::start(&router, "carol").await;
     carol.join("#town").await;
-    let bodies: Vec<String> = carol
-        .history("#town")
-        .await
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
-    assert_eq!(bodies, ["the real one"]);
+    assert_eq!(carol.bodies("#town").await, ["the real one"]);
     // Alice's real next message is taken, not shadowed by a forgery.
     let r = alice.say("#town", "second").await;
     assert_eq!(r.message.seq, real.message.seq + 1);

@@ -190,6 +190,15 @@ impl TestPeer {
         all
     }
 
+    /// The bodies of [`TestPeer::history`], in order.
+    pub async fn bodies(&self, conv: &str) -> Vec<String> {
+        self.history(conv)
+            .await
+            .into_iter()
+            .map(|m| m.body)
+            .collect()
+    }
+
     /// Waits for the next message event (10 s at most).
     pub async fn next_message(&mut self) -> (ChatMessage, bool) {
         self.next_event(Duration::from_secs(10), |ev| match ev {
