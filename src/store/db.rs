@@ -15,7 +15,9 @@ use crate::proto::{ChatMessage, VectorEntry};
 const APPLICATION_ID: i32 = 0x5052_4c59;
 /// `PRAGMA user_version`: the schema revision. A file at an older revision is
 /// upgraded in place at open; a newer one is refused.
-const SCHEMA_VERSION: i32 = 4;
+pub(crate) const SCHEMA_VERSION: i32 = 4;
+/// Bytes per page of a history parley creates (SQLite's default is 4096).
+pub(crate) const PAGE_SIZE: i64 = 1024;
 
 /// How far past what is held a received message's seq or Lamport time may
 /// run: see [`implausible`].
@@ -172,6 +174,14 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
         0
     };
 
+    if version == 0 {
+        // Before the first table (and before WAL, which fixes it): every
+        // commit writes each page it touched whole, and a message touches
+        // about six (its row, three indexes, the count, the vector), so
+        // small pages make a commit cheaper. An older file keeps its size.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(err)?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")

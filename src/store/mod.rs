@@ -584,9 +584,10 @@ fn writer(
     // Dropping `nudge` tells the checkpointer to finish.
 }
 
-/// WAL frames (pages, 4 KiB) between two checkpoints, as SQLite's default.
+/// WAL frames (a page each) between two checkpoints, as SQLite's default.
 const CHECKPOINT_FRAMES: u64 = 1000;
-/// WAL frames past which the writer checkpoints itself: 64 MiB.
+/// WAL frames past which the writer checkpoints itself: 16 MiB of
+/// `db::PAGE_SIZE` pages (64 MiB in a file from before it, of 4 KiB).
 const WAL_FRAMES_AT_MOST: u64 = 16 * 1024;
 /// Passes the checkpointer makes after a nudge to catch up with a writer
 /// that appended while it copied; each copies only what came meanwhile.

@@ -831,6 +831,29 @@ fn user_version(path: &Path) -> i32 {
         .unwrap()
 }
 
+fn page_size(path: &Path) -> i64 {
+    let c = Connection::open(path).unwrap();
+    c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_history_has_small_pages_and_an_old_one_keeps_its_own() {
+    let dir = TempDir::new().unwrap();
+    let new = dir.path().join("new.db");
+    let s = Store::open(&new).unwrap();
+    s.insert(msg("#r", "bob", 1, 1, 1)).await.unwrap();
+    assert_eq!(page_size(&new), db::PAGE_SIZE);
+
+    let old = dir.path().join("old.db");
+    write_v1(&old, &Identity { incarnation: 9 }, &[], &[]);
+    assert_eq!(page_size(&old), 4096);
+    let s = Store::open(&old).unwrap();
+    s.insert(msg("#r", "bob", 1, 1, 1)).await.unwrap();
+    assert_eq!(user_version(&old), db::SCHEMA_VERSION);
+    assert_eq!(page_size(&old), 4096);
+    assert_eq!(s.all("#r").await.unwrap(), vec![msg("#r", "bob", 1, 1, 1)]);
+}
+
 #[tokio::test]
 async fn version_1_history_is_upgraded_in_place() {
     let dir = TempDir::new().unwrap();
