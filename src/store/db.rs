@@ -207,22 +207,25 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Identity), StoreError> {
 }
 
 thread_local! {
-    /// Frames in the WAL after this thread's last commit, as SQLite's WAL
-    /// hook reports them: the writer thread reads it after each batch.
-    static WAL_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Frames in the WAL after this thread's last commit that wrote any, as
+    /// SQLite's WAL hook reports them; taken (and so cleared) after each
+    /// batch, so a batch that wrote nothing, or another history's commit on
+    /// the same thread, is never read as this one's.
+    static WAL_FRAMES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
 fn record_wal_frames(
     _: &rusqlite::hooks::Wal,
     frames: std::os::raw::c_int,
 ) -> rusqlite::Result<()> {
-    WAL_FRAMES.with(|f| f.set(u64::try_from(frames).unwrap_or(0)));
+    WAL_FRAMES.with(|f| f.set(Some(u64::try_from(frames).unwrap_or(0))));
     Ok(())
 }
 
-/// Frames in the WAL after the last commit made on this thread.
-pub(crate) fn wal_frames() -> u64 {
-    WAL_FRAMES.with(|f| f.get())
+/// Frames in the WAL after the last commit made on this thread since the
+/// last call, if one wrote anything.
+pub(crate) fn take_wal_frames() -> Option<u64> {
+    WAL_FRAMES.with(|f| f.take())
 }
 
 /// A second connection to the history at `path` (already opened by

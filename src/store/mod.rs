@@ -6,11 +6,15 @@
 //! `identity.rs`) and the rooms it is
 //! in. A file written by an older parley is upgraded in place at open, in one
 //! transaction; one from a newer parley is refused. It also owns the
-//! data directory's lock, so two peers never share one history. SQLite never
-//! runs on the async runtime: a [`Store`] is a cheap handle sending commands
-//! to one dedicated writer thread, which runs everything queued at that
-//! moment in one transaction (group commit) and replies only after the
-//! commit, so a reply means the data is on disk.
+//! data directory's lock, so two peers never share one history. A [`Store`] is a
+//! cheap handle sending commands to one dedicated writer thread, which runs
+//! everything queued at that moment in one transaction (group commit) and
+//! replies only after the commit, so a reply means the data is on disk. The
+//! one exception to "SQLite never runs on the async runtime": a job of a few
+//! rows (a message written or taken) that finds the writer idle and nothing
+//! queued runs at once on the caller's thread, in its own transaction,
+//! because its two hops to the writer thread and back cost as much as the
+//! job and its commit.
 //!
 //! The queue to the writer is bounded (`QUEUE_DEPTH`, 4096 commands). When it is
 //! full, callers wait for room (backpressure): nothing is dropped or refused,
@@ -42,6 +46,11 @@ const MAX_BATCH: usize = 512;
 /// (backpressure), so a burst costs latency rather than unbounded memory;
 /// a few full batches deep, so the writer never idles while callers wait.
 const QUEUE_DEPTH: usize = 4096;
+
+/// The most messages [`Store::insert_many`] may store in place on the
+/// caller's thread (see [`Store::call_small`]); a link's batch under light
+/// load.
+const SMALL_BATCH: usize = 8;
 
 /// Rows per job when [`Store::all`] or [`Store::history`] reads a
 /// conversation.
@@ -201,11 +210,35 @@ struct Outcome {
 /// transaction could not be started) it only reports that error.
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>, &Path) -> Outcome + Send>;
 
+/// `f` as a job, and where its result will be sent once its batch commits.
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let job: Job = Box::new(move |conn, path| {
+        let result = conn.and_then(|c| f(c).map_err(|e| StoreError::sqlite(path, e)));
+        let error = result.as_ref().err().cloned();
+        let reply: Reply = Box::new(move |commit_err| {
+            let result = match commit_err {
+                Some(e) if result.is_ok() => Err(e.clone()),
+                _ => result,
+            };
+            // The caller may have given up waiting; that is fine.
+            let _ = reply_tx.send(result);
+        });
+        Outcome { reply, error }
+    });
+    (job, reply_rx)
+}
+
 /// A handle on a peer's history. Cloning is cheap; all clones talk to the
 /// same writer thread, which stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    writer: Arc<std::sync::Mutex<Writer>>,
     identity: Arc<Identity>,
     /// Signs this peer's own messages as they are written; none for a
     /// store opened without a key (tools, tests of the store alone).
@@ -244,13 +277,21 @@ impl Store {
             .name("parley-checkpoint".into())
             .spawn(move || checkpointer(checkpoints, &owned, nudged))
             .map_err(|e| StoreError::io(path, e))?;
+        let shared = Arc::new(std::sync::Mutex::new(Writer {
+            conn,
+            next_nudge: CHECKPOINT_FRAMES,
+            checkpoint_due: false,
+            nudge,
+        }));
         let owned = path.to_path_buf();
+        let on_thread = shared.clone();
         std::thread::Builder::new()
             .name("parley-store".into())
-            .spawn(move || writer(conn, &owned, rx, nudge))
+            .spawn(move || writer(on_thread, &owned, rx))
             .map_err(|e| StoreError::io(path, e))?;
         Ok(Store {
             tx,
+            writer: shared,
             signer,
             identity: Arc::new(identity),
             path: Arc::new(path.to_path_buf()),
@@ -274,37 +315,65 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn, path| {
-            let result = conn.and_then(|c| f(c).map_err(|e| StoreError::sqlite(path, e)));
-            let error = result.as_ref().err().cloned();
-            let reply: Reply = Box::new(move |commit_err| {
-                let result = match commit_err {
-                    Some(e) if result.is_ok() => Err(e.clone()),
-                    _ => result,
-                };
-                // The caller may have given up waiting; that is fine.
-                let _ = reply_tx.send(result);
-            });
-            Outcome { reply, error }
-        });
-        let closed = || StoreError::Closed {
-            path: self.path.to_path_buf(),
-        };
+        let (job, reply) = job(f);
         // Waits for room when the queue is full; see the module doc.
-        self.tx.send(job).await.map_err(|_| closed())?;
-        reply_rx.await.map_err(|_| closed())?
+        self.tx.send(job).await.map_err(|_| self.closed())?;
+        reply.await.map_err(|_| self.closed())?
+    }
+
+    /// [`Store::call`] for a job of a few rows (a message written or taken):
+    /// when nothing is queued and the writer is idle, it runs at once, in
+    /// its own transaction, on the caller's thread. That costs the job and
+    /// its commit (tens of µs) and saves two thread hops, each as long.
+    /// Otherwise it queues, and under load joins the writer's batches.
+    async fn call_small<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (job, reply) = job(f);
+        if let Some(job) = self.run_if_idle(job) {
+            self.tx.send(job).await.map_err(|_| self.closed())?;
+        }
+        reply.await.map_err(|_| self.closed())?
+    }
+
+    /// Runs `job` here and now if the writer is idle and nothing is
+    /// queued; else hands it back.
+    fn run_if_idle(&self, job: Job) -> Option<Job> {
+        if self.tx.capacity() < self.tx.max_capacity() {
+            return Some(job);
+        }
+        let mut w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => recover(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => return Some(job),
+        };
+        if w.checkpoint_due {
+            return Some(job);
+        }
+        w.run(&self.path, &mut vec![job], false);
+        None
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            path: self.path.to_path_buf(),
+        }
     }
 
     /// Stores a received message. Storing the same identity twice is a
     /// no-op (`new == false`).
     pub async fn insert(&self, msg: ChatMessage) -> Result<Inserted, StoreError> {
-        self.call(move |c| db::insert(c, &msg)).await
+        self.call_small(move |c| db::insert(c, &msg)).await
     }
 
     /// Stores many messages in one transaction; one result per message, in
     /// the same order.
     pub async fn insert_many(&self, msgs: Vec<ChatMessage>) -> Result<Vec<Inserted>, StoreError> {
+        if msgs.len() <= SMALL_BATCH {
+            return self.call_small(move |c| db::insert_many(c, &msgs)).await;
+        }
         self.call(move |c| db::insert_many(c, &msgs)).await
     }
 
@@ -348,7 +417,7 @@ impl Store {
             body.to_string(),
         );
         let signer = self.signer.clone();
-        self.call(move |c| {
+        self.call_small(move |c| {
             db::append_own(
                 c,
                 &conversation,
@@ -541,16 +610,71 @@ impl Store {
     }
 }
 
-/// The writer thread: owns the connection; runs until every [`Store`] handle
-/// is dropped.
-fn writer(
+/// The writer's connection and its WAL bookkeeping. The writer thread holds
+/// it for a batch; a caller with a small job holds it for that job when
+/// nothing else is being written (see [`Store::call_small`]).
+struct Writer {
     conn: Connection,
-    path: &Path,
-    mut rx: mpsc::Receiver<Job>,
+    /// WAL frames at which the checkpointer is next nudged.
+    next_nudge: u64,
+    /// The WAL has outgrown what the checkpointer keeps up with, and the
+    /// writer thread must checkpoint after its next batch.
+    checkpoint_due: bool,
+    /// Dropped after `conn` (field order), which tells the checkpointer to
+    /// empty the WAL and finish.
     nudge: std::sync::mpsc::SyncSender<()>,
-) {
+}
+
+impl Writer {
+    /// Runs `batch` in one transaction, then looks after the WAL.
+    fn run(&mut self, path: &Path, batch: &mut Vec<Job>, on_writer_thread: bool) {
+        // Whatever an earlier commit on this thread left is not this batch's.
+        let _ = db::take_wal_frames();
+        run_batch(&self.conn, path, batch);
+        let Some(frames) = db::take_wal_frames() else {
+            return; // nothing written
+        };
+        if frames < self.next_nudge.saturating_sub(CHECKPOINT_FRAMES) {
+            self.next_nudge = CHECKPOINT_FRAMES; // the WAL started over
+        }
+        if frames >= self.next_nudge {
+            // Full means one is already waiting to run.
+            let _ = self.nudge.try_send(());
+            self.next_nudge = frames + CHECKPOINT_FRAMES;
+        }
+        // The WAL starts over only at a commit that finds all of it copied:
+        // writes that never pause for as long as a checkpoint takes keep
+        // that from happening. Past a bound the writer checkpoints itself,
+        // between two batches, as SQLite would have; never on a caller's
+        // thread (milliseconds): the next job queues for the writer instead.
+        self.checkpoint_due = frames >= WAL_FRAMES_AT_MOST;
+        if self.checkpoint_due && on_writer_thread {
+            self.checkpoint_due = false;
+            if let Err(e) = db::checkpoint(&self.conn, false) {
+                tracing::warn!(path = %path.display(), cause = %e, "WAL checkpoint failed");
+            }
+        }
+    }
+}
+
+/// The writer, however its last holder ended: a job that panicked may have
+/// left its transaction open, and it is rolled back (the job's caller never
+/// heard success).
+fn recover(w: std::sync::MutexGuard<'_, Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    if !w.conn.is_autocommit() {
+        let _ = w.conn.execute_batch("ROLLBACK");
+    }
+    w
+}
+
+fn lock_writer(writer: &std::sync::Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|p| recover(p.into_inner()))
+}
+
+/// The writer thread: runs the queued jobs, many per transaction, until
+/// every [`Store`] handle is dropped.
+fn writer(shared: Arc<std::sync::Mutex<Writer>>, path: &Path, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut next_nudge = CHECKPOINT_FRAMES;
     // A plain thread, outside any runtime, so blocking here is what it is for.
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -560,28 +684,11 @@ fn writer(
                 Err(_) => break,
             }
         }
-        run_batch(&conn, path, &mut batch);
-        let frames = db::wal_frames();
-        if frames < next_nudge.saturating_sub(CHECKPOINT_FRAMES) {
-            next_nudge = CHECKPOINT_FRAMES; // the WAL started over
-        }
-        if frames >= next_nudge {
-            // Full means one is already waiting to run.
-            let _ = nudge.try_send(());
-            next_nudge = frames + CHECKPOINT_FRAMES;
-        }
-        // The WAL starts over only at a commit that finds all of it copied:
-        // writes that never pause for as long as a checkpoint takes keep
-        // that from happening. Past a bound the writer checkpoints itself,
-        // between two batches, as SQLite would have.
-        if frames >= WAL_FRAMES_AT_MOST {
-            if let Err(e) = db::checkpoint(&conn, false) {
-                tracing::warn!(path = %path.display(), cause = %e, "WAL checkpoint failed");
-            }
-        }
+        lock_writer(&shared).run(path, &mut batch, true);
     }
     tracing::debug!(path = %path.display(), "store writer stopped");
-    // Dropping `nudge` tells the checkpointer to finish.
+    // Dropping the last handle on the writer closes the connection, then
+    // tells the checkpointer to finish.
 }
 
 /// WAL frames (a page each) between two checkpoints, as SQLite's default.
