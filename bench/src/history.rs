@@ -17,6 +17,7 @@ use futures::future::try_join_all;
 use indicatif::ProgressBar;
 use parley::identity::Identity;
 use parley::names::Nick;
+use parley::peer::{HISTORY_FILE, KEY_FILE};
 use parley::proto::{ChatMessage, Kind};
 use parley::store::{lock_data_dir, Store};
 
@@ -25,7 +26,7 @@ const CHUNK: usize = 1000;
 
 /// The store file of a peer's data directory, as the peer opens it.
 fn history_db(dir: &Path) -> PathBuf {
-    dir.join("history.db")
+    dir.join(HISTORY_FILE)
 }
 
 /// Writes `count` messages of `conversation`, signed by `author` (whose
@@ -42,7 +43,7 @@ pub async fn seed(
     let dir = author_dir.to_path_buf();
     let (lock, store) = tokio::task::spawn_blocking(move || {
         let lock = lock_data_dir(&dir)?;
-        let key = Arc::new(Identity::load_or_create(&dir.join("identity.key"))?);
+        let key = Arc::new(Identity::load_or_create(&dir.join(KEY_FILE))?);
         let store = Store::open_signed(&history_db(&dir), Some(key))?;
         anyhow::Ok((lock, store))
     })

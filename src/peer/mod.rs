@@ -50,6 +50,12 @@ use session::{Session, SessionConfig, SessionError, SessionEvent};
 /// Largest request the chat service decodes: a message body is at most
 /// 40,000 bytes of UTF-8; a pull request's vector stays far below this.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// The files of a peer's data directory (tools such as `bench` write them
+/// before a peer starts): its history, its identity key, and the keys it
+/// has met.
+pub const HISTORY_FILE: &str = "history.db";
+pub const KEY_FILE: &str = "identity.key";
+pub const KNOWN_KEYS_FILE: &str = "known_keys";
 /// How often a peer compares histories with the other members of each
 /// conversation it is in, when nothing prompts it sooner.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -213,10 +219,10 @@ impl Peer {
         let unsigned = config.unsigned;
         let (dir_lock, store, key, known) = tokio::task::spawn_blocking(move || {
             let lock = lock_data_dir(&dir)?;
-            let key = Arc::new(Key::load_or_create(&dir.join("identity.key"))?);
-            let known = KnownKeys::open(&dir.join("known_keys"))?;
+            let key = Arc::new(Key::load_or_create(&dir.join(KEY_FILE))?);
+            let known = KnownKeys::open(&dir.join(KNOWN_KEYS_FILE))?;
             let signer = (!unsigned).then(|| key.clone());
-            let store = Store::open_signed(&dir.join("history.db"), signer)?;
+            let store = Store::open_signed(&dir.join(HISTORY_FILE), signer)?;
             Ok::<_, PeerError>((lock, store, key, known))
         })
         .await
