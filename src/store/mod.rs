@@ -11,10 +11,10 @@
 //! everything queued at that moment in one transaction (group commit) and
 //! replies only after the commit, so a reply means the data is on disk. The
 //! one exception to "SQLite never runs on the async runtime": a job of a few
-//! rows (a message written or taken) that finds the writer idle and nothing
-//! queued runs at once on the caller's thread, in its own transaction,
-//! because its two hops to the writer thread and back cost as much as the
-//! job and its commit.
+//! rows (a message written or taken) begun while no other call is under way
+//! runs at once on the caller's thread, in its own transaction, because its
+//! two hops to the writer thread and back cost as much as the job and its
+//! commit.
 //!
 //! The queue to the writer is bounded (`QUEUE_DEPTH`, 4096 commands). When it is
 //! full, callers wait for room (backpressure): nothing is dropped or refused,
@@ -210,6 +210,30 @@ struct Outcome {
 /// transaction could not be started) it only reports that error.
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>, &Path) -> Outcome + Send>;
 
+/// One call under way, counted in [`Store`]'s `busy` until dropped (also
+/// when its caller gives up waiting).
+struct Busy<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// No other call was under way when this one began.
+    alone: bool,
+}
+
+impl<'a> Busy<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Busy<'a> {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// `f` as a job, and where its result will be sent once its batch commits.
 fn job<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
 where
@@ -239,6 +263,8 @@ where
 pub struct Store {
     tx: mpsc::Sender<Job>,
     writer: Arc<std::sync::Mutex<Writer>>,
+    /// Calls under way (queued, running or awaiting their reply).
+    busy: Arc<std::sync::atomic::AtomicUsize>,
     identity: Arc<Identity>,
     /// Signs this peer's own messages as they are written; none for a
     /// store opened without a key (tools, tests of the store alone).
@@ -292,6 +318,7 @@ impl Store {
         Ok(Store {
             tx,
             writer: shared,
+            busy: Arc::default(),
             signer,
             identity: Arc::new(identity),
             path: Arc::new(path.to_path_buf()),
@@ -316,34 +343,38 @@ impl Store {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (job, reply) = job(f);
+        let _busy = Busy::enter(&self.busy);
         // Waits for room when the queue is full; see the module doc.
         self.tx.send(job).await.map_err(|_| self.closed())?;
         reply.await.map_err(|_| self.closed())?
     }
 
     /// [`Store::call`] for a job of a few rows (a message written or taken):
-    /// when nothing is queued and the writer is idle, it runs at once, in
-    /// its own transaction, on the caller's thread. That costs the job and
-    /// its commit (tens of µs) and saves two thread hops, each as long.
-    /// Otherwise it queues, and under load joins the writer's batches.
+    /// when no other call is under way, it runs at once, in its own
+    /// transaction, on the caller's thread. That costs the job and its
+    /// commit (tens of µs) and saves two thread hops, each as long. Under
+    /// load it queues like any other, so the writer's group commit still
+    /// takes many in one transaction.
     async fn call_small<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (job, reply) = job(f);
-        if let Some(job) = self.run_if_idle(job) {
+        let busy = Busy::enter(&self.busy);
+        let job = if busy.alone {
+            self.run_if_idle(job)
+        } else {
+            Some(job)
+        };
+        if let Some(job) = job {
             self.tx.send(job).await.map_err(|_| self.closed())?;
         }
         reply.await.map_err(|_| self.closed())?
     }
 
-    /// Runs `job` here and now if the writer is idle and nothing is
-    /// queued; else hands it back.
+    /// Runs `job` here and now if the writer is idle; else hands it back.
     fn run_if_idle(&self, job: Job) -> Option<Job> {
-        if self.tx.capacity() < self.tx.max_capacity() {
-            return Some(job);
-        }
         let mut w = match self.writer.try_lock() {
             Ok(w) => w,
             Err(std::sync::TryLockError::Poisoned(p)) => recover(p.into_inner()),
@@ -611,8 +642,8 @@ impl Store {
 }
 
 /// The writer's connection and its WAL bookkeeping. The writer thread holds
-/// it for a batch; a caller with a small job holds it for that job when
-/// nothing else is being written (see [`Store::call_small`]).
+/// it for a batch; a caller with a small job holds it for that job when no
+/// other call is under way (see [`Store::call_small`]).
 struct Writer {
     conn: Connection,
     /// WAL frames at which the checkpointer is next nudged.
