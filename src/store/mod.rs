@@ -48,7 +48,7 @@ const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
 
 /// The most messages [`Store::insert_many`] may store in place on the
-/// caller's thread (see [`Store::call_small`]); a link's batch under light
+/// caller's thread (see [`Store::call_as`]); a link's batch under light
 /// load.
 const SMALL_BATCH: usize = 8;
 
@@ -210,6 +210,13 @@ struct Outcome {
 /// transaction could not be started) it only reports that error.
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>, &Path) -> Outcome + Send>;
 
+/// Whether a call may run on its caller's thread (see [`Store::call_as`]).
+#[derive(Clone, Copy)]
+enum InPlace {
+    Never,
+    WhenAlone,
+}
+
 /// One call under way, counted in [`Store`]'s `busy` until dropped (also
 /// when its caller gives up waiting).
 struct Busy<'a> {
@@ -342,32 +349,28 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (job, reply) = job(f);
-        let _busy = Busy::enter(&self.busy);
-        // Waits for room when the queue is full; see the module doc.
-        self.tx.send(job).await.map_err(|_| self.closed())?;
-        reply.await.map_err(|_| self.closed())?
+        self.call_as(InPlace::Never, f).await
     }
 
-    /// [`Store::call`] for a job of a few rows (a message written or taken):
-    /// when no other call is under way, it runs at once, in its own
-    /// transaction, on the caller's thread. That costs the job and its
-    /// commit (tens of µs) and saves two thread hops, each as long. Under
-    /// load it queues like any other, so the writer's group commit still
-    /// takes many in one transaction.
-    async fn call_small<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// [`Store::call`], or, for a job of a few rows (`InPlace::WhenAlone`:
+    /// a message written or taken) begun while no other call is under way,
+    /// at once on the caller's thread in its own transaction. That costs
+    /// the job and its commit (tens of µs) and saves two thread hops, each
+    /// as long. Under load it queues like any other, so the writer's group
+    /// commit still takes many in one transaction.
+    async fn call_as<T, F>(&self, in_place: InPlace, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (job, reply) = job(f);
         let busy = Busy::enter(&self.busy);
-        let job = if busy.alone {
-            self.run_if_idle(job)
-        } else {
-            Some(job)
+        let job = match in_place {
+            InPlace::WhenAlone if busy.alone => self.run_if_idle(job),
+            _ => Some(job),
         };
         if let Some(job) = job {
+            // Waits for room when the queue is full; see the module doc.
             self.tx.send(job).await.map_err(|_| self.closed())?;
         }
         reply.await.map_err(|_| self.closed())?
@@ -396,16 +399,20 @@ impl Store {
     /// Stores a received message. Storing the same identity twice is a
     /// no-op (`new == false`).
     pub async fn insert(&self, msg: ChatMessage) -> Result<Inserted, StoreError> {
-        self.call_small(move |c| db::insert(c, &msg)).await
+        self.call_as(InPlace::WhenAlone, move |c| db::insert(c, &msg))
+            .await
     }
 
     /// Stores many messages in one transaction; one result per message, in
     /// the same order.
     pub async fn insert_many(&self, msgs: Vec<ChatMessage>) -> Result<Vec<Inserted>, StoreError> {
-        if msgs.len() <= SMALL_BATCH {
-            return self.call_small(move |c| db::insert_many(c, &msgs)).await;
-        }
-        self.call(move |c| db::insert_many(c, &msgs)).await
+        let in_place = if msgs.len() <= SMALL_BATCH {
+            InPlace::WhenAlone
+        } else {
+            InPlace::Never
+        };
+        self.call_as(in_place, move |c| db::insert_many(c, &msgs))
+            .await
     }
 
     /// Stores this peer's own new message: seq is one past the highest held
@@ -448,7 +455,7 @@ impl Store {
             body.to_string(),
         );
         let signer = self.signer.clone();
-        self.call_small(move |c| {
+        self.call_as(InPlace::WhenAlone, move |c| {
             db::append_own(
                 c,
                 &conversation,
@@ -643,7 +650,7 @@ impl Store {
 
 /// The writer's connection and its WAL bookkeeping. The writer thread holds
 /// it for a batch; a caller with a small job holds it for that job when no
-/// other call is under way (see [`Store::call_small`]).
+/// other call is under way (see [`Store::call_as`]).
 struct Writer {
     conn: Connection,
     /// WAL frames at which the checkpointer is next nudged.
