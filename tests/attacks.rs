@@ -5,6 +5,21 @@
 
 mod common;
 
+// Issue 23: an insider (her own key, her own router session) cannot lock
+// others out, stall, exhaust, seize or squat. One file per attack.
+#[path = "attacks/joins.rs"]
+mod joins;
+#[path = "attacks/login.rs"]
+mod login;
+#[path = "attacks/memory.rs"]
+mod memory;
+#[path = "attacks/nicks.rs"]
+mod nicks;
+#[path = "attacks/presence.rs"]
+mod presence;
+#[path = "attacks/rooms.rs"]
+mod rooms;
+
 use std::time::Duration;
 
 use common::{chat_client_as, login_as, router_client, until_members, TestPeer, TestRouter};
