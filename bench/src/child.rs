@@ -49,7 +49,14 @@ pub async fn serve_router(etcd: Vec<String>) -> anyhow::Result<()> {
     let registry = node::registry(&etcd).await?;
     ready(addr);
     let identity = parley::identity::Identity::generate();
-    parley::router::serve(listener, registry, &identity, until_stopped()).await?;
+    parley::router::serve(
+        listener,
+        registry,
+        &identity,
+        node::router_limits(),
+        until_stopped(),
+    )
+    .await?;
     Ok(())
 }
 

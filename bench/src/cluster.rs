@@ -147,10 +147,11 @@ impl Cluster {
             .context("cannot create a temporary directory")?;
         let exe = std::env::current_exe().context("cannot find the bench executable")?;
         let (router, router_addr) = if in_process {
-            let router = RouterHandle::spawn(
+            let router = RouterHandle::spawn_with(
                 node::listener().await?,
                 node::registry(etcd).await?,
                 parley::identity::Identity::generate(),
+                node::router_limits(),
             )
             .context("cannot start the router")?;
             let addr = router.addr().to_string();

@@ -17,6 +17,19 @@ use tokio::sync::mpsc;
 /// Lease of the bench's router: the default a person's router uses.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
+/// The bench's router takes every login and new nick it is given: one
+/// address (loopback) logs in thousands of fresh nicks in seconds here,
+/// which a person's router refuses past its per-address limits.
+pub fn router_limits() -> parley::router::RouterLimits {
+    parley::router::RouterLimits {
+        new_nicks: parley::router::BindingRate {
+            burst: u32::MAX,
+            every: Duration::from_millis(1),
+        },
+        logins_per_source: usize::MAX,
+    }
+}
+
 /// The line a child prints once it serves.
 pub const READY: &str = "ready ";
 

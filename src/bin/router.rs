@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use parley::registry::{EtcdRegistry, MemoryRegistry, Registry, MIN_LEASE_TTL};
+use parley::registry::{
+    EtcdRegistry, MemoryOptions, MemoryRegistry, Registry, MIN_LEASE_TTL, REGISTRY_FILE,
+};
+use parley::router::{BindingRate, RouterLimits};
 
 /// The parley router: who is online and who sits in which room.
 #[derive(Parser)]
@@ -31,6 +34,20 @@ struct Args {
     /// while it is away later, calls fail with UNAVAILABLE until it is back.
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     etcd: Vec<String>,
+    /// Where the in-memory registry keeps nick bindings and room owners
+    /// across restarts (the file registry.sqlite3). Default: the key
+    /// file's directory. Not used with --etcd, which keeps them in etcd.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Days a key may go unseen before its nicks are released.
+    #[arg(long, default_value_t = 365, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    binding_ttl_days: u64,
+    /// New nicks one source address may bind at once ...
+    #[arg(long, default_value_t = BindingRate::default().burst, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    new_nick_burst: u32,
+    /// ... and then one per this many seconds.
+    #[arg(long, default_value_t = BindingRate::default().every.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    new_nick_every: u64,
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -59,12 +76,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let ttl = Duration::from_secs(args.lease_ttl);
     let registry: Arc<dyn Registry> = if args.etcd.is_empty() {
-        Arc::new(MemoryRegistry::new(ttl)?)
+        let dir = match args.data_dir {
+            Some(d) => d,
+            None => key_file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        Arc::new(MemoryRegistry::with(MemoryOptions {
+            lease_ttl: ttl,
+            file: Some(dir.join(REGISTRY_FILE)),
+            binding_ttl: Duration::from_secs(args.binding_ttl_days * 24 * 3600),
+        })?)
     } else {
         Arc::new(EtcdRegistry::connect(&args.etcd, ttl).await?)
     };
     println!("router listening on {addr}");
     println!("router key {}", identity.public().fingerprint());
-    parley::router::serve(listener, registry, &identity, parley::shutdown::signal()).await?;
+    let limits = RouterLimits {
+        new_nicks: BindingRate {
+            burst: args.new_nick_burst,
+            every: Duration::from_secs(args.new_nick_every),
+        },
+        ..RouterLimits::default()
+    };
+    parley::router::serve(
+        listener,
+        registry,
+        &identity,
+        limits,
+        parley::shutdown::signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! Layout under [`PREFIX`] (values are JSON unless said):
 //!
 //! - `bind/NICK` → the 32 key bytes the nick is bound to; no lease, forever.
+//! - `follow/NICK` → the nick keys (a JSON list) the nick's latest watch
+//!   follows; no lease: whom a nick follows decides who sees it come back
+//!   (see the `watcher` module).
 //! - `session/TOKEN` → the session (nick, address, key, lease), under the
 //!   session's lease; `user/NICK` → its token, under the same lease.
 //! - `member/ROOM/NICK` → the room's name, under the member's session
@@ -58,10 +61,10 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::watcher::{check_follow, Alive, Feed, Watcher};
+use super::watcher::{check_follow, Alive, Feed, FollowsBack, Watcher};
 use super::{
     new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
-    RoomInfo, RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
+    RoomInfo, RoomSnapshot, Session, Token, UserLookup, MAX_NICKS_PER_KEY, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, check_parting, Nick, Room};
@@ -150,6 +153,8 @@ struct State {
     sessions: HashMap<Token, (SessionValue, PublicKey)>,
     users: HashMap<String, Token>,
     bindings: HashMap<String, PublicKey>,
+    /// Nick key → the nick keys its latest watch follows.
+    follows: HashMap<String, HashSet<String>>,
     rooms: HashMap<String, RoomValue>,
     /// Room key → member nick keys, with the revision each joined at (join
     /// order).
@@ -784,6 +789,11 @@ impl State {
                     self.bindings.insert((*nk).to_string(), k);
                 }
             }
+            ["follow", nk] => {
+                if let Ok(v) = serde_json::from_slice::<HashSet<String>>(kv.value()) {
+                    self.follows.insert((*nk).to_string(), v);
+                }
+            }
             ["room", rk] => {
                 if let Ok(v) = serde_json::from_slice::<RoomValue>(kv.value()) {
                     self.rooms.insert((*rk).to_string(), v);
@@ -1028,6 +1038,17 @@ impl Registry for EtcdRegistry {
         check_address(address)?;
         let nk = nick.key();
         let (bind, user) = (k(&["bind", &nk]), k(&["user", &nk]));
+        // A key's nicks are counted from the mirror, as this router last
+        // saw it: two routers racing to bind a fifth nick of one key may
+        // both let it through, which keeps the bound small, not exact.
+        {
+            let state = self.mirror.lock();
+            if !state.bindings.contains_key(&nk)
+                && state.bindings.values().filter(|b| *b == key).count() >= MAX_NICKS_PER_KEY
+            {
+                return Err(RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
+            }
+        }
         // The nick is bound to the first key that claims it, forever. Run
         // again after a lost answer, this reads back the key it put.
         let (bound_now, resp, _) = self
@@ -1342,6 +1363,11 @@ impl Registry for EtcdRegistry {
         )))
     }
 
+    async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError> {
+        self.sync().await?;
+        Ok(self.mirror.lock().bindings.get(&nick.key()).copied())
+    }
+
     async fn find_user(&self, token: &str, nick: &Nick) -> Result<UserLookup, RegistryError> {
         self.live(token).await?;
         self.sync().await?;
@@ -1398,7 +1424,18 @@ impl Registry for EtcdRegistry {
 
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {
         check_follow(follow)?;
-        self.live(token).await?;
+        let (s, _) = self.live(token).await?;
+        // Whom this nick follows, for every router's watchers: put before
+        // the sync below, so this router's mirror has it when the stream
+        // starts. The same list again is a harmless rewrite.
+        let follows: HashSet<String> = follow.iter().map(Nick::key).collect();
+        let key = k(&["follow", &s.nick.to_ascii_lowercase()]);
+        let value = json(&follows);
+        self.call("recording whom a nick follows", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await?;
         // "From now on" means from etcd's now, not from wherever this
         // router's mirror has got to: changes made before the call
         // (through any router) are not replayed.
@@ -1415,7 +1452,22 @@ impl Registry for EtcdRegistry {
         };
         let mirror = self.mirror.clone();
         let alive: Alive = Box::new(move |t| mirror.lock().sessions.contains_key(t));
-        Ok(Box::pin(Watcher::new(rx, token, nick, follow, alive)))
+        let mirror = self.mirror.clone();
+        let follows_back: FollowsBack = Box::new(move |who, whom| {
+            mirror
+                .lock()
+                .follows
+                .get(who)
+                .is_some_and(|f| f.contains(whom))
+        });
+        Ok(Box::pin(Watcher::new(
+            rx,
+            token,
+            nick,
+            follow,
+            alive,
+            follows_back,
+        )))
     }
 }
 

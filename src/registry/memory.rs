@@ -1,4 +1,6 @@
-//! The embedded registry: everything in one process's memory.
+//! The embedded registry: everything in one process's memory, with what
+//! it binds (nick → key, room → owner) also in a file when it has one
+//! (see `durable`), so a restart forgets only sessions and memberships.
 //!
 //! State sits behind a std `Mutex` that is never held across an `.await`, so
 //! every operation is one short critical section: that is what makes racing
@@ -7,6 +9,7 @@
 //! runs on `tokio::time` so tests can pause the clock.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,10 +17,12 @@ use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::watcher::{check_follow, Alive, Feed, Watcher};
+use super::durable::{now_ms, BindingRow, Durable, OwnerRow};
+use super::watcher::{check_follow, Alive, Feed, FollowsBack, Watcher};
 use super::{
     new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
-    RoomInfo, RoomSnapshot, Session, Token, UserLookup, MIN_LEASE_TTL,
+    RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
+    MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::names::{check_address, check_parting, Nick, Room};
@@ -33,8 +38,34 @@ pub struct MemoryRegistry {
     _purge: Arc<DropGuard>,
 }
 
+/// How a [`MemoryRegistry`] is made.
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    /// How long a lease lasts without a heartbeat (at least
+    /// [`MIN_LEASE_TTL`]).
+    pub lease_ttl: Duration,
+    /// The file that keeps bindings and owners across restarts; `None`
+    /// keeps them in memory only (they end with the process).
+    pub file: Option<PathBuf>,
+    /// A nick whose key has not been seen (logged in or out) for this long
+    /// is released: the next key to claim it gets it.
+    pub binding_ttl: Duration,
+}
+
+impl MemoryOptions {
+    /// Leases of `lease_ttl`, nothing on disk, the default binding expiry.
+    pub fn new(lease_ttl: Duration) -> MemoryOptions {
+        MemoryOptions {
+            lease_ttl,
+            file: None,
+            binding_ttl: BINDING_TTL,
+        }
+    }
+}
+
 struct Shared {
     ttl: Duration,
+    binding_ttl: Duration,
     /// Never held across an `.await`.
     state: Mutex<State>,
     events: broadcast::Sender<Feed>,
@@ -54,15 +85,34 @@ struct SessionState {
 
 type Events = broadcast::Sender<Feed>;
 
+/// A room with members. Its owner is in [`State::owners`], which outlives
+/// the members.
 struct RoomState {
+    name: String,
+    /// Nick keys in join order.
+    members: Vec<String>,
+}
+
+/// Who owns a room, decided once when the record is made; kept until the
+/// room is deleted, whether or not anyone sits in it.
+#[derive(Clone)]
+struct Owner {
+    /// The room's name as its creator wrote it.
     name: String,
     owner: String,
     owner_key: PublicKey,
-    /// Order of the creation event the owner comes from; `None` while the
-    /// owner is only the caller that made the room here.
+    /// Order of the creation event the owner came from; `None` when the
+    /// owner is the caller that made the room here.
     proof: Option<(i64, String, u64, u64)>,
-    /// Nick keys in join order.
-    members: Vec<String>,
+}
+
+/// A nick's binding.
+#[derive(Clone)]
+struct Bound {
+    nick: String,
+    key: PublicKey,
+    /// When a session of the key last began or ended (wall clock, ms).
+    seen_ms: i64,
 }
 
 #[derive(Default)]
@@ -71,27 +121,90 @@ struct State {
     sessions: HashMap<Token, SessionState>,
     /// Nick key → token of the session holding it.
     users: HashMap<String, Token>,
-    /// Nick key → the key it is bound to, for the registry's whole life.
-    bindings: HashMap<String, PublicKey>,
-    /// Room key → room.
+    /// Nick key → the key it is bound to, until the key goes unseen for
+    /// the binding TTL.
+    bindings: HashMap<String, Bound>,
+    /// Room key → room, while it has members.
     rooms: HashMap<String, RoomState>,
+    /// Room key → its owner, until it is deleted.
+    owners: HashMap<String, Owner>,
+    /// Nick key → the nick keys its latest watch follows (kept after its
+    /// session ends: whom it follows decides who sees it come back).
+    follows: HashMap<String, HashSet<String>>,
     expiry: BTreeSet<(Instant, Token)>,
+    /// Where bindings and owners are kept; `None`: memory only.
+    durable: Option<Durable>,
 }
 
 impl MemoryRegistry {
-    /// A registry whose leases last `ttl` (at least [`MIN_LEASE_TTL`]).
-    /// Must be called inside a tokio runtime: it spawns the purge task.
+    /// A registry whose leases last `ttl` (at least [`MIN_LEASE_TTL`]),
+    /// holding everything in memory only. Must be called inside a tokio
+    /// runtime: it spawns the purge task.
     pub fn new(ttl: Duration) -> Result<MemoryRegistry, RegistryError> {
+        MemoryRegistry::with(MemoryOptions::new(ttl))
+    }
+
+    /// A registry made as `options` say; with a file, the bindings and
+    /// owners it holds are loaded (bindings expired since are released).
+    pub fn with(options: MemoryOptions) -> Result<MemoryRegistry, RegistryError> {
+        let ttl = options.lease_ttl;
         if ttl < MIN_LEASE_TTL {
             return Err(RegistryError::InvalidArgument(format!(
                 "lease TTL must be at least {} s",
                 MIN_LEASE_TTL.as_secs()
             )));
         }
+        let mut state = State::default();
+        if let Some(path) = &options.file {
+            let durable = Durable::open(path)?;
+            let (bindings, owners) = durable.load()?;
+            for b in bindings {
+                state.bindings.insert(
+                    b.nick_key,
+                    Bound {
+                        nick: b.nick,
+                        key: b.key,
+                        seen_ms: b.seen_ms,
+                    },
+                );
+            }
+            for o in owners {
+                state.owners.insert(
+                    o.room_key,
+                    Owner {
+                        name: o.name,
+                        owner: o.owner,
+                        owner_key: o.owner_key,
+                        proof: o.proof,
+                    },
+                );
+            }
+            tracing::info!(
+                path = %path.display(),
+                bindings = state.bindings.len(),
+                owners = state.owners.len(),
+                "registry file loaded"
+            );
+            // Keys unseen past the TTL while the router was down lose
+            // their nicks now; the rest are released when claimed.
+            let now = now_ms();
+            let stale: Vec<String> = state
+                .bindings
+                .iter()
+                .filter(|(_, b)| State::expired(b, options.binding_ttl, now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for nick_key in stale {
+                durable.release(&nick_key)?;
+                state.bindings.remove(&nick_key);
+            }
+            state.durable = Some(durable);
+        }
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let shared = Arc::new(Shared {
             ttl,
-            state: Mutex::new(State::default()),
+            binding_ttl: options.binding_ttl,
+            state: Mutex::new(state),
             events,
             purge: Notify::new(),
         });
@@ -158,6 +271,86 @@ impl State {
         }
     }
 
+    /// Whether `b`'s key has gone unseen past `binding_ttl` at `now_ms`.
+    fn expired(b: &Bound, binding_ttl: Duration, now_ms: i64) -> bool {
+        let ttl = i64::try_from(binding_ttl.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_sub(b.seen_ms) > ttl
+    }
+
+    /// Binds `nick` to `key`, or finds it bound to `key` already: refused
+    /// when another key holds it (unless that key went unseen past the
+    /// binding TTL and holds no session: then it is released), or when
+    /// `key` holds [`MAX_NICKS_PER_KEY`] nicks already. Marks the key seen.
+    fn bind(
+        &mut self,
+        nick: &Nick,
+        key: &PublicKey,
+        binding_ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let nick_key = nick.key();
+        let now = now_ms();
+        match self.bindings.get(&nick_key) {
+            Some(b) if b.key == *key => {
+                if let Some(d) = &self.durable {
+                    d.seen(key, now)?;
+                }
+                for b in self.bindings.values_mut().filter(|b| b.key == *key) {
+                    b.seen_ms = now;
+                }
+                return Ok(());
+            }
+            Some(b) => {
+                if !Self::expired(b, binding_ttl, now) || self.users.contains_key(&nick_key) {
+                    return Err(RegistryError::KeyMismatch(nick.to_string()));
+                }
+                tracing::info!(nick = %b.nick, key = %b.key, "binding released: its key went unseen");
+                if let Some(d) = &self.durable {
+                    d.release(&nick_key)?;
+                }
+                self.bindings.remove(&nick_key);
+            }
+            None => {}
+        }
+        let held = self.bindings.values().filter(|b| b.key == *key).count();
+        if held >= MAX_NICKS_PER_KEY {
+            return Err(RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
+        }
+        let bound = Bound {
+            nick: nick.to_string(),
+            key: *key,
+            seen_ms: now,
+        };
+        if let Some(d) = &self.durable {
+            d.bind(&BindingRow {
+                nick_key: nick_key.clone(),
+                nick: bound.nick.clone(),
+                key: *key,
+                seen_ms: now,
+            })?;
+            d.seen(key, now)?;
+        }
+        for b in self.bindings.values_mut().filter(|b| b.key == *key) {
+            b.seen_ms = now;
+        }
+        self.bindings.insert(nick_key, bound);
+        Ok(())
+    }
+
+    /// Records `owner` as the owner of room `key`.
+    fn set_owner(&mut self, key: &str, owner: Owner) -> Result<(), RegistryError> {
+        if let Some(d) = &self.durable {
+            d.put_owner(&OwnerRow {
+                room_key: key.to_owned(),
+                name: owner.name.clone(),
+                owner: owner.owner.clone(),
+                owner_key: owner.owner_key,
+                proof: owner.proof.clone(),
+            })?;
+        }
+        self.owners.insert(key.to_owned(), owner);
+        Ok(())
+    }
+
     fn member(&self, nick_key: &str) -> Option<Member> {
         let token = self.users.get(nick_key)?;
         let s = self.sessions.get(token)?;
@@ -172,7 +365,11 @@ impl State {
         let room = self.rooms.get(key)?;
         Some(RoomSnapshot {
             name: room.name.clone(),
-            owner: room.owner.clone(),
+            owner: self
+                .owners
+                .get(key)
+                .map(|o| o.owner.clone())
+                .unwrap_or_default(),
             members: room.members.iter().filter_map(|m| self.member(m)).collect(),
             created,
             revision: self.revision,
@@ -180,7 +377,7 @@ impl State {
     }
 
     /// Removes `nick_key` from room `key`, dropping the room when empty.
-    /// The owner stays the owner: ownership comes from the room's history.
+    /// The owner stays the owner: the record outlives the members.
     /// `departure`: a leave, or why the member's session ended; `message`
     /// its parting message.
     fn remove_member(
@@ -236,6 +433,16 @@ impl State {
         }
         self.sessions.remove(token);
         self.expiry.remove(&(expires, token.to_owned()));
+        // The key was here until now: its bindings' clock starts again.
+        let now = now_ms();
+        if let Some(d) = &self.durable {
+            if let Err(err) = d.seen(&member.key, now) {
+                tracing::warn!(cause = %err, "cannot record a key as seen");
+            }
+        }
+        for b in self.bindings.values_mut().filter(|b| b.key == member.key) {
+            b.seen_ms = now;
+        }
         if self.users.get(&nick_key).is_some_and(|t| t == token) {
             self.users.remove(&nick_key);
         }
@@ -298,15 +505,7 @@ impl Registry for MemoryRegistry {
         // A lease that ran out but is not purged yet must not block the nick.
         state.purge(&shared.events, now);
         let nick_key = nick.key();
-        match state.bindings.get(&nick_key) {
-            Some(bound) if bound != key => {
-                return Err(RegistryError::KeyMismatch(nick.to_string()))
-            }
-            Some(_) => {}
-            None => {
-                state.bindings.insert(nick_key.clone(), *key);
-            }
-        }
+        state.bind(nick, key, shared.binding_ttl)?;
         let mut reclaimed = false;
         if let Some(old) = state.users.get(&nick_key).cloned() {
             // Taken over by its own key: the old session quits.
@@ -380,7 +579,7 @@ impl Registry for MemoryRegistry {
         let mut state = shared.lock();
         let creation = creation.filter(|c| {
             let bound = state.bindings.get(&c.owner.to_ascii_lowercase());
-            let ok = bound.is_none_or(|k| *k == c.key);
+            let ok = bound.is_none_or(|b| b.key == c.key);
             if !ok {
                 tracing::warn!(%room, owner = %c.owner, "creation event signed by a key its author is not bound to; ignored");
             }
@@ -396,37 +595,44 @@ impl Registry for MemoryRegistry {
             },
         );
         let key = room.key();
-        let mut created = false;
-        match state.rooms.get_mut(&key) {
-            Some(r) => {
-                if !r.members.contains(&nick_key) {
-                    r.members.push(nick_key.clone());
-                }
-                if let Some(c) = creation {
-                    if r.proof.as_ref().is_none_or(|p| c.order < *p) {
-                        r.owner.clone_from(&c.owner);
-                        r.owner_key = c.key;
-                        r.proof = Some(c.order.clone());
-                    }
-                }
+        // Ownership is decided once, by the join that makes the record: a
+        // later join's creation event, whatever its date, changes nothing.
+        let created = !state.owners.contains_key(&key);
+        if created {
+            let owner = match creation {
+                Some(c) => Owner {
+                    name: room.to_string(),
+                    owner: c.owner.clone(),
+                    owner_key: c.key,
+                    proof: Some(c.order.clone()),
+                },
+                None => Owner {
+                    name: room.to_string(),
+                    owner: member.nick.clone(),
+                    owner_key: member.key,
+                    proof: None,
+                },
+            };
+            state.set_owner(&key, owner)?;
+        } else if let Some(c) = creation {
+            if state
+                .owners
+                .get(&key)
+                .is_some_and(|o| !o.owner.eq_ignore_ascii_case(&c.owner) || o.owner_key != c.key)
+            {
+                tracing::warn!(%room, shown = %c.owner, "a creation event naming another owner; the recorded owner stands");
             }
-            None => {
-                created = true;
-                let (owner, owner_key, proof) = match creation {
-                    Some(c) => (c.owner.clone(), c.key, Some(c.order.clone())),
-                    None => (member.nick.clone(), member.key, None),
-                };
-                state.rooms.insert(
-                    key.clone(),
-                    RoomState {
-                        name: room.to_string(),
-                        owner,
-                        owner_key,
-                        proof,
-                        members: vec![nick_key.clone()],
-                    },
-                );
-            }
+        }
+        let name = state
+            .owners
+            .get(&key)
+            .map_or_else(|| room.to_string(), |o| o.name.clone());
+        let r = state.rooms.entry(key.clone()).or_insert_with(|| RoomState {
+            name,
+            members: Vec::new(),
+        });
+        if !r.members.contains(&nick_key) {
+            r.members.push(nick_key.clone());
         }
         let newly = state
             .sessions
@@ -476,20 +682,27 @@ impl Registry for MemoryRegistry {
         let session = state.live(token, Instant::now())?;
         let (by, by_key) = (session.nick.clone(), session.key);
         let key = room.key();
-        let Some(r) = state.rooms.get(&key) else {
+        let Some(o) = state.owners.get(&key) else {
             return Err(RegistryError::NoSuchRoom(room.to_string()));
         };
-        if !r.owner.eq_ignore_ascii_case(&by) || r.owner_key != by_key {
+        if !o.owner.eq_ignore_ascii_case(&by) || o.owner_key != by_key {
             return Err(RegistryError::NotOwner {
-                room: r.name.clone(),
-                owner: r.owner.clone(),
+                room: o.name.clone(),
+                owner: o.owner.clone(),
             });
         }
+        let name = o.name.clone();
+        if let Some(d) = &state.durable {
+            d.delete_owner(&key)?;
+        }
+        state.owners.remove(&key);
         let audience = state.room_audience(&key);
-        let Some(r) = state.rooms.remove(&key) else {
-            return Err(RegistryError::NoSuchRoom(room.to_string()));
-        };
-        for m in &r.members {
+        let members = state
+            .rooms
+            .remove(&key)
+            .map(|r| r.members)
+            .unwrap_or_default();
+        for m in &members {
             if let Some(t) = state.users.get(m).cloned() {
                 if let Some(s) = state.sessions.get_mut(&t) {
                     s.rooms.remove(&key);
@@ -498,7 +711,7 @@ impl Registry for MemoryRegistry {
         }
         state.emit(
             &self.shared.events,
-            EventKind::RoomDeleted { room: r.name, by },
+            EventKind::RoomDeleted { room: name, by },
             audience,
         );
         Ok(())
@@ -515,7 +728,7 @@ impl Registry for MemoryRegistry {
             .and_then(|_| state.member(&nick.key()));
         Ok(UserLookup {
             online,
-            key: state.bindings.get(&nick.key()).copied(),
+            key: state.bindings.get(&nick.key()).map(|b| b.key),
         })
     }
 
@@ -534,11 +747,15 @@ impl Registry for MemoryRegistry {
         state.live(token, Instant::now())?;
         let mut rooms: Vec<RoomInfo> = state
             .rooms
-            .values()
-            .map(|r| RoomInfo {
+            .iter()
+            .map(|(key, r)| RoomInfo {
                 name: r.name.clone(),
                 members: u32::try_from(r.members.len()).unwrap_or(u32::MAX),
-                owner: r.owner.clone(),
+                owner: state
+                    .owners
+                    .get(key)
+                    .map(|o| o.owner.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         rooms.sort_by_key(|r| r.name.to_ascii_lowercase());
@@ -563,18 +780,41 @@ impl Registry for MemoryRegistry {
         Ok(users)
     }
 
+    async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError> {
+        Ok(self.shared.lock().bindings.get(&nick.key()).map(|b| b.key))
+    }
+
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {
         check_follow(follow)?;
         let (rx, nick) = {
-            let state = self.shared.lock();
+            let mut state = self.shared.lock();
             let s = state.live(token, Instant::now())?;
+            let (nick, nick_key) = (s.nick.clone(), s.nick_key.clone());
+            state
+                .follows
+                .insert(nick_key, follow.iter().map(Nick::key).collect());
             // Subscribing under the lock: no event between the check and the
             // subscription is lost.
-            (self.shared.events.subscribe(), s.nick.clone())
+            (self.shared.events.subscribe(), nick)
         };
         let shared = self.shared.clone();
         let alive: Alive = Box::new(move |t| shared.lock().sessions.contains_key(t));
-        Ok(Box::pin(Watcher::new(rx, token, nick, follow, alive)))
+        let shared = self.shared.clone();
+        let follows_back: FollowsBack = Box::new(move |who, whom| {
+            shared
+                .lock()
+                .follows
+                .get(who)
+                .is_some_and(|f| f.contains(whom))
+        });
+        Ok(Box::pin(Watcher::new(
+            rx,
+            token,
+            nick,
+            follow,
+            alive,
+            follows_back,
+        )))
     }
 }
 

@@ -3,12 +3,14 @@
 //! changes, behind one trait so the in-memory registry and a shared one
 //! (etcd) are interchangeable. It knows nothing of gRPC.
 
+mod durable;
 mod etcd;
 mod memory;
 mod watcher;
 
+pub use durable::REGISTRY_FILE;
 pub use etcd::{EtcdRegistry, PREFIX as ETCD_PREFIX};
-pub use memory::MemoryRegistry;
+pub use memory::{MemoryOptions, MemoryRegistry};
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -24,6 +26,14 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 
 /// Most nicks one watch may follow.
 pub const MAX_FOLLOW: usize = 1024;
+
+/// Most nicks one key may hold: a person, a bot or two of theirs. A key
+/// past it is refused new nicks (its own stay its own).
+pub const MAX_NICKS_PER_KEY: usize = 4;
+
+/// How long a key may go unseen (no session begun or ended) before its
+/// nicks are released, as NickServ expires nicks: a year.
+pub const BINDING_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A session token: 128 random bits, hex encoded.
 pub type Token = String;
@@ -147,6 +157,8 @@ pub enum RegistryError {
     NickTaken(String),
     #[error("nick {0:?} belongs to another key")]
     KeyMismatch(String),
+    #[error("this key already holds {0} nicks, the most one key may hold")]
+    TooManyNicks(usize),
     #[error("unknown or expired session token: log in again")]
     Unauthenticated,
     #[error("no room {0}")]
@@ -172,8 +184,9 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Claims `nick` for `address` as `key` (the caller has proven it holds
     /// it). A nick is bound to the first key that claims it for as long as
-    /// the registry lasts: another key is refused; the same key takes over
-    /// a live session, which then ends.
+    /// the registry lasts (and the key is seen within its binding TTL):
+    /// another key is refused; the same key takes over a live session,
+    /// which then ends. A key holds at most [`MAX_NICKS_PER_KEY`] nicks.
     async fn login(
         &self,
         nick: &Nick,
@@ -190,10 +203,12 @@ pub trait Registry: Send + Sync + 'static {
     /// refused, and nothing changes.
     async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError>;
 
-    /// Joins `room`, creating it if it is new. The owner is the author of
-    /// the earliest `creation` shown for the room, or, while none has been,
-    /// the caller that made it; a creation whose author is bound to another
-    /// key is ignored. Leaving does not hand ownership on.
+    /// Joins `room`, creating it if it is new. Ownership is decided once,
+    /// by the join that makes the room's record: the author of the
+    /// `creation` it shows (unless that author is bound to another key),
+    /// or else the caller. A later join cannot change the owner, whatever
+    /// its creation event says. The record outlives the room's members;
+    /// leaving does not hand ownership on; deleting ends it.
     async fn join(
         &self,
         token: &str,
@@ -213,6 +228,11 @@ pub trait Registry: Send + Sync + 'static {
     /// The online user holding `nick`, and the key it is bound to. Lookups
     /// need a live session (`token`).
     async fn find_user(&self, token: &str, nick: &Nick) -> Result<UserLookup, RegistryError>;
+
+    /// The key `nick` is bound to, if any: what the router asks before a
+    /// login that would bind a new nick. No session needed (the router's
+    /// own question, never a caller's).
+    async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError>;
 
     /// The room and its members.
     async fn find_room(

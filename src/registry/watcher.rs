@@ -2,6 +2,13 @@
 //! events scoped to the sessions that need them, cut off after reporting
 //! that the watcher fell behind, ended after its own session's
 //! `UserOffline`.
+//!
+//! Presence goes by relationship: a nick's online/offline events reach
+//! those who share a room with it (the event's audience), and those it
+//! follows back among the ones following it. Following alone is not
+//! enough: a stranger who names `alice` and `bob` learns nothing of them
+//! unless they named her too (a private partner follows back, so partners
+//! still see each other).
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -53,13 +60,20 @@ pub(crate) fn check_follow(follow: &[Nick]) -> Result<(), RegistryError> {
 /// Whether a session token still holds a live session.
 pub(crate) type Alive = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Whether the nick `who` follows the nick `whom` (both lowercased), as
+/// the registry knows now: the follow list of `who`'s latest watch.
+pub(crate) type FollowsBack = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 pub(crate) struct Watcher {
     events: BroadcastStream<Feed>,
     token: Token,
     nick: String,
+    /// `nick`, lowercased.
+    nick_key: String,
     /// Keys of the nicks whose presence this watcher follows.
     follow: HashSet<String>,
     alive: Alive,
+    follows_back: FollowsBack,
     done: bool,
 }
 
@@ -73,13 +87,16 @@ impl Watcher {
         nick: String,
         follow: &[Nick],
         alive: Alive,
+        follows_back: FollowsBack,
     ) -> Watcher {
         Watcher {
             events: BroadcastStream::new(rx),
             token: token.to_owned(),
+            nick_key: nick.to_ascii_lowercase(),
             nick,
             follow: follow.iter().map(Nick::key).collect(),
             alive,
+            follows_back,
             done: false,
         }
     }
@@ -88,7 +105,8 @@ impl Watcher {
         scoped.audience.contains(&self.token)
             || match &scoped.event.kind {
                 EventKind::UserOnline(m) | EventKind::UserOffline(m) => {
-                    self.follow.contains(&m.nick.to_ascii_lowercase())
+                    let who = m.nick.to_ascii_lowercase();
+                    self.follow.contains(&who) && (self.follows_back)(&who, &self.nick_key)
                 }
                 _ => false,
             }

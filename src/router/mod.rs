@@ -4,12 +4,15 @@
 //! This layer turns wire requests into validated names, calls the registry,
 //! and maps [`RegistryError`] to `tonic::Status` in one place.
 
-use std::collections::HashMap;
+mod limits;
+
+pub use limits::{BindingRate, CHALLENGE_TTL, USED_PER_SOURCE};
+
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -41,11 +44,9 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// later, or forever if nothing detects it. Past this the router stops
 /// anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// How long a login challenge stays good.
-pub const CHALLENGE_TTL: Duration = Duration::from_secs(30);
-/// Most challenges outstanding at once: a client asking for challenges and
-/// never logging in costs bounded memory.
-const MAX_CHALLENGES: usize = 65_536;
+/// Streams one connection may hold open at once (HTTP/2's own cap): a
+/// peer holds one `Watch` and a call or two.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// Events queued per Watch stream on the wire; past it the registry's own
 /// buffer fills and a slow watcher is cut.
 const WATCH_QUEUE: usize = 256;
@@ -79,7 +80,9 @@ impl From<RegistryError> for Status {
             RegistryError::NoSuchRoom(_) => Status::not_found(msg),
             RegistryError::NotMember(_) => Status::failed_precondition(msg),
             RegistryError::NotOwner { .. } => Status::permission_denied(msg),
-            RegistryError::Lagged(_) => Status::resource_exhausted(msg),
+            RegistryError::Lagged(_) | RegistryError::TooManyNicks(_) => {
+                Status::resource_exhausted(msg)
+            }
             RegistryError::Unavailable(cause) => {
                 // The cause stays in the log; the caller learns only that the
                 // registry cannot answer now.
@@ -191,57 +194,54 @@ fn creation_arg(
     }))
 }
 
-/// Login challenges handed out and not used yet. Each is good once, for
-/// [`CHALLENGE_TTL`].
-#[derive(Default)]
-struct Challenges {
-    issued: Mutex<HashMap<[u8; 32], Instant>>,
-}
-
-impl Challenges {
-    fn issue(&self) -> Result<[u8; 32], Status> {
-        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        if issued.len() >= MAX_CHALLENGES {
-            issued.retain(|_, t| t.elapsed() < CHALLENGE_TTL);
-            if issued.len() >= MAX_CHALLENGES {
-                return Err(Status::resource_exhausted(
-                    "too many logins in progress; try again",
-                ));
-            }
-        }
-        let challenge = rand::random::<[u8; 32]>();
-        issued.insert(challenge, Instant::now());
-        Ok(challenge)
-    }
-
-    /// Takes `challenge` if it was issued here and is still good.
-    fn redeem(&self, challenge: &[u8]) -> bool {
-        let Ok(c) = <[u8; 32]>::try_from(challenge) else {
-            return false;
-        };
-        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        issued
-            .remove(&c)
-            .is_some_and(|t| t.elapsed() < CHALLENGE_TTL)
-    }
-}
-
 /// The `Router` service. Watch streams end when `stop` fires, so a graceful
 /// shutdown is not held open by them.
 pub struct RouterService {
     registry: Arc<dyn Registry>,
     stop: CancellationToken,
-    challenges: Challenges,
+    challenges: limits::Challenges,
+    bindings: limits::Bindings,
+}
+
+/// What a router allows its callers; the defaults are `router`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterLimits {
+    /// How fast one source address may bind nicks never bound before.
+    pub new_nicks: BindingRate,
+    /// Logins one source address may complete within [`CHALLENGE_TTL`].
+    pub logins_per_source: usize,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            new_nicks: BindingRate::default(),
+            logins_per_source: USED_PER_SOURCE,
+        }
+    }
 }
 
 impl RouterService {
-    pub fn new(registry: Arc<dyn Registry>, stop: CancellationToken) -> RouterService {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        stop: CancellationToken,
+        limits: RouterLimits,
+    ) -> RouterService {
         RouterService {
             registry,
             stop,
-            challenges: Challenges::default(),
+            challenges: limits::Challenges::new(limits.logins_per_source),
+            bindings: limits::Bindings::new(limits.new_nicks),
         }
     }
+}
+
+/// The address a request came from, as its link saw it.
+fn source<T>(req: &Request<T>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<crate::tls::Caller>()
+        .and_then(|c| c.remote)
+        .map(|a| a.ip())
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::RegistryEvent, Status>> + Send>>;
@@ -253,7 +253,7 @@ impl Router for RouterService {
         _req: Request<proto::ChallengeRequest>,
     ) -> Result<Response<proto::ChallengeResponse>, Status> {
         Ok(Response::new(proto::ChallengeResponse {
-            challenge: self.challenges.issue()?.to_vec(),
+            challenge: self.challenges.issue(),
         }))
     }
 
@@ -261,15 +261,15 @@ impl Router for RouterService {
         &self,
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
+        let from = source(&req);
         let req = req.into_inner();
         let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = PublicKey::from_bytes(&req.key)
             .map_err(|e| Status::invalid_argument(format!("key: {e}")))?;
-        if !self.challenges.redeem(&req.challenge) {
-            return Err(Status::unauthenticated(
-                "unknown, used or expired login challenge: ask for a new one",
-            ));
-        }
+        let stale = || {
+            Status::unauthenticated("unknown, used or expired login challenge: ask for a new one")
+        };
+        self.challenges.check(&req.challenge).map_err(|_| stale())?;
         if !key.verify(
             &login_bytes(&req.challenge, &req.nick, &req.address, &key),
             &req.signature,
@@ -278,6 +278,29 @@ impl Router for RouterService {
             return Err(Status::unauthenticated(
                 "the login signature does not check against the key",
             ));
+        }
+        // Used only once the signature checked: only a key holder's login
+        // is remembered, and only within its source's share.
+        match self.challenges.redeem(&req.challenge, from) {
+            Ok(()) => {}
+            Err(limits::Refused::Busy) => {
+                tracing::warn!(source = ?from, "too many logins from one address");
+                return Err(Status::resource_exhausted(format!(
+                    "too many logins from this address in {} s; try again shortly",
+                    CHALLENGE_TTL.as_secs()
+                )));
+            }
+            Err(_) => return Err(stale()),
+        }
+        // A nick never bound before costs its source address a token.
+        if self.registry.binding(&nick).await?.is_none() {
+            if let Err(wait) = self.bindings.take(from) {
+                tracing::warn!(source = ?from, nick = %nick, "new nick refused: binding rate");
+                return Err(Status::resource_exhausted(format!(
+                    "too many new nicks from this address; the next in {} s",
+                    wait.as_secs().max(1)
+                )));
+            }
         }
         let s = self.registry.login(&nick, &req.address, &key).await?;
         tracing::info!(nick = %s.nick, address = %req.address, key = %key, reclaimed = s.reclaimed, "login");
@@ -461,6 +484,7 @@ pub async fn serve(
     listener: TcpListener,
     registry: Arc<dyn Registry>,
     identity: &Identity,
+    limits: RouterLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RouterError> {
     let tls = Tls::new(identity)?;
@@ -476,7 +500,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let router = RouterServer::new(RouterService::new(registry, stop.clone()))
+    let router = RouterServer::new(RouterService::new(registry, stop.clone(), limits))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let incoming = tls.incoming(listener);
     let signal = {
@@ -489,6 +513,7 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .timeout(CALL_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -538,12 +563,24 @@ impl RouterHandle {
         registry: Arc<dyn Registry>,
         identity: Identity,
     ) -> std::io::Result<RouterHandle> {
+        Self::spawn_with(listener, registry, identity, RouterLimits::default())
+    }
+
+    /// [`RouterHandle::spawn`] with limits of its own.
+    pub fn spawn_with(
+        listener: TcpListener,
+        registry: Arc<dyn Registry>,
+        identity: Identity,
+        limits: RouterLimits,
+    ) -> std::io::Result<RouterHandle> {
         let addr = listener.local_addr()?;
         let key = identity.public();
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let task =
-            tokio::spawn(async move { serve(listener, registry, &identity, shutdown).await });
+            tokio::spawn(
+                async move { serve(listener, registry, &identity, limits, shutdown).await },
+            );
         Ok(RouterHandle {
             addr,
             key,

@@ -75,10 +75,27 @@ impl TestRouter {
     /// Starts a router on an already bound listener (to restart one on the
     /// same port).
     pub async fn start_on(listener: TcpListener, ttl: Duration) -> TestRouter {
-        let registry = Arc::new(MemoryRegistry::new(ttl).unwrap());
+        Self::start_with(
+            listener,
+            parley::registry::MemoryOptions::new(ttl),
+            parley::router::RouterLimits::default(),
+        )
+        .await
+    }
+
+    /// Starts a router whose registry and limits are made as given (a
+    /// registry file, a short binding TTL, a small binding rate).
+    pub async fn start_with(
+        listener: TcpListener,
+        options: parley::registry::MemoryOptions,
+        limits: parley::router::RouterLimits,
+    ) -> TestRouter {
+        let registry = Arc::new(MemoryRegistry::with(options).unwrap());
         // One key for every test router: one restarted on its port keeps
         // its key, as a real router does with its key file.
-        let router = RouterHandle::spawn(listener, registry, Identity::from_seed([7; 32])).unwrap();
+        let router =
+            RouterHandle::spawn_with(listener, registry, Identity::from_seed([7; 32]), limits)
+                .unwrap();
         TestRouter {
             addr: router.addr(),
             router,
