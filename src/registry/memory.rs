@@ -846,6 +846,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bindings_and_owners_outlive_the_registry_in_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = |binding_ttl| MemoryOptions {
+            file: Some(tmp.path().join(crate::registry::REGISTRY_FILE)),
+            binding_ttl,
+            ..MemoryOptions::new(TTL)
+        };
+        let year = crate::registry::BINDING_TTL;
+        let r = MemoryRegistry::with(options(year)).unwrap();
+        let a = login(&r, "Alice").await;
+        r.join(&a, &room("#Home"), None).await.unwrap();
+        drop(r);
+
+        let r = MemoryRegistry::with(options(year)).unwrap();
+        let err = r
+            .login(&nick("alice"), "127.0.0.1:7000", &key("eve"))
+            .await
+            .unwrap_err();
+        assert_eq!(err, RegistryError::KeyMismatch("alice".into()));
+        let e = login(&r, "eve").await;
+        let s = r.join(&e, &room("#home"), None).await.unwrap();
+        assert!(!s.created);
+        assert_eq!((s.name.as_str(), s.owner.as_str()), ("#Home", "Alice"));
+        drop(r);
+
+        // Reopened with a binding TTL her key has outlived: released.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = MemoryRegistry::with(options(Duration::from_millis(1))).unwrap();
+        r.login(&nick("alice"), "127.0.0.1:7000", &key("eve"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_holds_a_bounded_number_of_nicks() {
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let k = key("eve");
+        for i in 0..MAX_NICKS_PER_KEY {
+            r.login(&nick(&format!("eve{i}")), "127.0.0.1:7000", &k)
+                .await
+                .unwrap();
+        }
+        let err = r
+            .login(&nick("one-more"), "127.0.0.1:7000", &k)
+            .await
+            .unwrap_err();
+        assert_eq!(err, RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
+        r.login(&nick("eve0"), "127.0.0.1:7000", &k).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn ttl_below_etcd_floor_is_refused() {
         assert!(MemoryRegistry::new(Duration::from_secs(1)).is_err());
         assert!(MemoryRegistry::new(Duration::from_secs(2)).is_ok());
@@ -1032,9 +1083,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_earliest_creation_shown_names_the_owner_whoever_joins_first() {
-        // A registry that lost the room (a restarted router): bob rejoins
-        // first, showing alice's creation event.
+    async fn the_join_that_makes_the_record_names_the_owner_for_good() {
+        // A registry that never knew the room (a router whose file was
+        // lost): bob rejoins first, showing alice's creation event.
         let r = MemoryRegistry::new(TTL).unwrap();
         let b = login(&r, "bob").await;
         let s = r
@@ -1043,8 +1094,8 @@ mod tests {
             .unwrap();
         assert!(s.created);
         assert_eq!(s.owner, "alice");
-        // A later creation event (someone who made the room anew while it
-        // was gone) does not take it over; an earlier one does.
+        // Neither a later creation event nor an earlier-dated one (a member
+        // signing one of her own) takes it over.
         let c = login(&r, "carol").await;
         let s = r
             .join(&c, &room("#rust"), Some(&creation("carol", 200)))
@@ -1056,30 +1107,45 @@ mod tests {
             .join(&d, &room("#rust"), Some(&creation("dave", 50)))
             .await
             .unwrap();
-        assert_eq!(s.owner, "dave");
-        // One signed by a key its author is not bound to counts for nothing.
+        assert_eq!(s.owner, "alice");
+        // Nor does the room's emptying: the record outlives its members.
+        for t in [&b, &c, &d] {
+            r.leave(t, &room("#rust"), "").await.unwrap();
+        }
+        assert!(r.find_room(&d, &room("#rust")).await.unwrap().is_none());
+        let s = r
+            .join(&d, &room("#rust"), Some(&creation("dave", 1)))
+            .await
+            .unwrap();
+        assert!(!s.created);
+        assert_eq!(s.owner, "alice");
+        // Only the owner deletes: not bob, who made the room here.
+        let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "alice"),
+            "{err:?}"
+        );
+        let a = login(&r, "alice").await;
+        r.delete_room(&a, &room("#rust")).await.unwrap();
+        // Deleted, the room is made anew by whoever joins first; one shown
+        // signed by a key its author is not bound to counts for nothing.
         let forged = Creation {
             key: key("mallory"),
             ..creation("bob", 10)
         };
         let s = r.join(&c, &room("#rust"), Some(&forged)).await.unwrap();
-        assert_eq!(s.owner, "dave");
-        // Only the owner deletes: not bob, who made the room here.
-        let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
-        assert!(
-            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "dave"),
-            "{err:?}"
-        );
-        r.delete_room(&d, &room("#rust")).await.unwrap();
+        assert!(s.created);
+        assert_eq!(s.owner, "carol");
 
-        // A room made with no event shown is its maker's, until one is.
+        // A room made with no event shown is its maker's, and stays so
+        // when an event is shown later.
         let s = r.join(&b, &room("#go"), None).await.unwrap();
         assert_eq!(s.owner, "bob");
         let s = r
             .join(&c, &room("#go"), Some(&creation("alice", 100)))
             .await
             .unwrap();
-        assert_eq!(s.owner, "alice");
+        assert_eq!(s.owner, "bob");
     }
 
     #[tokio::test]
@@ -1239,8 +1305,12 @@ mod tests {
     async fn a_watch_carries_the_presence_of_those_it_follows() {
         let r = MemoryRegistry::new(Duration::from_secs(10)).unwrap();
         let a = login(&r, "alice").await;
-        let mut watch = r.watch(&a, &[nick("Bob")]).await.unwrap();
+        let mut watch = r.watch(&a, &[nick("Bob"), nick("carol")]).await.unwrap();
         let c = login(&r, "carol").await;
+        let b = login(&r, "bob").await;
+        // Bob follows alice back (a private partner); carol does not.
+        drop(r.watch(&b, &[nick("alice")]).await.unwrap());
+        r.logout(&b, "").await.unwrap();
         let b = login(&r, "bob").await;
         r.logout(&c, "").await.unwrap();
         r.logout(&b, "").await.unwrap();
@@ -1259,7 +1329,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
+            // Whether bob follows alice back is asked as each event is
+            // handed over (here all at the end, after bob's watch): so his
+            // first coming online counts too. Carol's never do.
             [
+                (true, "bob".to_string()),
+                (false, "bob".to_string()),
                 (true, "bob".to_string()),
                 (false, "bob".to_string()),
                 (false, "alice".to_string())
