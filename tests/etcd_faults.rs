@@ -75,7 +75,8 @@ async fn killing_the_leader_of_three_loses_no_call_and_no_session() {
                     .map(|_| ())
                     .ok_or_else(|| RegistryError::InvalidArgument("alice offline".into()))
             }),
-            a.login(&nick(&format!("u{rounds}")), "127.0.0.1:7001", &key("u"))
+            // A key of its own each: a key holds at most a few nicks.
+            a.login(&nick(&format!("u{rounds}")), "127.0.0.1:7001", &key(&format!("u{rounds}")))
                 .await
                 .map(|_| ()),
         ];

@@ -43,10 +43,10 @@ fn ready(addr: impl std::fmt::Display) {
 
 /// A router on a free loopback port, its registry in memory or in etcd at
 /// `etcd`, served in the foreground until the bench is gone.
-pub async fn serve_router(etcd: Vec<String>) -> anyhow::Result<()> {
+pub async fn serve_router(etcd: Vec<String>, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
     let listener = node::listener().await?;
     let addr = listener.local_addr()?;
-    let registry = node::registry(&etcd).await?;
+    let registry = node::registry(&etcd, &data_dir).await?;
     ready(addr);
     let identity = parley::identity::Identity::generate();
     parley::router::serve(

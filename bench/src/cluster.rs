@@ -149,7 +149,7 @@ impl Cluster {
         let (router, router_addr) = if in_process {
             let router = RouterHandle::spawn_with(
                 node::listener().await?,
-                node::registry(etcd).await?,
+                node::registry(etcd, dir.path()).await?,
                 parley::identity::Identity::generate(),
                 node::router_limits(),
             )
@@ -158,7 +158,11 @@ impl Cluster {
             (Node::Router(Box::new(router)), addr)
         } else {
             let log = dir.path().join("router.log");
-            let mut args = vec!["__router".to_owned()];
+            let mut args = vec![
+                "__router".to_owned(),
+                "--data-dir".to_owned(),
+                dir.path().display().to_string(),
+            ];
             if !etcd.is_empty() {
                 args.push("--etcd".to_owned());
                 args.push(etcd.join(","));

@@ -94,6 +94,9 @@ enum Child {
     Router {
         #[arg(long, value_delimiter = ',')]
         etcd: Vec<String>,
+        /// Where the in-memory registry keeps its file.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
     },
     #[command(name = "__peer", hide = true)]
     Peer {
@@ -149,7 +152,9 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match args.child {
-            Some(Child::Router { etcd }) => child::serve_router(etcd).await.map(|()| None),
+            Some(Child::Router { etcd, data_dir }) => {
+                child::serve_router(etcd, data_dir).await.map(|()| None)
+            }
             Some(Child::Peer {
                 nick,
                 router,

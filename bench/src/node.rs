@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use parley::names::{Nick, Room};
 use parley::peer::{Peer, PeerConfig, PeerEvent};
-use parley::registry::{EtcdRegistry, MemoryRegistry, Registry};
+use parley::registry::{EtcdRegistry, MemoryOptions, MemoryRegistry, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -40,11 +40,15 @@ pub async fn listener() -> anyhow::Result<TcpListener> {
         .context("cannot listen on 127.0.0.1")
 }
 
-/// What the bench's router serves, with its lease: an in-memory registry,
-/// or the one kept in etcd at `etcd` when that is not empty.
-pub async fn registry(etcd: &[String]) -> anyhow::Result<Arc<dyn Registry>> {
+/// What the bench's router serves, with its lease: an in-memory registry
+/// keeping its file in `dir`, as `router` does, or the one kept in etcd at
+/// `etcd` when that is not empty.
+pub async fn registry(etcd: &[String], dir: &std::path::Path) -> anyhow::Result<Arc<dyn Registry>> {
     if etcd.is_empty() {
-        Ok(Arc::new(MemoryRegistry::new(LEASE_TTL)?))
+        Ok(Arc::new(MemoryRegistry::with(MemoryOptions {
+            file: Some(dir.join(parley::registry::REGISTRY_FILE)),
+            ..MemoryOptions::new(LEASE_TTL)
+        })?))
     } else {
         Ok(Arc::new(connect_etcd(etcd).await?))
     }
