@@ -38,10 +38,11 @@ use crate::sync::{digest, KeyOf, Syncer};
 
 /// Most messages a history page carries, whatever the requester asks.
 const MAX_PAGE: usize = 1000;
-/// Bytes of messages per history page (about: the last message may pass
-/// it). A page is what an open stream holds at once besides the transport's
-/// buffers, so this bounds what a reader that stops reading costs; at 1 KiB
-/// a message it is still a page of a few hundred.
+/// Bytes of messages per history page (a page holds at least one message,
+/// whatever its size). An open stream holds one store read, sized to about
+/// a page, besides the transport's buffers (HTTP/2 stops asking for pages
+/// while its reader does not read), so this bounds what a reader that stops
+/// reading costs; at 1 KiB a message it is still a page of a few hundred.
 const PAGE_BYTES: usize = 256 * 1024;
 /// What a message is reckoned to take before one has been read: sizes the
 /// first store read of a pull (PAGE_BYTES / this messages).
@@ -424,7 +425,8 @@ struct Pages {
     cursor: Option<PullCursor>,
     pending: VecDeque<ChatMessage>,
     /// The largest message met so far (encoded bytes): sizes store reads
-    /// so that one read is about a page.
+    /// so that one read is about a page. Only messages larger than any met
+    /// before can make a read bigger (the first read guesses 1 KiB each).
     largest: Option<usize>,
     /// This stream's place under the caps, given back when it is dropped.
     _permit: StreamPermit,
