@@ -5,10 +5,16 @@
 //! (never by a name in the request): a `Deliver` must come from the key the
 //! author's nick is bound to and carry that key's signature; a private
 //! conversation is read only by its other party, a room only by members.
+//!
+//! A `PullHistory` stream makes each page as its reader reads (HTTP/2 flow
+//! control paces it), pages are at most `PAGE_BYTES`, and the streams open
+//! at once are capped per caller key and in total (`limits`): whatever one
+//! key does, what this peer holds for its pulls stays small.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -18,6 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::away::Away;
 use super::events::{Events, PeerEvent};
+use super::limits::{PullLimits, StreamPermit};
 use super::rooms::Rooms;
 use super::session::Session;
 use crate::identity::{verify_messages, PublicKey};
@@ -31,8 +38,15 @@ use crate::sync::{digest, KeyOf, Syncer};
 
 /// Most messages a history page carries, whatever the requester asks.
 const MAX_PAGE: usize = 1000;
-/// Bytes of bodies per page: keeps every frame far below the size limit.
-const PAGE_BYTES: usize = 1024 * 1024;
+/// Bytes of messages per history page (a page holds at least one message,
+/// whatever its size). An open stream holds one store read, sized to about
+/// a page, besides the transport's buffers (HTTP/2 stops asking for pages
+/// while its reader does not read), so this bounds what a reader that stops
+/// reading costs; at 1 KiB a message it is still a page of a few hundred.
+const PAGE_BYTES: usize = 256 * 1024;
+/// What a message is reckoned to take before one has been read: sizes the
+/// first store read of a pull (PAGE_BYTES / this messages).
+const FIRST_GUESS_BYTES: usize = 1024;
 /// Most messages one link batch may carry (proto `LinkBatch`).
 pub const MAX_LINK_BATCH: usize = 1024;
 /// Answers of a link waiting for its caller to read them.
@@ -68,6 +82,8 @@ pub(super) struct ChatService {
     pub(super) events: Events,
     /// Told to whoever writes privately while the person is away.
     pub(super) away: Away,
+    /// Caps on the `PullHistory` streams open at once.
+    pub(super) pulls: PullLimits,
     pub(super) stop: CancellationToken,
     pub(super) tasks: TaskTracker,
 }
@@ -397,6 +413,69 @@ fn caller<T>(req: &Request<T>) -> Result<PublicKey, Status> {
     })
 }
 
+/// One `PullHistory` stream's state: where its reading of the store is,
+/// and what it read but has not handed over yet (at most one store read).
+struct Pages {
+    store: Store,
+    conversation: String,
+    have: Vec<VectorEntry>,
+    /// Most messages per page, as the caller asked (within `MAX_PAGE`).
+    page: usize,
+    /// Where the next store read starts; `None` once the store gave all.
+    cursor: Option<PullCursor>,
+    pending: VecDeque<ChatMessage>,
+    /// The largest message met so far (encoded bytes): sizes store reads
+    /// so that one read is about a page. Only messages larger than any met
+    /// before can make a read bigger (the first read guesses 1 KiB each).
+    largest: Option<usize>,
+    /// This stream's place under the caps, given back when it is dropped.
+    _permit: StreamPermit,
+}
+
+impl Pages {
+    /// The next page, read from the store if nothing read is left; `None`
+    /// at the end (or after an error, which is the last item).
+    async fn next_page(&mut self) -> Option<Result<HistoryPage, Status>> {
+        loop {
+            if !self.pending.is_empty() {
+                return Some(Ok(self.take_page()));
+            }
+            let cursor = self.cursor.take()?;
+            let guess = self.largest.unwrap_or(FIRST_GUESS_BYTES).max(1);
+            let want = (PAGE_BYTES / guess).clamp(1, self.page);
+            let read = self
+                .store
+                .missing_page(&self.conversation, self.have.clone(), None, cursor, want)
+                .await;
+            match read {
+                Ok((batch, next)) => {
+                    self.cursor = next;
+                    let largest = batch.iter().map(prost::Message::encoded_len).max();
+                    self.largest = self.largest.max(largest);
+                    self.pending.extend(batch);
+                }
+                Err(err) => return Some(Err(Status::from(err))),
+            }
+        }
+    }
+
+    /// Up to `page` messages of what was read, cut at `PAGE_BYTES` so no
+    /// page (and no frame) is large; at least one message.
+    fn take_page(&mut self) -> HistoryPage {
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        while let Some(m) = self.pending.front() {
+            let len = prost::Message::encoded_len(m);
+            if !messages.is_empty() && (bytes + len > PAGE_BYTES || messages.len() >= self.page) {
+                break;
+            }
+            bytes += len;
+            messages.extend(self.pending.pop_front());
+        }
+        HistoryPage { messages }
+    }
+}
+
 type PageStream = Pin<Box<dyn Stream<Item = Result<HistoryPage, Status>> + Send>>;
 type AckStream = Pin<Box<dyn Stream<Item = Result<LinkAck, Status>> + Send>>;
 
@@ -501,51 +580,26 @@ impl Chat for ChatService {
         let conv = Conversation::parse_key(&req.conversation)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.check_access(&conv, &caller).await?;
-        let page = (req.page_size as usize).clamp(1, MAX_PAGE);
-        let store = self.store.clone();
-        let (tx, rx) = mpsc::channel(4);
-        let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            let mut cursor = PullCursor::default();
-            loop {
-                let batch = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    b = store.missing_page(&req.conversation, req.have.clone(), None, std::mem::take(&mut cursor), page) => b,
-                };
-                let (batch, next) = match batch {
-                    Ok(b) => b,
-                    Err(err) => {
-                        let _ = tx.send(Err(Status::from(err))).await;
-                        return;
-                    }
-                };
-                let last = next.is_none();
-                cursor = next.unwrap_or_default();
-                // Split by size so no frame nears the transport's limit.
-                let mut messages = Vec::new();
-                let mut bytes = 0;
-                for m in batch {
-                    bytes += m.body.len() + 64;
-                    messages.push(m);
-                    if bytes >= PAGE_BYTES {
-                        let full = HistoryPage {
-                            messages: std::mem::take(&mut messages),
-                        };
-                        if tx.send(Ok(full)).await.is_err() {
-                            return;
-                        }
-                        bytes = 0;
-                    }
-                }
-                if !messages.is_empty() && tx.send(Ok(HistoryPage { messages })).await.is_err() {
-                    return;
-                }
-                if last {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // Only a caller with a right to read takes a place under the caps.
+        let permit = self.pulls.acquire(&caller)?;
+        let pages = Pages {
+            store: self.store.clone(),
+            page: (req.page_size as usize).clamp(1, MAX_PAGE),
+            conversation: req.conversation,
+            have: req.have,
+            cursor: Some(PullCursor::default()),
+            pending: VecDeque::new(),
+            largest: None,
+            _permit: permit,
+        };
+        // A page is read from the store only when the transport asks for
+        // the next one, which it does only as the caller reads (HTTP/2 flow
+        // control): a stream nobody reads holds a page, not the history.
+        let stream = futures::stream::unfold(pages, |mut pages| async move {
+            pages.next_page().await.map(|page| (page, pages))
+        })
+        .take_until(self.stop.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {

@@ -15,6 +15,7 @@
 mod away;
 mod chat;
 pub mod events;
+mod limits;
 pub mod outbox;
 pub mod rooms;
 pub mod session;
@@ -417,6 +418,7 @@ impl Peer {
             peers: inner.peers.clone(),
             events: inner.events.clone(),
             away: inner.away.clone(),
+            pulls: Default::default(),
             stop: inner.stop.clone(),
             tasks: inner.tasks.clone(),
         };

@@ -7,6 +7,12 @@
 //!   something this peer lacks. Pulls are exact (the vector says what is
 //!   held) and come in pages. Used on join, on opening a private chat, after
 //!   a login, and by anti-entropy.
+//! - A holder cannot hold a sync up: a pull that brings no page that checks
+//!   for [`STALL_DEADLINE`] (the call's answer included) is abandoned, and
+//!   so is one whose page holds nothing that checks (garbage); the sync goes
+//!   on to the next holder still ahead. Such a holder is skipped by every
+//!   pull for [`SKIP_FOR`], said in the log (not to the person).
+//!   [`PULL_DEADLINE`] still bounds a whole pull.
 //! - Anti-entropy ([`Syncer::round`]): the same comparison with every member
 //!   of every conversation this peer is in, every period and after failures.
 //!   A version query carries a digest of the asker's vector, so when nothing
@@ -27,7 +33,7 @@ mod repair;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
@@ -48,6 +54,16 @@ use crate::store::{Inserted, PullCursor, Store, StoreError};
 pub const VERSION_DEADLINE: Duration = Duration::from_secs(1);
 /// How long one whole pull from one peer may take.
 pub const PULL_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a pull may go without a page that checks (the first one counts
+/// from the call) before it is abandoned. An honest holder makes a page in
+/// milliseconds; this leaves room for a loaded one, and is far below
+/// [`PULL_DEADLINE`].
+pub const STALL_DEADLINE: Duration = Duration::from_secs(4);
+/// How long a holder that stalled or served garbage is left out of pulls:
+/// long enough that later syncs (anti-entropy runs every 30 s) do not wait
+/// on it again, short enough that an honest holder that was merely
+/// overloaded is asked again soon.
+pub const SKIP_FOR: Duration = Duration::from_secs(300);
 /// Messages asked for per page.
 pub const PAGE_SIZE: u32 = 500;
 /// Most own messages pushed to one member after a sync.
@@ -231,6 +247,9 @@ struct Inner {
     stats: SyncStats,
     /// Gap repairs waiting to run: see the `repair` module.
     repairs: Mutex<HashMap<repair::Key, u64>>,
+    /// Holders that stalled a pull or served garbage, by (nick, key), and
+    /// until when they are skipped.
+    skipped: Mutex<HashMap<(String, Vec<u8>), Instant>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -256,6 +275,7 @@ impl Syncer {
                 on_fresh,
                 stats: SyncStats::default(),
                 repairs: Mutex::new(HashMap::new()),
+                skipped: Mutex::new(HashMap::new()),
                 tasks,
                 stop,
             }),
@@ -284,6 +304,17 @@ impl Syncer {
     /// over; a message whose author's key cannot be learnt now is dropped
     /// too (a later sync brings it again).
     pub async fn checked(&self, from: &str, msgs: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        self.checked_counted(from, msgs).await.0
+    }
+
+    /// [`Syncer::checked`], with how many messages were refused (a bad
+    /// signature, or an author nobody claimed); those left for a later sync
+    /// because a key cannot be learnt now are not refused.
+    async fn checked_counted(
+        &self,
+        from: &str,
+        msgs: Vec<ChatMessage>,
+    ) -> (Vec<ChatMessage>, usize) {
         // The keys first (learning one may ask the registry), then the
         // signatures, which are pure CPU.
         let mut keys: HashMap<String, KeyOf> = HashMap::new();
@@ -301,16 +332,20 @@ impl Syncer {
             keyed.push((m, key));
         }
         let mut good = Vec::with_capacity(keyed.len());
+        let mut refused = 0;
         for (m, key, ok) in verify_all(keyed).await {
             match key {
                 KeyOf::Key(_) if ok => good.push(m),
-                KeyOf::Key(_) | KeyOf::Unbound => tracing::warn!(
-                    from,
-                    author = %m.author,
-                    conversation = %m.conversation,
-                    seq = m.seq,
-                    "refused a message whose signature does not check"
-                ),
+                KeyOf::Key(_) | KeyOf::Unbound => {
+                    refused += 1;
+                    tracing::warn!(
+                        from,
+                        author = %m.author,
+                        conversation = %m.conversation,
+                        seq = m.seq,
+                        "refused a message whose signature does not check"
+                    )
+                }
                 KeyOf::Unsure => tracing::debug!(
                     from,
                     author = %m.author,
@@ -318,7 +353,7 @@ impl Syncer {
                 ),
             }
         }
-        good
+        (good, refused)
     }
 
     pub fn stats(&self) -> SyncCounts {
@@ -557,10 +592,38 @@ impl Syncer {
         }
     }
 
+    /// Whether `member` is being skipped (it stalled or served garbage
+    /// within the last [`SKIP_FOR`]).
+    fn is_skipped(&self, member: &Member) -> bool {
+        let mut skipped = self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired entries go now, so the table holds only current ones.
+        let now = Instant::now();
+        skipped.retain(|_, until| *until > now);
+        skipped.contains_key(&holder(member))
+    }
+
+    /// Leaves `member` out of pulls for [`SKIP_FOR`], and says why in the log.
+    fn skip(&self, member: &Member, conversation: &str, why: &str) {
+        tracing::warn!(
+            from = %member.nick,
+            address = %member.address,
+            conversation,
+            skip_secs = SKIP_FOR.as_secs(),
+            "abandoned a pull: {why}; skipping this holder for a while"
+        );
+        self.inner
+            .skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(holder(member), Instant::now() + SKIP_FOR);
+    }
+
     /// Pulls from `member` every message of `conversation` not covered by
     /// `have`, checking and storing each page as it arrives. Returns the
     /// messages that were new here, with their `late` flags. A peer failing
-    /// mid-pull keeps what arrived so far.
+    /// mid-pull keeps what arrived so far; so does one abandoned for
+    /// stalling or serving garbage (see the module's doc), which is then
+    /// skipped. A member being skipped is not asked at all.
     pub async fn pull(
         &self,
         member: &Member,
@@ -569,6 +632,10 @@ impl Syncer {
     ) -> Result<Vec<(ChatMessage, bool)>, SyncError> {
         let mut fresh = Vec::new();
         let address = member.address.as_str();
+        if self.is_skipped(member) {
+            tracing::debug!(from = %member.nick, address, conversation, "holder skipped for now");
+            return Ok(fresh);
+        }
         let Ok(mut client) = self.inner.peers.client(member) else {
             return Ok(fresh);
         };
@@ -580,31 +647,62 @@ impl Syncer {
         };
         let store = self.store();
         let work = async {
-            let mut pages = match client.pull_history(req).await {
-                Ok(resp) => resp.into_inner(),
-                Err(status) => {
-                    tracing::debug!(address, %status, "pull refused");
-                    return Ok(());
-                }
-            };
+            // Time spent waiting on the holder since the last page that
+            // checked (only waiting: checking and storing here are not the
+            // holder's doing). Past STALL_DEADLINE the pull is abandoned.
+            let mut waited = Duration::ZERO;
+            let start = Instant::now();
+            let mut pages =
+                match tokio::time::timeout(STALL_DEADLINE, client.pull_history(req)).await {
+                    Ok(Ok(resp)) => resp.into_inner(),
+                    Ok(Err(status)) => {
+                        tracing::debug!(address, %status, "pull refused");
+                        return Ok(());
+                    }
+                    Err(_) => {
+                        self.skip(member, conversation, "no answer to the call");
+                        return Ok(());
+                    }
+                };
             // Each page is checked while the one before is being stored:
             // the signatures and the commit run side by side. One page at
             // a time goes to the store, in order.
             let mut storing: Option<tokio::task::JoinHandle<Stored>> = None;
-            while let Some(page) = pages.next().await {
-                let page = match page {
-                    Ok(p) => p,
-                    Err(status) => {
+            waited += start.elapsed();
+            loop {
+                let start = Instant::now();
+                let next =
+                    tokio::time::timeout(STALL_DEADLINE.saturating_sub(waited), pages.next());
+                let next = next.await;
+                waited += start.elapsed();
+                let page = match next {
+                    Ok(Some(Ok(p))) => p,
+                    Ok(Some(Err(status))) => {
                         tracing::debug!(address, %status, "pull broken off");
                         break;
                     }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.skip(member, conversation, "no page that checks came in time");
+                        break;
+                    }
                 };
+                let sent = page.messages.len();
                 let msgs: Vec<ChatMessage> = page
                     .messages
                     .into_iter()
                     .filter(|m| m.conversation == conversation && valid_message(m).is_ok())
                     .collect();
-                let msgs = self.checked(&member.nick, msgs).await;
+                let misfit = sent - msgs.len();
+                let (msgs, refused) = self.checked_counted(&member.nick, msgs).await;
+                if sent > 0 && misfit + refused == sent {
+                    // Not one message of it is believable: garbage.
+                    self.skip(member, conversation, "a page in which nothing checks");
+                    break;
+                }
+                if misfit + refused < sent {
+                    waited = Duration::ZERO;
+                }
                 if let Some(prev) = storing.take() {
                     fresh.extend(stored(&member.nick, store, prev.await)?);
                 }
@@ -633,6 +731,11 @@ impl Syncer {
             .fetch_add(fresh.len() as u64, Ordering::Relaxed);
         Ok(fresh)
     }
+}
+
+/// Who a holder is, for skipping it: its nick and the key it is bound to.
+fn holder(member: &Member) -> (String, Vec<u8>) {
+    (member.nick.to_ascii_lowercase(), member.key.clone())
 }
 
 /// A page of a pull and what storing it found.
