@@ -76,9 +76,13 @@ async fn killing_the_leader_of_three_loses_no_call_and_no_session() {
                     .ok_or_else(|| RegistryError::InvalidArgument("alice offline".into()))
             }),
             // A key of its own each: a key holds at most a few nicks.
-            a.login(&nick(&format!("u{rounds}")), "127.0.0.1:7001", &key(&format!("u{rounds}")))
-                .await
-                .map(|_| ()),
+            a.login(
+                &nick(&format!("u{rounds}")),
+                "127.0.0.1:7001",
+                &key(&format!("u{rounds}")),
+            )
+            .await
+            .map(|_| ()),
         ];
         errors.extend(results.into_iter().filter_map(Result::err));
         tokio::time::sleep(Duration::from_millis(200)).await;

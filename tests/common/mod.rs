@@ -303,6 +303,8 @@ pub struct Proc {
     /// Events skipped while waiting for another type, oldest first.
     pub skipped: Vec<serde_json::Value>,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// A router's own data directory (its registry file), gone with it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -323,6 +325,7 @@ impl Proc {
             stdin,
             skipped: Vec::new(),
             lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+            _dir: None,
         }
     }
 
@@ -342,6 +345,9 @@ impl Proc {
 
     /// Starts the `router` binary on `listen` with its key in `key_file`
     /// and `extra` arguments (`--etcd URL`); returns it and its address.
+    /// Its registry file goes to a fresh directory of its own unless
+    /// `extra` names one (`--data-dir`): test routers share a key file,
+    /// and must not share the bindings of every test before.
     pub async fn router_with(
         listen: &str,
         ttl_secs: u64,
@@ -352,7 +358,17 @@ impl Proc {
         let key = key_file.to_str().expect("a UTF-8 key path");
         let mut args = vec!["--listen", listen, "--lease-ttl", &ttl, "--key-file", key];
         args.extend_from_slice(extra);
+        let dir = if extra.contains(&"--data-dir") {
+            None
+        } else {
+            Some(tempfile::tempdir().unwrap())
+        };
+        let data_dir = dir.as_ref().map(|d| d.path().to_str().unwrap().to_owned());
+        if let Some(d) = &data_dir {
+            args.extend_from_slice(&["--data-dir", d]);
+        }
         let mut p = Proc::spawn(env!("CARGO_BIN_EXE_router"), &args);
+        p._dir = dir;
         let line = p.line().await.expect("listen line");
         let addr = line
             .strip_prefix("router listening on ")
