@@ -56,11 +56,10 @@ type Events = broadcast::Sender<Feed>;
 
 struct RoomState {
     name: String,
+    /// Set once, by the join that made the record (see `join`); nothing
+    /// changes it while the record lasts.
     owner: String,
     owner_key: PublicKey,
-    /// Order of the creation event the owner comes from; `None` while the
-    /// owner is only the caller that made the room here.
-    proof: Option<(i64, String, u64, u64)>,
     /// Nick keys in join order.
     members: Vec<String>,
 }
@@ -378,14 +377,6 @@ impl Registry for MemoryRegistry {
     ) -> Result<RoomSnapshot, RegistryError> {
         let shared = &self.shared;
         let mut state = shared.lock();
-        let creation = creation.filter(|c| {
-            let bound = state.bindings.get(&c.owner.to_ascii_lowercase());
-            let ok = bound.is_none_or(|k| *k == c.key);
-            if !ok {
-                tracing::warn!(%room, owner = %c.owner, "creation event signed by a key its author is not bound to; ignored");
-            }
-            ok
-        });
         let session = state.live(token, Instant::now())?;
         let (nick_key, member) = (
             session.nick_key.clone(),
@@ -396,37 +387,44 @@ impl Registry for MemoryRegistry {
             },
         );
         let key = room.key();
-        let mut created = false;
-        match state.rooms.get_mut(&key) {
-            Some(r) => {
-                if !r.members.contains(&nick_key) {
-                    r.members.push(nick_key.clone());
+        let st = &mut *state;
+        // Ownership is decided here, once: a record that exists keeps its
+        // owner, whatever this join shows; only the join that makes the
+        // record names one.
+        let (r, created) = match st.rooms.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let r = e.into_mut();
+                if let Some(c) = creation.filter(|c| !c.owner.eq_ignore_ascii_case(&r.owner)) {
+                    tracing::warn!(%room, owner = %r.owner, shown = %c.owner, sent_at_ms = c.order.0, "a creation event naming another owner; the room's owner stays");
                 }
-                if let Some(c) = creation {
-                    if r.proof.as_ref().is_none_or(|p| c.order < *p) {
-                        r.owner.clone_from(&c.owner);
-                        r.owner_key = c.key;
-                        r.proof = Some(c.order.clone());
+                (r, false)
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // The creation shown names the owner, unless its author's
+                // nick is bound to another key.
+                let shown = creation.filter(|c| {
+                    let bound = st.bindings.get(&c.owner.to_ascii_lowercase());
+                    let ok = bound.is_none_or(|k| *k == c.key);
+                    if !ok {
+                        tracing::warn!(%room, owner = %c.owner, "creation event signed by a key its author is not bound to; ignored");
                     }
-                }
-            }
-            None => {
-                created = true;
-                let (owner, owner_key, proof) = match creation {
-                    Some(c) => (c.owner.clone(), c.key, Some(c.order.clone())),
-                    None => (member.nick.clone(), member.key, None),
+                    ok
+                });
+                let (owner, owner_key) = match shown {
+                    Some(c) => (c.owner.clone(), c.key),
+                    None => (member.nick.clone(), member.key),
                 };
-                state.rooms.insert(
-                    key.clone(),
-                    RoomState {
-                        name: room.to_string(),
-                        owner,
-                        owner_key,
-                        proof,
-                        members: vec![nick_key.clone()],
-                    },
-                );
+                let r = e.insert(RoomState {
+                    name: room.to_string(),
+                    owner,
+                    owner_key,
+                    members: Vec::new(),
+                });
+                (r, true)
             }
+        };
+        if !r.members.contains(&nick_key) {
+            r.members.push(nick_key.clone());
         }
         let newly = state
             .sessions
@@ -792,7 +790,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_earliest_creation_shown_names_the_owner_whoever_joins_first() {
+    async fn the_creation_shown_by_the_join_that_makes_the_room_names_the_owner() {
         // A registry that lost the room (a restarted router): bob rejoins
         // first, showing alice's creation event.
         let r = MemoryRegistry::new(TTL).unwrap();
@@ -803,11 +801,49 @@ mod tests {
             .unwrap();
         assert!(s.created);
         assert_eq!(s.owner, "alice");
-        // A later creation event (someone who made the room anew while it
-        // was gone) does not take it over; an earlier one does.
+        // A later creation event, someone who made the room anew while it
+        // was gone, does not take it over.
         let c = login(&r, "carol").await;
         let s = r
             .join(&c, &room("#rust"), Some(&creation("carol", 200)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "alice");
+        // Only the owner deletes: not bob, who made the room here.
+        let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "alice"),
+            "{err:?}"
+        );
+
+        // A room made with no event shown is its maker's, and stays so.
+        let s = r.join(&b, &room("#go"), None).await.unwrap();
+        assert_eq!(s.owner, "bob");
+        let s = r
+            .join(&c, &room("#go"), Some(&creation("alice", 100)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "bob");
+
+        // One signed by a key its author is not bound to names nobody: the
+        // caller that made the record owns it.
+        let forged = Creation {
+            key: key("mallory"),
+            ..creation("bob", 10)
+        };
+        let s = r.join(&c, &room("#c"), Some(&forged)).await.unwrap();
+        assert_eq!(s.owner, "carol");
+    }
+
+    #[tokio::test]
+    async fn a_later_join_cannot_replace_the_owner_with_an_earlier_dated_creation() {
+        // Issue 23, attack 4: dave, a member, signs a creation event of his
+        // own dated before alice's and shows it at a join. The room's record
+        // exists: its owner stays.
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        let s = r
+            .join(&a, &room("#rust"), Some(&creation("alice", 100)))
             .await
             .unwrap();
         assert_eq!(s.owner, "alice");
@@ -816,30 +852,22 @@ mod tests {
             .join(&d, &room("#rust"), Some(&creation("dave", 50)))
             .await
             .unwrap();
-        assert_eq!(s.owner, "dave");
-        // One signed by a key its author is not bound to counts for nothing.
-        let forged = Creation {
-            key: key("mallory"),
-            ..creation("bob", 10)
-        };
-        let s = r.join(&c, &room("#rust"), Some(&forged)).await.unwrap();
-        assert_eq!(s.owner, "dave");
-        // Only the owner deletes: not bob, who made the room here.
-        let err = r.delete_room(&b, &room("#rust")).await.unwrap_err();
-        assert!(
-            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "dave"),
-            "{err:?}"
-        );
-        r.delete_room(&d, &room("#rust")).await.unwrap();
-
-        // A room made with no event shown is its maker's, until one is.
-        let s = r.join(&b, &room("#go"), None).await.unwrap();
-        assert_eq!(s.owner, "bob");
+        assert!(!s.created);
+        assert_eq!(s.owner, "alice");
+        // Shown again, or dated earlier still, by another member: the same.
+        let b = login(&r, "bob").await;
         let s = r
-            .join(&c, &room("#go"), Some(&creation("alice", 100)))
+            .join(&b, &room("#rust"), Some(&creation("dave", i64::MIN)))
             .await
             .unwrap();
         assert_eq!(s.owner, "alice");
+        assert_eq!(r.list_rooms(&d).await.unwrap()[0].owner, "alice");
+        let err = r.delete_room(&d, &room("#rust")).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "alice"),
+            "{err:?}"
+        );
+        r.delete_room(&a, &room("#rust")).await.unwrap();
     }
 
     #[tokio::test]

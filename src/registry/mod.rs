@@ -59,15 +59,15 @@ pub struct Session {
 }
 
 /// A room's creation event as a member's history shows it: its author owns
-/// the room. The router checks the event's signature against `key` before
-/// a registry sees it.
+/// the room if the join showing it makes the room's record. The router
+/// checks the event's signature against `key` before a registry sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Creation {
     /// The author, as written in the event.
     pub owner: String,
     pub key: PublicKey,
-    /// Send time, author (lowercased), incarnation, seq: of two creation
-    /// events for one room the smaller counts, as it does at the peers.
+    /// Send time, author (lowercased), incarnation, seq: for the log only.
+    /// No registry decides by it: anyone can sign an event dated earlier.
     pub order: (i64, String, u64, u64),
 }
 
@@ -190,10 +190,12 @@ pub trait Registry: Send + Sync + 'static {
     /// refused, and nothing changes.
     async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError>;
 
-    /// Joins `room`, creating it if it is new. The owner is the author of
-    /// the earliest `creation` shown for the room, or, while none has been,
-    /// the caller that made it; a creation whose author is bound to another
-    /// key is ignored. Leaving does not hand ownership on.
+    /// Joins `room`, creating it if it is new. Ownership is decided once,
+    /// by the join that makes the room's record: the owner is the author of
+    /// the `creation` it shows (one whose author is bound to another key is
+    /// ignored), or else the caller. While the record lasts no later join
+    /// changes the owner, whatever its creation event says or however early
+    /// it is dated. Leaving does not hand ownership on.
     async fn join(
         &self,
         token: &str,
