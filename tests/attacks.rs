@@ -446,9 +446,10 @@ async fn a_rooms_creator_owns_it_after_a_router_restart_whoever_rejoins_first() 
         .into_inner();
     assert_eq!(found.owner, "alice");
 
-    // Mallory joins showing a creation of her own, made now: the earlier
-    // one stands. One whose signature does not check is refused outright,
-    // and she is not let in by it.
+    // Bob's join made the room's record, showing alice's creation: that
+    // named the owner. Mallory joins showing a creation of her own, dated
+    // before alice's: the owner stays. One whose signature does not check
+    // is refused outright, and she is not let in by it.
     let mallory_id = Identity::generate();
     let mut c2 = router.client().await;
     let m2 = login_as(&mut c2, &mallory_id, "mallory2", "127.0.0.1:9")
@@ -456,6 +457,7 @@ async fn a_rooms_creator_owns_it_after_a_router_restart_whoever_rejoins_first() 
         .unwrap();
     let mut own = message("#club", "mallory2", 1, 1, "#club");
     own.kind = Kind::Created as i32;
+    own.sent_at_ms = held[0].sent_at_ms - 60_000;
     mallory_id.sign_message(&mut own);
     let mut broken = own.clone();
     broken.sent_at_ms = 1;

@@ -67,7 +67,8 @@ macro_rules! contract {
 contract!(
     a_room_lives_while_it_has_members_and_its_owner_stays,
     a_nick_is_bound_to_its_first_key,
-    the_earliest_creation_shown_names_the_owner,
+    the_join_that_makes_the_room_names_its_owner,
+    a_later_creation_dated_earlier_does_not_replace_the_owner,
     only_the_owner_deletes_and_members_are_told,
     a_watch_carries_only_what_its_session_needs,
     a_lease_without_heartbeats_runs_out,
@@ -208,38 +209,71 @@ fn creation(owner: &str, sent_at_ms: i64) -> Creation {
     }
 }
 
-async fn the_earliest_creation_shown_names_the_owner(f: Fixture) {
+async fn the_join_that_makes_the_room_names_its_owner(f: Fixture) {
+    // Bob makes the record, showing alice's creation event (a restarted
+    // router, or a new etcd): alice owns the room.
     let b = login(&f.a, "bob").await;
     let s =
         f.a.join(&b, &room("#rust"), Some(&creation("alice", 100)))
             .await
             .unwrap();
+    assert!(s.created);
     assert_eq!(s.owner, "alice");
+    // A later join, through the other router, cannot name another.
     let c = login(&f.b, "carol").await;
     let s =
         f.b.join(&c, &room("#rust"), Some(&creation("carol", 200)))
             .await
             .unwrap();
     assert_eq!(s.owner, "alice");
-    let d = login(&f.b, "dave").await;
-    let s =
-        f.b.join(&d, &room("#rust"), Some(&creation("dave", 50)))
-            .await
-            .unwrap();
-    assert_eq!(s.owner, "dave");
+    // Made with no event shown, or with one whose author is bound to
+    // another key: the caller owns it.
+    let s = f.b.join(&c, &room("#go"), None).await.unwrap();
+    assert_eq!(s.owner, "carol");
     let forged = Creation {
         key: key("mallory"),
         ..creation("bob", 10)
     };
-    let s = f.a.join(&c, &room("#rust"), Some(&forged)).await.unwrap();
-    assert_eq!(s.owner, "dave");
-    let err = f.a.delete_room(&b, &room("#rust")).await.unwrap_err();
+    let s = f.a.join(&c, &room("#c"), Some(&forged)).await.unwrap();
+    assert_eq!(s.owner, "carol");
+    let err = f.a.delete_room(&b, &room("#c")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotOwner { .. }), "{err:?}");
+}
+
+/// Issue 23, attack 4: a member signs a creation event of her own, dated
+/// before the real one, and shows it at a join. The owner stays, on both
+/// routers, and she cannot delete the room.
+async fn a_later_creation_dated_earlier_does_not_replace_the_owner(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let s =
+        f.a.join(&a, &room("#rust"), Some(&creation("alice", 100)))
+            .await
+            .unwrap();
+    assert!(s.created);
+    let e = login(&f.b, "eve").await;
+    let s =
+        f.b.join(&e, &room("#rust"), Some(&creation("eve", 50)))
+            .await
+            .unwrap();
+    assert!(!s.created);
+    assert_eq!(s.owner, "alice");
+    let d = login(&f.a, "dave").await;
+    let s =
+        f.a.join(&d, &room("#rust"), Some(&creation("eve", i64::MIN)))
+            .await
+            .unwrap();
+    assert_eq!(s.owner, "alice");
+    for r in [&f.a, &f.b] {
+        let found = r.find_room(&e, &room("#rust")).await.unwrap().unwrap();
+        assert_eq!(found.owner, "alice");
+    }
+    let err = f.b.delete_room(&e, &room("#rust")).await.unwrap_err();
     assert!(
-        matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "dave"),
+        matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "alice"),
         "{err:?}"
     );
-    f.b.delete_room(&d, &room("#rust")).await.unwrap();
-    assert!(f.a.find_room(&b, &room("#rust")).await.unwrap().is_none());
+    f.a.delete_room(&a, &room("#rust")).await.unwrap();
+    assert!(f.b.find_room(&e, &room("#rust")).await.unwrap().is_none());
 }
 
 async fn only_the_owner_deletes_and_members_are_told(f: Fixture) {

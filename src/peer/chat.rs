@@ -258,6 +258,12 @@ impl ChatService {
         let mut admitted = Vec::with_capacity(passed.len());
         for (i, msg, conv, author) in passed {
             let right = match &conv {
+                // Anyone can sign a creation event: only the owner's is taken.
+                Conversation::Room(room) if !self.sync.admits_creation(&msg) => {
+                    Err(Status::permission_denied(format!(
+                        "{author} does not own {room}: its creation event is refused"
+                    )))
+                }
                 Conversation::Room(room) => {
                     let at = (room.key(), author.key());
                     match rights.get(&at) {

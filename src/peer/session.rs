@@ -697,6 +697,7 @@ impl Session {
     pub async fn refresh_room(&self, room: &str) -> Result<(), SessionError> {
         let r = self.find(room).await?;
         if r.found && self.inner.world.in_room(room) {
+            self.inner.world.set_owner(&r.name, &r.owner);
             self.inner.world.set_room(&r.name, r.members, r.revision);
         }
         Ok(())
@@ -752,6 +753,7 @@ impl Session {
                 async move { r.join_room(req).await }
             })
             .await?;
+        self.inner.world.set_owner(&resp.room, &resp.owner);
         self.inner
             .world
             .set_room(&resp.room, resp.members.clone(), resp.revision);
@@ -933,6 +935,10 @@ impl crate::sync::KeyLookup for Session {
         Session::bound_key(self, nick).await.map_err(|err| {
             tracing::debug!(nick, cause = %err, "cannot look a key up");
         })
+    }
+
+    fn room_owner(&self, room: &str) -> Option<String> {
+        self.inner.world.owner(room)
     }
 }
 

@@ -81,6 +81,8 @@ struct State {
     users: HashMap<String, Member>,
     /// Room key → view, for the rooms this peer sits in.
     rooms: HashMap<String, RoomView>,
+    /// Room key → its owner, as the router last said (join, find).
+    owners: HashMap<String, String>,
     log: VecDeque<RegistryEvent>,
 }
 
@@ -152,7 +154,26 @@ impl World {
 
     /// Forgets `room` (this peer left it).
     pub fn drop_room(&self, room: &str) {
-        self.lock().rooms.remove(&key(room));
+        let mut s = self.lock();
+        s.rooms.remove(&key(room));
+        s.owners.remove(&key(room));
+    }
+
+    /// Records `room`'s owner as the router reports it (empty: it did not
+    /// say, and the last word stands).
+    pub fn set_owner(&self, room: &str, owner: &str) {
+        if !owner.is_empty() {
+            self.lock().owners.insert(key(room), owner.to_owned());
+        }
+    }
+
+    /// The owner of `room`, one this peer sits in, as the router reported
+    /// it; None when not in the room or never told.
+    pub fn owner(&self, room: &str) -> Option<String> {
+        let s = self.lock();
+        let room = key(room);
+        s.rooms.get(&room)?;
+        s.owners.get(&room).cloned()
     }
 
     /// A new session began (the router may have restarted and counts
@@ -546,5 +567,19 @@ mod tests {
             }
         );
         assert!(!w.in_room("#r"));
+    }
+
+    #[test]
+    fn a_rooms_owner_is_the_routers_last_word_while_in_the_room() {
+        let w = World::default();
+        w.set_owner("#R", "alice");
+        assert_eq!(w.owner("#r"), None, "not in the room");
+        w.set_room("#R", vec![m("alice"), m("bob")], 1);
+        assert_eq!(w.owner("#r").as_deref(), Some("alice"));
+        // Saying nothing leaves the last word.
+        w.set_owner("#r", "");
+        assert_eq!(w.owner("#R").as_deref(), Some("alice"));
+        w.drop_room("#r");
+        assert_eq!(w.owner("#r"), None);
     }
 }

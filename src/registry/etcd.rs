@@ -12,8 +12,9 @@
 //! - `member/ROOM/NICK` → the room's name, under the member's session
 //!   lease: a peer whose lease runs out leaves every room at once, with no
 //!   reaper.
-//! - `room/ROOM` → name, owner, owner's key, the creation event's order;
-//!   no lease: owners outlive routers. A room with no members is not shown.
+//! - `room/ROOM` → name, owner, owner's key; written once, by the join that
+//!   makes it, and never rewritten: the owner is decided then. No lease:
+//!   owners outlive routers. A room with no members is not shown.
 //! - `deleted/ROOM` → who deleted it, under a short lease: the event that
 //!   tells members.
 //! - `quit/TOKEN` → the session's parting message (plain text, empty for
@@ -113,13 +114,13 @@ struct SessionValue {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RoomValue {
     name: String,
+    /// Set by the join that made the record; no later join changes it.
+    /// (Records written before this rule carry a `proof` too; it is
+    /// ignored.)
     owner: String,
     owner_key: String,
-    /// The creation event's (send time, author, incarnation, seq), if one
-    /// was shown.
-    proof: Option<(i64, String, u64, u64)>,
-    /// Random, drawn by the join that made the record and kept by later
-    /// owner changes: a join retried after a lost answer knows it made it.
+    /// Random, drawn by the join that made the record: a join retried
+    /// after a lost answer knows it made it.
     #[serde(default)]
     made: String,
 }
@@ -1181,17 +1182,18 @@ impl Registry for EtcdRegistry {
                 name: room.to_string(),
                 owner: c.owner.clone(),
                 owner_key: key_hex(&c.key),
-                proof: Some(c.order.clone()),
                 made: made.clone(),
             },
             None => RoomValue {
                 name: room.to_string(),
                 owner: s.nick.clone(),
                 owner_key: key_hex(&key),
-                proof: None,
                 made: made.clone(),
             },
         };
+        // Ownership is decided here, once: the record is put only if there
+        // is none, so an existing record keeps its owner whatever this join
+        // shows.
         let create_or_join = Txn::new()
             .when([Compare::version(room_key.clone(), CompareOp::Equal, 0)])
             .and_then([
@@ -1199,48 +1201,18 @@ impl Registry for EtcdRegistry {
                 member_put(),
             ])
             .or_else([TxnOp::get(room_key.clone(), None), member_put()]);
-        let mut created = false;
-        let mut revision = 0;
-        for _ in 0..ROUNDS {
-            let (made_now, resp, rev) = self.txn("joining a room", create_or_join.clone()).await?;
-            revision = rev;
-            if made_now {
-                created = true;
-                break;
-            }
-            // The room exists: an earlier creation event names its owner.
-            let Some(held) = first_kv(resp) else { break };
-            let Ok(current) = serde_json::from_slice::<RoomValue>(held.value()) else {
-                break;
-            };
-            // Made by this very join, whose first answer was lost.
-            created |= current.made == made;
-            let Some(c) = creation else { break };
-            if current.proof.as_ref().is_some_and(|p| *p <= c.order) {
-                break;
-            }
-            let newer = RoomValue {
-                name: current.name,
-                made: current.made,
-                ..fresh.clone()
-            };
-            // Run again after a lost answer, the comparison fails and the
-            // next round finds the owner already swapped.
-            let (swapped, _, rev) = self
-                .txn(
-                    "naming a room's owner",
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            room_key.clone(),
-                            CompareOp::Equal,
-                            held.mod_revision(),
-                        )])
-                        .and_then([TxnOp::put(room_key.clone(), json(&newer), None)]),
-                )
-                .await?;
-            revision = rev;
-            if swapped {
-                break;
+        let (made_now, resp, revision) = self.txn("joining a room", create_or_join).await?;
+        let mut created = made_now;
+        if !made_now {
+            let current = first_kv(resp)
+                .and_then(|held| serde_json::from_slice::<RoomValue>(held.value()).ok());
+            if let Some(current) = current {
+                // Made by this very join, whose first answer was lost.
+                created = current.made == made;
+                if let Some(c) = creation.filter(|c| !c.owner.eq_ignore_ascii_case(&current.owner))
+                {
+                    tracing::warn!(%room, owner = %current.owner, shown = %c.owner, sent_at_ms = c.order.0, "a creation event naming another owner; the room's owner stays");
+                }
             }
         }
         self.seen(revision).await?;

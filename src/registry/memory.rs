@@ -1149,6 +1149,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_later_join_cannot_replace_the_owner_with_an_earlier_dated_creation() {
+        // Issue 23, attack 4: dave, a member, signs a creation event of his
+        // own dated before alice's and shows it at a join. The room's record
+        // exists: its owner stays.
+        let r = MemoryRegistry::new(TTL).unwrap();
+        let a = login(&r, "alice").await;
+        let s = r
+            .join(&a, &room("#rust"), Some(&creation("alice", 100)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "alice");
+        let d = login(&r, "dave").await;
+        let s = r
+            .join(&d, &room("#rust"), Some(&creation("dave", 50)))
+            .await
+            .unwrap();
+        assert!(!s.created);
+        assert_eq!(s.owner, "alice");
+        // Shown again, or dated earlier still, by another member: the same.
+        let b = login(&r, "bob").await;
+        let s = r
+            .join(&b, &room("#rust"), Some(&creation("dave", i64::MIN)))
+            .await
+            .unwrap();
+        assert_eq!(s.owner, "alice");
+        assert_eq!(r.list_rooms(&d).await.unwrap()[0].owner, "alice");
+        let err = r.delete_room(&d, &room("#rust")).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::NotOwner { ref owner, .. } if owner == "alice"),
+            "{err:?}"
+        );
+        r.delete_room(&a, &room("#rust")).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn only_the_owner_deletes_and_everyone_is_told() {
         let r = MemoryRegistry::new(TTL).unwrap();
         let a = login(&r, "alice").await;

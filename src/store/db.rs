@@ -474,6 +474,25 @@ fn insert_as(
             ..Inserted::default()
         });
     }
+    // This peer writes its own creation only when it holds none
+    // (`Peer::join_router`); a received one must not be a second.
+    if !own
+        && m.kind == crate::proto::Kind::Created as i32
+        && rival_creation(conn, m, &author_lower)?
+    {
+        tracing::warn!(
+            conversation = %m.conversation,
+            author = %m.author,
+            incarnation = m.incarnation,
+            seq = m.seq,
+            sent_at_ms = m.sent_at_ms,
+            "refused a second creation event for a room that holds one"
+        );
+        return Ok(Inserted {
+            rival_creation: true,
+            ..Inserted::default()
+        });
+    }
 
     let added = conn
         .prepare_cached(
@@ -501,7 +520,7 @@ fn insert_as(
             new: false,
             late: false,
             gap: old < m.seq,
-            implausible: false,
+            ..Inserted::default()
         });
     }
 
@@ -548,8 +567,33 @@ fn insert_as(
         new: true,
         late,
         gap: now < m.seq,
-        implausible: false,
+        ..Inserted::default()
     })
+}
+
+/// A creation event of conversation ?1 other than (?2, ?3, ?4).
+// `kind != 0` repeats the partial index's own condition: SQLite uses
+// `messages_events` only for a query that says it in so many words.
+const RIVAL_CREATION: &str = "SELECT 1 FROM messages
+     WHERE conversation = ?1 AND kind != 0 AND kind = 1
+       AND (author_lower, incarnation, seq) != (?2, ?3, ?4)
+     LIMIT 1";
+const _: () = assert!(crate::proto::Kind::Created as i32 == 1);
+
+/// Whether the conversation holds a creation event other than `m` (another
+/// author, incarnation or seq). Earlier inserts of the same batch count:
+/// each is written before the next is judged.
+fn rival_creation(
+    conn: &Connection,
+    m: &ChatMessage,
+    author_lower: &str,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(RIVAL_CREATION)?.exists(params![
+        m.conversation,
+        author_lower,
+        enc(m.incarnation),
+        enc(m.seq)
+    ])
 }
 
 /// The bounded-clocks rule: a received message may run at most
@@ -740,6 +784,7 @@ pub(crate) const INDEXED_READS: &[(&str, &str)] = &[
     ("display page, after", ORDERED_PAGES[0].1),
     ("newest first, first", ORDERED_PAGES[1].0),
     ("newest first, after", ORDERED_PAGES[1].1),
+    ("rival creation", RIVAL_CREATION),
 ];
 
 /// Per author incarnation (author lowercased), the highest seq `have`

@@ -79,6 +79,11 @@ pub struct Inserted {
     /// Not stored: its seq or Lamport time runs implausibly far ahead of
     /// what is held (the bounded-clocks rule, see `db::implausible`).
     pub implausible: bool,
+    /// Not stored: a room's creation event while the history holds a
+    /// different one (another author, incarnation or seq). A room has one
+    /// creation, the first this peer held: a second, however it is dated,
+    /// is someone claiming the room.
+    pub rival_creation: bool,
 }
 
 /// A conversation's version: its message count and version vector.
@@ -470,8 +475,9 @@ impl Store {
         .await
     }
 
-    /// The room's creation event as this history holds it: the earliest
-    /// by send time. Its author owns the room.
+    /// The room's creation event as this history holds it (one since
+    /// [`Inserted::rival_creation`]; of several kept from before, the
+    /// earliest by send time). Its author owns the room.
     pub async fn creation(&self, conversation: &str) -> Result<Option<ChatMessage>, StoreError> {
         let conversation = conversation.to_string();
         self.call(move |c| db::creation(c, &conversation)).await

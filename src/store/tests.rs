@@ -1066,7 +1066,7 @@ async fn clocks_that_run_implausibly_far_ahead_are_not_stored() {
 }
 
 #[tokio::test]
-async fn a_rooms_creation_is_its_earliest_creation_event_by_send_time() {
+async fn a_rooms_creation_is_the_one_held_first() {
     let dir = TempDir::new().unwrap();
     let key = Arc::new(crate::identity::Identity::generate());
     let s = Store::open_signed(&dir.path().join("history.db"), Some(key.clone())).unwrap();
@@ -1085,18 +1085,60 @@ async fn a_rooms_creation_is_its_earliest_creation_event_by_send_time() {
         ..own.clone()
     }));
     assert_eq!(s.creation("#r").await.unwrap().as_ref(), Some(&own));
-    // An earlier one (the room existed before carol made it anew) wins,
-    // and comes back with its kind.
-    let earlier = ChatMessage {
-        kind: Kind::Created as i32,
-        sent_at_ms: 1_000,
-        body: "#R".into(),
-        ..msg("#r", "alice", 3, 1, 1)
-    };
-    s.insert(earlier.clone()).await.unwrap();
-    assert_eq!(s.creation("#r").await.unwrap(), Some(earlier.clone()));
-    assert!(s.all("#r").await.unwrap().contains(&earlier));
+    assert!(s.all("#r").await.unwrap().contains(&own));
     assert_eq!(s.creation("#other").await.unwrap(), None);
+}
+
+/// Issue 23, attack 4: a member signs a creation event of her own, dated
+/// before the real one, and hands it over. A history that holds the room's
+/// creation refuses it, however it is dated, and keeps its own.
+#[tokio::test]
+async fn a_second_creation_event_for_a_room_is_refused_however_it_is_dated() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    let created_in = |conv: &str, author: &str, inc: u64, seq: u64, sent_at_ms: i64| ChatMessage {
+        kind: Kind::Created as i32,
+        sent_at_ms,
+        body: conv.to_ascii_uppercase(),
+        ..msg(conv, author, inc, seq, seq)
+    };
+    let created = |author: &str, inc: u64, seq: u64, sent_at_ms: i64| {
+        created_in("#r", author, inc, seq, sent_at_ms)
+    };
+    let real = created("alice", 3, 1, 2_000);
+    assert!(s.insert(real.clone()).await.unwrap().new);
+    // The same event again is a plain duplicate, not a rival.
+    let again = s.insert(real.clone()).await.unwrap();
+    assert!(!again.new && !again.rival_creation);
+    // Another author's, dated earlier; the same author's under another
+    // incarnation or seq: each refused, nothing stored.
+    for rival in [
+        created("eve", 5, 1, 1_000),
+        created("alice", 4, 1, 1_000),
+        created("alice", 3, 2, 1_000),
+    ] {
+        let r = s.insert(rival.clone()).await.unwrap();
+        assert!(r.rival_creation && !r.new, "{rival:?}: {r:?}");
+    }
+    assert_eq!(s.creation("#r").await.unwrap(), Some(real.clone()));
+    let held = s.all("#r").await.unwrap();
+    assert_eq!(held, vec![real]);
+    assert_eq!(s.version("#r").await.unwrap().count, 1);
+
+    // In one batch the first is held and the next one refused; another
+    // room is another matter.
+    let r = s
+        .insert_many(vec![
+            created_in("#s", "bob", 6, 1, 5_000),
+            created_in("#s", "eve", 5, 2, 1_000),
+            msg("#s", "eve", 5, 3, 3),
+        ])
+        .await
+        .unwrap();
+    assert!(r[0].new && !r[0].rival_creation);
+    assert!(r[1].rival_creation && !r[1].new);
+    assert!(r[2].new);
+    assert_eq!(s.creation("#s").await.unwrap().unwrap().author, "bob");
 }
 
 #[tokio::test]

@@ -70,11 +70,19 @@ pub const PAGE_SIZE: u32 = 500;
 const MAX_PUSH: usize = 10_000;
 
 /// Where a nick's key comes from when this peer has not met it yet: the
-/// registry's binding (the router's word, over a pinned link).
+/// registry's binding (the router's word, over a pinned link); and a room's
+/// owner, as the router reported it.
 #[async_trait::async_trait]
 pub trait KeyLookup: Send + Sync {
     /// The key `nick` is bound to; `Err` when nobody could say now.
     async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, ()>;
+
+    /// The owner of `room` (a room key) as the router last reported it to
+    /// this peer; None when it has not (the store's rule alone then keeps
+    /// a room to one creation event).
+    fn room_owner(&self, _room: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What this peer can say of a nick's key.
@@ -299,17 +307,41 @@ impl Syncer {
         }
     }
 
+    /// Whether `m` may be taken as far as ownership goes: a room's creation
+    /// event only from the room's owner as the router reported it (anyone
+    /// can sign one, dated as they like); every other message passes, and
+    /// so does a creation while the owner is not known here.
+    pub fn admits_creation(&self, m: &ChatMessage) -> bool {
+        if m.kind != crate::proto::Kind::Created as i32 {
+            return true;
+        }
+        match self.inner.keys.room_owner(&m.conversation) {
+            Some(owner) if !owner.eq_ignore_ascii_case(&m.author) => {
+                tracing::warn!(
+                    author = %m.author,
+                    conversation = %m.conversation,
+                    %owner,
+                    "refused a creation event by someone the router does not name the room's owner"
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// The messages of `msgs` whose signatures check against their authors'
-    /// keys. The rest are dropped and logged with `from`, who handed them
-    /// over; a message whose author's key cannot be learnt now is dropped
-    /// too (a later sync brings it again).
+    /// keys and that [`Syncer::admits_creation`] admits. The rest are
+    /// dropped and logged with `from`, who handed them over; a message
+    /// whose author's key cannot be learnt now is dropped too (a later
+    /// sync brings it again).
     pub async fn checked(&self, from: &str, msgs: Vec<ChatMessage>) -> Vec<ChatMessage> {
         self.checked_counted(from, msgs).await.0
     }
 
     /// [`Syncer::checked`], with how many messages were refused (a bad
-    /// signature, or an author nobody claimed); those left for a later sync
-    /// because a key cannot be learnt now are not refused.
+    /// signature, an author nobody claimed, a creation event by someone
+    /// other than the room's owner); those left for a later sync because a
+    /// key cannot be learnt now are not refused.
     async fn checked_counted(
         &self,
         from: &str,
@@ -335,7 +367,13 @@ impl Syncer {
         let mut refused = 0;
         for (m, key, ok) in verify_all(keyed).await {
             match key {
-                KeyOf::Key(_) if ok => good.push(m),
+                KeyOf::Key(_) if ok => {
+                    if self.admits_creation(&m) {
+                        good.push(m);
+                    } else {
+                        refused += 1;
+                    }
+                }
                 KeyOf::Key(_) | KeyOf::Unbound => {
                     refused += 1;
                     tracing::warn!(
