@@ -689,7 +689,8 @@ async fn a_watch_follows_the_presence_of_private_partners_it_names() {
     // her. (His first login may reach her or not: it can be handed over
     // before his watch names her.)
     login(&mut c, "carol", 7003).await;
-    let bob = login(&mut c, "bob", 7002).await;
+    let bob_id = Identity::generate();
+    let bob = login_id(&mut c, &bob_id, "bob", 7002).await;
     drop(
         c.watch(WatchRequest {
             token: bob.clone(),
@@ -704,7 +705,7 @@ async fn a_watch_follows_the_presence_of_private_partners_it_names() {
     })
     .await
     .unwrap();
-    login(&mut c, "bob", 7002).await;
+    login_id(&mut c, &bob_id, "bob", 7002).await;
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let e = tokio::time::timeout(Duration::from_secs(5), events.next())

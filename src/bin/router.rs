@@ -48,6 +48,10 @@ struct Args {
     /// ... and then one per this many seconds.
     #[arg(long, default_value_t = BindingRate::default().every.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     new_nick_every: u64,
+    /// Logins one source address may complete within 30 s (a login
+    /// challenge's life).
+    #[arg(long, default_value_t = parley::router::USED_PER_SOURCE as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    logins_per_address: u64,
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -100,7 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             burst: args.new_nick_burst,
             every: Duration::from_secs(args.new_nick_every),
         },
-        ..RouterLimits::default()
+        logins_per_source: usize::try_from(args.logins_per_address).unwrap_or(usize::MAX),
     };
     parley::router::serve(
         listener,
