@@ -327,7 +327,10 @@ impl State {
                 key: *key,
                 seen_ms: now,
             })?;
-            d.seen(key, now)?;
+            // The key's other nicks (if any) are seen now too.
+            if held > 0 {
+                d.seen(key, now)?;
+            }
         }
         for b in self.bindings.values_mut().filter(|b| b.key == *key) {
             b.seen_ms = now;
