@@ -225,13 +225,13 @@ impl RouterService {
     pub fn new(
         registry: Arc<dyn Registry>,
         stop: CancellationToken,
-        limits: RouterLimits,
+        allowed: RouterLimits,
     ) -> RouterService {
         RouterService {
             registry,
             stop,
-            challenges: limits::Challenges::new(limits.logins_per_source),
-            bindings: limits::Bindings::new(limits.new_nicks),
+            challenges: limits::Challenges::new(allowed.logins_per_source),
+            bindings: limits::Bindings::new(allowed.new_nicks),
         }
     }
 }
