@@ -45,8 +45,10 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Streams one connection may hold open at once (HTTP/2's own cap): a
-/// peer holds one `Watch` and a call or two.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// peer holds one `Watch` and a call or two. Room to spare, since a client
+/// may open streams before the server's settings reach it, and the ones
+/// past the cap are refused, not queued.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Events queued per Watch stream on the wire; past it the registry's own
 /// buffer fills and a slow watcher is cut.
 const WATCH_QUEUE: usize = 256;
