@@ -76,7 +76,87 @@ contract!(
     parting_messages_reach_the_other_routers_watchers,
     of_racing_logins_with_one_nick_one_key_wins,
     of_racing_creators_of_one_room_one_creates_it,
+    a_key_holds_a_bounded_number_of_nicks,
 );
+
+/// With a binding TTL of a second: the two registries, built for it.
+mod binding_ttl {
+    use super::*;
+
+    const BINDING_TTL: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn in_memory() {
+        let r: Arc<dyn Registry> = Arc::new(
+            MemoryRegistry::with(parley::registry::MemoryOptions {
+                binding_ttl: BINDING_TTL,
+                ..parley::registry::MemoryOptions::new(TTL)
+            })
+            .unwrap(),
+        );
+        let f = Fixture {
+            a: r.clone(),
+            b: r,
+            etcd: None,
+        };
+        a_key_unseen_past_the_binding_ttl_loses_its_nicks(f).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs etcd"]
+    async fn over_etcd() {
+        let etcd = common::etcd::Etcd::start().await;
+        let f = Fixture {
+            a: Arc::new(etcd.registry(TTL).await.with_binding_ttl(BINDING_TTL)),
+            b: Arc::new(etcd.registry(TTL).await.with_binding_ttl(BINDING_TTL)),
+            etcd: Some(etcd),
+        };
+        a_key_unseen_past_the_binding_ttl_loses_its_nicks(f).await;
+    }
+}
+
+/// A key holds at most `MAX_NICKS_PER_KEY` nicks; its own stay its own.
+async fn a_key_holds_a_bounded_number_of_nicks(f: Fixture) {
+    use parley::registry::MAX_NICKS_PER_KEY;
+    let k = key("eve");
+    for i in 0..MAX_NICKS_PER_KEY {
+        let r = if i % 2 == 0 { &f.a } else { &f.b };
+        r.login(&nick(&format!("eve{i}")), "127.0.0.1:7000", &k)
+            .await
+            .unwrap();
+    }
+    let err = f
+        .b
+        .login(&nick("eve-more"), "127.0.0.1:7000", &k)
+        .await
+        .unwrap_err();
+    assert_eq!(err, RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
+    f.a.login(&nick("eve0"), "127.0.0.1:7000", &k).await.unwrap();
+}
+
+/// A nick whose key goes unseen (no login, no logout) past the binding
+/// TTL, held by no session, goes to the next key that claims it.
+async fn a_key_unseen_past_the_binding_ttl_loses_its_nicks(f: Fixture) {
+    let t = login(&f.a, "alice").await;
+    f.a.logout(&t, "").await.unwrap();
+    let err = f
+        .b
+        .login(&nick("alice"), "127.0.0.1:7000", &key("mallory"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RegistryError::KeyMismatch("alice".into()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.b.login(&nick("alice"), "127.0.0.1:7000", &key("mallory"))
+        .await
+        .unwrap();
+    // Now mallory's, freshly seen: alice's key is refused in its turn.
+    let err = f
+        .a
+        .login(&nick("alice"), "127.0.0.1:7000", &key("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RegistryError::KeyMismatch("alice".into()));
+}
 
 fn key(n: &str) -> PublicKey {
     id(n).public()

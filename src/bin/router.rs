@@ -79,6 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     let ttl = Duration::from_secs(args.lease_ttl);
+    let binding_ttl = Duration::from_secs(args.binding_ttl_days * 24 * 3600);
     let registry: Arc<dyn Registry> = if args.etcd.is_empty() {
         let dir = match args.data_dir {
             Some(d) => d,
@@ -92,10 +93,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(MemoryRegistry::with(MemoryOptions {
             lease_ttl: ttl,
             file: Some(dir.join(REGISTRY_FILE)),
-            binding_ttl: Duration::from_secs(args.binding_ttl_days * 24 * 3600),
+            binding_ttl,
         })?)
     } else {
-        Arc::new(EtcdRegistry::connect(&args.etcd, ttl).await?)
+        Arc::new(
+            EtcdRegistry::connect(&args.etcd, ttl)
+                .await?
+                .with_binding_ttl(binding_ttl),
+        )
     };
     println!("router listening on {addr}");
     println!("router key {}", identity.public().fingerprint());

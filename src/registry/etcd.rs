@@ -3,7 +3,12 @@
 //!
 //! Layout under [`PREFIX`] (values are JSON unless said):
 //!
-//! - `bind/NICK` → the 32 key bytes the nick is bound to; no lease, forever.
+//! - `bind/NICK` → the 32 key bytes the nick is bound to; no lease, until
+//!   the key goes unseen past the binding TTL and another key claims it.
+//! - `seen/KEY` → when a session of the key (hex) last began or ended, in
+//!   wall-clock milliseconds; no lease. Put with a new binding, and at a
+//!   login or logout when the one held is older than a day (or an eighth
+//!   of the binding TTL): the TTL is a year, so finer is wasted writes.
 //! - `follow/NICK` → the nick keys (a JSON list) the nick's latest watch
 //!   follows; no lease: whom a nick follows decides who sees it come back
 //!   (see the `watcher` module).
@@ -65,8 +70,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::watcher::{check_follow, Alive, Feed, FollowsBack, Watcher};
 use super::{
     new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
-    RoomInfo, RoomSnapshot, Session, Token, UserLookup, MAX_NICKS_PER_KEY, MIN_LEASE_TTL,
+    RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
+    MIN_LEASE_TTL,
 };
+use super::durable::now_ms;
 use crate::identity::PublicKey;
 use crate::names::{check_address, check_parting, Nick, Room};
 
@@ -100,6 +107,9 @@ const TICK: &str = "/parley/v1/tick";
 const WATCH_BUFFER: usize = 4096;
 /// Lease of a `deleted/` event key: long enough for every router to see it.
 const DELETED_TTL: i64 = 60;
+/// The finest a `seen/` mark is kept: a login or logout within this of the
+/// last mark writes none.
+const SEEN_GRAIN: Duration = Duration::from_secs(24 * 3600);
 /// Rounds a login or a join makes against racing writers before giving up.
 const ROUNDS: usize = 5;
 
@@ -136,6 +146,7 @@ struct DeletedValue {
 pub struct EtcdRegistry {
     client: Client,
     ttl: Duration,
+    binding_ttl: Duration,
     mirror: Arc<Mirror>,
     _watch: Arc<DropGuard>,
 }
@@ -154,6 +165,8 @@ struct State {
     sessions: HashMap<Token, (SessionValue, PublicKey)>,
     users: HashMap<String, Token>,
     bindings: HashMap<String, PublicKey>,
+    /// Key (hex) → when a session of it last began or ended (ms).
+    seen: HashMap<String, i64>,
     /// Nick key → the nick keys its latest watch follows.
     follows: HashMap<String, HashSet<String>>,
     rooms: HashMap<String, RoomValue>,
@@ -377,9 +390,17 @@ impl EtcdRegistry {
         Ok(EtcdRegistry {
             client,
             ttl,
+            binding_ttl: BINDING_TTL,
             mirror,
             _watch: Arc::new(stop.drop_guard()),
         })
+    }
+
+    /// The same registry, releasing a nick whose key went unseen for
+    /// `binding_ttl` (default [`BINDING_TTL`]) when another key claims it.
+    pub fn with_binding_ttl(mut self, binding_ttl: Duration) -> EtcdRegistry {
+        self.binding_ttl = binding_ttl;
+        self
     }
 
     async fn call<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, RegistryError>
@@ -461,6 +482,74 @@ impl EtcdRegistry {
             "etcd: this router's copy of the registry is behind (at revision {}, needs {revision}); try again",
             *rx.borrow()
         )))
+    }
+
+    /// Records `key` as seen now, unless the mirror holds a recent enough
+    /// mark (see the module doc).
+    async fn mark_seen(&self, key: &PublicKey) -> Result<(), RegistryError> {
+        let kh = key_hex(key);
+        let now = now_ms();
+        let grain = i64::try_from((self.binding_ttl / 8).min(SEEN_GRAIN).as_millis())
+            .unwrap_or(i64::MAX);
+        let held = self.mirror.lock().seen.get(&kh).copied();
+        if held.is_some_and(|ms| now.saturating_sub(ms) < grain) {
+            return Ok(());
+        }
+        let mark = k(&["seen", &kh]);
+        self.call("marking a key seen", |mut c| {
+            let mark = mark.clone();
+            async move { c.put(mark, now.to_string(), None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Hands `nick`, bound to another key as `held` shows, to `key` if that
+    /// key went unseen past the binding TTL and no session holds the nick.
+    /// Whether `nick` is now `key`'s.
+    async fn release_unseen(
+        &self,
+        nick: &Nick,
+        held: &KeyValue,
+        key: &PublicKey,
+    ) -> Result<bool, RegistryError> {
+        let nk = nick.key();
+        let ttl = i64::try_from(self.binding_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expired = {
+            let state = self.mirror.lock();
+            // No mark at all: a binding older than marks, or one whose mark
+            // this router has not seen yet; never taken for unseen.
+            let seen = PublicKey::from_bytes(held.value())
+                .ok()
+                .and_then(|k| state.seen.get(&key_hex(&k)).copied());
+            seen.is_some_and(|ms| now_ms().saturating_sub(ms) > ttl)
+                && !state.users.contains_key(&nk)
+        };
+        if !expired {
+            return Ok(false);
+        }
+        let (bind, user) = (k(&["bind", &nk]), k(&["user", &nk]));
+        // Only the binding read, and only while nobody holds the nick: a
+        // racing claim or a login of the old key in between wins instead.
+        let (swapped, _, _) = self
+            .txn(
+                "releasing an unseen key's nick",
+                Txn::new()
+                    .when([
+                        Compare::mod_revision(bind.clone(), CompareOp::Equal, held.mod_revision()),
+                        Compare::version(user, CompareOp::Equal, 0),
+                    ])
+                    .and_then([TxnOp::put(bind.clone(), key.to_vec(), None)]),
+            )
+            .await?;
+        if swapped {
+            tracing::info!(%nick, "binding released: its key went unseen");
+            return Ok(true);
+        }
+        // Run again after a lost answer, the comparison fails: the binding
+        // may be ours already.
+        let now = self.get("reading a binding", &bind, None).await?;
+        Ok(now.kvs().first().map(KeyValue::value) == Some(key.as_bytes().as_slice()))
     }
 
     /// Brings the mirror up to etcd's current revision: a lookup then
@@ -790,6 +879,14 @@ impl State {
                     self.bindings.insert((*nk).to_string(), k);
                 }
             }
+            ["seen", kh] => {
+                if let Some(ms) = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                {
+                    self.seen.insert((*kh).to_string(), ms);
+                }
+            }
             ["follow", nk] => {
                 if let Ok(v) = serde_json::from_slice::<HashSet<String>>(kv.value()) {
                     self.follows.insert((*nk).to_string(), v);
@@ -1050,22 +1147,28 @@ impl Registry for EtcdRegistry {
                 return Err(RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
             }
         }
-        // The nick is bound to the first key that claims it, forever. Run
-        // again after a lost answer, this reads back the key it put.
+        // The nick is bound to the first key that claims it, and the key is
+        // seen now, in one transaction. Run again after a lost answer, this
+        // reads back the key it put.
+        let seen_put = || TxnOp::put(k(&["seen", &key_hex(key)]), now_ms().to_string(), None);
         let (bound_now, resp, _) = self
             .txn(
                 "binding the nick",
                 Txn::new()
                     .when([Compare::version(bind.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(bind.clone(), key.to_vec(), None)])
+                    .and_then([TxnOp::put(bind.clone(), key.to_vec(), None), seen_put()])
                     .or_else([TxnOp::get(bind.clone(), None)]),
             )
             .await?;
         if !bound_now {
-            let held = first_kv(resp).map(|kv| kv.value().to_vec());
-            if held.as_deref() != Some(key.as_bytes()) {
-                return Err(RegistryError::KeyMismatch(nick.to_string()));
+            let held = first_kv(resp);
+            if held.as_ref().map(KeyValue::value) != Some(key.as_bytes().as_slice()) {
+                match held {
+                    Some(kv) if self.release_unseen(nick, &kv, key).await? => {}
+                    _ => return Err(RegistryError::KeyMismatch(nick.to_string())),
+                }
             }
+            self.mark_seen(key).await?;
         }
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         let lease = self.grant("granting a session lease", ttl).await?;
@@ -1141,8 +1244,9 @@ impl Registry for EtcdRegistry {
 
     async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError> {
         check_parting(message)?;
-        let (s, _) = self.live(token).await?;
-        self.end_session(token, s.lease, message).await
+        let (s, key) = self.live(token).await?;
+        self.end_session(token, s.lease, message).await?;
+        self.mark_seen(&key).await
     }
 
     async fn join(
