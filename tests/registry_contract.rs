@@ -125,13 +125,14 @@ async fn a_key_holds_a_bounded_number_of_nicks(f: Fixture) {
             .await
             .unwrap();
     }
-    let err = f
-        .b
-        .login(&nick("eve-more"), "127.0.0.1:7000", &k)
-        .await
-        .unwrap_err();
+    let err =
+        f.b.login(&nick("eve-more"), "127.0.0.1:7000", &k)
+            .await
+            .unwrap_err();
     assert_eq!(err, RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
-    f.a.login(&nick("eve0"), "127.0.0.1:7000", &k).await.unwrap();
+    f.a.login(&nick("eve0"), "127.0.0.1:7000", &k)
+        .await
+        .unwrap();
 }
 
 /// A nick whose key goes unseen (no login, no logout) past the binding
@@ -139,22 +140,20 @@ async fn a_key_holds_a_bounded_number_of_nicks(f: Fixture) {
 async fn a_key_unseen_past_the_binding_ttl_loses_its_nicks(f: Fixture) {
     let t = login(&f.a, "alice").await;
     f.a.logout(&t, "").await.unwrap();
-    let err = f
-        .b
-        .login(&nick("alice"), "127.0.0.1:7000", &key("mallory"))
-        .await
-        .unwrap_err();
+    let err =
+        f.b.login(&nick("alice"), "127.0.0.1:7000", &key("mallory"))
+            .await
+            .unwrap_err();
     assert_eq!(err, RegistryError::KeyMismatch("alice".into()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     f.b.login(&nick("alice"), "127.0.0.1:7000", &key("mallory"))
         .await
         .unwrap();
     // Now mallory's, freshly seen: alice's key is refused in its turn.
-    let err = f
-        .a
-        .login(&nick("alice"), "127.0.0.1:7000", &key("alice"))
-        .await
-        .unwrap_err();
+    let err =
+        f.a.login(&nick("alice"), "127.0.0.1:7000", &key("alice"))
+            .await
+            .unwrap_err();
     assert_eq!(err, RegistryError::KeyMismatch("alice".into()));
 }
 

@@ -67,13 +67,13 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::durable::now_ms;
 use super::watcher::{check_follow, Alive, Feed, FollowsBack, Watcher};
 use super::{
     new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
     RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
     MIN_LEASE_TTL,
 };
-use super::durable::now_ms;
 use crate::identity::PublicKey;
 use crate::names::{check_address, check_parting, Nick, Room};
 
@@ -489,8 +489,8 @@ impl EtcdRegistry {
     async fn mark_seen(&self, key: &PublicKey) -> Result<(), RegistryError> {
         let kh = key_hex(key);
         let now = now_ms();
-        let grain = i64::try_from((self.binding_ttl / 8).min(SEEN_GRAIN).as_millis())
-            .unwrap_or(i64::MAX);
+        let grain =
+            i64::try_from((self.binding_ttl / 8).min(SEEN_GRAIN).as_millis()).unwrap_or(i64::MAX);
         let held = self.mirror.lock().seen.get(&kh).copied();
         if held.is_some_and(|ms| now.saturating_sub(ms) < grain) {
             return Ok(());
