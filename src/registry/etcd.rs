@@ -1441,7 +1441,21 @@ impl Registry for EtcdRegistry {
 
     async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError> {
         self.sync().await?;
-        Ok(self.mirror.lock().bindings.get(&nick.key()).copied())
+        let state = self.mirror.lock();
+        let nk = nick.key();
+        let ttl = i64::try_from(self.binding_ttl.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        Ok(state
+            .bindings
+            .get(&nk)
+            .filter(|k| {
+                let unseen = state
+                    .seen
+                    .get(&key_hex(k))
+                    .is_some_and(|ms| now.saturating_sub(*ms) > ttl);
+                !unseen || state.users.contains_key(&nk)
+            })
+            .copied())
     }
 
     async fn find_user(&self, token: &str, nick: &Nick) -> Result<UserLookup, RegistryError> {

@@ -784,7 +784,16 @@ impl Registry for MemoryRegistry {
     }
 
     async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError> {
-        Ok(self.shared.lock().bindings.get(&nick.key()).map(|b| b.key))
+        let state = self.shared.lock();
+        let nk = nick.key();
+        let now = now_ms();
+        Ok(state
+            .bindings
+            .get(&nk)
+            .filter(|b| {
+                !State::expired(b, self.shared.binding_ttl, now) || state.users.contains_key(&nk)
+            })
+            .map(|b| b.key))
     }
 
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {

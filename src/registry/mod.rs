@@ -229,9 +229,12 @@ pub trait Registry: Send + Sync + 'static {
     /// need a live session (`token`).
     async fn find_user(&self, token: &str, nick: &Nick) -> Result<UserLookup, RegistryError>;
 
-    /// The key `nick` is bound to, if any: what the router asks before a
-    /// login that would bind a new nick. No session needed (the router's
-    /// own question, never a caller's).
+    /// The key `nick` is bound to, if a binding holds (one whose key went
+    /// unseen past the binding TTL, held by no session, is free for the
+    /// next claim, and counts as none): what the router asks before a
+    /// login that would bind a nick anew, to charge the caller's address
+    /// for it. No session needed (the router's own question, never a
+    /// caller's).
     async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError>;
 
     /// The room and its members.
