@@ -396,8 +396,8 @@ async fn a_watch_carries_only_what_its_session_needs(f: Fixture) {
         other => panic!("{other:?}"),
     }
     // Dave shares no room but is followed, and follows alice back (a
-    // private partner), through the other router. Whether he does is
-    // asked as each event is handed over: his coming online counts.
+    // private partner), through the other router: his watch naming her
+    // tells her he is online (his login came before it).
     let d = login(&f.b, "dave").await;
     drop(f.b.watch(&d, &[nick("alice")]).await.unwrap());
     match next(&mut w).await {

@@ -68,7 +68,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::durable::now_ms;
-use super::watcher::{check_follow, Alive, Feed, FollowsBack, Watcher};
+use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
     new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
     RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
@@ -679,7 +679,7 @@ impl Mirror {
         }
         let mut state = self.lock();
         for (revision, group) in by_revision {
-            for (kind, audience) in state.apply_revision(&group) {
+            for (kind, audience, followed) in state.apply_revision(&group) {
                 // No receivers is fine: nobody is watching.
                 let _ = self.events.send(Feed::event(
                     Event {
@@ -687,6 +687,7 @@ impl Mirror {
                         kind,
                     },
                     audience,
+                    followed,
                 ));
             }
             state.revision = state.revision.max(revision);
@@ -734,7 +735,11 @@ fn delete_rank(key: &[u8]) -> u8 {
     }
 }
 
-type Out<'a> = Option<&'a mut Vec<(EventKind, HashSet<Token>)>>;
+/// An event the mirror's change makes: the event, the sessions it is
+/// for, and (presence) the sessions of those its nick follows, who see it
+/// if they follow the nick too (see `watcher`).
+type Emitted = (EventKind, HashSet<Token>, HashSet<Token>);
+type Out<'a> = Option<&'a mut Vec<Emitted>>;
 
 /// A user whose key goes in the revision being applied: who is told, and
 /// how its memberships end (with the parting message of a quit).
@@ -754,6 +759,30 @@ fn text(value: &[u8]) -> String {
 }
 
 impl State {
+    /// The sessions of the online users `nk` follows.
+    fn followed_sessions(&self, nk: &str) -> HashSet<Token> {
+        self.follows
+            .get(nk)
+            .map(|f| {
+                f.iter()
+                    .filter_map(|y| self.users.get(y).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The sessions of those `nk` follows now and did not in `old`, who
+    /// follow it back and are online.
+    fn newly_followed_back(&self, nk: &str, old: &HashSet<String>) -> HashSet<Token> {
+        let Some(now) = self.follows.get(nk) else {
+            return HashSet::new();
+        };
+        now.difference(old)
+            .filter(|y| self.follows.get(*y).is_some_and(|f| f.contains(nk)))
+            .filter_map(|y| self.users.get(y).cloned())
+            .collect()
+    }
+
     fn member(&self, nick_key: &str) -> Option<Member> {
         let token = self.users.get(nick_key)?;
         let (s, key) = self.sessions.get(token)?;
@@ -792,10 +821,7 @@ impl State {
     }
 
     /// Applies the changes of one revision; returns the events they make.
-    fn apply_revision(
-        &mut self,
-        events: &[&etcd_client::Event],
-    ) -> Vec<(EventKind, HashSet<Token>)> {
+    fn apply_revision(&mut self, events: &[&etcd_client::Event]) -> Vec<Emitted> {
         let mut order: Vec<&etcd_client::Event> = events.to_vec();
         // Puts of sessions before users and members; deletions announce
         // before they remove (see `State::delete`).
@@ -889,7 +915,18 @@ impl State {
             }
             ["follow", nk] => {
                 if let Ok(v) = serde_json::from_slice::<HashSet<String>>(kv.value()) {
-                    self.follows.insert((*nk).to_string(), v);
+                    let old = self
+                        .follows
+                        .insert((*nk).to_string(), v)
+                        .unwrap_or_default();
+                    if let (Some(out), Some(me)) = (out, self.member(nk)) {
+                        // Those it starts following who follow it back and
+                        // are online could not see its login: told now.
+                        let audience = self.newly_followed_back(nk, &old);
+                        if !audience.is_empty() {
+                            out.push((EventKind::UserOnline(me), audience, HashSet::new()));
+                        }
+                    }
                 }
             }
             ["room", rk] => {
@@ -908,7 +945,8 @@ impl State {
                 let token = String::from_utf8_lossy(kv.value()).into_owned();
                 self.users.insert((*nk).to_string(), token.clone());
                 if let (Some(out), Some(m)) = (out, self.member(nk)) {
-                    out.push((EventKind::UserOnline(m), HashSet::from([token])));
+                    let followed = self.followed_sessions(nk);
+                    out.push((EventKind::UserOnline(m), HashSet::from([token]), followed));
                 }
             }
             ["member", rk, nk] => {
@@ -923,6 +961,7 @@ impl State {
                     out.push((
                         EventKind::MemberJoined { room, member: m },
                         self.room_audience(rk),
+                        HashSet::new(),
                     ));
                 }
             }
@@ -946,6 +985,7 @@ impl State {
                             by: v.by,
                         },
                         audience,
+                        HashSet::new(),
                     ));
                 }
             }
@@ -958,7 +998,7 @@ impl State {
         kv: &KeyValue,
         gone: &mut HashMap<String, Gone>,
         parting: &Parting,
-        out: &mut Vec<(EventKind, HashSet<Token>)>,
+        out: &mut Vec<Emitted>,
     ) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         let Some(rest) = key.strip_prefix(PREFIX) else {
@@ -1003,6 +1043,7 @@ impl State {
                             message,
                         },
                         audience,
+                        HashSet::new(),
                     ));
                 }
             }
@@ -1014,7 +1055,8 @@ impl State {
                     .remove(*nk)
                     .map_or_else(|| self.peers_audience(&token, nk), |g| g.audience);
                 if let Some(member) = self.member(nk) {
-                    out.push((EventKind::UserOffline(member), audience));
+                    let followed = self.followed_sessions(nk);
+                    out.push((EventKind::UserOffline(member), audience, followed));
                 }
                 self.users.remove(*nk);
             }
@@ -1542,22 +1584,7 @@ impl Registry for EtcdRegistry {
         };
         let mirror = self.mirror.clone();
         let alive: Alive = Box::new(move |t| mirror.lock().sessions.contains_key(t));
-        let mirror = self.mirror.clone();
-        let follows_back: FollowsBack = Box::new(move |who, whom| {
-            mirror
-                .lock()
-                .follows
-                .get(who)
-                .is_some_and(|f| f.contains(whom))
-        });
-        Ok(Box::pin(Watcher::new(
-            rx,
-            token,
-            nick,
-            follow,
-            alive,
-            follows_back,
-        )))
+        Ok(Box::pin(Watcher::new(rx, token, nick, follow, alive)))
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::durable::{now_ms, BindingRow, Durable, OwnerRow};
-use super::watcher::{check_follow, Alive, Feed, FollowsBack, Watcher};
+use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
     new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
     RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
@@ -227,7 +227,31 @@ impl Shared {
 }
 
 impl State {
+    /// Tells `audience` of `kind` (and, for presence, those its nick
+    /// follows who follow it too: see `watcher`).
     fn emit(&mut self, events: &Events, kind: EventKind, audience: HashSet<Token>) -> u64 {
+        let followed = match &kind {
+            EventKind::UserOnline(m) | EventKind::UserOffline(m) => self
+                .follows
+                .get(&m.nick.to_ascii_lowercase())
+                .map(|f| {
+                    f.iter()
+                        .filter_map(|y| self.users.get(y).cloned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => HashSet::new(),
+        };
+        self.emit_to(events, kind, audience, followed)
+    }
+
+    fn emit_to(
+        &mut self,
+        events: &Events,
+        kind: EventKind,
+        audience: HashSet<Token>,
+        followed: HashSet<Token>,
+    ) -> u64 {
         self.revision += 1;
         // No receivers is fine: nobody is watching.
         let _ = events.send(Feed::event(
@@ -236,6 +260,7 @@ impl State {
                 kind,
             },
             audience,
+            followed,
         ));
         self.revision
     }
@@ -802,31 +827,38 @@ impl Registry for MemoryRegistry {
             let mut state = self.shared.lock();
             let s = state.live(token, Instant::now())?;
             let (nick, nick_key) = (s.nick.clone(), s.nick_key.clone());
-            state
+            let me = Member {
+                nick: s.nick.clone(),
+                address: s.address.clone(),
+                key: s.key,
+            };
+            let now: HashSet<String> = follow.iter().map(Nick::key).collect();
+            let old = state
                 .follows
-                .insert(nick_key, follow.iter().map(Nick::key).collect());
+                .insert(nick_key.clone(), now.clone())
+                .unwrap_or_default();
+            // Those it starts following who follow it back and are online
+            // could not see its login: told now, and only they.
+            let audience: HashSet<Token> = now
+                .difference(&old)
+                .filter(|y| state.follows.get(*y).is_some_and(|f| f.contains(&nick_key)))
+                .filter_map(|y| state.users.get(y).cloned())
+                .collect();
+            if !audience.is_empty() {
+                state.emit_to(
+                    &self.shared.events,
+                    EventKind::UserOnline(me),
+                    audience,
+                    HashSet::new(),
+                );
+            }
             // Subscribing under the lock: no event between the check and the
             // subscription is lost.
             (self.shared.events.subscribe(), nick)
         };
         let shared = self.shared.clone();
         let alive: Alive = Box::new(move |t| shared.lock().sessions.contains_key(t));
-        let shared = self.shared.clone();
-        let follows_back: FollowsBack = Box::new(move |who, whom| {
-            shared
-                .lock()
-                .follows
-                .get(who)
-                .is_some_and(|f| f.contains(whom))
-        });
-        Ok(Box::pin(Watcher::new(
-            rx,
-            token,
-            nick,
-            follow,
-            alive,
-            follows_back,
-        )))
+        Ok(Box::pin(Watcher::new(rx, token, nick, follow, alive)))
     }
 }
 
@@ -1376,9 +1408,8 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            // Whether bob follows alice back is asked as each event is
-            // handed over (here all at the end, after bob's watch): so his
-            // first coming online counts too. Carol's never do.
+            // Bob's first login came before he followed her back: his
+            // watch naming her tells her he is online. Carol's never do.
             [
                 (true, "bob".to_string()),
                 (false, "bob".to_string()),

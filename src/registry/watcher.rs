@@ -5,10 +5,12 @@
 //!
 //! Presence goes by relationship: a nick's online/offline events reach
 //! those who share a room with it (the event's audience), and those it
-//! follows back among the ones following it. Following alone is not
-//! enough: a stranger who names `alice` and `bob` learns nothing of them
-//! unless they named her too (a private partner follows back, so partners
-//! still see each other).
+//! follows among the ones following it (the event's `followed`, fixed
+//! when it happens). Following alone is not enough: a stranger who names
+//! `alice` and `bob` learns nothing of them unless they named her too (a
+//! private partner follows back, so partners still see each other). A nick
+//! that starts following someone who already follows it and is online
+//! makes an online event for that one alone: it could not see the login.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -28,6 +30,8 @@ use crate::names::Nick;
 pub(crate) struct Scoped {
     pub event: Event,
     pub audience: HashSet<Token>,
+    /// A presence event's: the sessions of those its nick follows.
+    pub followed: HashSet<Token>,
 }
 
 /// What a registry tells its watchers.
@@ -41,8 +45,12 @@ pub(crate) enum Feed {
 }
 
 impl Feed {
-    pub fn event(event: Event, audience: HashSet<Token>) -> Feed {
-        Feed::Event(Arc::new(Scoped { event, audience }))
+    pub fn event(event: Event, audience: HashSet<Token>, followed: HashSet<Token>) -> Feed {
+        Feed::Event(Arc::new(Scoped {
+            event,
+            audience,
+            followed,
+        }))
     }
 }
 
@@ -60,20 +68,13 @@ pub(crate) fn check_follow(follow: &[Nick]) -> Result<(), RegistryError> {
 /// Whether a session token still holds a live session.
 pub(crate) type Alive = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Whether the nick `who` follows the nick `whom` (both lowercased), as
-/// the registry knows now: the follow list of `who`'s latest watch.
-pub(crate) type FollowsBack = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
-
 pub(crate) struct Watcher {
     events: BroadcastStream<Feed>,
     token: Token,
     nick: String,
-    /// `nick`, lowercased.
-    nick_key: String,
     /// Keys of the nicks whose presence this watcher follows.
     follow: HashSet<String>,
     alive: Alive,
-    follows_back: FollowsBack,
     done: bool,
 }
 
@@ -87,16 +88,13 @@ impl Watcher {
         nick: String,
         follow: &[Nick],
         alive: Alive,
-        follows_back: FollowsBack,
     ) -> Watcher {
         Watcher {
             events: BroadcastStream::new(rx),
             token: token.to_owned(),
-            nick_key: nick.to_ascii_lowercase(),
             nick,
             follow: follow.iter().map(Nick::key).collect(),
             alive,
-            follows_back,
             done: false,
         }
     }
@@ -105,8 +103,8 @@ impl Watcher {
         scoped.audience.contains(&self.token)
             || match &scoped.event.kind {
                 EventKind::UserOnline(m) | EventKind::UserOffline(m) => {
-                    let who = m.nick.to_ascii_lowercase();
-                    self.follow.contains(&who) && (self.follows_back)(&who, &self.nick_key)
+                    scoped.followed.contains(&self.token)
+                        && self.follow.contains(&m.nick.to_ascii_lowercase())
                 }
                 _ => false,
             }

@@ -86,7 +86,12 @@ async fn a_watch_carries_presence_only_to_those_who_share_something() {
     .await
     .unwrap();
 
-    // Alice, whom bob follows back, hears him go.
+    // Alice heard bob come online when his watch named her back, and
+    // hears him go.
+    match next(&mut alice_sees).await {
+        Kind::UserOnline(m) => assert_eq!(m.nick, "bob"),
+        other => panic!("alice saw {other:?}"),
+    }
     match next(&mut alice_sees).await {
         Kind::UserOffline(m) => assert_eq!(m.nick, "bob"),
         other => panic!("alice saw {other:?}"),
