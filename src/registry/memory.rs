@@ -111,7 +111,15 @@ struct Owner {
 struct Bound {
     nick: String,
     key: PublicKey,
-    /// When a session of the key last began or ended (wall clock, ms).
+}
+
+/// What is kept per bound key: a login or logout touches one entry, not a
+/// scan of every binding.
+#[derive(Clone, Copy, Default)]
+struct KeyState {
+    /// Nicks bound to it.
+    nicks: usize,
+    /// When a session of it last began or ended (wall clock, ms).
     seen_ms: i64,
 }
 
@@ -124,6 +132,8 @@ struct State {
     /// Nick key → the key it is bound to, until the key goes unseen for
     /// the binding TTL.
     bindings: HashMap<String, Bound>,
+    /// Bound key → its nick count and when it was last seen.
+    keys: HashMap<PublicKey, KeyState>,
     /// Room key → room, while it has members.
     rooms: HashMap<String, RoomState>,
     /// Room key → its owner, until it is deleted.
@@ -159,12 +169,14 @@ impl MemoryRegistry {
             let durable = Durable::open(path)?;
             let (bindings, owners) = durable.load()?;
             for b in bindings {
+                let k = state.keys.entry(b.key).or_default();
+                k.nicks += 1;
+                k.seen_ms = k.seen_ms.max(b.seen_ms);
                 state.bindings.insert(
                     b.nick_key,
                     Bound {
                         nick: b.nick,
                         key: b.key,
-                        seen_ms: b.seen_ms,
                     },
                 );
             }
@@ -191,14 +203,13 @@ impl MemoryRegistry {
             let stale: Vec<String> = state
                 .bindings
                 .iter()
-                .filter(|(_, b)| State::expired(b, options.binding_ttl, now))
+                .filter(|(_, b)| state.expired(&b.key, options.binding_ttl, now))
                 .map(|(k, _)| k.clone())
                 .collect();
-            for nick_key in stale {
-                durable.release(&nick_key)?;
-                state.bindings.remove(&nick_key);
-            }
             state.durable = Some(durable);
+            for nick_key in stale {
+                state.release(&nick_key)?;
+            }
         }
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let shared = Arc::new(Shared {
@@ -296,10 +307,38 @@ impl State {
         }
     }
 
-    /// Whether `b`'s key has gone unseen past `binding_ttl` at `now_ms`.
-    fn expired(b: &Bound, binding_ttl: Duration, now_ms: i64) -> bool {
+    /// Whether `key` has gone unseen past `binding_ttl` at `now_ms`.
+    fn expired(&self, key: &PublicKey, binding_ttl: Duration, now_ms: i64) -> bool {
         let ttl = i64::try_from(binding_ttl.as_millis()).unwrap_or(i64::MAX);
-        now_ms.saturating_sub(b.seen_ms) > ttl
+        let seen = self.keys.get(key).map_or(0, |k| k.seen_ms);
+        now_ms.saturating_sub(seen) > ttl
+    }
+
+    /// Marks `key` seen at `now`, in the file and here.
+    fn seen(&mut self, key: &PublicKey, now: i64) -> Result<(), RegistryError> {
+        if let Some(d) = &self.durable {
+            d.seen(key, now)?;
+        }
+        if let Some(k) = self.keys.get_mut(key) {
+            k.seen_ms = now;
+        }
+        Ok(())
+    }
+
+    /// Drops the binding of `nick_key`, in the file and here.
+    fn release(&mut self, nick_key: &str) -> Result<(), RegistryError> {
+        if let Some(d) = &self.durable {
+            d.release(nick_key)?;
+        }
+        if let Some(b) = self.bindings.remove(nick_key) {
+            if let Some(k) = self.keys.get_mut(&b.key) {
+                k.nicks = k.nicks.saturating_sub(1);
+                if k.nicks == 0 {
+                    self.keys.remove(&b.key);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Binds `nick` to `key`, or finds it bound to `key` already: refused
@@ -315,40 +354,24 @@ impl State {
         let nick_key = nick.key();
         let now = now_ms();
         match self.bindings.get(&nick_key) {
-            Some(b) if b.key == *key => {
-                if let Some(d) = &self.durable {
-                    d.seen(key, now)?;
-                }
-                for b in self.bindings.values_mut().filter(|b| b.key == *key) {
-                    b.seen_ms = now;
-                }
-                return Ok(());
-            }
+            Some(b) if b.key == *key => return self.seen(key, now),
             Some(b) => {
-                if !Self::expired(b, binding_ttl, now) || self.users.contains_key(&nick_key) {
+                if !self.expired(&b.key, binding_ttl, now) || self.users.contains_key(&nick_key) {
                     return Err(RegistryError::KeyMismatch(nick.to_string()));
                 }
                 tracing::info!(nick = %b.nick, key = %b.key, "binding released: its key went unseen");
-                if let Some(d) = &self.durable {
-                    d.release(&nick_key)?;
-                }
-                self.bindings.remove(&nick_key);
+                self.release(&nick_key)?;
             }
             None => {}
         }
-        let held = self.bindings.values().filter(|b| b.key == *key).count();
+        let held = self.keys.get(key).map_or(0, |k| k.nicks);
         if held >= MAX_NICKS_PER_KEY {
             return Err(RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
         }
-        let bound = Bound {
-            nick: nick.to_string(),
-            key: *key,
-            seen_ms: now,
-        };
         if let Some(d) = &self.durable {
             d.bind(&BindingRow {
                 nick_key: nick_key.clone(),
-                nick: bound.nick.clone(),
+                nick: nick.to_string(),
                 key: *key,
                 seen_ms: now,
             })?;
@@ -357,10 +380,20 @@ impl State {
                 d.seen(key, now)?;
             }
         }
-        for b in self.bindings.values_mut().filter(|b| b.key == *key) {
-            b.seen_ms = now;
-        }
-        self.bindings.insert(nick_key, bound);
+        self.keys.insert(
+            *key,
+            KeyState {
+                nicks: held + 1,
+                seen_ms: now,
+            },
+        );
+        self.bindings.insert(
+            nick_key,
+            Bound {
+                nick: nick.to_string(),
+                key: *key,
+            },
+        );
         Ok(())
     }
 
@@ -462,14 +495,8 @@ impl State {
         self.sessions.remove(token);
         self.expiry.remove(&(expires, token.to_owned()));
         // The key was here until now: its bindings' clock starts again.
-        let now = now_ms();
-        if let Some(d) = &self.durable {
-            if let Err(err) = d.seen(&member.key, now) {
-                tracing::warn!(cause = %err, "cannot record a key as seen");
-            }
-        }
-        for b in self.bindings.values_mut().filter(|b| b.key == member.key) {
-            b.seen_ms = now;
+        if let Err(err) = self.seen(&member.key, now_ms()) {
+            tracing::warn!(cause = %err, "cannot record a key as seen");
         }
         if self.users.get(&nick_key).is_some_and(|t| t == token) {
             self.users.remove(&nick_key);
@@ -816,7 +843,8 @@ impl Registry for MemoryRegistry {
             .bindings
             .get(&nk)
             .filter(|b| {
-                !State::expired(b, self.shared.binding_ttl, now) || state.users.contains_key(&nk)
+                !state.expired(&b.key, self.shared.binding_ttl, now)
+                    || state.users.contains_key(&nk)
             })
             .map(|b| b.key))
     }
