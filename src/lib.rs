@@ -44,6 +44,7 @@ pub mod net;
 pub mod peer;
 pub mod proto;
 pub mod registry;
+pub mod relay;
 pub mod router;
 pub mod shutdown;
 pub mod store;

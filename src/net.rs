@@ -16,11 +16,14 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 mod link;
+pub mod reach;
+
+pub use reach::Me;
 
 use crate::identity::PublicKey;
 use crate::proto::chat_client::ChatClient;
 use crate::proto::{ChatMessage, Member};
-use crate::tls::{Expect, Tls};
+use crate::tls::{Expect, Reversals, Tls};
 use crate::trust::{KnownKeys, Trust};
 
 /// Deadline of one `Deliver` (or version query) to one peer: a frozen or
@@ -92,8 +95,9 @@ impl Delivery {
     }
 }
 
-/// Kept channels by (address, the member's raw key).
-type Channels = HashMap<(String, [u8; 32]), Kept>;
+/// Kept channels by (address, the member's raw key, its relay router).
+type Channels = HashMap<Slot, Kept>;
+type Slot = (String, [u8; 32], String);
 
 struct Kept {
     channel: Channel,
@@ -114,6 +118,11 @@ pub struct Peers {
     channels: Arc<Mutex<Channels>>,
     /// Addresses that last failed to answer, and when.
     down: Arc<Mutex<HashMap<String, Instant>>>,
+    /// For members nobody can dial (see [`reach`]): who this peer is, the
+    /// connections dialed back to it, and their relay routers.
+    me: Me,
+    reversals: Reversals,
+    relays: reach::RelayRouters,
 }
 
 impl Peers {
@@ -126,7 +135,22 @@ impl Peers {
             on_changed,
             channels: Arc::default(),
             down: Arc::default(),
+            me: Me::new("", ""),
+            reversals: Reversals::default(),
+            relays: reach::RelayRouters::default(),
         }
+    }
+
+    /// These peers, reaching members nobody can dial as `me`.
+    pub fn reaching(mut self, me: Me) -> Peers {
+        self.me = me;
+        self
+    }
+
+    /// Where connections dialed back to this peer go (its listener hands
+    /// them over).
+    pub fn reversals(&self) -> Reversals {
+        self.reversals.clone()
     }
 
     /// The known keys this peer trusts.
@@ -164,7 +188,7 @@ impl Peers {
         let bad_key = || NetError::BadKey(member.nick.clone());
         let raw: [u8; 32] = member.key.as_slice().try_into().map_err(|_| bad_key())?;
         let address = member.address.as_str();
-        let slot = (address.to_owned(), raw);
+        let slot = (address.to_owned(), raw, member.relay.clone());
         let kept = {
             let mut channels = self.lock_channels();
             channels.get_mut(&slot).map(|kept| {
@@ -182,9 +206,22 @@ impl Peers {
             None => {
                 let key = PublicKey::from_bytes(&raw).map_err(|_| bad_key())?;
                 self.trusted(&member.nick, &key)?;
-                let channel = self
-                    .tls
-                    .channel(endpoint(address)?, address, Expect::key(&key));
+                let channel = if member.relay.is_empty() {
+                    self.tls
+                        .channel(endpoint(address)?, address, Expect::key(&key))
+                } else {
+                    let dial = reach::dial_relayed(
+                        self.tls.clone(),
+                        self.me.clone(),
+                        self.reversals.clone(),
+                        self.relays.clone(),
+                        member.relay.clone(),
+                        key,
+                    );
+                    let label = format!("{} via {}", member.nick, member.relay);
+                    self.tls
+                        .channel_via(endpoint(address)?, &label, Expect::key(&key), dial)
+                };
                 let mut channels = self.lock_channels();
                 if channels.len() >= MAX_CHANNELS {
                     let oldest = channels
@@ -288,7 +325,8 @@ impl Peers {
             .try_into()
             .map_err(|_| NetError::BadKey(member.nick.clone()))?;
         let mut channels = self.lock_channels();
-        let Some(kept) = channels.get_mut(&(member.address.clone(), raw)) else {
+        let Some(kept) = channels.get_mut(&(member.address.clone(), raw, member.relay.clone()))
+        else {
             // Dropped from the cache just now: a link for this message.
             return Ok(link::Link::open(client));
         };
@@ -359,6 +397,7 @@ mod tests {
                 nick: "bob".into(),
                 address: format!("127.0.0.1:{}", 1 + port),
                 key: key.clone(),
+                relay: String::new(),
             };
             peers.client(&member).unwrap();
         }

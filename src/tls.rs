@@ -42,6 +42,28 @@ const HANDSHAKES: usize = 256;
 /// The name both sides put in the handshake. Nobody checks it: identity is
 /// the key, not a host name.
 const SERVER_NAME: &str = "parley";
+/// The protocol of a relay connection to a router (see [`crate::relay`]),
+/// told apart from gRPC's `h2` in the handshake.
+pub const RELAY_ALPN: &[u8] = b"parley-relay/1";
+/// What a connection dialed back for a reversal starts with (see
+/// [`Reversals`]), before the nonce: never the first byte of a TLS
+/// handshake (0x16).
+pub const REVERSE_PREAMBLE: &[u8; 16] = b"parley-reverse/1";
+/// Bytes of a reversal's nonce.
+pub const REVERSE_NONCE: usize = 16;
+/// Reversals a peer waits for at once.
+const MAX_REVERSALS: usize = 256;
+
+/// Any byte stream a link can run over: a TCP connection, a connection
+/// dialed back, a relay circuit.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+/// A boxed [`Transport`].
+pub type Io = Box<dyn Transport>;
+/// How a channel makes the byte stream under each new connection.
+pub type Dial = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, std::io::Result<Io>> + Send + Sync + 'static,
+>;
 
 /// Errors of setting up or making a link.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +85,8 @@ pub enum TlsError {
 pub struct Caller {
     pub key: PublicKey,
     pub remote: Option<SocketAddr>,
+    /// This side's address of the connection (what the caller dialed).
+    pub local: Option<SocketAddr>,
 }
 
 /// The key that called, if the request came over a parley link.
@@ -213,6 +237,8 @@ impl ClientCertVerifier for KeyOnly {
 pub struct Tls {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
+    /// The same client, speaking [`RELAY_ALPN`] to a router.
+    relay_connector: TlsConnector,
     key: PublicKey,
 }
 
@@ -242,7 +268,7 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier.clone())
             .with_single_cert(chain.clone(), PrivateKeyDer::Pkcs8(pkcs8.clone_key()))?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
+        server.alpn_protocols = vec![b"h2".to_vec(), RELAY_ALPN.to_vec()];
 
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -250,10 +276,13 @@ impl Tls {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(pkcs8))?;
         client.alpn_protocols = vec![b"h2".to_vec()];
+        let mut relay = client.clone();
+        relay.alpn_protocols = vec![RELAY_ALPN.to_vec()];
 
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
+            relay_connector: TlsConnector::from(Arc::new(relay)),
             key: identity.public(),
         })
     }
@@ -268,8 +297,33 @@ impl Tls {
     /// [`HANDSHAKE_TIMEOUT`]; a failed one is logged and dropped, never
     /// ends the stream. Accepting stops when the stream is dropped.
     pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<std::io::Result<TlsConn>> {
+        self.incoming_with(listener, Accept::default())
+    }
+
+    /// [`Tls::incoming`], with connections made elsewhere merged in, and
+    /// reversals and relay connections sent where `accept` says.
+    pub fn incoming_with(
+        &self,
+        listener: TcpListener,
+        accept: Accept,
+    ) -> ReceiverStream<std::io::Result<TlsConn>> {
         let (tx, rx) = mpsc::channel(HANDSHAKES);
-        let acceptor = self.acceptor.clone();
+        let Accept {
+            extra,
+            reversals,
+            relay,
+        } = accept;
+        if let Some(mut extra) = extra {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(conn) = extra.recv().await {
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let tls = self.clone();
         let limit = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         tokio::spawn(async move {
             loop {
@@ -290,36 +344,35 @@ impl Tls {
                     return;
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (tls, tx) = (tls.clone(), tx.clone());
+                let (reversals, relay) = (reversals.clone(), relay.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                    let stream = match hs {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(err)) => {
+                    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek(&tcp)).await;
+                    match first {
+                        Ok(Some(byte)) if byte == REVERSE_PREAMBLE[0] => {
+                            if let Some(reversals) = reversals {
+                                reversals.arrived(tcp, remote).await;
+                            }
+                            return;
+                        }
+                        Ok(Some(_)) => {}
+                        _ => return,
+                    }
+                    let local = tcp.local_addr().ok();
+                    let conn = match tls.accept_from(Box::new(tcp), Some(remote), local).await {
+                        Ok(conn) => conn,
+                        Err(err) => {
                             tracing::debug!(%remote, %err, "TLS handshake refused");
                             return;
                         }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
+                    };
+                    if conn.alpn() == Some(RELAY_ALPN) {
+                        if let Some(relay) = relay {
+                            let _ = relay.send(conn).await;
                         }
-                    };
-                    let key = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| certificate_key(c).ok());
-                    // The verifier demanded exactly such a certificate.
-                    let Some(key) = key else { return };
-                    let conn = TlsConn {
-                        inner: stream,
-                        caller: Caller {
-                            key,
-                            remote: Some(remote),
-                        },
-                    };
+                        return;
+                    }
                     let _ = tx.send(Ok(conn)).await;
                 });
             }
@@ -327,16 +380,108 @@ impl Tls {
         ReceiverStream::new(rx)
     }
 
+    /// The server side of a handshake over `io` (a connection this side
+    /// dialed back, a relay circuit), under [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept(&self, io: Io) -> std::io::Result<TlsConn> {
+        self.accept_from(io, None, None).await
+    }
+
+    async fn accept_from(
+        &self,
+        io: Io,
+        remote: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> std::io::Result<TlsConn> {
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(io))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
+        let key = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| certificate_key(c).ok())
+            // The verifier demanded exactly such a certificate.
+            .ok_or_else(|| std::io::Error::other("no key presented"))?;
+        Ok(TlsConn {
+            inner: stream,
+            caller: Caller { key, remote, local },
+        })
+    }
+
+    /// A TLS client connection over `io`, to a server that must present
+    /// the key `expect` holds (`label` names it in errors).
+    pub async fn connect_over(&self, io: Io, label: &str, expect: &Expect) -> std::io::Result<Io> {
+        let tls = handshake(&self.connector, io, label, expect)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(Box::new(tls))
+    }
+
+    /// A relay connection to the router at `address` (TLS speaking
+    /// [`RELAY_ALPN`]); the router's key is not checked: what runs over the
+    /// circuit is authenticated end to end.
+    pub async fn relay_link(&self, address: &str) -> std::io::Result<Io> {
+        let tcp = tokio::time::timeout(crate::net::CONNECT_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        tcp.set_nodelay(true)?;
+        let tls = handshake(
+            &self.relay_connector,
+            Box::new(tcp),
+            address,
+            &Expect::first_seen(),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        Ok(Box::new(tls))
+    }
+
     /// A lazily connected channel to `address` whose server must present
     /// the key `expect` holds; an empty `expect` takes whatever key comes
     /// first and keeps it (trust on first use), so every later connection
     /// of the channel must present that same key.
     pub fn channel(&self, endpoint: Endpoint, address: &str, expect: Expect) -> Channel {
+        let target = address.to_owned();
+        let dial: Dial = Arc::new(move || {
+            let target = target.clone();
+            Box::pin(async move {
+                let tcp = TcpStream::connect(target).await?;
+                tcp.set_nodelay(true)?;
+                Ok(Box::new(tcp) as Io)
+            })
+        });
+        self.channel_via(endpoint, address, expect, dial)
+    }
+
+    /// [`Tls::channel`] over byte streams `dial` makes (a reversal, a relay
+    /// circuit) instead of a TCP connection to an address; `label` names
+    /// the other side in errors.
+    pub fn channel_via(
+        &self,
+        endpoint: Endpoint,
+        label: &str,
+        expect: Expect,
+        dial: Dial,
+    ) -> Channel {
         let connector = self.connector.clone();
-        let address = address.to_owned();
+        let label = label.to_owned();
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
-            let (connector, address, expect) = (connector.clone(), address.clone(), expect.clone());
-            async move { connect(connector, &address, &expect).await }
+            let (connector, label, expect, dial) = (
+                connector.clone(),
+                label.clone(),
+                expect.clone(),
+                dial.clone(),
+            );
+            async move {
+                let io = dial().await?;
+                let tls = handshake(&connector, io, &label, &expect).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(tls))
+            }
         }))
     }
 }
@@ -431,18 +576,79 @@ impl Expect {
     }
 }
 
-async fn connect(
-    connector: TlsConnector,
+/// The first byte `tcp` carries, without taking it; None at its end.
+async fn peek(tcp: &TcpStream) -> Option<u8> {
+    let mut one = [0u8; 1];
+    match tcp.peek(&mut one).await {
+        Ok(1) => Some(one[0]),
+        _ => None,
+    }
+}
+
+/// Connections dialed back to this peer for a reversal, by the nonce its
+/// asker sent: each starts with [`REVERSE_PREAMBLE`] and the nonce, then
+/// this side runs the TLS client over it. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Reversals(Arc<Mutex<std::collections::HashMap<[u8; REVERSE_NONCE], ReversalSlot>>>);
+
+type ReversalSlot = tokio::sync::oneshot::Sender<TcpStream>;
+
+impl Reversals {
+    /// A fresh nonce and where the connection carrying it will come;
+    /// None when too many reversals are awaited already.
+    pub fn expect(
+        &self,
+    ) -> Option<(
+        [u8; REVERSE_NONCE],
+        tokio::sync::oneshot::Receiver<TcpStream>,
+    )> {
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, tx| !tx.is_closed());
+        if slots.len() >= MAX_REVERSALS {
+            return None;
+        }
+        let nonce = rand::random::<[u8; REVERSE_NONCE]>();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        slots.insert(nonce, tx);
+        Some((nonce, rx))
+    }
+
+    /// Reads a reversal's preamble from `tcp` and hands it to whoever
+    /// waits for its nonce; anything else is dropped.
+    async fn arrived(&self, mut tcp: TcpStream, remote: SocketAddr) {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; REVERSE_PREAMBLE.len() + REVERSE_NONCE];
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.read_exact(&mut head)).await;
+        if !matches!(read, Ok(Ok(_))) || &head[..REVERSE_PREAMBLE.len()] != REVERSE_PREAMBLE {
+            tracing::debug!(%remote, "not a reversal; dropped");
+            return;
+        }
+        let mut nonce = [0u8; REVERSE_NONCE];
+        nonce.copy_from_slice(&head[REVERSE_PREAMBLE.len()..]);
+        let slot = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&nonce);
+        match slot {
+            Some(tx) => {
+                let _ = tx.send(tcp);
+            }
+            None => tracing::debug!(%remote, "a reversal nobody waits for; dropped"),
+        }
+    }
+}
+
+/// The client side of a handshake over `io`, admitted only if the server
+/// presents the key `expect` holds.
+async fn handshake(
+    connector: &TlsConnector,
+    io: Io,
     address: &str,
     expect: &Expect,
-) -> Result<
-    TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Box<dyn std::error::Error + Send + Sync>,
-> {
-    let tcp = TcpStream::connect(address).await?;
-    tcp.set_nodelay(true)?;
+) -> Result<tokio_rustls::client::TlsStream<Io>, Box<dyn std::error::Error + Send + Sync>> {
     let name = ServerName::try_from(SERVER_NAME)?;
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, io))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -459,13 +665,38 @@ async fn connect(
         tracing::warn!(%err, "refusing a link");
         return Err(err.into());
     }
-    Ok(TokioIo::new(tls))
+    Ok(tls)
+}
+
+/// Where [`Tls::incoming_with`] sends what is not a plain TLS connection,
+/// and what it merges in.
+#[derive(Default)]
+pub struct Accept {
+    /// Connections made elsewhere (dialed back, relayed), served as if
+    /// they had been accepted.
+    pub extra: Option<mpsc::Receiver<TlsConn>>,
+    /// Where connections dialed back for a reversal go.
+    pub reversals: Option<Reversals>,
+    /// Where relay connections ([`RELAY_ALPN`]) go.
+    pub relay: Option<mpsc::Sender<TlsConn>>,
 }
 
 /// One accepted TLS connection, carrying who called.
 pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    inner: tokio_rustls::server::TlsStream<Io>,
     caller: Caller,
+}
+
+impl TlsConn {
+    /// Who called.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The protocol the handshake agreed on.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.inner.get_ref().1.alpn_protocol()
+    }
 }
 
 impl Connected for TlsConn {

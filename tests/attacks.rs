@@ -281,7 +281,7 @@ async fn the_router_answers_lookups_only_within_a_session_and_never_in_clear() {
 
     // A login whose signature is not the key's is refused.
     let challenge = c
-        .login_challenge(ChallengeRequest {})
+        .login_challenge(ChallengeRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -27,6 +27,7 @@ pub fn router_limits() -> parley::router::RouterLimits {
             every: Duration::from_millis(1),
         },
         logins_per_source: usize::MAX,
+        ..Default::default()
     }
 }
 

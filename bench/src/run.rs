@@ -282,7 +282,7 @@ async fn router_calls(
     let challenge = || {
         let mut r = router.clone();
         async move {
-            r.login_challenge(ChallengeRequest {})
+            r.login_challenge(ChallengeRequest::default())
                 .await
                 .map(|c| c.into_inner().challenge)
                 .map_err(|s| format!("LoginChallenge: {s}"))

@@ -173,6 +173,7 @@ async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
     printer.print(&Output::Ready {
         nick: peer.nick().to_string(),
         listen: peer.listen_addr().to_string(),
+        reachable: peer.reachable(),
     });
     let mut client = Client::new(peer.clone(), printer);
     for room in &args.join {

@@ -10,7 +10,7 @@ use clap::Parser;
 use parley::registry::{
     EtcdRegistry, MemoryOptions, MemoryRegistry, Registry, MIN_LEASE_TTL, REGISTRY_FILE,
 };
-use parley::router::{BindingRate, RouterLimits};
+use parley::router::{BindingRate, RelayLimits, RouterLimits};
 
 /// The parley router: who is online and who sits in which room.
 #[derive(Parser)]
@@ -52,6 +52,22 @@ struct Args {
     /// challenge's life).
     #[arg(long, default_value_t = parley::router::USED_PER_SOURCE as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     logins_per_address: u64,
+    /// Peers nobody can dial that may hold a reservation here at once
+    /// (others reach them through this router).
+    #[arg(long, default_value_t = RelayLimits::default().reservations as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(0..))]
+    relay_reservations: u64,
+    /// Relay circuits open at once to one reserved peer.
+    #[arg(long, default_value_t = RelayLimits::default().circuits as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    relay_circuits: u64,
+    /// Bytes one relay circuit carries (both ways) before it is closed and
+    /// the peers open another; at least 1 MiB, so a circuit always carries
+    /// a few of the links' batches (128 KiB at most) and makes progress.
+    #[arg(long, default_value_t = RelayLimits::default().circuit_bytes, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(parley::router::MIN_CIRCUIT_BYTES..))]
+    relay_circuit_bytes: u64,
+    /// Seconds one relay circuit lasts before it is closed and the peers
+    /// open another.
+    #[arg(long, default_value_t = RelayLimits::default().circuit_time.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    relay_circuit_secs: u64,
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -110,6 +126,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             every: Duration::from_secs(args.new_nick_every),
         },
         logins_per_source: usize::try_from(args.logins_per_address).unwrap_or(usize::MAX),
+        relay: RelayLimits {
+            reservations: usize::try_from(args.relay_reservations).unwrap_or(usize::MAX),
+            circuits: usize::try_from(args.relay_circuits).unwrap_or(usize::MAX),
+            circuit_bytes: args.relay_circuit_bytes,
+            circuit_time: Duration::from_secs(args.relay_circuit_secs),
+        },
     };
     parley::router::serve(
         listener,

@@ -17,6 +17,7 @@ mod chat;
 pub mod events;
 mod limits;
 pub mod outbox;
+mod reservation;
 pub mod rooms;
 pub mod session;
 pub mod world;
@@ -236,15 +237,18 @@ impl Peer {
         let rooms = Rooms::load(store.clone()).await?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let advertise = config.advertise.unwrap_or_else(|| listen.to_string());
+        let me = crate::net::Me::new(config.nick.as_str(), &advertise);
         let (session, session_events) = Session::connect(
             SessionConfig {
                 nick: config.nick.clone(),
                 routers: config.routers,
-                advertise: config.advertise.unwrap_or_else(|| listen.to_string()),
+                advertise,
                 identity: key.clone(),
                 tls: tls.clone(),
                 known: known.clone(),
                 router_keys: config.router_keys,
+                me: me.clone(),
             },
             stop.clone(),
             tasks.clone(),
@@ -264,7 +268,7 @@ impl Peer {
                 });
             })
         };
-        let peers = Peers::new(tls.clone(), known.clone(), on_changed);
+        let peers = Peers::new(tls.clone(), known.clone(), on_changed).reaching(me);
         let kick = Arc::new(Notify::new());
         let on_fresh = {
             let events = events.clone();
@@ -313,10 +317,28 @@ impl Peer {
 
         // Serve before logging in: the router hands our address to others
         // the moment we are online.
-        peer.spawn_server(config.listener, &tls, !unsigned);
+        let (reached, conns) = mpsc::channel(64);
+        peer.spawn_server(config.listener, &tls, !unsigned, conns);
         if let Err(e) = peer.inner.session.login().await {
             peer.stop_now().await;
             return Err(e.into());
+        }
+        // Nobody can dial this peer: the reservation is held before the
+        // peer says it is ready, so those who reach it find it.
+        let first = if peer.reachable() {
+            None
+        } else {
+            reservation::open(&peer.inner.session).await
+        };
+        {
+            let (session, tls, stop) = (
+                peer.inner.session.clone(),
+                tls.clone(),
+                peer.inner.stop.clone(),
+            );
+            peer.inner
+                .tasks
+                .spawn(reservation::hold(session, tls, reached, first, stop));
         }
         let partners = peer.inner.sync.private_partners().await;
         peer.inner.session.seed_follow(partners);
@@ -347,6 +369,12 @@ impl Peer {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen
+    }
+
+    /// Whether the router could dial this peer back at its last login;
+    /// when not, others reach it through the router.
+    pub fn reachable(&self) -> bool {
+        self.inner.session.reachable()
     }
 
     pub fn store(&self) -> &Store {
@@ -407,7 +435,15 @@ impl Peer {
         Ok(key)
     }
 
-    fn spawn_server(&self, listener: TcpListener, tls: &Tls, check_signatures: bool) {
+    /// Serves the chat service on `listener`, and on the connections
+    /// `reached` hands over (dialed back or relayed to this peer).
+    fn spawn_server(
+        &self,
+        listener: TcpListener,
+        tls: &Tls,
+        check_signatures: bool,
+        reached: mpsc::Receiver<crate::tls::TlsConn>,
+    ) {
         let inner = &self.inner;
         let service = chat::ChatService {
             check_signatures,
@@ -426,7 +462,14 @@ impl Peer {
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
         let stop = inner.stop.clone();
-        let incoming = tls.incoming(listener);
+        let incoming = tls.incoming_with(
+            listener,
+            crate::tls::Accept {
+                extra: Some(reached),
+                reversals: Some(inner.peers.reversals()),
+                relay: None,
+            },
+        );
         inner.tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .timeout(Duration::from_secs(30))
@@ -821,8 +864,7 @@ impl Peer {
             Some(m) => (
                 vec![Member {
                     nick: nick.to_string(),
-                    address: m.address,
-                    key: m.key,
+                    ..m
                 }],
                 vec![],
             ),

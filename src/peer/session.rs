@@ -112,6 +112,8 @@ pub struct SessionConfig {
     /// The router keys given on the command line (fingerprints): one for
     /// every router, or one for all; none pins each on first contact.
     pub router_keys: Vec<String>,
+    /// Whether this peer can be dialed, as each login's dial-back finds.
+    pub me: crate::net::Me,
 }
 
 /// The name a router's key is kept under in the known keys: nicks cannot
@@ -162,6 +164,9 @@ struct Inner {
     /// Set by [`Session::logout`]: a refused token is then the logout's
     /// doing, and nobody logs in again.
     leaving: AtomicBool,
+    /// The router the last login found this peer unreachable at (where it
+    /// holds its reservation); None when it can be dialed.
+    relayed_at: tokio::sync::watch::Sender<Option<String>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -224,6 +229,7 @@ impl Session {
                 follow: Mutex::new(BTreeMap::new()),
                 refollow: Notify::new(),
                 leaving: AtomicBool::new(false),
+                relayed_at: tokio::sync::watch::Sender::new(None),
                 stop,
                 tasks,
             }),
@@ -286,6 +292,26 @@ impl Session {
 
     pub fn nick(&self) -> &Nick {
         &self.inner.config.nick
+    }
+
+    /// Whether the router could dial this peer back at its last login.
+    pub fn reachable(&self) -> bool {
+        self.inner.config.me.reachable()
+    }
+
+    /// The router this peer holds its reservation at, when nobody can dial
+    /// it, as each login finds it.
+    pub fn relayed_at(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.relayed_at.subscribe()
+    }
+
+    /// Opens this session's reservation at its router: the asks of those
+    /// who want to reach this peer (see [`crate::net::reach`]).
+    pub async fn reserve(&self) -> Result<tonic::Streaming<proto::Incoming>, SessionError> {
+        self.call("reserve", |mut r, token| async move {
+            r.reserve(proto::ReserveRequest { token }).await
+        })
+        .await
     }
 
     fn token(&self) -> String {
@@ -472,8 +498,12 @@ impl Session {
         let c = &self.inner.config;
         let resp = self
             .on_any("login", |mut router| async move {
+                // The router dials our address back before it answers.
                 let challenge = router
-                    .login_challenge(proto::ChallengeRequest {})
+                    .login_challenge(proto::ChallengeRequest {
+                        address: c.advertise.clone(),
+                        key: c.identity.public().to_vec(),
+                    })
                     .await?
                     .into_inner()
                     .challenge;
@@ -484,6 +514,11 @@ impl Session {
         if resp.reclaimed {
             tracing::info!("took the nick back from this peer's previous session");
         }
+        let relayed = resp.reachability == proto::Reachability::Relayed as i32;
+        let at = self.link().1.addr.clone();
+        tracing::info!(router = %at, reachable = !relayed, "logged in");
+        c.me.set_reachable(!relayed);
+        self.inner.relayed_at.send_replace(relayed.then_some(at));
         *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = resp.token;
         *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) =
             Duration::from_millis(resp.lease_ttl_ms.max(1000));

@@ -119,6 +119,20 @@ struct SessionValue {
     address: String,
     key: String,
     lease: i64,
+    /// The router holding its reservation (empty: reached directly).
+    #[serde(default)]
+    relay: String,
+}
+
+impl SessionValue {
+    fn member(&self, key: PublicKey) -> Member {
+        Member {
+            nick: self.nick.clone(),
+            address: self.address.clone(),
+            key,
+            relay: self.relay.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -786,11 +800,7 @@ impl State {
     fn member(&self, nick_key: &str) -> Option<Member> {
         let token = self.users.get(nick_key)?;
         let (s, key) = self.sessions.get(token)?;
-        Some(Member {
-            nick: s.nick.clone(),
-            address: s.address.clone(),
-            key: *key,
-        })
+        Some(s.member(*key))
     }
 
     fn room_audience(&self, room_key: &str) -> HashSet<Token> {
@@ -1169,13 +1179,17 @@ impl Registry for EtcdRegistry {
         self.ttl
     }
 
-    async fn login(
+    async fn login_with(
         &self,
         nick: &Nick,
         address: &str,
         key: &PublicKey,
+        relay: &str,
     ) -> Result<Session, RegistryError> {
         check_address(address)?;
+        if !relay.is_empty() {
+            check_address(relay)?;
+        }
         let nk = nick.key();
         let (bind, user) = (k(&["bind", &nk]), k(&["user", &nk]));
         // A key's nicks are counted from the mirror, as this router last
@@ -1220,6 +1234,7 @@ impl Registry for EtcdRegistry {
             address: address.to_owned(),
             key: key_hex(key),
             lease,
+            relay: relay.to_owned(),
         };
         let with_lease = || Some(PutOptions::new().with_lease(lease));
         let claim = Txn::new()
@@ -1259,6 +1274,11 @@ impl Registry for EtcdRegistry {
         // Logins of this nick kept racing in: give up, leaving no lease.
         let _ = self.revoke(lease).await;
         Err(RegistryError::NickTaken(nick.to_string()))
+    }
+
+    async fn session(&self, token: &str) -> Result<Member, RegistryError> {
+        let (s, key) = self.live(token).await?;
+        Ok(s.member(key))
     }
 
     async fn heartbeat(&self, token: &str) -> Result<Duration, RegistryError> {

@@ -77,10 +77,23 @@ struct SessionState {
     nick: String,
     nick_key: String,
     address: String,
+    /// The router holding its reservation, when it cannot be dialed.
+    relay: String,
     key: PublicKey,
     expires: Instant,
     /// Keys of the rooms this session sits in.
     rooms: BTreeSet<String>,
+}
+
+impl SessionState {
+    fn member(&self) -> Member {
+        Member {
+            nick: self.nick.clone(),
+            address: self.address.clone(),
+            key: self.key,
+            relay: self.relay.clone(),
+        }
+    }
 }
 
 type Events = broadcast::Sender<Feed>;
@@ -415,11 +428,7 @@ impl State {
     fn member(&self, nick_key: &str) -> Option<Member> {
         let token = self.users.get(nick_key)?;
         let s = self.sessions.get(token)?;
-        Some(Member {
-            nick: s.nick.clone(),
-            address: s.address.clone(),
-            key: s.key,
-        })
+        Some(s.member())
     }
 
     fn snapshot(&self, key: &str, created: bool) -> Option<RoomSnapshot> {
@@ -482,11 +491,7 @@ impl State {
         };
         let nick_key = session.nick_key.clone();
         let rooms: Vec<String> = session.rooms.iter().cloned().collect();
-        let member = Member {
-            nick: session.nick.clone(),
-            address: session.address.clone(),
-            key: session.key,
-        };
+        let member = session.member();
         let expires = session.expires;
         let audience = self.peers_audience(token);
         for room in rooms {
@@ -547,13 +552,17 @@ impl Registry for MemoryRegistry {
         self.shared.ttl
     }
 
-    async fn login(
+    async fn login_with(
         &self,
         nick: &Nick,
         address: &str,
         key: &PublicKey,
+        relay: &str,
     ) -> Result<Session, RegistryError> {
         check_address(address)?;
+        if !relay.is_empty() {
+            check_address(relay)?;
+        }
         let now = Instant::now();
         let shared = &self.shared;
         let mut state = shared.lock();
@@ -575,6 +584,7 @@ impl Registry for MemoryRegistry {
                 nick: nick.to_string(),
                 nick_key: nick_key.clone(),
                 address: address.to_owned(),
+                relay: relay.to_owned(),
                 key: *key,
                 expires,
                 rooms: BTreeSet::new(),
@@ -588,6 +598,7 @@ impl Registry for MemoryRegistry {
                 nick: nick.to_string(),
                 address: address.to_owned(),
                 key: *key,
+                relay: relay.to_owned(),
             }),
             HashSet::from([token.clone()]),
         );
@@ -616,6 +627,11 @@ impl Registry for MemoryRegistry {
         Ok(self.shared.ttl)
     }
 
+    async fn session(&self, token: &str) -> Result<Member, RegistryError> {
+        let state = self.shared.lock();
+        Ok(state.live(token, Instant::now())?.member())
+    }
+
     async fn logout(&self, token: &str, message: &str) -> Result<(), RegistryError> {
         check_parting(message)?;
         let mut state = self.shared.lock();
@@ -641,14 +657,7 @@ impl Registry for MemoryRegistry {
             ok
         });
         let session = state.live(token, Instant::now())?;
-        let (nick_key, member) = (
-            session.nick_key.clone(),
-            Member {
-                nick: session.nick.clone(),
-                address: session.address.clone(),
-                key: session.key,
-            },
-        );
+        let (nick_key, member) = (session.nick_key.clone(), session.member());
         let key = room.key();
         // Ownership is decided once, by the join that makes the record: a
         // later join's creation event, whatever its date, changes nothing.
@@ -825,11 +834,7 @@ impl Registry for MemoryRegistry {
             .sessions
             .values()
             .filter(|s| s.expires > now)
-            .map(|s| Member {
-                nick: s.nick.clone(),
-                address: s.address.clone(),
-                key: s.key,
-            })
+            .map(|s| s.member())
             .collect();
         users.sort_by_key(|m| m.nick.to_ascii_lowercase());
         Ok(users)
@@ -855,11 +860,7 @@ impl Registry for MemoryRegistry {
             let mut state = self.shared.lock();
             let s = state.live(token, Instant::now())?;
             let (nick, nick_key) = (s.nick.clone(), s.nick_key.clone());
-            let me = Member {
-                nick: s.nick.clone(),
-                address: s.address.clone(),
-                key: s.key,
-            };
+            let me = s.member();
             let now: HashSet<String> = follow.iter().map(Nick::key).collect();
             let old = state
                 .follows

@@ -47,6 +47,10 @@ pub struct Member {
     pub address: String,
     /// The key the nick is bound to; the chat service presents it.
     pub key: PublicKey,
+    /// Empty when the router could dial the user's address back; else the
+    /// router (host:port) holding its reservation, through which others
+    /// reach it.
+    pub relay: String,
 }
 
 /// What the registry knows of a nick.
@@ -192,7 +196,22 @@ pub trait Registry: Send + Sync + 'static {
         nick: &Nick,
         address: &str,
         key: &PublicKey,
+    ) -> Result<Session, RegistryError> {
+        self.login_with(nick, address, key, "").await
+    }
+
+    /// [`Registry::login`] of a user others reach through the router at
+    /// `relay` (empty: directly at `address`).
+    async fn login_with(
+        &self,
+        nick: &Nick,
+        address: &str,
+        key: &PublicKey,
+        relay: &str,
     ) -> Result<Session, RegistryError>;
+
+    /// The user a live session is.
+    async fn session(&self, token: &str) -> Result<Member, RegistryError>;
 
     /// Renews the session's lease.
     async fn heartbeat(&self, token: &str) -> Result<Duration, RegistryError>;

@@ -31,11 +31,43 @@ const MAX_SOURCES: usize = 65_536;
 
 const NONCE: usize = 16;
 const ISSUED: usize = 8;
+const REACH: usize = 1;
 const TAG: usize = 32;
 /// What the MAC covers first: a challenge's tag means nothing elsewhere.
-const DOMAIN: &[u8] = b"parley login challenge v1";
+const DOMAIN: &[u8] = b"parley login challenge v2";
 /// Bytes of a challenge.
-pub const CHALLENGE_LEN: usize = NONCE + ISSUED + TAG;
+pub const CHALLENGE_LEN: usize = NONCE + ISSUED + REACH + TAG;
+
+/// What dialing a peer's address back found, carried by its challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// No dial-back was asked for.
+    Unchecked = 0,
+    Direct = 1,
+    Relayed = 2,
+}
+
+impl Reach {
+    fn from_byte(b: u8) -> Option<Reach> {
+        match b {
+            0 => Some(Reach::Unchecked),
+            1 => Some(Reach::Direct),
+            2 => Some(Reach::Relayed),
+            _ => None,
+        }
+    }
+}
+
+/// What a checked reach is bound to: the address dialed and the key it
+/// had to present, so a login can use the outcome only for those.
+fn dialed(address: &str, key: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((address.len() as u64).to_be_bytes());
+    h.update(address.as_bytes());
+    h.update(key);
+    h.finalize().into()
+}
 
 /// Why a challenge was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,45 +112,63 @@ impl Challenges {
         }
     }
 
-    fn tag(&self, nonce: &[u8], issued: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(DOMAIN);
-        ctx.update(nonce);
-        ctx.update(issued);
-        ctx.sign()
+    /// What the MAC covers: the fields, and for a checked reach the
+    /// address and key it was checked for.
+    fn signed(nonce: &[u8], issued: &[u8], reach: u8, address: &str, key: &[u8]) -> Vec<u8> {
+        let mut signed = DOMAIN.to_vec();
+        signed.extend_from_slice(nonce);
+        signed.extend_from_slice(issued);
+        signed.push(reach);
+        if reach != Reach::Unchecked as u8 {
+            signed.extend_from_slice(&dialed(address, key));
+        }
+        signed
     }
 
-    /// A fresh challenge. Costs no memory here.
+    /// A fresh challenge, with no dial-back. Costs no memory here.
     pub fn issue(&self) -> Vec<u8> {
+        self.issue_for(Reach::Unchecked, "", &[])
+    }
+
+    /// A fresh challenge carrying what dialing `address` back for `key`
+    /// found: good for a login with that address and key.
+    pub fn issue_for(&self, reach: Reach, address: &str, key: &[u8]) -> Vec<u8> {
         let nonce = rand::random::<[u8; NONCE]>();
         let issued = u64::try_from(self.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .to_be_bytes();
+        let tag = hmac::sign(
+            &self.key,
+            &Self::signed(&nonce, &issued, reach as u8, address, key),
+        );
         let mut out = Vec::with_capacity(CHALLENGE_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&issued);
-        out.extend_from_slice(self.tag(&nonce, &issued).as_ref());
+        out.push(reach as u8);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
-    /// Whether `challenge` is one of ours, still good and unused; does not
+    /// Whether `challenge` is one of ours, still good and unused, for a
+    /// login at `address` with `key`; what its dial-back found. Does not
     /// use it (see [`Challenges::redeem`]).
-    pub fn check(&self, challenge: &[u8]) -> Result<(), Refused> {
+    pub fn check(&self, challenge: &[u8], address: &str, key: &[u8]) -> Result<Reach, Refused> {
         if challenge.len() != CHALLENGE_LEN {
             return Err(Refused::Unknown);
         }
         let (nonce, rest) = challenge.split_at(NONCE);
-        let (issued, tag) = rest.split_at(ISSUED);
-        let mut signed = DOMAIN.to_vec();
-        signed.extend_from_slice(nonce);
-        signed.extend_from_slice(issued);
+        let (issued, rest) = rest.split_at(ISSUED);
+        let (reach, tag) = rest.split_at(REACH);
+        let reach = reach[0];
+        let signed = Self::signed(nonce, issued, reach, address, key);
         hmac::verify(&self.key, &signed, tag).map_err(|_| Refused::Unknown)?;
+        let reach = Reach::from_byte(reach).ok_or(Refused::Unknown)?;
         let issued = u64::from_be_bytes(issued.try_into().map_err(|_| Refused::Unknown)?);
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         if now.saturating_sub(issued) >= ttl_ms() || issued > now {
             return Err(Refused::Expired);
         }
-        Ok(())
+        Ok(reach)
     }
 
     /// Uses `challenge` (already [`check`](Challenges::check)ed) for a login
@@ -257,17 +307,39 @@ mod tests {
         let c = Challenges::new(USED_PER_SOURCE);
         let one = c.issue();
         assert_eq!(one.len(), CHALLENGE_LEN);
-        assert_eq!(c.check(&one), Ok(()));
+        assert_eq!(c.check(&one, "", &[]), Ok(Reach::Unchecked));
         let source = Some(IpAddr::from([10, 0, 0, 1]));
         assert_eq!(c.redeem(&one, source), Ok(()));
         assert_eq!(c.redeem(&one, source), Err(Refused::Used));
         let mut changed = c.issue();
         changed[NONCE] ^= 1;
-        assert_eq!(c.check(&changed), Err(Refused::Unknown));
-        assert_eq!(c.check(&one[..10]), Err(Refused::Unknown));
+        assert_eq!(c.check(&changed, "", &[]), Err(Refused::Unknown));
+        assert_eq!(c.check(&one[..10], "", &[]), Err(Refused::Unknown));
         // Another router's (or an earlier run's) challenge.
         assert_eq!(
-            Challenges::new(USED_PER_SOURCE).check(&c.issue()),
+            Challenges::new(USED_PER_SOURCE).check(&c.issue(), "", &[]),
+            Err(Refused::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_dial_back_outcome_holds_only_for_its_address_and_key() {
+        let c = Challenges::new(USED_PER_SOURCE);
+        let one = c.issue_for(Reach::Direct, "10.0.0.1:7000", b"key");
+        assert_eq!(c.check(&one, "10.0.0.1:7000", b"key"), Ok(Reach::Direct));
+        assert_eq!(
+            c.check(&one, "10.0.0.1:7001", b"key"),
+            Err(Refused::Unknown)
+        );
+        assert_eq!(
+            c.check(&one, "10.0.0.1:7000", b"yek"),
+            Err(Refused::Unknown)
+        );
+        // The outcome cannot be flipped.
+        let mut flipped = one.clone();
+        flipped[NONCE + ISSUED] = Reach::Relayed as u8;
+        assert_eq!(
+            c.check(&flipped, "10.0.0.1:7000", b"key"),
             Err(Refused::Unknown)
         );
     }

@@ -5,8 +5,10 @@
 //! and maps [`RegistryError`] to `tonic::Status` in one place.
 
 mod limits;
+mod relay;
 
 pub use limits::{BindingRate, CHALLENGE_TTL, USED_PER_SOURCE};
+pub use relay::{RelayCounts, RelayLimits, RelayStats, MIN_CIRCUIT_BYTES};
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +29,7 @@ use crate::names::{check_parting, Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
 use crate::registry::{Creation, Departure, Event, EventKind, Member, Registry, RegistryError};
-use crate::tls::{Tls, TlsError};
+use crate::tls::{Accept, Expect, Tls, TlsError};
 
 /// Largest request the router decodes: its messages are names and tokens.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -101,6 +103,7 @@ impl From<Member> for proto::Member {
             nick: m.nick,
             address: m.address,
             key: m.key.to_vec(),
+            relay: m.relay,
         }
     }
 }
@@ -146,6 +149,14 @@ impl From<Event> for proto::RegistryEvent {
             revision: e.revision,
             kind: Some(kind),
         }
+    }
+}
+
+fn reach_proto(reach: limits::Reach) -> proto::Reachability {
+    match reach {
+        limits::Reach::Unchecked => proto::Reachability::Unchecked,
+        limits::Reach::Direct => proto::Reachability::Direct,
+        limits::Reach::Relayed => proto::Reachability::Relayed,
     }
 }
 
@@ -203,15 +214,22 @@ pub struct RouterService {
     stop: CancellationToken,
     challenges: limits::Challenges,
     bindings: limits::Bindings,
+    relay: Arc<relay::Relay>,
+    /// For dialing peers back: links presenting the router's key.
+    tls: Tls,
+    /// Dial-backs in progress at once.
+    dialing: tokio::sync::Semaphore,
 }
 
 /// What a router allows its callers; the defaults are `router`'s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterLimits {
     /// How fast one source address may bind nicks never bound before.
     pub new_nicks: BindingRate,
     /// Logins one source address may complete within [`CHALLENGE_TTL`].
     pub logins_per_source: usize,
+    /// What the relay carries for peers nobody can dial.
+    pub relay: RelayLimits,
 }
 
 impl Default for RouterLimits {
@@ -219,23 +237,99 @@ impl Default for RouterLimits {
         RouterLimits {
             new_nicks: BindingRate::default(),
             logins_per_source: USED_PER_SOURCE,
+            relay: RelayLimits::default(),
         }
     }
 }
+
+/// How long dialing a peer back may take, connection and handshake: a
+/// walled peer's firewall drops the attempt, and its login waits this.
+pub const DIAL_BACK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Dial-backs in progress at once; more wait their turn.
+const DIALING: usize = 64;
 
 impl RouterService {
     pub fn new(
         registry: Arc<dyn Registry>,
         stop: CancellationToken,
         allowed: RouterLimits,
+        tls: Tls,
+        stats: Arc<RelayStats>,
     ) -> RouterService {
         RouterService {
+            relay: Arc::new(relay::Relay::new(
+                allowed.relay,
+                registry.clone(),
+                stats,
+                stop.clone(),
+            )),
             registry,
             stop,
             challenges: limits::Challenges::new(allowed.logins_per_source),
             bindings: limits::Bindings::new(allowed.new_nicks),
+            tls,
+            dialing: tokio::sync::Semaphore::new(DIALING),
         }
     }
+
+    /// Dials `address` back for `key`, as libp2p's AutoNAT does: only an
+    /// address on the IP the request came from (so nobody can aim the
+    /// router at a third party), and direct only if a TLS handshake there
+    /// presents `key`.
+    async fn dial_back(
+        &self,
+        address: &str,
+        key: &PublicKey,
+        from: Option<IpAddr>,
+    ) -> limits::Reach {
+        let Some(from) = from.map(|ip| ip.to_canonical()) else {
+            return limits::Reach::Relayed;
+        };
+        let resolved =
+            tokio::time::timeout(DIAL_BACK_TIMEOUT, tokio::net::lookup_host(address)).await;
+        let Some(target) = resolved
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|mut addrs| addrs.find(|a| a.ip().to_canonical() == from))
+        else {
+            tracing::debug!(address, %from, "not dialing back: the address is not on the caller's IP");
+            return limits::Reach::Relayed;
+        };
+        let Ok(_permit) = self.dialing.acquire().await else {
+            return limits::Reach::Relayed;
+        };
+        let dial = async {
+            let tcp = tokio::net::TcpStream::connect(target).await?;
+            tcp.set_nodelay(true)?;
+            self.tls
+                .connect_over(Box::new(tcp), address, &Expect::key(key))
+                .await
+        };
+        match tokio::time::timeout(DIAL_BACK_TIMEOUT, dial).await {
+            Ok(Ok(_)) => limits::Reach::Direct,
+            Ok(Err(err)) => {
+                tracing::debug!(address, %err, "dial-back failed");
+                limits::Reach::Relayed
+            }
+            Err(_) => {
+                tracing::debug!(address, "dial-back timed out");
+                limits::Reach::Relayed
+            }
+        }
+    }
+}
+
+/// This router's address as the caller dialed it: what a relayed peer is
+/// told others reach it at.
+fn local<T>(req: &Request<T>) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<crate::tls::Caller>()
+        .and_then(|c| c.local)
+}
+
+/// The caller's key, as its link proved it.
+fn link_key<T>(req: &Request<T>) -> Result<PublicKey, Status> {
+    crate::tls::caller(req).ok_or_else(|| Status::unauthenticated("not over a parley link"))
 }
 
 /// The address a request came from, as its link saw it.
@@ -252,10 +346,24 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::RegistryEvent, Status
 impl Router for RouterService {
     async fn login_challenge(
         &self,
-        _req: Request<proto::ChallengeRequest>,
+        req: Request<proto::ChallengeRequest>,
     ) -> Result<Response<proto::ChallengeResponse>, Status> {
+        let from = source(&req);
+        let req = req.into_inner();
+        if req.address.is_empty() {
+            return Ok(Response::new(proto::ChallengeResponse {
+                challenge: self.challenges.issue(),
+                reachability: proto::Reachability::Unchecked.into(),
+            }));
+        }
+        crate::names::check_address(&req.address)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let key = PublicKey::from_bytes(&req.key)
+            .map_err(|e| Status::invalid_argument(format!("key: {e}")))?;
+        let reach = self.dial_back(&req.address, &key, from).await;
         Ok(Response::new(proto::ChallengeResponse {
-            challenge: self.challenges.issue(),
+            challenge: self.challenges.issue_for(reach, &req.address, &req.key),
+            reachability: reach_proto(reach).into(),
         }))
     }
 
@@ -264,6 +372,7 @@ impl Router for RouterService {
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
         let from = source(&req);
+        let here = local(&req);
         let req = req.into_inner();
         let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = PublicKey::from_bytes(&req.key)
@@ -271,7 +380,10 @@ impl Router for RouterService {
         let stale = || {
             Status::unauthenticated("unknown, used or expired login challenge: ask for a new one")
         };
-        self.challenges.check(&req.challenge).map_err(|_| stale())?;
+        let reach = self
+            .challenges
+            .check(&req.challenge, &req.address, &req.key)
+            .map_err(|_| stale())?;
         if !key.verify(
             &login_bytes(&req.challenge, &req.nick, &req.address, &key),
             &req.signature,
@@ -304,13 +416,24 @@ impl Router for RouterService {
                 )));
             }
         }
-        let s = self.registry.login(&nick, &req.address, &key).await?;
-        tracing::info!(nick = %s.nick, address = %req.address, key = %key, reclaimed = s.reclaimed, "login");
+        // A peer nobody can dial is reached through this router, at the
+        // address it dialed.
+        let relay = match (reach, here) {
+            (limits::Reach::Relayed, Some(here)) => here.to_string(),
+            _ => String::new(),
+        };
+        let s = self
+            .registry
+            .login_with(&nick, &req.address, &key, &relay)
+            .await?;
+        tracing::info!(nick = %s.nick, address = %req.address, key = %key, reclaimed = s.reclaimed, ?reach, "login");
         Ok(Response::new(proto::LoginResponse {
             token: s.token,
             lease_ttl_ms: ttl_ms(s.lease_ttl),
             nick: s.nick,
             reclaimed: s.reclaimed,
+            reachability: reach_proto(reach).into(),
+            relay,
         }))
     }
 
@@ -441,6 +564,58 @@ impl Router for RouterService {
         }))
     }
 
+    type ReserveStream = ReceiverStream<Result<proto::Incoming, Status>>;
+
+    async fn reserve(
+        &self,
+        req: Request<proto::ReserveRequest>,
+    ) -> Result<Response<Self::ReserveStream>, Status> {
+        let caller = link_key(&req)?;
+        let here = local(&req).map(|a| a.to_string()).unwrap_or_default();
+        let me = self.registry.session(&req.get_ref().token).await?;
+        if me.key != caller {
+            return Err(Status::permission_denied(
+                "a reservation is held by the session's own key",
+            ));
+        }
+        let rx = self.relay.reserve(caller, &here)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn reach(
+        &self,
+        req: Request<proto::ReachRequest>,
+    ) -> Result<Response<proto::ReachResponse>, Status> {
+        let caller = link_key(&req)?;
+        let from = source(&req);
+        let req = req.into_inner();
+        let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let target = PublicKey::from_bytes(&req.target)
+            .map_err(|e| Status::invalid_argument(format!("target: {e}")))?;
+        crate::names::check_address(&req.address)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.nonce.len() != crate::tls::REVERSE_NONCE {
+            return Err(Status::invalid_argument("the nonce is 16 bytes"));
+        }
+        if self.registry.binding(&nick).await? != Some(caller) {
+            return Err(Status::permission_denied(format!(
+                "{nick} is not bound to this link's key"
+            )));
+        }
+        // The target dials only the caller's own IP, as a dial-back does.
+        let on_caller = match (req.address.parse::<SocketAddr>(), from) {
+            (Ok(a), Some(ip)) => a.ip().to_canonical() == ip.to_canonical(),
+            _ => false,
+        };
+        if !on_caller {
+            return Err(Status::invalid_argument(
+                "the address to dial is not on the IP this request comes from",
+            ));
+        }
+        self.relay.reach(caller, &target, &req.address, req.nonce)?;
+        Ok(Response::new(proto::ReachResponse {}))
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(
@@ -489,6 +664,26 @@ pub async fn serve(
     limits: RouterLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RouterError> {
+    serve_counted(
+        listener,
+        registry,
+        identity,
+        limits,
+        Arc::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], counting what the relay does in `stats`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    registry: Arc<dyn Registry>,
+    identity: &Identity,
+    limits: RouterLimits,
+    stats: Arc<RelayStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RouterError> {
     let tls = Tls::new(identity)?;
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -502,9 +697,22 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let router = RouterServer::new(RouterService::new(registry, stop.clone(), limits))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let incoming = tls.incoming(listener);
+    let service = RouterService::new(registry, stop.clone(), limits, tls.clone(), stats);
+    let relay = service.relay.clone();
+    let router = RouterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let (relayed, mut relay_conns) = mpsc::channel(64);
+    let incoming = tls.incoming_with(
+        listener,
+        Accept {
+            relay: Some(relayed),
+            ..Accept::default()
+        },
+    );
+    tokio::spawn(async move {
+        while let Some(conn) = relay_conns.recv().await {
+            tokio::spawn(relay.clone().handle(conn));
+        }
+    });
     let signal = {
         let stop = stop.clone();
         async move {
@@ -548,6 +756,7 @@ pub async fn serve(
 pub struct RouterHandle {
     addr: SocketAddr,
     key: PublicKey,
+    relay: Arc<RelayStats>,
     /// Fires `serve`'s shutdown future when dropped.
     stop: DropGuard,
     task: JoinHandle<Result<(), RouterError>>,
@@ -579,13 +788,15 @@ impl RouterHandle {
         let key = identity.public();
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
-        let task =
-            tokio::spawn(
-                async move { serve(listener, registry, &identity, limits, shutdown).await },
-            );
+        let relay = Arc::<RelayStats>::default();
+        let stats = relay.clone();
+        let task = tokio::spawn(async move {
+            serve_counted(listener, registry, &identity, limits, stats, shutdown).await
+        });
         Ok(RouterHandle {
             addr,
             key,
+            relay,
             stop: stop.drop_guard(),
             task,
         })
@@ -599,6 +810,11 @@ impl RouterHandle {
     /// The key its links present.
     pub fn key(&self) -> PublicKey {
         self.key
+    }
+
+    /// What its relay has done so far.
+    pub fn relay_counts(&self) -> RelayCounts {
+        self.relay.counts()
     }
 
     /// Stops it and waits (at most [`RouterHandle::STOP_WAIT`]) until it

@@ -48,6 +48,9 @@ pub enum Output {
     Ready {
         nick: String,
         listen: String,
+        /// Whether the router could dial this peer back; when not, others
+        /// reach it through the router.
+        reachable: bool,
     },
     /// A message, received or sent; a newtype so its fields sit beside `type`.
     Message(MessageView),
@@ -187,9 +190,20 @@ impl Output {
     /// when `colour` is on.
     pub fn to_human_in(&self, colour: Colour) -> String {
         match self {
-            Output::Ready { nick, listen } => {
-                format!("-- you are {nick}, listening on {listen}; /help lists commands")
-            }
+            Output::Ready {
+                nick,
+                listen,
+                reachable: true,
+            } => format!("-- you are {nick}, listening on {listen}; /help lists commands"),
+            Output::Ready {
+                nick,
+                listen,
+                reachable: false,
+            } => format!(
+                "-- you are {nick}, listening on {listen}; /help lists commands\n\
+                 -- the router cannot reach you there (a firewall or NAT): others reach you \
+                 through the router"
+            ),
             Output::Message(m) => message_line(m, colour),
             Output::Sent { pending, .. } if pending.is_empty() => String::new(),
             Output::Sent { pending, .. } => format!(
@@ -543,8 +557,9 @@ mod tests {
                 Output::Ready {
                     nick: "alice".into(),
                     listen: "127.0.0.1:7001".into(),
+                    reachable: false,
                 },
-                json!({"type": "ready", "nick": "alice", "listen": "127.0.0.1:7001"}),
+                json!({"type": "ready", "nick": "alice", "listen": "127.0.0.1:7001", "reachable": false}),
             ),
             (
                 Output::Sent {

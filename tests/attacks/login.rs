@@ -29,7 +29,7 @@ async fn a_flood_of_login_challenges_locks_nobody_out() {
         async move {
             let mut refused = 0;
             for _ in 0..FLOOD / TASKS + 1 {
-                if let Err(status) = c.login_challenge(ChallengeRequest {}).await {
+                if let Err(status) = c.login_challenge(ChallengeRequest::default()).await {
                     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
                     refused += 1;
                 }
@@ -50,7 +50,7 @@ async fn a_flood_of_login_challenges_locks_nobody_out() {
 
     // A challenge is good once: the same signed login again is refused.
     let challenge = other
-        .login_challenge(ChallengeRequest {})
+        .login_challenge(ChallengeRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -52,7 +52,7 @@ pub async fn login_as(
     address: &str,
 ) -> Result<parley::proto::LoginResponse, tonic::Status> {
     let challenge = c
-        .login_challenge(parley::proto::ChallengeRequest {})
+        .login_challenge(parley::proto::ChallengeRequest::default())
         .await?
         .into_inner()
         .challenge;
@@ -109,6 +109,11 @@ impl TestRouter {
     /// The key the router's links present.
     pub fn key(&self) -> parley::identity::PublicKey {
         self.router.key()
+    }
+
+    /// What the router's relay has done so far.
+    pub fn relay_counts(&self) -> parley::router::RelayCounts {
+        self.router.relay_counts()
     }
 
     /// A TLS client of the router, presenting a throwaway key.

@@ -1,0 +1,159 @@
+//! Peers nobody can dial, on loopback: a peer that advertises an address
+//! where nothing answers is what a firewall or NAT makes of it, as far as
+//! the router's dial-back and every sender can tell. (tests/reach.rs does
+//! the same behind a real firewall, in network namespaces.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{peer_with, TestPeer, TestRouter};
+use parley::registry::MemoryOptions;
+use parley::router::{RelayLimits, RouterLimits};
+
+/// A loopback address where nothing listens (bound, then released).
+async fn nowhere() -> SocketAddr {
+    let l = parley::net::bind_loopback().await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A peer advertising an address nobody answers at.
+async fn walled(router: &TestRouter, nick: &str, dir: &tempfile::TempDir) -> TestPeer {
+    let dead = nowhere().await.to_string();
+    let p = peer_with(router.addr, nick, dir.path().join(nick), move |c| {
+        c.advertise = Some(dead)
+    })
+    .await;
+    assert!(!p.peer.reachable(), "{nick} should be found unreachable");
+    p
+}
+
+async fn open(router: &TestRouter, nick: &str, dir: &tempfile::TempDir) -> TestPeer {
+    let p = peer_with(router.addr, nick, dir.path().join(nick), |_| {}).await;
+    assert!(p.peer.reachable(), "{nick} should be found reachable");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_nobody_can_dial_is_reached_by_a_reversal() {
+    let router = TestRouter::start(Duration::from_secs(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = walled(&router, "alice", &dir).await;
+    let bob = open(&router, "bob", &dir).await;
+    // First contact from the side that can be dialed.
+    let sent = bob.tell("alice", "hello behind your wall").await;
+    assert!(sent.pending.is_empty(), "{sent:?}");
+    assert_eq!(
+        alice.wait_for("@alice+bob", 1).await[0].body,
+        "hello behind your wall"
+    );
+    alice.tell("bob", "hello back").await;
+    assert_eq!(bob.wait_for("@alice+bob", 2).await.len(), 2);
+    let counts = router.relay_counts();
+    assert!(counts.reversals >= 1, "{counts:?}");
+    assert_eq!(
+        counts.circuits_opened, 0,
+        "a reversal needs no circuit: {counts:?}"
+    );
+    // A room, both ways.
+    alice.join("#wall").await;
+    bob.join("#wall").await;
+    bob.say("#wall", "from outside").await;
+    alice.say("#wall", "from inside").await;
+    assert_eq!(alice.wait_for("#wall", 2).await.len(), 2);
+    assert_eq!(bob.wait_for("#wall", 2).await.len(), 2);
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_peers_nobody_can_dial_talk_through_a_circuit() {
+    let router = TestRouter::start(Duration::from_secs(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = walled(&router, "alice", &dir).await;
+    let carol = walled(&router, "carol", &dir).await;
+    let sent = alice.tell("carol", "through the router").await;
+    assert!(sent.pending.is_empty(), "{sent:?}");
+    carol.tell("alice", "and back").await;
+    assert_eq!(carol.wait_for("@alice+carol", 2).await.len(), 2);
+    assert_eq!(alice.wait_for("@alice+carol", 2).await.len(), 2);
+    alice.join("#walls").await;
+    carol.join("#walls").await;
+    alice.say("#walls", "one").await;
+    carol.say("#walls", "two").await;
+    assert_eq!(alice.wait_for("#walls", 2).await.len(), 2);
+    assert_eq!(carol.wait_for("#walls", 2).await.len(), 2);
+    let counts = router.relay_counts();
+    assert!(counts.circuits_opened >= 2, "one each way: {counts:?}");
+    assert!(counts.bytes > 0, "{counts:?}");
+    assert_eq!(counts.reservations, 2, "{counts:?}");
+    alice.stop().await;
+    carol.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_circuit_past_its_byte_limit_is_closed_and_nothing_is_lost() {
+    let router = TestRouter::start_with(
+        parley::net::bind_loopback().await.unwrap(),
+        MemoryOptions::new(Duration::from_secs(10)),
+        RouterLimits {
+            relay: RelayLimits {
+                circuit_bytes: parley::router::MIN_CIRCUIT_BYTES,
+                ..RelayLimits::default()
+            },
+            ..RouterLimits::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = walled(&router, "alice", &dir).await;
+    let carol = walled(&router, "carol", &dir).await;
+    let n = 150;
+    for i in 0..n {
+        // Each line ~9 KB: 1.35 MB in all, past one circuit's 1 MiB.
+        alice
+            .tell("carol", &format!("{i:03} {}", "x".repeat(8996)))
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = carol.history("@alice+carol").await;
+        if got.len() >= n || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    let counts = router.relay_counts();
+    assert!(counts.circuits_limited >= 1, "{counts:?}");
+    assert!(counts.circuits_opened >= 2, "{counts:?}");
+    alice.stop().await;
+    carol.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dial_back_needs_the_peers_own_key() {
+    // alice advertises bob's address: something answers there, but with
+    // bob's key, so alice is not reachable there.
+    let router = TestRouter::start(Duration::from_secs(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bob = open(&router, "bob", &dir).await;
+    let bobs = bob.peer.listen_addr().to_string();
+    let alice = peer_with(router.addr, "alice", dir.path().join("alice"), move |c| {
+        c.advertise = Some(bobs)
+    })
+    .await;
+    assert!(!alice.peer.reachable());
+    alice.stop().await;
+    bob.stop().await;
+    router.stop().await;
+}
