@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod etcd;
+pub mod netns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
