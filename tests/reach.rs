@@ -381,15 +381,16 @@ async fn the_relay_router_dies_and_the_peers_fail_over() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root and netns"]
 async fn a_circuit_past_its_byte_limit_is_closed_and_nothing_is_lost() {
-    /// Lines sent, and the size of each: 50 kB through circuits of 20 kB.
-    const LINES: usize = 100;
-    const SIZE: usize = 500;
+    /// Lines sent, and the size of each: 1.35 MB through circuits of the
+    /// smallest limit a router takes, 1 MiB.
+    const LINES: usize = 150;
+    const SIZE: usize = 9000;
     bounded(TEST_LIMIT, async {
         let lan = Lan::new(&[("srv", Open), ("home1", Walled), ("home2", Walled)]);
         lan.assert_walled("home1", "srv");
         lan.assert_walled("home2", "srv");
         let tmp = tempfile::tempdir().unwrap();
-        let (_router, addr) = router_in(&lan, "srv", &["--relay-circuit-bytes", "20000"]).await;
+        let (_router, addr) = router_in(&lan, "srv", &["--relay-circuit-bytes", "1048576"]).await;
         let mut alice = peer(&lan, "home1", &addr, "alice", tmp.path(), false).await;
         let mut carol = peer(&lan, "home2", &addr, "carol", tmp.path(), false).await;
 

@@ -306,12 +306,33 @@ impl Session {
     }
 
     /// Opens this session's reservation at its router: the asks of those
-    /// who want to reach this peer (see [`crate::net::reach`]).
+    /// who want to reach this peer (see [`crate::net::reach`]). A session
+    /// that moved to another router since its login (failover) logs in
+    /// again there first, so the registry names the router that holds the
+    /// reservation.
     pub async fn reserve(&self) -> Result<tonic::Streaming<proto::Incoming>, SessionError> {
-        self.call("reserve", |mut r, token| async move {
-            r.reserve(proto::ReserveRequest { token }).await
+        for _ in 0..self.inner.links.len().max(1) {
+            let asks = self
+                .call("reserve", |mut r, token| async move {
+                    r.reserve(proto::ReserveRequest { token }).await
+                })
+                .await?;
+            let here = self.link().1.addr.clone();
+            let at = self.inner.relayed_at.borrow().clone();
+            match at {
+                Some(at) if at != here => {
+                    tracing::info!(from = %at, to = %here, "relay router changed; logging in again there");
+                    drop(asks);
+                    self.relogin(&self.token(), true).await?;
+                }
+                _ => return Ok(asks),
+            }
+        }
+        Err(SessionError::Refused {
+            what: "reserve",
+            code: Code::Unavailable,
+            message: "the routers keep changing".into(),
         })
-        .await
     }
 
     fn token(&self) -> String {
