@@ -46,6 +46,7 @@ pub mod proto;
 pub mod registry;
 pub mod relay;
 pub mod router;
+pub mod router_client;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

@@ -286,7 +286,7 @@ async fn the_router_answers_lookups_only_within_a_session_and_never_in_clear() {
         .unwrap()
         .into_inner()
         .challenge;
-    let mut req = parley::peer::session::login_request(
+    let mut req = parley::router_client::login_request(
         &Identity::generate(),
         "eve",
         "127.0.0.1:9",

@@ -358,6 +358,7 @@ mod tests {
             nick: n.into(),
             address: format!("{n}:1"),
             key: Vec::new(),
+            relay: String::new(),
         }
     }
 

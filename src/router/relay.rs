@@ -110,9 +110,12 @@ const RESERVATION_QUEUE: usize = 64;
 /// Bytes read at once from one side of a circuit.
 const CHUNK: usize = 16 * 1024;
 
+/// Where a reservation's asks go.
+type Asks = mpsc::Sender<Result<proto::Incoming, Status>>;
+
 struct Reservation {
     id: u64,
-    tx: mpsc::Sender<Result<proto::Incoming, Status>>,
+    tx: Asks,
     circuits: Arc<AtomicUsize>,
 }
 
@@ -220,13 +223,7 @@ impl Relay {
         Ok(rx)
     }
 
-    fn reservation(
-        &self,
-        key: &PublicKey,
-    ) -> Option<(
-        mpsc::Sender<Result<proto::Incoming, Status>>,
-        Arc<AtomicUsize>,
-    )> {
+    fn reservation(&self, key: &PublicKey) -> Option<(Asks, Arc<AtomicUsize>)> {
         lock(&self.reservations)
             .get(key.as_bytes())
             .map(|r| (r.tx.clone(), r.circuits.clone()))

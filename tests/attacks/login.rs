@@ -55,7 +55,7 @@ async fn a_flood_of_login_challenges_locks_nobody_out() {
         .unwrap()
         .into_inner()
         .challenge;
-    let req = parley::peer::session::login_request(&alice, "alice", "127.0.0.1:9", challenge);
+    let req = parley::router_client::login_request(&alice, "alice", "127.0.0.1:9", challenge);
     other.user_login(req.clone()).await.unwrap();
     let err = other.user_login(req).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");

@@ -23,12 +23,7 @@ use tonic::transport::Channel;
 /// whatever key the router presents.
 pub fn router_client(addr: &str) -> RouterClient<Channel> {
     let tls = parley::tls::Tls::new(&Identity::generate()).unwrap();
-    let channel = tls.channel(
-        parley::net::endpoint(addr).unwrap(),
-        addr,
-        parley::tls::Expect::first_seen(),
-    );
-    RouterClient::new(channel)
+    parley::router_client::client(&tls, addr, parley::tls::Expect::first_seen()).unwrap()
 }
 
 /// A chat client of the peer at `addr`, over a TLS link presenting `id`.
@@ -45,20 +40,15 @@ pub fn chat_client_as(
     parley::proto::chat_client::ChatClient::new(channel)
 }
 
-/// Logs `nick` in at `address` as `id`, by signing a fresh challenge.
+/// Logs `nick` in at `address` as `id`, by signing a fresh challenge (no
+/// dial-back: nothing serves at `address`).
 pub async fn login_as(
     c: &mut RouterClient<Channel>,
     id: &Identity,
     nick: &str,
     address: &str,
 ) -> Result<parley::proto::LoginResponse, tonic::Status> {
-    let challenge = c
-        .login_challenge(parley::proto::ChallengeRequest::default())
-        .await?
-        .into_inner()
-        .challenge;
-    let req = parley::peer::session::login_request(id, nick, address, challenge);
-    Ok(c.user_login(req).await?.into_inner())
+    parley::router_client::login(c.clone(), id, nick, address, false).await
 }
 
 /// A router serving an in-memory registry on an ephemeral loopback port;

@@ -11,63 +11,39 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{mpsc, Notify};
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::world::{Change, Membership, World};
-use crate::identity::{login_bytes, Identity, PublicKey};
+use super::world::{Membership, World};
+use crate::identity::{Identity, PublicKey};
 use crate::names::{Nick, Room};
 use crate::proto::router_client::RouterClient;
 use crate::proto::{self, ChatMessage, Member};
 use crate::registry::MAX_FOLLOW;
-use crate::tls::{Expect, Tls};
-use crate::trust::{KnownKeys, Trust};
+pub use crate::router_client::{login_request, router_name, SessionError};
+use crate::router_client::{Hooks, Routers};
+use crate::tls::Tls;
+use crate::trust::KnownKeys;
+use presence::Backoff;
+
+fn emit_to(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
+    if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
+        tracing::warn!(?event, "session events queue full; dropping one");
+    }
+}
+
+mod presence;
 
 /// Session events queued for the peer. Past this the newest are dropped
 /// with a warning: an `Online` lost is retried by the outbox loop anyway.
 const EVENT_QUEUE: usize = 1024;
-
-/// Errors of talking to the router.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("no router at {addr}: start one with `router --listen {addr}`")]
-    Unreachable { addr: String },
-    /// None of several routers answered.
-    #[error("no router answers at any of {addrs}")]
-    NoneAnswers { addrs: String },
-    #[error("nick {0} is taken by someone else (another key holds it)")]
-    NickTaken(String),
-    #[error("{0}")]
-    RouterKey(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// The router answered no, for a reason it gives.
-    #[error("router refused {what}: {message}")]
-    Refused {
-        what: &'static str,
-        code: Code,
-        message: String,
-    },
-}
-
-impl SessionError {
-    /// True when the router could not be asked (as opposed to answering).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            SessionError::Unreachable { .. } | SessionError::NoneAnswers { .. }
-        )
-    }
-}
 
 /// What the session tells the peer.
 #[derive(Debug, Clone)]
@@ -116,47 +92,26 @@ pub struct SessionConfig {
     pub me: crate::net::Me,
 }
 
-/// The name a router's key is kept under in the known keys: nicks cannot
-/// hold an `@`.
-pub fn router_name(address: &str) -> String {
-    format!("router@{address}")
-}
-
 /// The session handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
 }
 
-/// One router this peer may talk to.
-struct Link {
-    addr: String,
-    client: RouterClient<Channel>,
-    /// The router key the link must present (pinned, given, or the first
-    /// one seen).
-    expect: Expect,
-    /// Its key is in the known keys.
-    pinned: AtomicBool,
-}
-
 struct Inner {
     config: SessionConfig,
-    /// Every router, and the index of the one in use.
-    links: Vec<Link>,
-    current: AtomicUsize,
+    /// Every router, and the one in use.
+    routers: Routers,
     /// The session token; replaced when the peer logs in again.
     token: RwLock<String>,
     /// Serialises logins so two tasks noticing a lost session log in once.
     relogin: tokio::sync::Mutex<()>,
     lease: Mutex<Duration>,
-    /// No router answered the last call that needed one: an outage the
-    /// person has been told of.
-    lost: AtomicBool,
     world: World,
     events: mpsc::Sender<SessionEvent>,
     /// Wakes the watch loop out of its backoff after a new login, so the
     /// picture is current again at once.
-    rewatch: Notify,
+    rewatch: Arc<Notify>,
     /// The private partners whose presence the watch follows (key → nick
     /// as written), and a wake-up to watch again when one is added.
     follow: Mutex<BTreeMap<String, Nick>>,
@@ -179,53 +134,37 @@ impl Session {
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<(Session, mpsc::Receiver<SessionEvent>), SessionError> {
-        if config.routers.is_empty() {
-            return Err(SessionError::Unreachable {
-                addr: String::new(),
-            });
-        }
-        if config.router_keys.len() > 1 && config.router_keys.len() != config.routers.len() {
-            return Err(SessionError::RouterKey(format!(
-                "{} router keys for {} routers: give one key for all, or one per router in \
-                 the same order",
-                config.router_keys.len(),
-                config.routers.len()
-            )));
-        }
-        let mut links = Vec::with_capacity(config.routers.len());
-        for (i, addr) in config.routers.iter().enumerate() {
-            let given = match config.router_keys.as_slice() {
-                [one] => Some(one),
-                keys => keys.get(i),
-            };
-            let expect = match (given, config.known.get(&router_name(addr))) {
-                (Some(fp), _) => Expect::fingerprint(fp.clone()),
-                (None, Some(pinned)) => Expect::key(&pinned),
-                (None, None) => Expect::first_seen(),
-            };
-            let endpoint = crate::net::endpoint(addr)
-                .map_err(|_| SessionError::Unreachable { addr: addr.clone() })?;
-            let channel = config.tls.channel(endpoint, addr, expect.clone());
-            links.push(Link {
-                addr: addr.clone(),
-                client: RouterClient::new(channel),
-                expect,
-                pinned: AtomicBool::new(false),
-            });
-        }
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let rewatch = Arc::new(Notify::new());
+        let hooks = Hooks {
+            outage: Box::new({
+                let events = events.clone();
+                move |up| emit_to(&events, SessionEvent::Router { up })
+            }),
+            // The watch stream belongs to the router left behind.
+            moved: Box::new({
+                let rewatch = rewatch.clone();
+                move || rewatch.notify_one()
+            }),
+        };
+        let routers = Routers::new(
+            &config.routers,
+            &config.router_keys,
+            &config.tls,
+            config.known.clone(),
+            config.nick.as_str(),
+            hooks,
+        )?;
         let session = Session {
             inner: Arc::new(Inner {
                 config,
-                links,
-                current: AtomicUsize::new(0),
+                routers,
                 token: RwLock::new(String::new()),
                 relogin: tokio::sync::Mutex::new(()),
                 lease: Mutex::new(Duration::from_secs(10)),
-                lost: AtomicBool::new(false),
                 world: World::default(),
                 events,
-                rewatch: Notify::new(),
+                rewatch,
                 follow: Mutex::new(BTreeMap::new()),
                 refollow: Notify::new(),
                 leaving: AtomicBool::new(false),
@@ -311,13 +250,13 @@ impl Session {
     /// again there first, so the registry names the router that holds the
     /// reservation.
     pub async fn reserve(&self) -> Result<tonic::Streaming<proto::Incoming>, SessionError> {
-        for _ in 0..self.inner.links.len().max(1) {
+        for _ in 0..self.inner.routers.len() {
             let asks = self
                 .call("reserve", |mut r, token| async move {
                     r.reserve(proto::ReserveRequest { token }).await
                 })
                 .await?;
-            let here = self.link().1.addr.clone();
+            let here = self.inner.routers.current().to_owned();
             let at = self.inner.relayed_at.borrow().clone();
             match at {
                 Some(at) if at != here => {
@@ -344,138 +283,17 @@ impl Session {
     }
 
     fn emit(&self, event: SessionEvent) {
-        if let Err(mpsc::error::TrySendError::Full(event)) = self.inner.events.try_send(event) {
-            tracing::warn!(?event, "session events queue full; dropping one");
-        }
+        emit_to(&self.inner.events, event)
     }
 
-    /// A router answered (whatever it said): an outage, if there was one,
-    /// is over.
-    fn answered(&self) {
-        if self.inner.lost.swap(false, Ordering::AcqRel) {
-            tracing::info!("a router answers again");
-            self.emit(SessionEvent::Router { up: true });
-        }
-    }
-
-    /// No router could be asked: the start of an outage, unless one is on.
-    fn unanswered(&self) {
-        if !self.inner.lost.swap(true, Ordering::AcqRel) {
-            self.emit(SessionEvent::Router { up: false });
-        }
-    }
-
-    /// The router in use, and its index.
-    fn link(&self) -> (usize, &Link) {
-        let i = self.inner.current.load(Ordering::Acquire) % self.inner.links.len();
-        (i, &self.inner.links[i])
-    }
-
-    /// The router at `from` stopped answering: move to the next one (if
-    /// there are several and no other task moved already). Returns whether
-    /// another router is now in use.
-    fn fail_over(&self, from: usize) -> bool {
-        let n = self.inner.links.len();
-        if n < 2 {
-            return false;
-        }
-        let to = (from + 1) % n;
-        let moved = self
-            .inner
-            .current
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if moved {
-            tracing::debug!(
-                from = %self.inner.links[from].addr,
-                to = %self.inner.links[to].addr,
-                "router stopped answering; moving to the next"
-            );
-            // The watch stream belongs to the router left behind.
-            self.inner.rewatch.notify_one();
-        }
-        true
-    }
-
-    /// Whether `status` says the router could not be asked (it is gone, or
-    /// it cannot reach its own registry), so another router may answer.
-    fn is_unreachable(status: &Status) -> bool {
-        matches!(
-            status.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-        )
-    }
-
-    fn error(&self, what: &'static str, status: Status, link: &Link) -> SessionError {
-        if Self::is_unreachable(&status) {
-            if let Some(refusal) = link.expect.refused() {
-                return SessionError::RouterKey(format!(
-                    "{refusal}; if the router's key changed on purpose, start with \
-                     --router-key {}",
-                    refusal.got
-                ));
-            }
-            return match self.inner.links.as_slice() {
-                [one] => SessionError::Unreachable {
-                    addr: one.addr.clone(),
-                },
-                many => SessionError::NoneAnswers {
-                    addrs: many
-                        .iter()
-                        .map(|l| l.addr.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                },
-            };
-        }
-        match status.code() {
-            Code::AlreadyExists => SessionError::NickTaken(self.inner.config.nick.to_string()),
-            Code::NotFound => SessionError::NotFound(status.message().to_owned()),
-            code => SessionError::Refused {
-                what,
-                code,
-                message: status.message().to_owned(),
-            },
-        }
-    }
-
-    /// Runs `f` against the router in use, moving on to the next router
-    /// each time one cannot be asked, until every one has been tried.
+    /// Runs `f` against the router in use, or the next ones (see
+    /// [`Routers::on_any`]).
     async fn on_any<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, SessionError>
     where
         F: Fn(RouterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let mut tries = self.inner.links.len();
-        let mut left: Option<&str> = None;
-        loop {
-            let (i, link) = self.link();
-            match f(link.client.clone()).await {
-                Ok(v) => {
-                    self.answered();
-                    self.pin_router(link);
-                    if let Some(from) = left {
-                        // Said once, when it worked: a list of routers none
-                        // of which answers ends in one error instead.
-                        tracing::warn!(from, to = %link.addr, "router stopped answering; moved to the next");
-                    }
-                    return Ok(v);
-                }
-                Err(s) if Self::is_unreachable(&s) && tries > 1 && self.fail_over(i) => {
-                    tracing::debug!(router = %link.addr, status = %s, what, "trying the next router");
-                    left.get_or_insert(link.addr.as_str());
-                    tries -= 1;
-                }
-                Err(s) => {
-                    if Self::is_unreachable(&s) {
-                        self.unanswered();
-                    } else {
-                        self.answered();
-                    }
-                    return Err(self.error(what, s, link));
-                }
-            }
-        }
+        self.inner.routers.on_any(what, f).await
     }
 
     /// Runs one router call with the current token. A refused token (the
@@ -518,25 +336,22 @@ impl Session {
     pub async fn login(&self) -> Result<(), SessionError> {
         let c = &self.inner.config;
         let resp = self
-            .on_any("login", |mut router| async move {
+            .on_any("login", |router| {
                 // The router dials our address back before it answers.
-                let challenge = router
-                    .login_challenge(proto::ChallengeRequest {
-                        address: c.advertise.clone(),
-                        key: c.identity.public().to_vec(),
-                    })
-                    .await?
-                    .into_inner()
-                    .challenge;
-                let req = login_request(&c.identity, c.nick.as_str(), &c.advertise, challenge);
-                Ok(router.user_login(req).await?.into_inner())
+                crate::router_client::login(
+                    router,
+                    &c.identity,
+                    c.nick.as_str(),
+                    &c.advertise,
+                    true,
+                )
             })
             .await?;
         if resp.reclaimed {
             tracing::info!("took the nick back from this peer's previous session");
         }
         let relayed = resp.reachability == proto::Reachability::Relayed as i32;
-        let at = self.link().1.addr.clone();
+        let at = self.inner.routers.current().to_owned();
         tracing::info!(router = %at, reachable = !relayed, "logged in");
         c.me.set_reachable(!relayed);
         self.inner.relayed_at.send_replace(relayed.then_some(at));
@@ -545,33 +360,6 @@ impl Session {
             Duration::from_millis(resp.lease_ttl_ms.max(1000));
         self.refresh_users().await;
         Ok(())
-    }
-
-    /// Remembers the key `link`'s router presented, the first time one
-    /// answers (each router of several has its own).
-    fn pin_router(&self, link: &Link) {
-        if link.pinned.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(key) = link.expect.seen() else {
-            return;
-        };
-        match self
-            .inner
-            .config
-            .known
-            .check(&router_name(&link.addr), &key)
-        {
-            Ok((Trust::New, _)) => {
-                tracing::info!(router = %link.addr, key = %key, "pinned the router's key")
-            }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(cause = %err, "cannot remember the router's key");
-                return;
-            }
-        }
-        link.pinned.store(true, Ordering::Release);
     }
 
     /// The session was lost: log in again (`persist`: until it works or the
@@ -606,188 +394,6 @@ impl Session {
         self.inner.rewatch.notify_one();
         self.emit(SessionEvent::LoggedInAgain);
         Ok(())
-    }
-
-    async fn refresh_users(&self) {
-        let token = self.token();
-        let users = self
-            .on_any("list users", |mut r| {
-                let req = proto::ListUsersRequest {
-                    token: token.clone(),
-                };
-                async move { r.list_users(req).await }
-            })
-            .await;
-        match users {
-            Ok(r) => self.inner.world.set_users(r.into_inner().users),
-            Err(err) => tracing::warn!(cause = %err, "cannot list users"),
-        }
-    }
-
-    /// Sleeps, or returns true at once if the peer is stopping.
-    async fn sleep_or_stop(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.inner.stop.cancelled() => true,
-            _ = tokio::time::sleep(d) => false,
-        }
-    }
-
-    async fn heartbeat_loop(&self) {
-        loop {
-            let lease = *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner());
-            // A third of the lease, with jitter so peers do not beat in step.
-            let third = lease / 3;
-            let jitter = rand::rng().random_range(0.8..1.0);
-            if self.sleep_or_stop(third.mul_f64(jitter)).await {
-                return;
-            }
-            let token = self.token();
-            let req = proto::HeartbeatRequest {
-                token: token.clone(),
-            };
-            let beat = self
-                .on_any("heartbeat", |mut r| {
-                    let req = req.clone();
-                    async move { r.heartbeat(req).await }
-                })
-                .await;
-            if self.inner.leaving.load(Ordering::SeqCst) {
-                return; // logged out meanwhile: the answer means nothing
-            }
-            match beat {
-                Ok(_) => {}
-                Err(SessionError::Refused {
-                    code: Code::Unauthenticated,
-                    ..
-                }) => {
-                    tracing::warn!("session lost; logging in again");
-                    let _ = self.relogin(&token, true).await;
-                }
-                Err(err) => tracing::warn!(cause = %err, "heartbeat failed"),
-            }
-        }
-    }
-
-    async fn watch_loop(&self) {
-        let mut backoff = Backoff::new();
-        let mut first = true;
-        let mut refollowed = false;
-        loop {
-            let token = self.token();
-            let req = proto::WatchRequest {
-                token: token.clone(),
-                follow: self.follows(),
-            };
-            let opened = self
-                .on_any("watch", |mut r| {
-                    let req = req.clone();
-                    async move { r.watch(req).await }
-                })
-                .await;
-            match opened {
-                Ok(stream) => {
-                    backoff.reset();
-                    let mut stream = stream.into_inner();
-                    // Rebuild the picture: events missed while the stream was
-                    // down are not replayed.
-                    self.refresh_users().await;
-                    self.refresh_rooms().await;
-                    if !first && !refollowed {
-                        self.emit(SessionEvent::Reconnected);
-                    }
-                    first = false;
-                    refollowed = false;
-                    loop {
-                        let next = tokio::select! {
-                            _ = self.inner.stop.cancelled() => return,
-                            // A new partner to follow: watch again at once.
-                            _ = self.inner.refollow.notified() => {
-                                refollowed = true;
-                                break;
-                            }
-                            n = stream.next() => n,
-                        };
-                        match next {
-                            Some(Ok(event)) => self.on_event(event),
-                            Some(Err(status)) => {
-                                tracing::debug!(%status, "watch stream broke");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                Err(SessionError::Refused {
-                    code: Code::Unauthenticated,
-                    ..
-                }) => {
-                    if self.relogin(&token, true).await.is_err() {
-                        return; // logged out (a persistent relogin ends no other way)
-                    }
-                    continue;
-                }
-                Err(err) => tracing::debug!(cause = %err, "cannot open watch"),
-            }
-            if refollowed {
-                continue;
-            }
-            tokio::select! {
-                _ = self.inner.stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
-                _ = self.inner.rewatch.notified() => backoff.reset(),
-            }
-        }
-    }
-
-    /// Re-reads the members of every room this peer sits in.
-    async fn refresh_rooms(&self) {
-        for name in self.inner.world.my_rooms() {
-            if let Err(err) = self.refresh_room(&name).await {
-                tracing::debug!(room = %name, cause = %err, "cannot refresh a room");
-            }
-        }
-    }
-
-    /// Re-reads the members of `room` (one this peer sits in) from the
-    /// router; the picture stays as it was if the router cannot answer.
-    pub async fn refresh_room(&self, room: &str) -> Result<(), SessionError> {
-        let r = self.find(room).await?;
-        if r.found && self.inner.world.in_room(room) {
-            self.inner.world.set_owner(&r.name, &r.owner);
-            self.inner.world.set_room(&r.name, r.members, r.revision);
-        }
-        Ok(())
-    }
-
-    fn on_event(&self, event: proto::RegistryEvent) {
-        match self.inner.world.apply(event) {
-            Change::Nothing => {}
-            Change::Online(member) => {
-                if !member
-                    .nick
-                    .eq_ignore_ascii_case(self.inner.config.nick.as_str())
-                {
-                    self.emit(SessionEvent::Online(member));
-                }
-            }
-            Change::RoomGone { room, by } => self.emit(SessionEvent::RoomGone { room, by }),
-            // Others' comings and goings; this peer's own are not news.
-            Change::Presence { nick, .. }
-                if nick.eq_ignore_ascii_case(self.inner.config.nick.as_str()) => {}
-            Change::Presence {
-                room,
-                nick,
-                joined,
-                departure,
-                message,
-            } => self.emit(SessionEvent::Presence {
-                room,
-                nick,
-                joined,
-                departure,
-                message,
-            }),
-        }
     }
 
     /// Joins `room` at the router and records its members in the picture.
@@ -920,7 +526,7 @@ impl Session {
             // Dropped by a snapshot and not back yet (the router restarted
             // and it has not logged in again): ask again later.
             Membership::Absent => Err(SessionError::Unreachable {
-                addr: self.link().1.addr.clone(),
+                addr: self.inner.routers.current().to_owned(),
             }),
             Membership::Unknown => Ok(false),
         }
@@ -937,51 +543,8 @@ impl Session {
             token: self.token(),
             message: message.to_owned(),
         };
-        let mut router = self.link().1.client.clone();
+        let mut router = self.inner.routers.current_client();
         let _ = tokio::time::timeout(Duration::from_secs(2), router.user_logout(req)).await;
-    }
-}
-
-/// Exponential backoff, capped, reset on success.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(5);
-
-    fn new() -> Backoff {
-        Backoff { next: Self::FIRST }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-/// A login request for `nick` at `address`, proven by `identity`'s
-/// signature over the router's `challenge`.
-pub fn login_request(
-    identity: &Identity,
-    nick: &str,
-    address: &str,
-    challenge: Vec<u8>,
-) -> proto::LoginRequest {
-    let key = identity.public();
-    let signature = identity.sign(&login_bytes(&challenge, nick, address, &key));
-    proto::LoginRequest {
-        nick: nick.to_owned(),
-        address: address.to_owned(),
-        key: key.to_vec(),
-        challenge,
-        signature,
     }
 }
 
@@ -995,22 +558,5 @@ impl crate::sync::KeyLookup for Session {
 
     fn room_owner(&self, room: &str) -> Option<String> {
         self.inner.world.owner(room)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_resets() {
-        let mut b = Backoff::new();
-        let seen: Vec<_> = (0..10).map(|_| b.next()).collect();
-        assert_eq!(seen[0], Duration::from_millis(100));
-        assert_eq!(seen[1], Duration::from_millis(200));
-        assert!(seen.iter().all(|d| *d <= Backoff::CAP));
-        assert_eq!(seen[9], Backoff::CAP);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(100));
     }
 }
