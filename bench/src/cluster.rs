@@ -11,21 +11,26 @@ use anyhow::{anyhow, bail, Context};
 use futures::future::try_join_all;
 use parley::names::{Nick, Room};
 use parley::peer::Peer;
-use parley::router::RouterHandle;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use parley::router::{RelayCounts, RouterHandle};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::node::{self, READY};
+use crate::node::{self, Kind, READY};
 
 /// How long a child may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the router child may take to answer a question.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A child process of the bench (itself, re-executed).
 struct ChildProc {
     name: String,
     child: Child,
-    /// Closing it tells the child to stop.
+    /// Closing it tells the child to stop; the router child also reads
+    /// questions on it.
     stdin: Option<ChildStdin>,
+    /// What it prints after its ready line: the router child's answers.
+    stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl ChildProc {
@@ -52,9 +57,9 @@ impl ChildProc {
             name: name.to_owned(),
             child,
             stdin,
+            stdout: BufReader::new(stdout).lines(),
         };
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await;
+        let line = tokio::time::timeout(READY_TIMEOUT, proc.stdout.next_line()).await;
         let addr = match line {
             Ok(Ok(Some(l))) => l.strip_prefix(READY).map(str::to_owned),
             _ => None,
@@ -73,6 +78,27 @@ impl ChildProc {
 
     fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Writes `question` as one line on the child's stdin and reads the
+    /// next line it prints.
+    async fn ask(&mut self, question: &str) -> anyhow::Result<String> {
+        let name = &self.name;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} is stopping"))?;
+        stdin
+            .write_all(format!("{question}\n").as_bytes())
+            .await
+            .with_context(|| format!("cannot ask {name} {question:?}"))?;
+        stdin.flush().await?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => bail!("{name} ended without answering {question:?}"),
+            Ok(Err(err)) => bail!("cannot read {name}'s answer to {question:?}: {err}"),
+            Err(_) => bail!("{name} did not answer {question:?} within {ANSWER_TIMEOUT:?}"),
+        }
     }
 
     /// Closes stdin (the child logs out and exits), then kills it if it
@@ -125,12 +151,11 @@ pub struct Cluster {
     dir: tempfile::TempDir,
 }
 
-/// One member to start: its nick and the rooms it joins.
+/// One member to start: its nick, the rooms it joins, and its kind.
 pub struct MemberSpec {
     pub nick: Nick,
     pub rooms: Vec<Room>,
-    /// Neither signs nor checks (the `private-unsigned` comparison).
-    pub unsigned: bool,
+    pub kind: Kind,
 }
 
 impl Cluster {
@@ -206,10 +231,10 @@ impl Cluster {
         &mut self,
         nick: Nick,
         rooms: &[Room],
-        unsigned: bool,
+        kind: Kind,
     ) -> anyhow::Result<Peer> {
         let dir = data_dir(self.dir.path(), &nick);
-        let peer = node::start_peer(&nick, &self.router_addr, dir, rooms, unsigned).await?;
+        let peer = node::start_peer(&nick, &self.router_addr, dir, rooms, kind).await?;
         self.senders.push(peer.clone());
         Ok(peer)
     }
@@ -223,6 +248,22 @@ impl Cluster {
     /// A path for a scratch file of the run, removed with the cluster.
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// What the router's relay has done so far: the reversals it asked for
+    /// and the circuits it opened (its other counts are 0 when the router
+    /// is a child: it tells only these two).
+    pub async fn relay_counts(&mut self) -> anyhow::Result<RelayCounts> {
+        match &mut self.router {
+            Node::Router(router) => Ok(router.relay_counts()),
+            Node::Proc(p) => {
+                let line = p.ask(crate::child::RELAY).await?;
+                crate::child::parse_relay_line(&line).ok_or_else(|| {
+                    anyhow!("the router answered {line:?} to {:?}", crate::child::RELAY)
+                })
+            }
+            Node::Peer(_) => unreachable!("the router is never a peer"),
+        }
     }
 
     /// Peak resident memory (VmHWM, KiB) of the router process and of the
@@ -276,7 +317,7 @@ fn data_dir(root: &Path, nick: &Nick) -> PathBuf {
 
 async fn start_local_member(spec: MemberSpec, router: &str, root: &Path) -> anyhow::Result<Member> {
     let dir = data_dir(root, &spec.nick);
-    let peer = node::start_peer(&spec.nick, router, dir, &spec.rooms, spec.unsigned).await?;
+    let peer = node::start_peer(&spec.nick, router, dir, &spec.rooms, spec.kind).await?;
     Ok(Member {
         addr: peer.listen_addr().to_string(),
         nick: spec.nick,
@@ -307,8 +348,10 @@ async fn start_member_proc(
         args.push("--join".to_owned());
         args.push(room.to_string());
     }
-    if spec.unsigned {
-        args.push("--unsigned".to_owned());
+    match spec.kind {
+        Kind::Signed => {}
+        Kind::Unsigned => args.push("--unsigned".to_owned()),
+        Kind::Walled => args.push("--walled".to_owned()),
     }
     let log = root.join(format!("{}.log", spec.nick.key()));
     let (p, addr) = ChildProc::spawn(spec.nick.as_str(), exe, &args, &log).await?;

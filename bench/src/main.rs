@@ -47,11 +47,15 @@ use crate::scenario::{Options, Report, Scenario};
 #[command(version, about)]
 struct Args {
     /// A scenario to run (repeatable; default all): floor, login, join,
-    /// private, private-unsigned, private-both, room-3, room-20, room-100,
-    /// room-3-two-senders, throughput (= throughput-private and
-    /// throughput-room-20), join-100k. login: one login of a fresh nick at
-    /// the router; join: one JoinRoom into a room another session holds;
-    /// join-100k: a new member pulls a history of 100x --messages messages.
+    /// private, private-unsigned, private-reversed, private-relayed,
+    /// private-both, room-3, room-20, room-100, room-3-two-senders,
+    /// throughput (= throughput-private and throughput-room-20), join-100k.
+    /// login: one login of a fresh nick at the router; join: one JoinRoom
+    /// into a room another session holds; private-reversed: to a member
+    /// the router cannot dial back (reached by connection reversal);
+    /// private-relayed: between two such peers (through the router's relay
+    /// circuit); join-100k: a new member pulls a history of 100x --messages
+    /// messages.
     #[arg(long = "scenario", value_name = "NAME", value_parser = |s: &str| Scenario::select(s))]
     scenarios: Vec<Vec<Scenario>>,
     /// Messages per sender and scenario, and logins or joins for login
@@ -109,8 +113,13 @@ enum Child {
         #[arg(long)]
         data_dir: PathBuf,
         /// Neither sign nor check (the private-unsigned comparison).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "walled")]
         unsigned: bool,
+        /// Advertise a loopback address nothing listens at, so the router
+        /// finds this peer unreachable (private-reversed, private-relayed);
+        /// exits with an error, never ready, if it is found reachable.
+        #[arg(long)]
+        walled: bool,
     },
 }
 
@@ -161,9 +170,17 @@ fn main() -> ExitCode {
                 join,
                 data_dir,
                 unsigned,
-            }) => child::serve_peer(nick, router, join, data_dir, unsigned)
-                .await
-                .map(|()| None),
+                walled,
+            }) => {
+                let kind = match (unsigned, walled) {
+                    (true, _) => node::Kind::Unsigned,
+                    (_, true) => node::Kind::Walled,
+                    _ => node::Kind::Signed,
+                };
+                child::serve_peer(nick, router, join, data_dir, kind)
+                    .await
+                    .map(|()| None)
+            }
             None => {
                 let options = Options {
                     scenarios: args.scenarios.into_iter().flatten().collect(),

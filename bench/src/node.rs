@@ -80,22 +80,58 @@ pub fn run_id() -> String {
     format!("{:08x}", h.finish() as u32)
 }
 
+/// What kind of peer the bench starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Signs and checks, reachable at its listener: every row but two.
+    Signed,
+    /// Neither signs nor checks: the `private-unsigned` pair only.
+    Unsigned,
+    /// Signs and checks, but advertises a loopback address nothing listens
+    /// at, so the router's dial-back at login fails and the peer is
+    /// unreachable: others reach it by connection reversal or a relay
+    /// circuit (`private-reversed`, `private-relayed`).
+    Walled,
+}
+
+/// A loopback address nothing listens at: a port bound, then let go. A
+/// listener that later takes the same port is another peer's, whose key
+/// the router's dial-back would refuse: still unreachable.
+async fn dead_address() -> anyhow::Result<String> {
+    let l = listener().await?;
+    Ok(l.local_addr()?.to_string())
+}
+
 /// Starts a peer with the library's defaults, logged in to `router` and
-/// joined to `rooms`, its events drained. `unsigned`: a peer that neither
-/// signs nor checks, for the `private-unsigned` comparison only.
+/// joined to `rooms`, its events drained. A [`Kind::Walled`] peer the
+/// router could dial back all the same is an error (and is shut down): a
+/// row meant for a reversed or relayed path must not measure a direct one.
 pub async fn start_peer(
     nick: &Nick,
     router: &str,
     data_dir: PathBuf,
     rooms: &[Room],
-    unsigned: bool,
+    kind: Kind,
 ) -> anyhow::Result<Peer> {
     let mut config = PeerConfig::new(nick.clone(), router, listener().await?, data_dir);
-    config.unsigned = unsigned;
+    match kind {
+        Kind::Signed => {}
+        Kind::Unsigned => config.unsigned = true,
+        Kind::Walled => config.advertise = Some(dead_address().await?),
+    }
+    let advertised = config.advertise.clone();
     let (peer, events) = Peer::start(config)
         .await
         .with_context(|| format!("cannot start peer {nick}"))?;
     drain(events);
+    if kind == Kind::Walled && peer.reachable() {
+        peer.shutdown().await;
+        anyhow::bail!(
+            "{nick} was started walled (advertising {}, where nothing listens) but the \
+             router found it reachable: its row would measure a direct path",
+            advertised.as_deref().unwrap_or("?")
+        );
+    }
     for room in rooms {
         peer.join(room)
             .await

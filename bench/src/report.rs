@@ -88,6 +88,11 @@ pub fn targets(report: &Report) -> Vec<Target> {
                     });
                 }
             }
+            // Issue 24's targets: the paths to peers nobody can dial, as
+            // ratios to the direct `private` pair of the same run (none
+            // when it did not run).
+            Scenario::PrivateReversed => out.extend(vs_private(report, r, 1.5)),
+            Scenario::PrivateRelayed => out.extend(vs_private(report, r, 2.5)),
             // Set from their first measurements, in memory; see the README.
             // A login is two calls, a signature and its check: 2.9-3.6x
             // the floor. A join is one call.
@@ -109,6 +114,27 @@ pub fn targets(report: &Report) -> Vec<Target> {
         }
     }
     out
+}
+
+/// `r`'s p50 at most `limit` times `private`'s of the same run; None when
+/// `private` did not run.
+fn vs_private(report: &Report, r: &ScenarioResult, limit: f64) -> Option<Target> {
+    let direct = report
+        .results
+        .iter()
+        .find(|s| s.scenario == Scenario::Private)?;
+    let value = if direct.summary.p50_us > 0.0 {
+        r.summary.p50_us / direct.summary.p50_us
+    } else {
+        0.0
+    };
+    Some(Target {
+        scenario: r.scenario.name(),
+        what: format!("p50 at most {limit}x private"),
+        limit,
+        value,
+        met: value > 0.0 && value <= limit,
+    })
 }
 
 /// p50 as a multiple of the row's floor: its own where it has one
@@ -227,6 +253,12 @@ fn table_on(report: &Report, m: &Machine) -> String {
     }
     if ran(Scenario::Join) {
         say("join: JoinRoom of a logged-in session into one room another session holds; left after, untimed.");
+    }
+    if ran(Scenario::PrivateReversed) {
+        say("private-reversed: private, from the same sender to a member the router cannot dial back (it advertises an address nothing listens at): the member dials the sender (connection reversal).");
+    }
+    if ran(Scenario::PrivateRelayed) {
+        say("private-relayed: private between two peers the router cannot dial back: through the router's relay circuit, their own TLS end to end.");
     }
     if let Some(r) = report
         .results
@@ -624,6 +656,30 @@ mod tests {
         if !has_reported {
             assert!(!lines[0].contains("reported"));
         }
+    }
+
+    #[test]
+    fn the_walled_rows_are_held_to_private_of_the_same_run() {
+        let mut report = wide_report(Options::default());
+        let set_p50 = |report: &mut Report, s: Scenario, us: f64| {
+            let r = report.results.iter_mut().find(|r| r.scenario == s).unwrap();
+            r.summary.p50_us = us;
+        };
+        set_p50(&mut report, Scenario::Private, 400.0);
+        set_p50(&mut report, Scenario::PrivateReversed, 560.0);
+        set_p50(&mut report, Scenario::PrivateRelayed, 1200.0);
+        let all = targets(&report);
+        let find = |name: &str| all.iter().find(|t| t.scenario == name).unwrap();
+        let reversed = find("private-reversed");
+        assert_eq!(reversed.what, "p50 at most 1.5x private");
+        assert!((reversed.value - 1.4).abs() < 1e-9 && reversed.met);
+        let relayed = find("private-relayed");
+        assert_eq!(relayed.what, "p50 at most 2.5x private");
+        assert!((relayed.value - 3.0).abs() < 1e-9 && !relayed.met);
+        // Without `private` in the run there is nothing to compare with.
+        report.results.retain(|r| r.scenario != Scenario::Private);
+        let all = targets(&report);
+        assert!(!all.iter().any(|t| t.scenario.starts_with("private-re")));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use parley::peer::Peer;
 
 use crate::cluster::{self, Cluster, MemberSpec};
 use crate::history;
-use crate::node::{self, LEASE_TTL};
+use crate::node::{self, Kind, LEASE_TTL};
 use crate::scenario::{
     Options, Report, Scenario, ScenarioResult, HISTORY_FACTOR, HOLDERS, IN_FLIGHT, ROOM_100,
     THROUGHPUT_FACTOR, WARMUP,
@@ -500,7 +500,7 @@ async fn join_history(
         .map(|h| MemberSpec {
             nick: h.clone(),
             rooms: vec![room.clone()],
-            unsigned: false,
+            kind: Kind::Signed,
         })
         .collect();
     cluster.add_members(specs).await?;
@@ -511,7 +511,7 @@ async fn join_history(
         &cluster.router_addr,
         cluster.data_dir(&joiner),
         &[],
-        false,
+        Kind::Signed,
     )
     .await?;
     let start = Instant::now();
@@ -601,7 +601,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             MemberSpec {
                 nick: nick(&format!("m{i:02}"), run),
                 rooms,
-                unsigned: false,
+                kind: Kind::Signed,
             }
         })
         .collect();
@@ -611,7 +611,15 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         specs.push(MemberSpec {
             nick: nick("u01", run),
             rooms: Vec::new(),
-            unsigned: true,
+            kind: Kind::Unsigned,
+        });
+    }
+    // So has the member nobody can dial, whom both walled rows reach.
+    if has(Scenario::PrivateReversed) || has(Scenario::PrivateRelayed) {
+        specs.push(MemberSpec {
+            nick: nick("w01", run),
+            rooms: Vec::new(),
+            kind: Kind::Walled,
         });
     }
 
@@ -620,7 +628,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             .map(|i| MemberSpec {
                 nick: nick(&format!("m{i:02}"), run),
                 rooms: vec![room100.clone()],
-                unsigned: false,
+                kind: Kind::Signed,
             })
             .collect()
     } else {
@@ -702,6 +710,53 @@ fn progress_bar(options: &Options, selected: &[Scenario]) -> ProgressBar {
     bar
 }
 
+/// The way a walled row's messages must have gone, as the router's relay
+/// counts show it.
+#[derive(Clone, Copy)]
+enum Path {
+    /// At least one reversal (the channel's connection), no circuit.
+    Reversed,
+    /// At least one circuit.
+    Relayed,
+}
+
+impl Path {
+    /// Whether the relay's counts over the row (warm-up included: the
+    /// channel is made on its first message) show this path; an error
+    /// naming what they show instead. Catches a reversal that did not
+    /// arrive in time, after which the sender opens a circuit instead.
+    fn check(
+        self,
+        scenario: Scenario,
+        before: parley::router::RelayCounts,
+        after: parley::router::RelayCounts,
+    ) -> anyhow::Result<()> {
+        let reversals = after.reversals.saturating_sub(before.reversals);
+        let circuits = after.circuits_opened.saturating_sub(before.circuits_opened);
+        let ok = match self {
+            Path::Reversed => reversals >= 1 && circuits == 0,
+            Path::Relayed => circuits >= 1,
+        };
+        tracing::debug!(
+            scenario = scenario.name(),
+            reversals,
+            circuits,
+            "the router's relay over the row"
+        );
+        anyhow::ensure!(
+            ok,
+            "{}: the router asked for {reversals} reversal(s) and opened {circuits} \
+             circuit(s) during the row, so its messages did not go {}",
+            scenario.name(),
+            match self {
+                Path::Reversed => "by a reversal alone",
+                Path::Relayed => "through a relay circuit",
+            }
+        );
+        Ok(())
+    }
+}
+
 async fn measure_all(
     options: &Options,
     selected: &[Scenario],
@@ -714,6 +769,7 @@ async fn measure_all(
     let m01 = cluster.members[0].nick.clone();
     let m01_addr = cluster.members[0].addr.clone();
     let u01 = nick("u01", run);
+    let w01 = nick("w01", run);
     let router_addr = cluster.router_addr.clone();
 
     // The senders join after the members, so each join's snapshot lists
@@ -732,10 +788,23 @@ async fn measure_all(
         a_rooms.push(room3two.clone());
     }
     let a = cluster
-        .add_sender(nick("bench-a", run), &a_rooms, false)
+        .add_sender(nick("bench-a", run), &a_rooms, Kind::Signed)
         .await?;
     let u = if has(Scenario::PrivateUnsigned) {
-        Some(cluster.add_sender(nick("bench-u", run), &[], true).await?)
+        Some(
+            cluster
+                .add_sender(nick("bench-u", run), &[], Kind::Unsigned)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let w = if has(Scenario::PrivateRelayed) {
+        Some(
+            cluster
+                .add_sender(nick("bench-w", run), &[], Kind::Walled)
+                .await?,
+        )
     } else {
         None
     };
@@ -747,7 +816,7 @@ async fn measure_all(
             .collect();
         Some(
             cluster
-                .add_sender(nick("bench-b", run), &b_rooms, false)
+                .add_sender(nick("bench-b", run), &b_rooms, Kind::Signed)
                 .await?,
         )
     } else {
@@ -769,6 +838,9 @@ async fn measure_all(
         let mut timed_wall = None;
         // join-100k's messages and its own floor.
         let mut pulled = None;
+        // The walled rows: the path they must have taken, and the relay's
+        // counts before them.
+        let mut path = None;
         let start;
         let samples = match scenario {
             Scenario::Floor => {
@@ -795,6 +867,33 @@ async fn measure_all(
                 warm_up(u, &t, &body).await;
                 start = Instant::now();
                 sequential(u, &t, &body, n, bar).await
+            }
+            Scenario::PrivateReversed => {
+                // A sender nobody can dial would open a circuit instead.
+                anyhow::ensure!(
+                    a.reachable(),
+                    "private-reversed: the sender {} was found unreachable; the row would \
+                     measure a relay circuit, not a reversal",
+                    a.nick()
+                );
+                path = Some((Path::Reversed, cluster.relay_counts().await?));
+                let t = Target::Private(w01.clone());
+                warm_up(&a, &t, &body).await;
+                start = Instant::now();
+                sequential(&a, &t, &body, n, bar).await
+            }
+            Scenario::PrivateRelayed => {
+                let w = w.as_ref().expect("bench-w starts for private-relayed");
+                anyhow::ensure!(
+                    !w.reachable(),
+                    "private-relayed: the walled sender {} was found reachable at a later login",
+                    w.nick()
+                );
+                path = Some((Path::Relayed, cluster.relay_counts().await?));
+                let t = Target::Private(w01.clone());
+                warm_up(w, &t, &body).await;
+                start = Instant::now();
+                sequential(w, &t, &body, n, bar).await
             }
             Scenario::PrivateBoth => {
                 let b = b.as_ref().expect("bench-b starts for private-both");
@@ -878,6 +977,10 @@ async fn measure_all(
             }
         };
         let wall = timed_wall.unwrap_or_else(|| start.elapsed());
+        if let Some((want, before)) = path {
+            let after = cluster.relay_counts().await?;
+            want.check(scenario, before, after)?;
+        }
         if let Some(err) = &samples.first_error {
             tracing::warn!(
                 scenario = scenario.name(),

@@ -39,6 +39,14 @@ pub enum Scenario {
     /// `private` between two peers that neither sign nor check: what
     /// signatures cost, measured in the same run.
     PrivateUnsigned,
+    /// `private` from the same sender to a member the router cannot dial
+    /// back (it advertises a loopback address nothing listens at): the
+    /// sender reaches it by connection reversal (the member dials the
+    /// sender, which runs its TLS client over that connection).
+    PrivateReversed,
+    /// `private` between two peers the router cannot dial back: through
+    /// the relay circuit the router splices (their own TLS end to end).
+    PrivateRelayed,
     PrivateBoth,
     Room3,
     Room20,
@@ -57,12 +65,14 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Floor,
         Scenario::Login,
         Scenario::Join,
         Scenario::Private,
         Scenario::PrivateUnsigned,
+        Scenario::PrivateReversed,
+        Scenario::PrivateRelayed,
         Scenario::PrivateBoth,
         Scenario::Room3,
         Scenario::Room20,
@@ -81,6 +91,8 @@ impl Scenario {
             Scenario::Join => "join",
             Scenario::Private => "private",
             Scenario::PrivateUnsigned => "private-unsigned",
+            Scenario::PrivateReversed => "private-reversed",
+            Scenario::PrivateRelayed => "private-relayed",
             Scenario::PrivateBoth => "private-both",
             Scenario::Room3 => "room-3",
             Scenario::Room20 => "room-20",
@@ -244,4 +256,44 @@ pub struct Report {
     pub bench_peak_kib: Option<u64>,
     /// Wall time of the whole run, set-up and tear-down included.
     pub total: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_the_table_order_and_names_are_unique() {
+        // A run sorts what it selects: `ALL` must be in the enum's order.
+        let mut sorted = Scenario::ALL;
+        sorted.sort();
+        assert_eq!(sorted, Scenario::ALL);
+        let mut names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Scenario::ALL.len());
+        let at = |s: Scenario| Scenario::ALL.iter().position(|x| *x == s).unwrap();
+        assert_eq!(
+            at(Scenario::PrivateReversed),
+            at(Scenario::PrivateUnsigned) + 1
+        );
+        assert_eq!(
+            at(Scenario::PrivateRelayed),
+            at(Scenario::PrivateReversed) + 1
+        );
+    }
+
+    #[test]
+    fn the_walled_rows_are_selected_alone() {
+        assert_eq!(
+            Scenario::select("private-reversed"),
+            Ok(vec![Scenario::PrivateReversed])
+        );
+        assert_eq!(
+            Scenario::select("private-relayed"),
+            Ok(vec![Scenario::PrivateRelayed])
+        );
+        let err = Scenario::select("private-walled").unwrap_err();
+        assert!(err.contains("private-reversed, private-relayed"), "{err}");
+    }
 }

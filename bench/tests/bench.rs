@@ -10,12 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every row of a default run, in the table's order.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 15] = [
     "floor",
     "login",
     "join",
     "private",
     "private-unsigned",
+    "private-reversed",
+    "private-relayed",
     "private-both",
     "room-3",
     "room-20",
@@ -92,7 +94,13 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
         } else {
             assert!(cells[1].parse::<usize>().unwrap() >= 2, "{line}");
         }
-        if router_call || name == "floor" || name == "private" {
+        let one_sender_private = [
+            "private",
+            "private-unsigned",
+            "private-reversed",
+            "private-relayed",
+        ];
+        if router_call || name == "floor" || one_sender_private.contains(&name) {
             assert_eq!(msgs, MESSAGES, "{line}");
         }
 
@@ -189,6 +197,19 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
                 && t["value"].as_f64().unwrap() > 0.0),
             "{targets:?}"
         );
+    }
+    // The paths to peers nobody can dial are held to the direct pair.
+    for (name, limit) in [("private-reversed", 1.5), ("private-relayed", 2.5)] {
+        if rows.contains(&name) && rows.contains(&"private") {
+            let targets = doc["targets"].as_array().unwrap();
+            let t = targets
+                .iter()
+                .find(|t| t["scenario"] == name)
+                .unwrap_or_else(|| panic!("no {name} target: {targets:?}"));
+            assert_eq!(t["what"], format!("p50 at most {limit}x private"), "{t}");
+            assert!(t["value"].as_f64().unwrap() > 0.0, "{t}");
+            assert!(stdout.contains(&format!("\n{name}: ")), "{stdout}");
+        }
     }
     // Every line of stdout fits 100 columns (chars: µ is one), the
     // header, rule, rows, legend, targets and memory lines alike.
