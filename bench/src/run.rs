@@ -266,37 +266,11 @@ async fn router_calls(
     bar: &ProgressBar,
 ) -> anyhow::Result<(Samples, Duration)> {
     use parley::identity::Identity;
-    use parley::proto::{
-        router_client::RouterClient, ChallengeRequest, HeartbeatRequest, JoinRoomRequest,
-        LeaveRoomRequest, LogoutRequest,
-    };
+    use parley::proto::{HeartbeatRequest, JoinRoomRequest, LeaveRoomRequest, LogoutRequest};
     let tls = parley::tls::Tls::new(&Identity::generate())?;
-    let channel = tls.channel(
-        parley::net::endpoint(addr)?,
-        addr,
-        parley::tls::Expect::first_seen(),
-    );
-    let router = RouterClient::new(channel);
+    let router = parley::router_client::client(&tls, addr, parley::tls::Expect::first_seen())?;
     // Each call on a clone of the one client (the same channel), as the
     // peer's session does; the futures own what they need.
-    let challenge = || {
-        let mut r = router.clone();
-        async move {
-            r.login_challenge(ChallengeRequest::default())
-                .await
-                .map(|c| c.into_inner().challenge)
-                .map_err(|s| format!("LoginChallenge: {s}"))
-        }
-    };
-    let user_login = |req| {
-        let mut r = router.clone();
-        async move {
-            r.user_login(req)
-                .await
-                .map(|l| l.into_inner().token)
-                .map_err(|s| format!("UserLogin: {s}"))
-        }
-    };
     let logout = |token: String| {
         let mut r = router.clone();
         async move {
@@ -350,13 +324,12 @@ async fn router_calls(
         ($id:expr, $nick:expr) => {{
             let nick = $nick.to_string();
             let start = Instant::now();
-            let token = match challenge().await {
-                Ok(c) => {
-                    let req = parley::peer::session::login_request($id, &nick, NOWHERE, c);
-                    user_login(req).await
-                }
-                Err(e) => Err(e),
-            };
+            // No dial-back: nothing serves at NOWHERE, and the row times
+            // the registry's login.
+            let token = parley::router_client::login(router.clone(), $id, &nick, NOWHERE, false)
+                .await
+                .map(|l| l.token)
+                .map_err(|s| format!("login: {s}"));
             token.map(|t| (t, start.elapsed()))
         }};
     }

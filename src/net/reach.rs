@@ -94,8 +94,8 @@ impl RelayRouters {
         if clients.len() >= MAX_RELAY_ROUTERS {
             clients.clear();
         }
-        let endpoint = super::endpoint(address).map_err(std::io::Error::other)?;
-        let client = RouterClient::new(tls.channel(endpoint, address, Expect::first_seen()));
+        let client = crate::router_client::client(tls, address, Expect::first_seen())
+            .map_err(std::io::Error::other)?;
         clients.insert(address.to_owned(), client.clone());
         Ok(client)
     }
