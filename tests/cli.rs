@@ -214,6 +214,69 @@ async fn a_peer_that_cannot_start_says_why_in_one_line() {
     let (code, err) = peer_exit(&["--nick", "no spaces", "--router", &addr]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("A-Z a-z 0-9 _ -"), "{err}");
+
+    // Every address, and no word of which one reaches it: refused, with
+    // what to add.
+    let (code, err) = peer_exit(&[
+        "--nick",
+        "carol",
+        "--router",
+        &addr,
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        &dir("z"),
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--advertise HOST:PORT"), "{err}");
+    assert!(!tmp.path().join("z").exists());
+}
+
+/// A peer listening on every address with --advertise, and peers and a
+/// router over IPv6: each found reachable, lines delivered directly.
+#[tokio::test]
+async fn every_address_with_advertise_and_ipv6_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_router, addr) = Proc::router_on("[::1]:0", 10).await;
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("0.0.0.0:{port}");
+    let advertise = format!("127.0.0.1:{port}");
+    // alice listens on every address and advertises 127.0.0.1: the router
+    // (on 127.0.0.1, the IP she comes from) dials that back and finds her.
+    let (_router4, addr4) = Proc::router(10).await;
+    let mut a = Proc::spawn_peer(
+        &addr4,
+        "alice",
+        &tmp.path().join("a"),
+        &["--listen", &listen, "--advertise", &advertise],
+    );
+    let ready = a.event("ready").await;
+    assert_eq!(ready["reachable"], true, "{ready}");
+    drop(a);
+
+    let mut b = Proc::spawn_peer(
+        &addr,
+        "bob",
+        &tmp.path().join("b"),
+        &["--listen", "[::1]:0"],
+    );
+    let ready = b.event("ready").await;
+    assert_eq!(ready["reachable"], true, "{ready}");
+    let mut c = Proc::spawn_peer(
+        &addr,
+        "carol",
+        &tmp.path().join("c"),
+        &["--listen", "[::1]:0"],
+    );
+    assert_eq!(c.event("ready").await["reachable"], true);
+    b.send("/msg carol over v6").await;
+    let m = c.event("message").await;
+    assert_eq!(m["body"], "over v6");
 }
 
 /// A frozen peer (SIGSTOP) never finishes HTTP/2's graceful close of its

@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    login_as, peer_with, router_client, until_members, Proc, Proxy, TestPeer, TestRouter,
+    login_as, peer_behind_proxy_with, peer_with, router_client, until_members, Proc, Proxy,
+    TestPeer, TestRouter,
 };
 use parley::identity::Identity;
 use parley::peer::PeerEvent;
@@ -102,13 +103,8 @@ async fn a_message_one_member_got_reaches_the_others_after_its_author_is_gone() 
     let alice = peer_with(router.addr, "alice", tmp.path().join("alice"), fast).await;
     let bob = peer_with(router.addr, "bob", tmp.path().join("bob"), fast).await;
     // Others reach carol only through a proxy, which is cut below.
-    let to_carol = Proxy::unaimed().await;
-    let mut carol = peer_with(router.addr, "carol", tmp.path().join("carol"), |c| {
-        c.sync_interval = every;
-        c.advertise = Some(to_carol.addr.to_string());
-    })
-    .await;
-    to_carol.aim(carol.peer.listen_addr());
+    let (mut carol, to_carol) =
+        peer_behind_proxy_with(&router, "carol", tmp.path().join("carol"), fast).await;
     for p in [&alice, &bob, &carol] {
         p.join("#r").await;
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{until_members, Proc, Proxy};
+use common::{free_port, until_members, Proc, Proxy};
 use serde_json::Value;
 
 type History = Vec<(String, u64, String)>;
@@ -174,21 +174,25 @@ async fn two_sides_of_a_partition_end_with_the_union_in_one_order() {
     let (_router, addr) = Proc::router(10).await;
     // a and b are reached only through proxies: cutting both, they cannot
     // reach each other (nor can c reach them), while the router sees all.
+    // Each proxy is aimed before its peer logs in, so the router's
+    // dial-back finds the peer through it: reachable through the proxy
+    // only, and cut off when it is cut.
     let pa = Proxy::unaimed().await;
     let pb = Proxy::unaimed().await;
     let mut procs = Vec::new();
     for (n, proxy) in [("a", Some(&pa)), ("b", Some(&pb)), ("c", None)] {
         let mut extra = vec!["--join", "#r"];
-        let adv;
+        let (adv, listen);
         if let Some(p) = proxy {
+            let port = free_port();
+            listen = format!("127.0.0.1:{port}");
+            p.aim(listen.parse().unwrap());
             adv = p.addr.to_string();
-            extra.extend(["--advertise", adv.as_str()]);
+            extra.extend(["--advertise", adv.as_str(), "--listen", listen.as_str()]);
         }
         let mut p = Proc::spawn_peer(&addr, n, &tmp.path().join(n), &extra);
         let ready = p.event("ready").await;
-        if let Some(proxy) = proxy {
-            proxy.aim(ready["listen"].as_str().unwrap().parse().unwrap());
-        }
+        assert_eq!(ready["reachable"], true, "{ready}");
         p.event("joined").await;
         procs.push(p);
     }

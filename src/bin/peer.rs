@@ -43,10 +43,14 @@ struct Args {
     #[arg(long, value_name = "FINGERPRINT[,...]", value_delimiter = ',', value_parser = |s: &str| parley::identity::parse_fingerprint(s))]
     router_key: Vec<String>,
     /// Where this peer's chat service listens; port 0 takes a free port.
+    /// IPv6 in brackets: [::1]:0. Listening on every address (0.0.0.0 or
+    /// [::]) needs --advertise.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The address others reach this peer at, if not the --listen address
-    /// (behind a proxy or NAT, or listening on 0.0.0.0).
+    /// The address others reach this peer at (HOST:PORT), if not the
+    /// --listen address: behind a proxy or a port forward, or listening on
+    /// 0.0.0.0. The router dials it back at login; when nothing answers
+    /// there, others reach this peer through the router.
     #[arg(long, value_parser = advertise_addr)]
     advertise: Option<String>,
     /// History, identity and lock (default: $XDG_DATA_HOME or
@@ -131,6 +135,19 @@ async fn remove_fresh_dir(dir: &Path) {
 }
 
 async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
+    if args.listen.ip().is_unspecified() && args.advertise.is_none() {
+        return Err(format!(
+            "--listen {} takes connections on every address, so it cannot tell others which \
+             one reaches you: add --advertise HOST:{} (this machine's address as others see \
+             it)",
+            args.listen,
+            if args.listen.port() == 0 {
+                "PORT".to_owned()
+            } else {
+                args.listen.port().to_string()
+            }
+        ));
+    }
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir(&args.nick)?,

@@ -580,15 +580,40 @@ pub async fn peer_behind_proxy(
     nick: &str,
     dir: std::path::PathBuf,
 ) -> (TestPeer, Proxy) {
+    peer_behind_proxy_with(router, nick, dir, |_| {}).await
+}
+
+/// [`peer_behind_proxy`], its configuration adjusted by `tune` first. The
+/// proxy is aimed before the peer logs in, so the router's dial-back
+/// finds the peer through it (reachable: others dial it, through the
+/// proxy, and cutting the proxy cuts them off).
+pub async fn peer_behind_proxy_with(
+    router: &TestRouter,
+    nick: &str,
+    dir: std::path::PathBuf,
+    tune: impl FnOnce(&mut PeerConfig),
+) -> (TestPeer, Proxy) {
     let listener = bind_loopback().await.unwrap();
     let proxy = Proxy::start(listener.local_addr().unwrap()).await;
     let advertise = proxy.addr.to_string();
     let peer = TestPeer::launch(router.addr, nick, listener, dir, |c| {
+        tune(c);
         c.advertise = Some(advertise)
     })
     .await
     .unwrap();
+    assert!(peer.peer.reachable(), "{nick} is found through its proxy");
     (peer, proxy)
+}
+
+/// A free loopback port now (bound, then released): where a child process
+/// listens, so a proxy can be aimed at it before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits (at most `within`) until the router at `router` shows `name` (a
