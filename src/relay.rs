@@ -46,11 +46,24 @@ pub async fn read_frame<M: prost::Message + Default>(io: &mut Io) -> std::io::Re
 /// the other side to take it.
 pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long the TCP connect to a relay router may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A relay connection to the router at `router`: TCP, then TLS speaking
+/// the relay protocol.
+async fn link(tls: &Tls, router: &str) -> std::io::Result<Io> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(router))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    tls.relay_over(Box::new(tcp), router).await
+}
+
 /// Opens a relay connection to the router at `router` and asks for
 /// `open`; the byte stream to the other side once the router says OK.
 pub async fn open(tls: &Tls, router: &str, open: CircuitOpen) -> std::io::Result<Io> {
     let opening = async {
-        let mut io = tls.relay_link(router).await?;
+        let mut io = link(tls, router).await?;
         write_frame(&mut io, &open).await?;
         let reply: CircuitReply = read_frame(&mut io).await?;
         if reply.code != Code::Ok as i32 {

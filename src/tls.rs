@@ -42,7 +42,7 @@ const HANDSHAKES: usize = 256;
 /// The name both sides put in the handshake. Nobody checks it: identity is
 /// the key, not a host name.
 const SERVER_NAME: &str = "parley";
-/// The protocol of a relay connection to a router (see [`crate::relay`]),
+/// The protocol of a relay connection to a router (the `relay` module),
 /// told apart from gRPC's `h2` in the handshake.
 pub const RELAY_ALPN: &[u8] = b"parley-relay/1";
 /// What a connection dialed back for a reversal starts with (see
@@ -420,24 +420,13 @@ impl Tls {
         Ok(Box::new(tls))
     }
 
-    /// A relay connection to the router at `address` (TLS speaking
-    /// [`RELAY_ALPN`]); the router's key is not checked: what runs over the
-    /// circuit is authenticated end to end.
-    pub async fn relay_link(&self, address: &str) -> std::io::Result<Io> {
-        let tcp = tokio::time::timeout(crate::net::CONNECT_TIMEOUT, TcpStream::connect(address))
+    /// The client side of a relay connection (TLS speaking [`RELAY_ALPN`])
+    /// over `io`, to the router at `address`. Its key is not checked: what
+    /// runs over a circuit is authenticated end to end.
+    pub async fn relay_over(&self, io: Io, address: &str) -> std::io::Result<Io> {
+        let tls = handshake(&self.relay_connector, io, address, &Expect::first_seen())
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        tcp.set_nodelay(true)?;
-        let tls = handshake(
-            &self.relay_connector,
-            Box::new(tcp),
-            address,
-            &Expect::first_seen(),
-        )
-        .await
-        .map_err(std::io::Error::other)?;
+            .map_err(std::io::Error::other)?;
         Ok(Box::new(tls))
     }
 

@@ -77,6 +77,7 @@ contract!(
     of_racing_logins_with_one_nick_one_key_wins,
     of_racing_creators_of_one_room_one_creates_it,
     a_key_holds_a_bounded_number_of_nicks,
+    a_relayed_users_router_is_told_wherever_it_is_seen,
 );
 
 /// With a binding TTL of a second: the two registries, built for it.
@@ -202,6 +203,57 @@ async fn quiet(w: &mut EventStream) -> Option<EventKind> {
         .ok()
         .flatten()
         .map(|e| e.unwrap().kind)
+}
+
+async fn a_relayed_users_router_is_told_wherever_it_is_seen(f: Fixture) {
+    let b = login(&f.b, "bob").await;
+    let mut watch = f.b.watch(&b, &[nick("alice")]).await.unwrap();
+    // alice follows bob back, so bob's watch carries her login.
+    let a =
+        f.a.login_with(
+            &nick("alice"),
+            "10.0.0.7:7000",
+            &key("alice"),
+            "10.0.0.1:50051",
+        )
+        .await
+        .unwrap()
+        .token;
+    f.a.watch(&a, &[nick("bob")]).await.unwrap();
+    let me = f.a.session(&a).await.unwrap();
+    assert_eq!(me.relay, "10.0.0.1:50051");
+    assert_eq!(me.key, key("alice"));
+    // A relay address is checked as an address is.
+    let err =
+        f.a.login_with(
+            &nick("carol"),
+            "10.0.0.8:7000",
+            &key("carol"),
+            "not an address",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::InvalidName(_)), "{err:?}");
+    // Every record others read carries it: a lookup, the users, a room.
+    let found = f.b.find_user(&b, &nick("alice")).await.unwrap();
+    assert_eq!(found.online.unwrap().relay, "10.0.0.1:50051");
+    let users = f.b.list_users(&b).await.unwrap();
+    let alice = users.iter().find(|m| m.nick == "alice").unwrap();
+    assert_eq!(alice.relay, "10.0.0.1:50051");
+    f.a.join(&a, &room("#walls"), None).await.unwrap();
+    let s = f.b.join(&b, &room("#walls"), None).await.unwrap();
+    let alice = s.members.iter().find(|m| m.nick == "alice").unwrap();
+    assert_eq!(alice.relay, "10.0.0.1:50051");
+    let bob = s.members.iter().find(|m| m.nick == "bob").unwrap();
+    assert_eq!(bob.relay, "", "a plain login is reached directly");
+    let online = loop {
+        if let EventKind::UserOnline(m) = next(&mut watch).await {
+            if m.nick == "alice" {
+                break m;
+            }
+        }
+    };
+    assert_eq!(online.relay, "10.0.0.1:50051");
 }
 
 async fn a_room_lives_while_it_has_members_and_its_owner_stays(f: Fixture) {

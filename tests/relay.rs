@@ -8,9 +8,15 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{peer_with, TestPeer, TestRouter};
+use common::{login_as, peer_with, TestPeer, TestRouter};
+use parley::identity::Identity;
+use parley::proto::router_client::RouterClient;
+use parley::proto::{incoming, ReachRequest, ReserveRequest};
 use parley::registry::MemoryOptions;
 use parley::router::{RelayLimits, RouterLimits};
+use parley::tls::Expect;
+use tonic::transport::Channel;
+use tonic::Code;
 
 /// A loopback address where nothing listens (bound, then released).
 async fn nowhere() -> SocketAddr {
@@ -155,5 +161,120 @@ async fn the_dial_back_needs_the_peers_own_key() {
     assert!(!alice.peer.reachable());
     alice.stop().await;
     bob.stop().await;
+    router.stop().await;
+}
+
+/// A router client presenting `id` on its links.
+fn client_as(router: &TestRouter, id: &Identity) -> RouterClient<Channel> {
+    let tls = parley::tls::Tls::new(id).unwrap();
+    parley::router_client::client(&tls, &router.addr.to_string(), Expect::first_seen()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reservations_reversals_and_circuits_refuse_what_is_not_theirs() {
+    let router = TestRouter::start_with(
+        parley::net::bind_loopback().await.unwrap(),
+        MemoryOptions::new(Duration::from_secs(10)),
+        RouterLimits {
+            relay: RelayLimits {
+                reservations: 1,
+                ..RelayLimits::default()
+            },
+            ..RouterLimits::default()
+        },
+    )
+    .await;
+    let (alice, eve) = (Identity::generate(), Identity::generate());
+    let mut a = client_as(&router, &alice);
+    let mut e = client_as(&router, &eve);
+    let a_token = login_as(&mut a, &alice, "alice", "127.0.0.1:9")
+        .await
+        .unwrap()
+        .token;
+    let e_token = login_as(&mut e, &eve, "eve", "127.0.0.1:9")
+        .await
+        .unwrap()
+        .token;
+
+    // A reservation is held by the session's own key only.
+    let err = e
+        .reserve(ReserveRequest {
+            token: a_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let mut held = a
+        .reserve(ReserveRequest { token: a_token })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        held.message().await.unwrap().is_some(),
+        "the reservation is confirmed"
+    );
+    // One reservation is this router's limit.
+    let err = e
+        .reserve(ReserveRequest { token: e_token })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(router.relay_counts().reservations_refused, 1);
+
+    let ask = |nick: &str, address: &str, nonce: usize| ReachRequest {
+        target: alice.public().to_vec(),
+        nick: nick.into(),
+        address: address.into(),
+        nonce: vec![7; nonce],
+    };
+    // Asks to be dialed: only with a nick bound to the asker's key, only
+    // at the asker's own IP, with a proper nonce.
+    let err = e.reach(ask("alice", "127.0.0.1:9", 16)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = e.reach(ask("eve", "192.0.2.1:9", 16)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = e.reach(ask("eve", "127.0.0.1:9", 3)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut to_eve = ask("alice", "127.0.0.1:9", 16);
+    to_eve.target = eve.public().to_vec();
+    let err = a.reach(to_eve).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "eve holds no reservation: {err:?}"
+    );
+    e.reach(ask("eve", "127.0.0.1:9", 16)).await.unwrap();
+    // alice is told to dial eve back.
+    let told = held.message().await.unwrap().unwrap();
+    assert!(
+        matches!(told.kind, Some(incoming::Kind::Dial(ref d)) if d.key == eve.public().to_vec()),
+        "{told:?}"
+    );
+
+    // Circuits: to a reserved key only, asked for by a nick bound to the
+    // asker's key.
+    let tls = parley::tls::Tls::new(&eve).unwrap();
+    let at = router.addr.to_string();
+    let err = parley::relay::connect(&tls, &at, alice.public().as_bytes(), "alice")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not bound"), "{err}");
+    let err = parley::relay::connect(&tls, &at, eve.public().as_bytes(), "eve")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no reservation"), "{err}");
+    // Taking a circuit nobody offered this key.
+    let err = parley::relay::accept(&tls, &at, 12345).await.err().unwrap();
+    assert!(err.to_string().contains("no such circuit"), "{err}");
+    // A reserved peer that never takes its circuit: the opener is told.
+    let err = parley::relay::connect(&tls, &at, alice.public().as_bytes(), "eve")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("did not take"), "{err}");
+    assert!(router.relay_counts().circuits_refused >= 3);
+    drop(held);
     router.stop().await;
 }
