@@ -219,7 +219,7 @@ async fn a_relayed_users_router_is_told_wherever_it_is_seen(f: Fixture) {
         .await
         .unwrap()
         .token;
-    f.a.watch(&a, &[nick("bob")]).await.unwrap();
+    let _alices = f.a.watch(&a, &[nick("bob")]).await.unwrap();
     let me = f.a.session(&a).await.unwrap();
     assert_eq!(me.relay, "10.0.0.1:50051");
     assert_eq!(me.key, key("alice"));
