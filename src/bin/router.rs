@@ -19,6 +19,11 @@ struct Args {
     /// Address to listen on; port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// The address peers reach this router at (HOST:PORT), told to others
+    /// as the relay of a peer nobody can dial; default: the address each
+    /// peer dialed, which is wrong behind a port forward.
+    #[arg(long, value_parser = |s: &str| parley::names::check_address(s).map(|()| s.to_owned()).map_err(|e| e.to_string()))]
+    advertise: Option<String>,
     /// Seconds a lease lasts without a heartbeat (at least 2).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(MIN_LEASE_TTL.as_secs()..=3600))]
     lease_ttl: u64,
@@ -126,6 +131,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             every: Duration::from_secs(args.new_nick_every),
         },
         logins_per_source: usize::try_from(args.logins_per_address).unwrap_or(usize::MAX),
+        advertise: args.advertise,
         relay: RelayLimits {
             reservations: usize::try_from(args.relay_reservations).unwrap_or(usize::MAX),
             circuits: usize::try_from(args.relay_circuits).unwrap_or(usize::MAX),

@@ -317,8 +317,10 @@ impl Peer {
 
         // Serve before logging in: the router hands our address to others
         // the moment we are online.
-        let (reached, conns) = mpsc::channel(64);
-        peer.spawn_server(config.listener, &tls, !unsigned, conns);
+        // Connections made for others (dialed back, relayed) join the
+        // listener's.
+        let (reached_tx, reached) = mpsc::channel(64);
+        peer.spawn_server(config.listener, &tls, !unsigned, reached);
         if let Err(e) = peer.inner.session.login().await {
             peer.stop_now().await;
             return Err(e.into());
@@ -338,7 +340,7 @@ impl Peer {
             );
             peer.inner
                 .tasks
-                .spawn(reservation::hold(session, tls, reached, first, stop));
+                .spawn(reservation::hold(session, tls, reached_tx, first, stop));
         }
         let partners = peer.inner.sync.private_partners().await;
         peer.inner.session.seed_follow(partners);

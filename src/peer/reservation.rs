@@ -16,8 +16,8 @@ use crate::tls::{Tls, TlsConn};
 /// Pause before opening a lost reservation again.
 const AGAIN: Duration = Duration::from_secs(1);
 
-/// Opens the reservation at `router` and waits for the router to confirm
-/// it; the stream of its asks.
+/// Opens the session's reservation at its router and waits for the router
+/// to confirm it; the stream of its asks.
 pub async fn open(session: &Session) -> Option<tonic::Streaming<crate::proto::Incoming>> {
     let mut asks = match session.reserve().await {
         Ok(asks) => asks,

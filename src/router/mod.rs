@@ -215,13 +215,17 @@ pub struct RouterService {
     challenges: limits::Challenges,
     bindings: limits::Bindings,
     relay: Arc<relay::Relay>,
+    /// The address told as a relayed peer's relay router, if not the one
+    /// each peer dialed.
+    advertise: Option<String>,
     /// For dialing peers back: links presenting the router's key.
     tls: Tls,
     /// Dial-backs in progress at once.
     dialing: tokio::sync::Semaphore,
 }
 
-/// What a router allows its callers; the defaults are `router`'s.
+/// What a router allows its callers, and the address it tells them; the
+/// defaults are `router`'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterLimits {
     /// How fast one source address may bind nicks never bound before.
@@ -230,6 +234,10 @@ pub struct RouterLimits {
     pub logins_per_source: usize,
     /// What the relay carries for peers nobody can dial.
     pub relay: RelayLimits,
+    /// The address peers reach this router at, recorded as a relayed
+    /// peer's relay router (`router --advertise`); None: the address each
+    /// peer dialed (wrong behind a port forward).
+    pub advertise: Option<String>,
 }
 
 impl Default for RouterLimits {
@@ -238,6 +246,7 @@ impl Default for RouterLimits {
             new_nicks: BindingRate::default(),
             logins_per_source: USED_PER_SOURCE,
             relay: RelayLimits::default(),
+            advertise: None,
         }
     }
 }
@@ -263,6 +272,7 @@ impl RouterService {
                 stats,
                 stop.clone(),
             )),
+            advertise: allowed.advertise,
             registry,
             stop,
             challenges: limits::Challenges::new(allowed.logins_per_source),
@@ -270,6 +280,14 @@ impl RouterService {
             tls,
             dialing: tokio::sync::Semaphore::new(DIALING),
         }
+    }
+
+    /// Where others reach this router, as a relayed peer's relay router:
+    /// `--advertise`, else the address the caller dialed.
+    fn advertised<T>(&self, req: &Request<T>) -> Option<String> {
+        self.advertise
+            .clone()
+            .or_else(|| local(req).map(|a| a.to_string()))
     }
 
     /// Dials `address` back for `key`, as libp2p's AutoNAT does: only an
@@ -319,8 +337,7 @@ impl RouterService {
     }
 }
 
-/// This router's address as the caller dialed it: what a relayed peer is
-/// told others reach it at.
+/// This router's address as the caller dialed it.
 fn local<T>(req: &Request<T>) -> Option<SocketAddr> {
     req.extensions()
         .get::<crate::tls::Caller>()
@@ -372,7 +389,7 @@ impl Router for RouterService {
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
         let from = source(&req);
-        let here = local(&req);
+        let here = self.advertised(&req);
         let req = req.into_inner();
         let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = PublicKey::from_bytes(&req.key)
@@ -419,7 +436,7 @@ impl Router for RouterService {
         // A peer nobody can dial is reached through this router, at the
         // address it dialed.
         let relay = match (reach, here) {
-            (limits::Reach::Relayed, Some(here)) => here.to_string(),
+            (limits::Reach::Relayed, Some(here)) => here,
             _ => String::new(),
         };
         let s = self
@@ -571,7 +588,7 @@ impl Router for RouterService {
         req: Request<proto::ReserveRequest>,
     ) -> Result<Response<Self::ReserveStream>, Status> {
         let caller = link_key(&req)?;
-        let here = local(&req).map(|a| a.to_string()).unwrap_or_default();
+        let here = self.advertised(&req).unwrap_or_default();
         let me = self.registry.session(&req.get_ref().token).await?;
         if me.key != caller {
             return Err(Status::permission_denied(

@@ -1,6 +1,9 @@
-//! The peer's session with the router: login, the session token, logging in
-//! again when the session is lost, the heartbeat and watch loops, and the
-//! picture of the world they keep current.
+//! The peer's session with the router: the session token, logging in again
+//! when the session is lost, the router holding its reservation when nobody
+//! can dial it, the follow list, and every router call the peer makes. The
+//! routers themselves (failover, key pinning, the login handshake) are
+//! [`crate::router_client`]'s; the loops that keep the picture of the world
+//! current are [`presence`]'s.
 //!
 //! Every router call goes through [`Session::call`], which maps statuses to
 //! [`SessionError`] in one place and, when the token is refused, logs in
@@ -33,13 +36,13 @@ use crate::tls::Tls;
 use crate::trust::KnownKeys;
 use presence::Backoff;
 
+mod presence;
+
 fn emit_to(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
     if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
         tracing::warn!(?event, "session events queue full; dropping one");
     }
 }
-
-mod presence;
 
 /// Session events queued for the peer. Past this the newest are dropped
 /// with a warning: an `Online` lost is retried by the outbox loop anyway.
@@ -353,11 +356,12 @@ impl Session {
         let relayed = resp.reachability == proto::Reachability::Relayed as i32;
         let at = self.inner.routers.current().to_owned();
         tracing::info!(router = %at, reachable = !relayed, "logged in");
-        c.me.set_reachable(!relayed);
-        self.inner.relayed_at.send_replace(relayed.then_some(at));
         *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = resp.token;
         *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) =
             Duration::from_millis(resp.lease_ttl_ms.max(1000));
+        // After the token: whoever holds the reservation reserves with it.
+        c.me.set_reachable(!relayed);
+        self.inner.relayed_at.send_replace(relayed.then_some(at));
         self.refresh_users().await;
         Ok(())
     }
