@@ -543,6 +543,13 @@ impl Client {
                     pending: fp(w.pending),
                 });
             }
+            Command::Reach => {
+                let reachable = peer.recheck_reach().await.map_err(|e| e.to_string())?;
+                self.print(Output::Reachable {
+                    address: peer.advertised(),
+                    reachable,
+                });
+            }
             Command::Trust(nick) => {
                 let key = peer.trust(&nick).await.map_err(|e| e.to_string())?;
                 self.print(Output::Trusted {

@@ -147,6 +147,11 @@ impl Peers {
         self
     }
 
+    /// Who this peer is to those it asks to dial it back.
+    pub fn me(&self) -> &Me {
+        &self.me
+    }
+
     /// Where connections dialed back to this peer go (its listener hands
     /// them over).
     pub fn reversals(&self) -> Reversals {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Proc;
+use common::{Proc, Proxy};
 
 #[tokio::test]
 async fn private_chat_between_peer_processes() {
@@ -652,4 +652,39 @@ async fn away_is_told_to_whoever_writes_privately() {
     a.quit().await;
     b.quit().await;
     router.terminate().await;
+}
+
+/// A peer found unreachable asks again with `/reach` once its port is open
+/// (here: the proxy at its advertised address is aimed at it): the router
+/// finds it, the peer logs in again, and it is dialed directly from then.
+#[tokio::test]
+async fn reach_asks_the_router_to_dial_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_router, addr) = Proc::router(10).await;
+    let door = Proxy::unaimed().await;
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let advertise = door.addr.to_string();
+    let mut a = Proc::spawn_peer(
+        &addr,
+        "alice",
+        &tmp.path().join("a"),
+        &["--listen", &listen, "--advertise", &advertise],
+    );
+    assert_eq!(a.event("ready").await["reachable"], false);
+    a.send("/reach").await;
+    let r = a.event("reachable").await;
+    assert_eq!(r["reachable"], false, "{r}");
+    assert_eq!(r["address"], advertise.as_str());
+
+    door.aim(listen.parse().unwrap());
+    a.send("/reach").await;
+    let r = a.event("reachable").await;
+    assert_eq!(r["reachable"], true, "{r}");
+    let mut b = Proc::peer(&addr, "bob", &tmp.path().join("b"), &[]).await;
+    b.send("/msg alice through the open door").await;
+    let m = a.event("message").await;
+    assert_eq!(m["body"], "through the open door");
+    a.send("/msg bob and back").await;
+    assert_eq!(b.event("message").await["body"], "and back");
 }

@@ -379,6 +379,18 @@ impl Peer {
         self.inner.session.reachable()
     }
 
+    /// The address others are told to dial this peer at.
+    pub fn advertised(&self) -> String {
+        self.inner.peers.me().advertise()
+    }
+
+    /// Asks the router to dial this peer back again (a port opened, a
+    /// firewall changed); when the answer differs from the session's, logs
+    /// in again so the registry records it. Whether the peer is reachable.
+    pub async fn recheck_reach(&self) -> Result<bool, PeerError> {
+        Ok(self.inner.session.recheck_reach().await?)
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }

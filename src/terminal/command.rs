@@ -36,8 +36,8 @@ pub fn action_text(body: &str) -> Option<&str> {
 /// Every command name, aliases included, for Tab completion.
 pub const COMMANDS: &[&str] = &[
     "/away", "/delete", "/exit", "/help", "/history", "/j", "/join", "/leave", "/list", "/me",
-    "/msg", "/names", "/part", "/q", "/query", "/quit", "/rooms", "/switch", "/topic", "/trust",
-    "/users", "/who", "/whois", "/window",
+    "/msg", "/names", "/part", "/q", "/query", "/quit", "/reach", "/rooms", "/switch", "/topic",
+    "/trust", "/users", "/who", "/whois", "/window",
 ];
 
 /// One parsed input line.
@@ -85,6 +85,9 @@ pub enum Command {
     Whois(Nick),
     /// `/trust NICK`: accept the new key a known nick came back with.
     Trust(Nick),
+    /// `/reach`: ask the router to dial this peer back again (after
+    /// opening a port).
+    Reach,
     /// `/help`
     Help,
     /// `/quit [MESSAGE]`, alias `/exit`: MESSAGE, the parting message, is
@@ -111,6 +114,7 @@ pub const HELP: &str = "\
 /delete #room            delete a room you own
 /whois NICK              show NICK's address and key fingerprint
 /trust NICK              accept the new key NICK came back with (check with them first)
+/reach                   ask the router to dial you back again (after opening a port)
 /help                    show this help
 /quit [MESSAGE]          leave the chat, saying MESSAGE in your rooms (alias /exit)
 TEXT                     send TEXT to the current room or nick (//TEXT sends /TEXT)";
@@ -128,6 +132,7 @@ const USAGE_DELETE: &str = "/delete #room";
 const USAGE_WHOIS: &str = "/whois NICK";
 const USAGE_TRUST: &str = "/trust NICK";
 const USAGE_HELP: &str = "/help";
+const USAGE_REACH: &str = "/reach";
 
 /// Why a line could not be parsed; the message is meant for the person typing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +233,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         "delete" => Command::Delete(room(one(args, USAGE_DELETE)?)?),
         "whois" => Command::Whois(nick(one(args, USAGE_WHOIS)?)?),
         "trust" => Command::Trust(nick(one(args, USAGE_TRUST)?)?),
+        "reach" => {
+            none(args, USAGE_REACH)?;
+            Command::Reach
+        }
         "help" => {
             none(args, USAGE_HELP)?;
             Command::Help
@@ -435,6 +444,7 @@ mod tests {
         assert_eq!(ok("/users"), Command::Users);
         assert_eq!(ok("/delete #rust"), Command::Delete(r("#rust")));
         assert_eq!(ok("/whois bob"), Command::Whois(n("bob")));
+        assert_eq!(ok("/reach"), Command::Reach);
         assert_eq!(ok("/trust @bob"), Command::Trust(n("bob")));
         assert_eq!(err("/trust"), CommandError::Missing(USAGE_TRUST));
         assert_eq!(ok("/help"), Command::Help);

@@ -117,6 +117,11 @@ pub enum Output {
         /// A changed key waiting for `/trust`.
         pending: String,
     },
+    /// `/reach`: what the router's new dial-back of `address` found.
+    Reachable {
+        address: String,
+        reachable: bool,
+    },
     /// `/trust`: `nick`'s key `key` is trusted from now on.
     Trusted {
         nick: String,
@@ -298,6 +303,19 @@ impl Output {
                 clean(&s)
             }
             Output::Warning { message, .. } => clean(&format!("!! {message}")),
+            Output::Reachable {
+                address,
+                reachable: true,
+            } => clean(&format!(
+                "-- the router reaches you at {address}: others dial you directly"
+            )),
+            Output::Reachable {
+                address,
+                reachable: false,
+            } => clean(&format!(
+                "-- the router cannot reach you at {address} (a firewall or NAT): others \
+                 reach you through the router"
+            )),
             Output::Whois {
                 nick,
                 address,
@@ -560,6 +578,13 @@ mod tests {
                     reachable: false,
                 },
                 json!({"type": "ready", "nick": "alice", "listen": "127.0.0.1:7001", "reachable": false}),
+            ),
+            (
+                Output::Reachable {
+                    address: "198.51.100.4:7000".into(),
+                    reachable: true,
+                },
+                json!({"type": "reachable", "address": "198.51.100.4:7000", "reachable": true}),
             ),
             (
                 Output::Sent {

@@ -366,6 +366,35 @@ impl Session {
         Ok(())
     }
 
+    /// Asks the router to dial this peer back again; when what it finds
+    /// differs from what the session's login recorded, logs in again so
+    /// the registry (and everyone reaching this peer) has it. Whether the
+    /// router can dial this peer now.
+    pub async fn recheck_reach(&self) -> Result<bool, SessionError> {
+        let c = &self.inner.config;
+        let ask = proto::ChallengeRequest {
+            address: c.advertise.clone(),
+            key: c.identity.public().to_vec(),
+        };
+        let found = self
+            .on_any("reach check", |mut r| {
+                let ask = ask.clone();
+                async move { r.login_challenge(ask).await }
+            })
+            .await?
+            .into_inner()
+            .reachability;
+        let reachable = found != proto::Reachability::Relayed as i32;
+        if reachable != self.reachable() {
+            tracing::info!(
+                reachable,
+                "the router's dial-back changed; logging in again"
+            );
+            self.relogin(&self.token(), false).await?;
+        }
+        Ok(self.reachable())
+    }
+
     /// The session was lost: log in again (`persist`: until it works or the
     /// peer stops; else once). `stale` is the token seen failing, so racing
     /// callers log in once. Only the login happens under the guard.
