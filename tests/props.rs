@@ -224,6 +224,7 @@ fn a_command() -> impl Strategy<Value = Command> {
             .prop_map(|(target, limit)| Command::History { target, limit }),
         a_room().prop_map(Command::Delete),
         Just(Command::Help),
+        Just(Command::Reach),
         proptest::option::of(parting()).prop_map(Command::Quit),
         body().prop_map(Command::Say),
         "[a-z\\p{L}][a-z\\p{L} ]{0,30}".prop_map(Command::Me),
@@ -384,6 +385,7 @@ fn render(cmd: &Command, st: &Style) -> String {
         Command::Away(Some(m)) => format!("{}{sep}{m}{line_end}", name("away")),
         Command::Away(None) => format!("{}{}", name("away"), st.tail),
         Command::Help => format!("{}{}", name("help"), st.tail),
+        Command::Reach => format!("{}{}", name("reach"), st.tail),
         Command::Quit(m) => {
             let n = name(if st.alias { "exit" } else { "quit" });
             match m {
