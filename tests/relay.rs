@@ -164,6 +164,22 @@ async fn the_dial_back_needs_the_peers_own_key() {
     router.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_router_dials_back_only_the_ip_the_login_comes_from() {
+    // bob serves, with his own key, on 127.0.0.2, and logs in from
+    // 127.0.0.1: the router does not dial an IP other than the caller's
+    // (nobody can aim it at a third party), so bob counts as relayed
+    // although his address would answer.
+    let router = TestRouter::start(Duration::from_secs(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let bob = common::peer_on(router.addr, "bob", dir.path().join("bob"), listener).await;
+    assert!(bob.peer.advertised().starts_with("127.0.0.2:"));
+    assert!(!bob.peer.reachable());
+    bob.stop().await;
+    router.stop().await;
+}
+
 /// A router client presenting `id` on its links.
 fn client_as(router: &TestRouter, id: &Identity) -> RouterClient<Channel> {
     let tls = parley::tls::Tls::new(id).unwrap();

@@ -606,6 +606,18 @@ pub async fn peer_behind_proxy_with(
     (peer, proxy)
 }
 
+/// Starts a peer serving on `listener` (an address of the test's choice).
+pub async fn peer_on(
+    router: SocketAddr,
+    nick: &str,
+    dir: std::path::PathBuf,
+    listener: TcpListener,
+) -> TestPeer {
+    TestPeer::launch(router, nick, listener, dir, |_| {})
+        .await
+        .unwrap()
+}
+
 /// A free loopback port now (bound, then released): where a child process
 /// listens, so a proxy can be aimed at it before it starts.
 pub fn free_port() -> u16 {
