@@ -124,14 +124,19 @@ async fn a_circuit_past_its_byte_limit_is_closed_and_nothing_is_lost() {
             .tell("carol", &format!("{i:03} {}", "x".repeat(8996)))
             .await;
     }
+    // Each line arrives as an event: wait for them, not for a poll.
+    let mut carol = carol;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got = carol.history("@alice+carol").await;
-        if got.len() >= n || tokio::time::Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        carol
+            .next_event(left, |ev| match ev {
+                parley::peer::PeerEvent::Message { msg, .. } if msg.author == "alice" => Some(()),
+                _ => None,
+            })
+            .await;
+    }
+    let got = carol.history("@alice+carol").await;
     let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
     assert_eq!(
         seqs,

@@ -305,9 +305,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(bin: &str, args: &[&str]) -> Proc {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(args);
+        Proc::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (a binary, or one run inside a network namespace by
+    /// [`netns::Lan::command`]): stdin and stdout piped, killed on drop.
+    pub fn spawn_command(mut cmd: tokio::process::Command) -> Proc {
         use std::process::Stdio;
-        let mut child = tokio::process::Command::new(bin)
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr_sink())

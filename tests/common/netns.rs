@@ -286,27 +286,6 @@ impl Drop for Lan {
 }
 
 impl Proc {
-    /// Starts `cmd` (from [`Lan::command`]) the way [`Proc::spawn`] starts
-    /// a binary: stdin and stdout piped, killed on drop.
-    pub fn spawn_command(mut cmd: tokio::process::Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(super::stderr_sink())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        Proc {
-            child,
-            stdin,
-            skipped: Vec::new(),
-            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
-            _dir: None,
-        }
-    }
-
     /// The next JSON event, whatever its type, waiting at most `within`
     /// (longer or shorter than [`Proc::event`]'s 10 s); None if none came.
     pub async fn event_within_any(&mut self, within: Duration) -> Option<serde_json::Value> {
