@@ -342,6 +342,10 @@ impl Client {
                 self.print(Output::Back { room, new });
             }
             PeerEvent::Notice(message) => self.print(Output::info(message)),
+            PeerEvent::Mailbox { delivered, expired } => self.print(Output::Mailbox {
+                count: delivered,
+                expired,
+            }),
             PeerEvent::Presence {
                 room,
                 nick,

@@ -319,6 +319,26 @@ impl Identity {
         self.key.sign(bytes).to_bytes().to_vec()
     }
 
+    /// 32 bytes derived from the key's seed under `label` (HKDF-SHA256):
+    /// a secret of its own for another use, independent of the signing key
+    /// and of every other label's (see `seal` for the one use).
+    pub(crate) fn derive_secret(&self, label: &[u8]) -> [u8; 32] {
+        struct Len32;
+        impl ring::hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, label).extract(&self.key.to_bytes());
+        let mut out = [0u8; 32];
+        // Expanding 32 bytes of SHA-256 cannot fail (the limit is 255 blocks).
+        if let Ok(okm) = prk.expand(&[label], Len32) {
+            let _ = okm.fill(&mut out);
+        }
+        out
+    }
+
     /// Signs `msg` in place (its `signature` field).
     pub fn sign_message(&self, msg: &mut ChatMessage) {
         msg.signature = self.sign(&message_bytes(msg));

@@ -11,6 +11,9 @@
 //!   and the exact bytes messages and logins sign.
 //! - [`logging`]: how the binaries start: tracing to stderr (or, for a peer on
 //!   a terminal, to its log file), runtime, exit code.
+//! - [`mailbox`]: the sealed envelopes a router keeps for offline
+//!   recipients: one store trait, in SQLite or in etcd, with quotas and
+//!   the age limit.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`net`]: channels to other peers (a bounded cache, deadlines), the
@@ -23,6 +26,8 @@
 //!   one trait, an in-memory implementation.
 //! - [`router`]: the `Router` gRPC service over a registry, its server, and
 //!   a handle to run one in-process.
+//! - [`seal`]: HPKE sealing of mail to a recipient's published mailbox
+//!   key, derived from its identity.
 //! - [`shutdown`]: one signal future for Ctrl-C and SIGTERM.
 //! - [`store`]: a peer's durable history in SQLite: messages, versions,
 //!   version vectors, the outbox, the rooms it is in, and its identity.
@@ -38,6 +43,7 @@
 pub mod client;
 pub mod identity;
 pub mod logging;
+pub mod mailbox;
 pub mod message;
 pub mod names;
 pub mod net;
@@ -47,6 +53,7 @@ pub mod registry;
 pub mod relay;
 pub mod router;
 pub mod router_client;
+pub mod seal;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

@@ -68,7 +68,7 @@ pub fn client(
 }
 
 /// A login request for `nick` at `address`, proven by `identity`'s
-/// signature over the router's `challenge`.
+/// signature over the router's `challenge`, publishing its mailbox key.
 pub fn login_request(
     identity: &Identity,
     nick: &str,
@@ -77,12 +77,15 @@ pub fn login_request(
 ) -> proto::LoginRequest {
     let key = identity.public();
     let signature = identity.sign(&login_bytes(&challenge, nick, address, &key));
+    let mailbox = crate::seal::Mailbox::of(identity).publish(identity);
     proto::LoginRequest {
         nick: nick.to_owned(),
         address: address.to_owned(),
         key: key.to_vec(),
         challenge,
         signature,
+        mailbox_key: mailbox.key,
+        mailbox_signature: mailbox.signature,
     }
 }
 

@@ -265,3 +265,57 @@ async fn peers_notice_nothing_when_the_etcd_leader_dies() {
     ra.terminate().await;
     rb.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
+async fn mail_deposited_through_one_router_is_drained_through_another() {
+    let etcd = Etcd::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (ra, a) = router(&etcd, tmp.path(), "a").await;
+    let (rb, b) = router(&etcd, tmp.path(), "b").await;
+    let mailbox = |e| match e {
+        PeerEvent::Mailbox { delivered, expired } => Some((delivered, expired)),
+        _ => None,
+    };
+    let mut bob = peer(&[&b], "bob", tmp.path()).await;
+    assert_eq!(
+        bob.next_event(Duration::from_secs(10), mailbox).await,
+        (0, 0)
+    );
+    bob.stop().await;
+
+    let alice = peer(&[&a], "alice", tmp.path()).await;
+    for i in 0..3 {
+        let r = alice.tell("bob", &format!("via A {i}")).await;
+        assert_eq!(r.pending, ["bob"]);
+    }
+    let sent = alice.history("@alice+bob").await;
+    alice.stop().await;
+    let boxed = mail_keys(&etcd).await;
+    assert_eq!(boxed.len(), 3, "three envelopes in etcd: {boxed:?}");
+    // Router A is gone before bob comes back: the mail lives in etcd.
+    ra.kill9().await;
+
+    let mut bob = peer(&[&b], "bob", tmp.path()).await;
+    assert_eq!(
+        bob.next_event(Duration::from_secs(10), mailbox).await,
+        (3, 0)
+    );
+    assert_eq!(
+        common::ids(&bob.history("@alice+bob").await),
+        common::ids(&sent)
+    );
+    assert!(
+        mail_keys(&etcd).await.is_empty(),
+        "drained envelopes are deleted"
+    );
+    bob.stop().await;
+    rb.terminate().await;
+}
+
+/// The envelopes' keys in etcd (under the mail prefix, beside the
+/// registry's).
+async fn mail_keys(etcd: &Etcd) -> Vec<String> {
+    etcd.keys_at(&format!("{}box/", parley::mailbox::MAIL_PREFIX))
+        .await
+}

@@ -48,14 +48,17 @@ use crate::scenario::{Options, Report, Scenario};
 struct Args {
     /// A scenario to run (repeatable; default all): floor, login, join,
     /// private, private-unsigned, private-reversed, private-relayed,
-    /// private-both, room-3, room-20, room-100, room-3-two-senders,
+    /// mailbox, private-both, room-3, room-20, room-100, room-3-two-senders,
     /// throughput (= throughput-private and throughput-room-20), join-100k.
     /// login: one login of a fresh nick at the router; join: one JoinRoom
     /// into a room another session holds; private-reversed: to a member
     /// the router cannot dial back (reached by connection reversal);
     /// private-relayed: between two such peers (through the router's relay
-    /// circuit); join-100k: a new member pulls a history of 100x --messages
-    /// messages.
+    /// circuit); mailbox: per message, the deposit plus its share of the
+    /// drain (a private line to a member that is offline, sealed into its
+    /// mailbox at the router, drained when it starts again; not with
+    /// --etcd, whose mailboxes are not written yet); join-100k: a new member
+    /// pulls a history of 100x --messages messages.
     #[arg(long = "scenario", value_name = "NAME", value_parser = |s: &str| Scenario::select(s))]
     scenarios: Vec<Vec<Scenario>>,
     /// Messages per sender and scenario, and logins or joins for login

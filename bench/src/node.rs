@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parley::names::{Nick, Room};
@@ -19,7 +19,10 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// The bench's router takes every login and new nick it is given: one
 /// address (loopback) logs in thousands of fresh nicks in seconds here,
-/// which a person's router refuses past its per-address limits.
+/// which a person's router refuses past its per-address limits. Its
+/// mailboxes likewise take every envelope `mailbox` deposits (a person's
+/// router takes 1,000 at once from one sender, then ten a second, and
+/// 10,000 a mailbox); the age limit is the default.
 pub fn router_limits() -> parley::router::RouterLimits {
     parley::router::RouterLimits {
         new_nicks: parley::router::BindingRate {
@@ -27,6 +30,17 @@ pub fn router_limits() -> parley::router::RouterLimits {
             every: Duration::from_millis(1),
         },
         logins_per_source: usize::MAX,
+        mail: parley::router::MailLimits {
+            quota: parley::mailbox::Quota {
+                count: 1 << 32,
+                bytes: 1 << 42,
+            },
+            rate: parley::router::BindingRate {
+                burst: u32::MAX,
+                every: Duration::from_millis(1),
+            },
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -138,6 +152,23 @@ pub async fn start_peer(
             .with_context(|| format!("{nick} cannot join {room}"))?;
     }
     Ok(peer)
+}
+
+/// Starts a signed peer with the library's defaults, logged in to `router`
+/// and in no room, as [`start_peer`] does, but keeps its events for the
+/// caller, who must read them or drop the receiver (a full queue drops
+/// events). Also returns when `Peer::start` returned: `mailbox` times its
+/// member's drain from there.
+pub async fn start_peer_keeping_events(
+    nick: &Nick,
+    router: &str,
+    data_dir: PathBuf,
+) -> anyhow::Result<(Peer, mpsc::Receiver<PeerEvent>, Instant)> {
+    let config = PeerConfig::new(nick.clone(), router, listener().await?, data_dir);
+    let (peer, events) = Peer::start(config)
+        .await
+        .with_context(|| format!("cannot start peer {nick}"))?;
+    Ok((peer, events, Instant::now()))
 }
 
 /// Reads and drops a peer's events, so its queue never fills (a full queue

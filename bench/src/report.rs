@@ -137,6 +137,15 @@ fn vs_private(report: &Report, r: &ScenarioResult, limit: f64) -> Option<Target>
     })
 }
 
+/// `mailbox`'s p50 over `private`'s p50 of the same run: what a line to
+/// someone offline costs (deposit plus its share of the drain, per
+/// message) against one to someone online. None unless both ran.
+pub fn mailbox_vs_private(report: &Report) -> Option<f64> {
+    let find = |s: Scenario| report.results.iter().find(|r| r.scenario == s);
+    let (mailbox, private) = (find(Scenario::Mailbox)?, find(Scenario::Private)?);
+    (private.summary.p50_us > 0.0).then(|| mailbox.summary.p50_us / private.summary.p50_us)
+}
+
 /// p50 as a multiple of the row's floor: its own where it has one
 /// (`join-100k`: the rows copied between two files), else the Ping's p50.
 /// 0 when there is no floor.
@@ -259,6 +268,14 @@ fn table_on(report: &Report, m: &Machine) -> String {
     }
     if ran(Scenario::PrivateRelayed) {
         say("private-relayed: private between two peers the router cannot dial back: through the router's relay circuit, their own TLS end to end.");
+    }
+    if ran(Scenario::Mailbox) {
+        say("mailbox: per message, the deposit plus its share of the drain. The sender of private writes one private line to a member that is offline (started once, then shut down): the deposit, from the send call until the sender's outbox owes the member nothing (the router acknowledged the sealed envelope); after the row's lines the member starts again (in the bench process) and drains its mailbox: from its start returning until its mailbox event, shared over every line drained, warm-up included.");
+    }
+    if let Some(x) = mailbox_vs_private(report) {
+        say(&format!(
+            "mailbox: {x:.2}x private (deposit plus drain, per message; p50 over private's p50)"
+        ));
     }
     if let Some(r) = report
         .results
@@ -492,6 +509,9 @@ struct JsonReport {
     /// batch_check_us.
     signatures: crate::stats::SignatureCost,
     targets: Vec<Target>,
+    /// mailbox's p50 over private's p50 of the same run (deposit plus its
+    /// share of the drain, per message); null unless both ran.
+    mailbox_vs_private: Option<f64>,
     peak_memory: JsonMemory,
     machine: Machine,
     config: JsonConfig,
@@ -531,6 +551,7 @@ pub fn json(report: &Report) -> anyhow::Result<String> {
         floor_p50_us: report.floor_p50_us,
         signatures: report.signatures,
         targets: targets(report),
+        mailbox_vs_private: mailbox_vs_private(report),
         peak_memory: JsonMemory {
             router_peak_kib: report.router_peak_kib,
             peer_peak_kib: report.peer_peak_kib,
@@ -680,6 +701,39 @@ mod tests {
         report.results.retain(|r| r.scenario != Scenario::Private);
         let all = targets(&report);
         assert!(!all.iter().any(|t| t.scenario.starts_with("private-re")));
+    }
+
+    #[test]
+    fn the_mailbox_row_is_shown_against_private_of_the_same_run() {
+        let mut report = wide_report(Options::default());
+        for r in report.results.iter_mut() {
+            match r.scenario {
+                Scenario::Private => r.summary.p50_us = 400.0,
+                Scenario::Mailbox => r.summary.p50_us = 1000.0,
+                _ => {}
+            }
+        }
+        let x = mailbox_vs_private(&report).unwrap();
+        assert!((x - 2.5).abs() < 1e-9, "{x}");
+        let text = table_on(&report, &machine());
+        assert!(
+            text.contains("\nmailbox: 2.50x private (deposit plus drain, per message"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmailbox: per message, the deposit plus its share of the drain."),
+            "{text}"
+        );
+        // Not a target: nothing is held to a limit.
+        assert!(!targets(&report).iter().any(|t| t.scenario == "mailbox"));
+        let doc: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
+        assert!((doc["mailbox_vs_private"].as_f64().unwrap() - 2.5).abs() < 1e-9);
+        // Without `private` in the run there is nothing to compare with.
+        report.results.retain(|r| r.scenario != Scenario::Private);
+        assert!(mailbox_vs_private(&report).is_none());
+        assert!(!table_on(&report, &machine()).contains("x private (deposit"));
+        let doc: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
+        assert!(doc["mailbox_vs_private"].is_null());
     }
 
     #[test]

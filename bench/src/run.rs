@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use parley::names::{Nick, Room, MAX_BODY_CHARS};
-use parley::peer::Peer;
+use parley::names::{private_key, Nick, Room, MAX_BODY_CHARS};
+use parley::peer::{Peer, PeerEvent};
 
 use crate::cluster::{self, Cluster, MemberSpec};
 use crate::history;
@@ -415,6 +415,186 @@ async fn router_calls(
             }
         }
         other => unreachable!("{} is not a router call", other.name()),
+    }
+    Ok((samples, timed))
+}
+
+/// Most time one `mailbox` line may stay owed before the row fails: the
+/// outbox retries a refused or failed deposit only after 30 s.
+const DEPOSIT_WITHIN: Duration = Duration::from_secs(30);
+/// Most time `mailbox`'s member may take from its start to its mailbox
+/// event.
+const DRAIN_WITHIN: Duration = Duration::from_secs(120);
+
+/// One private line from `sender` to `to`, who is offline: Ok(the
+/// deposit's time), from the `send_private` call until the sender's outbox
+/// owes `to` nothing. The router's acknowledgement is seen by polling
+/// `store().outbox_for(to, 1)` in a tight loop, `tokio::task::yield_now()`
+/// between polls (each poll is a query on the store's thread, so the
+/// clock includes up to one poll after the row ended). The inner Err: the
+/// line was not stored (a failed message); the outer: the row cannot go on
+/// (the line stays owed, or went to `to` directly).
+async fn deposit_one(
+    sender: &Peer,
+    to: &Nick,
+    body: &str,
+) -> anyhow::Result<Result<Duration, String>> {
+    let start = Instant::now();
+    let report = match sender.send_private(to, body).await {
+        Ok(r) => r,
+        Err(err) => return Ok(Err(err.to_string())),
+    };
+    anyhow::ensure!(
+        report.delivered.is_empty(),
+        "mailbox: {to} took the line directly: it is online, so the row would not measure its mailbox"
+    );
+    loop {
+        let owed = sender
+            .store()
+            .outbox_for(to.as_str(), 1)
+            .await
+            .with_context(|| format!("mailbox: cannot read what {} owes {to}", sender.nick()))?;
+        if owed.is_empty() {
+            return Ok(Ok(start.elapsed()));
+        }
+        if start.elapsed() > DEPOSIT_WITHIN {
+            bail!(
+                "mailbox: a line to {to} is still owed {DEPOSIT_WITHIN:?} after it was sent: \
+                 the router did not acknowledge its deposit (see RUST_LOG=info)"
+            );
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Reads a peer's events until its `PeerEvent::Mailbox`, for at most
+/// `within`: when it came, and its `delivered` and `expired`. None if it did
+/// not come in time or the peer stopped first. The events are dropped
+/// after (a full queue only drops events).
+async fn mailbox_event(
+    mut events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    within: Duration,
+) -> Option<(Instant, usize, u64)> {
+    tokio::time::timeout(within, async {
+        while let Some(event) = events.recv().await {
+            if let PeerEvent::Mailbox { delivered, expired } = event {
+                return Some((Instant::now(), delivered, expired));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// `mailbox`: per message, the deposit plus its share of the drain. A
+/// member (`mbox-RUN`) starts once in this process, so its nick is bound
+/// and its mailbox key published, and shuts down once it has told its
+/// first drain (of an empty mailbox: it must be); `sender` writes it
+/// [`WARMUP`] unmeasured lines, then `n` timed ones, each timed by
+/// [`deposit_one`]. The member then starts again on its data directory,
+/// in this process whatever `--in-process` says, its events kept, and the
+/// drain is timed from `Peer::start` returning until its
+/// `PeerEvent::Mailbox` event, which must count every line deposited
+/// (warm-up included); its history must then hold every one. Each
+/// message's sample is its deposit plus the drain over the lines drained.
+/// Returns the samples and their sum (the row's wall time); the member
+/// shuts down after.
+async fn mailbox(
+    cluster: &Cluster,
+    sender: &Peer,
+    run: &str,
+    (n, body): (usize, &str),
+    bar: &ProgressBar,
+) -> anyhow::Result<(Samples, Duration)> {
+    let member = nick("mbox", run);
+    let router = cluster.router_addr.as_str();
+    bar.set_message("mailbox: its member starts once and shuts down");
+    let (first, events, _) =
+        node::start_peer_keeping_events(&member, router, cluster.data_dir(&member))
+            .await
+            .context("mailbox")?;
+    // Up once its first drain (of an empty mailbox) is told: its session's
+    // loops have started by then, and a shutdown does not cut them short.
+    let up = mailbox_event(events, DRAIN_WITHIN).await;
+    first.shutdown().await;
+    match up {
+        Some((_, 0, _)) => {}
+        Some((_, delivered, _)) => {
+            bail!("mailbox: {member}'s mailbox held {delivered} line(s) before any was sent")
+        }
+        None => {
+            bail!("mailbox: {member} had no mailbox event within {DRAIN_WITHIN:?} of its start")
+        }
+    }
+    bar.set_message(Scenario::Mailbox.name());
+
+    let mut deposited = 0;
+    for _ in 0..WARMUP {
+        match deposit_one(sender, &member, body).await? {
+            Ok(_) => deposited += 1,
+            Err(err) => tracing::debug!(cause = %err, "warm-up line failed"),
+        }
+    }
+    let mut samples = Samples::default();
+    let mut deposits = Vec::with_capacity(n);
+    for _ in 0..n {
+        let outcome = deposit_one(sender, &member, body).await?;
+        if let Ok(took) = &outcome {
+            deposits.push(*took);
+            deposited += 1;
+        } else {
+            record(&mut samples, outcome);
+        }
+        bar.inc(1);
+    }
+
+    bar.set_message("mailbox: its member starts again and drains its mailbox");
+    let (peer, events, started) =
+        node::start_peer_keeping_events(&member, router, cluster.data_dir(&member))
+            .await
+            .context("mailbox: cannot start the member again")?;
+    let drained = mailbox_event(events, DRAIN_WITHIN).await;
+    let checked = async {
+        let Some((at, delivered, expired)) = drained else {
+            bail!("mailbox: {member} had no mailbox event within {DRAIN_WITHIN:?} of its start")
+        };
+        let drain = at.duration_since(started);
+        anyhow::ensure!(
+            delivered == deposited,
+            "mailbox: {member} drained {delivered} line(s) ({expired} expired) of the {deposited} deposited"
+        );
+        let conv = private_key(sender.nick(), &member);
+        let history = peer
+            .history(&conv, deposited + 1)
+            .await
+            .with_context(|| format!("mailbox: cannot read {member}'s history"))?;
+        let held = history
+            .iter()
+            .filter(|m| m.author.eq_ignore_ascii_case(sender.nick().as_str()))
+            .count();
+        anyhow::ensure!(
+            held == deposited,
+            "mailbox: {member}'s history holds {held} of the {deposited} lines deposited"
+        );
+        Ok::<_, anyhow::Error>(drain)
+    }
+    .await;
+    bar.set_message(Scenario::Mailbox.name());
+    peer.shutdown().await;
+    let drain = checked?;
+    let share = drain / deposited.max(1) as u32;
+    tracing::debug!(
+        ?drain,
+        deposited,
+        ?share,
+        "mailbox: the member drained its mailbox"
+    );
+    let mut timed = Duration::ZERO;
+    for took in deposits {
+        timed += took + share;
+        record(&mut samples, Ok(took + share));
     }
     Ok((samples, timed))
 }
@@ -867,6 +1047,12 @@ async fn measure_all(
                 warm_up(w, &t, &body).await;
                 start = Instant::now();
                 sequential(w, &t, &body, n, bar).await
+            }
+            Scenario::Mailbox => {
+                start = Instant::now();
+                let (samples, timed) = mailbox(cluster, &a, run, (n, &body), bar).await?;
+                timed_wall = Some(timed);
+                samples
             }
             Scenario::PrivateBoth => {
                 let b = b.as_ref().expect("bench-b starts for private-both");

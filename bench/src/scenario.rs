@@ -47,6 +47,21 @@ pub enum Scenario {
     /// `private` between two peers the router cannot dial back: through
     /// the relay circuit the router splices (their own TLS end to end).
     PrivateRelayed,
+    /// Per message, the deposit plus its share of the drain. The sender of
+    /// `private` (bench-a) writes one private line to a member that is
+    /// offline (started once, so its nick is bound and its mailbox key
+    /// published, then shut down): the deposit is timed from the
+    /// `send_private` call until the sender's outbox owes that member
+    /// nothing (the row's end is seen by polling
+    /// `store().outbox_for(member, 1)` in a tight loop, a
+    /// `tokio::task::yield_now()` between polls). After the [`WARMUP`]
+    /// unmeasured lines and the measured ones, the member starts again on
+    /// its data directory, in the bench process, and the drain is timed
+    /// from `Peer::start` returning until its `PeerEvent::Mailbox` event;
+    /// each message's sample is its deposit plus the drain over the lines
+    /// drained (warm-up included). The event must count every line
+    /// deposited, and the member's history must then hold every one.
+    Mailbox,
     PrivateBoth,
     Room3,
     Room20,
@@ -65,7 +80,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Floor,
         Scenario::Login,
         Scenario::Join,
@@ -73,6 +88,7 @@ impl Scenario {
         Scenario::PrivateUnsigned,
         Scenario::PrivateReversed,
         Scenario::PrivateRelayed,
+        Scenario::Mailbox,
         Scenario::PrivateBoth,
         Scenario::Room3,
         Scenario::Room20,
@@ -93,6 +109,7 @@ impl Scenario {
             Scenario::PrivateUnsigned => "private-unsigned",
             Scenario::PrivateReversed => "private-reversed",
             Scenario::PrivateRelayed => "private-relayed",
+            Scenario::Mailbox => "mailbox",
             Scenario::PrivateBoth => "private-both",
             Scenario::Room3 => "room-3",
             Scenario::Room20 => "room-20",
@@ -205,7 +222,9 @@ pub struct ScenarioResult {
     pub in_flight: usize,
     /// Wall time of the measured sends. For the router calls, the sum of
     /// the timed calls only (the untimed logouts and leaves between them
-    /// are left out), so their rate is 1 / mean.
+    /// are left out), so their rate is 1 / mean; for `mailbox`, the sum of
+    /// its samples (the deposits and their shares of the drain; the
+    /// member's start is left out), so its rate is 1 / mean too.
     pub wall: Duration,
     pub summary: Summary,
     /// Latencies of delivered messages (µs), sorted; for `join-100k`, the
@@ -281,6 +300,9 @@ mod tests {
             at(Scenario::PrivateRelayed),
             at(Scenario::PrivateReversed) + 1
         );
+        assert_eq!(at(Scenario::Mailbox), at(Scenario::PrivateRelayed) + 1);
+        assert_eq!(Scenario::Mailbox.name(), "mailbox");
+        assert_eq!(Scenario::select("mailbox"), Ok(vec![Scenario::Mailbox]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every row of a default run, in the table's order.
-const ROWS: [&str; 15] = [
+const ROWS: [&str; 16] = [
     "floor",
     "login",
     "join",
@@ -18,6 +18,7 @@ const ROWS: [&str; 15] = [
     "private-unsigned",
     "private-reversed",
     "private-relayed",
+    "mailbox",
     "private-both",
     "room-3",
     "room-20",
@@ -99,6 +100,7 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             "private-unsigned",
             "private-reversed",
             "private-relayed",
+            "mailbox",
         ];
         if router_call || name == "floor" || one_sender_private.contains(&name) {
             assert_eq!(msgs, MESSAGES, "{line}");
@@ -209,6 +211,23 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             assert_eq!(t["what"], format!("p50 at most {limit}x private"), "{t}");
             assert!(t["value"].as_f64().unwrap() > 0.0, "{t}");
             assert!(stdout.contains(&format!("\n{name}: ")), "{stdout}");
+        }
+    }
+    // The mailbox row is described, and shown against private of the run.
+    if rows.contains(&"mailbox") {
+        assert!(
+            stdout.contains("\nmailbox: per message, the deposit plus its share of the drain."),
+            "{stdout}"
+        );
+        let vs = doc["mailbox_vs_private"].as_f64();
+        if rows.contains(&"private") {
+            assert!(vs.is_some_and(|x| x > 0.0), "{doc:#}");
+            assert!(
+                stdout.contains("x private (deposit plus drain, per message"),
+                "{stdout}"
+            );
+        } else {
+            assert!(vs.is_none(), "{doc:#}");
         }
     }
     // Every line of stdout fits 100 columns (chars: µ is one), the

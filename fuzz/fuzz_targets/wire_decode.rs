@@ -5,11 +5,24 @@
 
 use libfuzzer_sys::fuzz_target;
 use parley::names::{check_address, check_body, Conversation, Name, Nick, Room};
+use parley::identity::{Identity, PublicKey};
 use parley::proto::{
-    ChatMessage, DeliverRequest, GetVersionRequest, JoinRoomRequest, LinkAck, LinkBatch,
-    LoginRequest, PullHistoryRequest, RegistryEvent,
+    ChatMessage, DeliverRequest, DepositRequest, DrainResponse, GetVersionRequest,
+    JoinRoomRequest, LinkAck, LinkBatch, LoginRequest, PullHistoryRequest, RegistryEvent,
 };
+use parley::seal::{Mailbox, MailboxKey};
 use prost::Message;
+use std::sync::OnceLock;
+
+/// One recipient's mailbox for every run: what a drain opens with.
+fn mailbox() -> &'static (Identity, Mailbox) {
+    static M: OnceLock<(Identity, Mailbox)> = OnceLock::new();
+    M.get_or_init(|| {
+        let id = Identity::from_seed([3; 32]);
+        let m = Mailbox::of(&id);
+        (id, m)
+    })
+}
 
 fn names(s: &str) {
     let _ = Conversation::parse_key(s).map(|c| c.key());
@@ -66,6 +79,37 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(l) = LoginRequest::decode(data) {
         names(&l.nick);
         let _ = check_address(&l.address);
+        if let Ok(key) = PublicKey::from_bytes(&l.key) {
+            let published = MailboxKey {
+                key: l.mailbox_key.clone(),
+                signature: l.mailbox_signature.clone(),
+            };
+            let _ = published.check(&key);
+        }
+    }
+    // A router receives deposits; a peer, its drained mailbox: every
+    // envelope is opened, and what opens decodes as a message.
+    if let Ok(d) = DepositRequest::decode(data) {
+        names(&d.recipient);
+        let _ = PublicKey::from_bytes(&d.recipient_key);
+    }
+    if let Ok(r) = DrainResponse::decode(data) {
+        let (_, mailbox) = mailbox();
+        for e in &r.envelopes {
+            if let Ok(from) = PublicKey::from_bytes(&e.from) {
+                if let Ok(plain) = mailbox.open(&from, &e.sealed) {
+                    if let Ok(m) = ChatMessage::decode(plain.as_slice()) {
+                        message(&m);
+                    }
+                }
+            }
+        }
+    }
+    // Raw bytes as one envelope's seal.
+    if let (Some(from), Some(sealed)) = (data.get(..32), data.get(32..)) {
+        if let Ok(from) = PublicKey::from_bytes(from) {
+            let _ = mailbox().1.open(&from, sealed);
+        }
     }
     if let Ok(j) = JoinRoomRequest::decode(data) {
         names(&j.room);

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use parley::mailbox::Quota;
 use parley::registry::{
     EtcdRegistry, MemoryOptions, MemoryRegistry, Registry, MIN_LEASE_TTL, REGISTRY_FILE,
 };
-use parley::router::{BindingRate, RelayLimits, RouterLimits};
+use parley::router::{BindingRate, MailLimits, RelayLimits, RouterLimits};
 
 /// The parley router: who is online and who sits in which room.
 #[derive(Parser)]
@@ -40,8 +41,9 @@ struct Args {
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     etcd: Vec<String>,
     /// Where the in-memory registry keeps nick bindings and room owners
-    /// across restarts (the file registry.sqlite3). Default: the key
-    /// file's directory. Not used with --etcd, which keeps them in etcd.
+    /// across restarts (the file registry.sqlite3), and mailboxes (the
+    /// file mailbox.sqlite3). Default: the key file's directory. Not used
+    /// with --etcd, which keeps both in etcd.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Days a key may go unseen before its nicks are released.
@@ -73,6 +75,25 @@ struct Args {
     /// open another.
     #[arg(long, default_value_t = RelayLimits::default().circuit_time.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     relay_circuit_secs: u64,
+    /// Envelopes one mailbox may hold (sealed mail for an offline
+    /// recipient); a deposit past it is refused and the message stays
+    /// owed at its sender.
+    #[arg(long, default_value_t = MailLimits::default().quota.count, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    mailbox_count: u64,
+    /// Bytes of envelopes one mailbox may hold.
+    #[arg(long, default_value_t = MailLimits::default().quota.bytes, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(parley::router::MAX_ENVELOPE as u64..))]
+    mailbox_bytes: u64,
+    /// Envelopes one sender's key may deposit at once (all mailboxes
+    /// together) ...
+    #[arg(long, default_value_t = MailLimits::default().rate.burst, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    mailbox_burst: u32,
+    /// ... and then one per this many milliseconds.
+    #[arg(long, default_value_t = MailLimits::default().rate.every.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    mailbox_every_ms: u64,
+    /// Days an envelope waits before it is removed unread (its recipient
+    /// is told how many were).
+    #[arg(long, default_value_t = MailLimits::default().max_age.as_secs() / 86400, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=3650))]
+    mailbox_days: u64,
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -137,6 +158,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             circuits: usize::try_from(args.relay_circuits).unwrap_or(usize::MAX),
             circuit_bytes: args.relay_circuit_bytes,
             circuit_time: Duration::from_secs(args.relay_circuit_secs),
+        },
+        mail: MailLimits {
+            quota: Quota {
+                count: args.mailbox_count,
+                bytes: args.mailbox_bytes,
+            },
+            rate: BindingRate {
+                burst: args.mailbox_burst,
+                every: Duration::from_millis(args.mailbox_every_ms),
+            },
+            max_age: Duration::from_secs(args.mailbox_days * 24 * 3600),
         },
     };
     parley::router::serve(

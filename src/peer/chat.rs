@@ -208,13 +208,26 @@ impl ChatService {
             }
         }
     }
-    /// Takes `msgs`, the caller's own messages, as `Deliver` takes one:
+    /// Takes `msgs`, the caller's own messages, as `Deliver` takes one
+    /// ([`ChatService::take_from`] from a link).
     /// each is checked (well formed, its author's key is the caller's, a
     /// member or party may write it), their signatures are checked as one
     /// batch, and those that pass are stored in one store job. One answer
     /// per message, in order; a refusal is that message's alone.
     async fn take(
         &self,
+        caller: &PublicKey,
+        msgs: Vec<ChatMessage>,
+    ) -> Vec<Result<DeliverResponse, Status>> {
+        self.take_from(Source::Link, caller, msgs).await
+    }
+
+    /// [`ChatService::take`] of messages that came by way of `source`:
+    /// `caller` is the key that handed them over (a link's, or the key
+    /// that deposited an envelope, which the seal binds).
+    pub(super) async fn take_from(
+        &self,
+        source: Source,
         caller: &PublicKey,
         msgs: Vec<ChatMessage>,
     ) -> Vec<Result<DeliverResponse, Status>> {
@@ -263,6 +276,18 @@ impl ChatService {
                     Err(Status::permission_denied(format!(
                         "{author} does not own {room}: its creation event is refused"
                     )))
+                }
+                // Mail was written while its author sat in the room and this
+                // peer rested there; the author may be gone now. It is taken
+                // for a room this peer keeps, written by the author's key.
+                Conversation::Room(room) if source == Source::Mailbox => {
+                    if self.rooms.contains(room.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(Status::failed_precondition(format!(
+                            "not a member of {room}"
+                        )))
+                    }
                 }
                 Conversation::Room(room) => {
                     let at = (room.key(), author.key());
@@ -378,6 +403,17 @@ impl ChatService {
             away: away.unwrap_or_default(),
         })
     }
+}
+
+/// How messages reached this peer: the admission differs only in who must
+/// be in a room now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// From its author, over a link (or `Deliver`).
+    Link,
+    /// From the router's mailbox, deposited by its author while this peer
+    /// was away.
+    Mailbox,
 }
 
 /// Which of `msgs` carry `key`'s signature, checked as one batch on the

@@ -40,6 +40,10 @@ pub enum PeerEvent {
         change: Presence,
         message: String,
     },
+    /// This peer's mailbox at the router was drained: `delivered` messages
+    /// waited there and are new here; `expired` envelopes were removed
+    /// unread at the router's age limit.
+    Mailbox { delivered: usize, expired: u64 },
     /// The router stopped answering (`up` false: every router of the list
     /// was unreachable), or answers again after that (`up` true). Said once
     /// per outage.

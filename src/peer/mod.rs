@@ -16,6 +16,7 @@ mod away;
 mod chat;
 pub mod events;
 mod limits;
+pub mod mailbox;
 pub mod outbox;
 mod reservation;
 pub mod rooms;
@@ -137,6 +138,9 @@ pub struct PeerConfig {
     /// a peer sends.
     #[doc(hidden)]
     pub unsigned: bool,
+    /// How long an online member may go without answering before what it
+    /// is owed goes to its mailbox at the router instead.
+    pub deposit_after: Duration,
 }
 
 impl PeerConfig {
@@ -157,6 +161,7 @@ impl PeerConfig {
             sync_interval: DEFAULT_SYNC_INTERVAL,
             router_keys: Vec::new(),
             unsigned: false,
+            deposit_after: outbox::DEPOSIT_AFTER,
         }
     }
 }
@@ -183,6 +188,9 @@ struct Caught {
     reached: bool,
 }
 
+/// How long quitting waits for what it owes the offline to be deposited.
+const QUIT_DEPOSIT: Duration = Duration::from_secs(5);
+
 /// A running peer. Cheap to clone.
 #[derive(Clone)]
 pub struct Peer {
@@ -202,6 +210,10 @@ struct Inner {
     rooms: Rooms,
     events: Events,
     away: away::Away,
+    /// The chat service's admission, served and used by the drainer.
+    chat: chat::ChatService,
+    /// Drains this peer's mailbox at the router.
+    drainer: mailbox::Drainer,
     /// Wakes anti-entropy early (a failed delivery, a reconnection).
     kick: Arc<Notify>,
     sync_interval: Duration,
@@ -290,9 +302,29 @@ impl Peer {
             events.clone(),
             kick.clone(),
             identity.incarnation,
+            (
+                mailbox::Sealer::new(session.clone(), peers.clone(), key.clone()),
+                config.deposit_after,
+            ),
             stop.clone(),
             tasks.clone(),
         );
+        let rooms_kept = rooms.clone();
+        let away = away::Away::default();
+        let chat = chat::ChatService {
+            check_signatures: !unsigned,
+            store: store.clone(),
+            session: session.clone(),
+            rooms: rooms_kept,
+            sync: sync.clone(),
+            peers: peers.clone(),
+            events: events.clone(),
+            away: away.clone(),
+            pulls: Default::default(),
+            stop: stop.clone(),
+            tasks: tasks.clone(),
+        };
+        let drainer = mailbox::Drainer::new(chat.clone(), session.clone(), &key, events.clone());
         let peer = Peer {
             inner: Arc::new(Inner {
                 identity,
@@ -306,7 +338,9 @@ impl Peer {
                 peers,
                 rooms,
                 events,
-                away: away::Away::default(),
+                away,
+                chat,
+                drainer,
                 kick,
                 sync_interval: config.sync_interval,
                 stop,
@@ -320,7 +354,7 @@ impl Peer {
         // Connections made for others (dialed back, relayed) join the
         // listener's.
         let (reached_tx, reached) = mpsc::channel(64);
-        peer.spawn_server(config.listener, &tls, !unsigned, reached);
+        peer.spawn_server(config.listener, &tls, reached);
         if let Err(e) = peer.inner.session.login().await {
             peer.stop_now().await;
             return Err(e.into());
@@ -350,7 +384,16 @@ impl Peer {
         peer.spawn(|p| async move { p.inner.outbox.run().await });
         peer.spawn(|p| async move { p.anti_entropy().await });
         peer.spawn(|p| async move {
-            p.announce_back(back).await;
+            // What waited at the router first: it is older than anything
+            // a member may hand over now.
+            let drained = match p.inner.drainer.drain(true).await {
+                Ok(d) => d,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot drain the mailbox; trying again at the next heartbeat");
+                    Default::default()
+                }
+            };
+            p.announce_back(back, &drained).await;
             let private = p.private_conversations().await;
             p.inner.sync.round(private).await;
         });
@@ -455,24 +498,10 @@ impl Peer {
         &self,
         listener: TcpListener,
         tls: &Tls,
-        check_signatures: bool,
         reached: mpsc::Receiver<crate::tls::TlsConn>,
     ) {
         let inner = &self.inner;
-        let service = chat::ChatService {
-            check_signatures,
-            store: inner.store.clone(),
-            session: inner.session.clone(),
-            rooms: inner.rooms.clone(),
-            sync: inner.sync.clone(),
-            peers: inner.peers.clone(),
-            events: inner.events.clone(),
-            away: inner.away.clone(),
-            pulls: Default::default(),
-            stop: inner.stop.clone(),
-            tasks: inner.tasks.clone(),
-        };
-        let svc = ChatServer::new(service)
+        let svc = ChatServer::new(inner.chat.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
         let stop = inner.stop.clone();
@@ -534,6 +563,9 @@ impl Peer {
                         .emit(PeerEvent::Notice("logged in to the router again".into()));
                     self.spawn(|p| async move {
                         let back = p.rejoin(false).await;
+                        if let Err(err) = p.inner.drainer.drain(false).await {
+                            tracing::warn!(cause = %err, "cannot drain the mailbox");
+                        }
                         let mut convs = p.room_conversations(back);
                         convs.extend(p.private_conversations().await);
                         p.inner.sync.round(convs).await;
@@ -561,6 +593,14 @@ impl Peer {
                     });
                 }
                 SessionEvent::Router { up } => self.inner.events.emit(PeerEvent::Router { up }),
+                SessionEvent::Mail { waiting } => {
+                    tracing::debug!(waiting, "mail waits at the router");
+                    self.spawn(|p| async move {
+                        if let Err(err) = p.inner.drainer.drain(false).await {
+                            tracing::warn!(cause = %err, "cannot drain the mailbox");
+                        }
+                    });
+                }
             }
         }
     }
@@ -588,15 +628,21 @@ impl Peer {
     }
 
     /// Catches up on `rooms`, rejoined at start, and tells the person:
-    /// `-- back in #rust (3 new)`.
-    async fn announce_back(&self, rooms: Vec<Room>) {
+    /// `-- back in #rust (3 new)`, counting what waited in the mailbox
+    /// (`drained`) too.
+    async fn announce_back(&self, rooms: Vec<Room>, drained: &mailbox::Drained) {
         for room in rooms {
             let members = self.room_members(&room);
+            let mailed = drained
+                .by_conversation
+                .get(&room.key())
+                .copied()
+                .unwrap_or(0);
             let new = match self.catch_up(&room.key(), &members).await {
-                Ok(caught) => caught.new,
+                Ok(caught) => caught.new + mailed,
                 Err(err) => {
                     tracing::warn!(%room, cause = %err, "cannot catch up; anti-entropy will retry");
-                    0
+                    mailed
                 }
             };
             self.inner.events.emit(PeerEvent::Back {
@@ -908,6 +954,13 @@ impl Peer {
                 ""
             }
         };
+        // What is owed to those away goes to their mailboxes first, so a
+        // line written just before quitting does not wait for this peer's
+        // return.
+        self.inner
+            .outbox
+            .deposit_for_the_offline(QUIT_DEPOSIT)
+            .await;
         self.inner.session.logout(message).await;
         self.stop_now().await;
     }

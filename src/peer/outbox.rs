@@ -8,10 +8,15 @@
 //! [`Delivery`]). Anything else (a timeout, no
 //! connection, a member whose router is unreachable) keeps the row, which
 //! the retry loop delivers when the member looks online.
+//!
+//! What is owed to a member with no session (or one that has not answered
+//! for [`DEPOSIT_AFTER`], or as configured) is sealed into its mailbox at
+//! the router instead (`mailbox::Sealer`); the row ends when the router
+//! has stored it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tokio::sync::{mpsc, Notify};
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::events::{Events, PeerEvent};
+use super::mailbox::Sealer;
 use super::session::Session;
 use crate::message::now_ms;
 use crate::names::Nick;
@@ -36,6 +42,13 @@ const SETTLE_QUEUE: usize = 65_536;
 /// Most rows ended in one store job.
 const SETTLE_BATCH: usize = 4096;
 
+/// How long an online member may go without answering before what it is
+/// owed goes to its mailbox instead (by default: `PeerConfig::deposit_after`).
+pub const DEPOSIT_AFTER: Duration = Duration::from_secs(30);
+/// How long a recipient whose mailbox refused (full, the sender's rate) or
+/// could not be reached is left before the next deposit.
+const DEPOSIT_BACKOFF: Duration = Duration::from_secs(30);
+
 /// One recipient's row for one message.
 type Row = (String, MsgId);
 
@@ -47,6 +60,11 @@ pub struct SendReport {
     pub pending: Vec<String>,
     /// (nick, away message) of recipients that answered they are away.
     pub away: Vec<(String, String)>,
+}
+
+/// A plain map's lock: a panic elsewhere cannot leave it half-updated.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The sending side of a peer. Cheap to clone.
@@ -72,6 +90,17 @@ struct Inner {
     /// by the settler task: one store job for many sends.
     settle: mpsc::Sender<Row>,
     incarnation: u64,
+    /// Seals and deposits what the offline are owed, and what members
+    /// silent for this long are.
+    sealer: Sealer,
+    deposit_after: Duration,
+    /// Recipients per nick key: online ones that have not answered since
+    /// when, and those whose deposits wait until when.
+    unanswered: Mutex<HashMap<String, Instant>>,
+    deposit_wait: Mutex<HashMap<String, Instant>>,
+    /// One deposit at a time, from reading the rows to ending them: two
+    /// would deposit the same rows twice.
+    depositing: tokio::sync::Mutex<()>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -85,6 +114,7 @@ impl Outbox {
         events: Events,
         failed: Arc<Notify>,
         incarnation: u64,
+        (sealer, deposit_after): (Sealer, Duration),
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Outbox {
@@ -100,6 +130,11 @@ impl Outbox {
                 in_flight: Mutex::new(HashSet::new()),
                 settle,
                 incarnation,
+                sealer,
+                deposit_after,
+                unanswered: Mutex::new(HashMap::new()),
+                deposit_wait: Mutex::new(HashMap::new()),
+                depositing: tokio::sync::Mutex::new(()),
                 stop,
                 tasks,
             }),
@@ -179,6 +214,7 @@ impl Outbox {
             .map(|m| m.nick.clone())
             .chain(offline.iter().cloned())
             .collect();
+        let away = offline.clone();
         let msg = inner
             .store
             .append_own_kind(
@@ -209,7 +245,7 @@ impl Outbox {
         let mut report = SendReport {
             message: msg,
             delivered: Vec::new(),
-            pending: offline,
+            pending: away,
             away: Vec::new(),
         };
         let mut failed = false;
@@ -236,6 +272,13 @@ impl Outbox {
         }
         if failed {
             inner.failed.notify_one();
+        }
+        // Those with no session get it in their mailboxes now, not at the
+        // next retry. (Not those that failed just now: the retry loop
+        // delivers their owed messages in order, after the link is back.)
+        for nick in offline {
+            let o = self.clone();
+            inner.tasks.spawn(async move { o.flush(&nick).await });
         }
         Ok(report)
     }
@@ -272,23 +315,39 @@ impl Outbox {
         // sharing no room) is looked up afresh.
         let member = match inner.session.world().user(key) {
             Some(m) => m,
+            // One lookup serves both ways: the member if online, else
+            // the key and mailbox key a deposit seals to.
             None => match Nick::parse(key) {
-                Ok(nick) => match inner.session.lookup_user(&nick).await {
-                    Some(m) => m,
-                    None => return Ok(0),
+                Ok(nick) => match inner.session.find(nick.as_str()).await {
+                    Ok(found) => match found.members.first().filter(|_| found.found) {
+                        Some(m) => m.clone(),
+                        None => return self.deposit(key, Some(found)).await.map(|_| 0),
+                    },
+                    Err(err) => {
+                        tracing::debug!(nick = key, cause = %err, "cannot look a recipient up");
+                        return Ok(0);
+                    }
                 },
                 Err(_) => return Ok(0),
             },
         };
-        let msgs = inner.store.outbox_for(key, FLUSH_BATCH).await?;
-        let msgs: Vec<ChatMessage> = {
-            let in_flight = self.in_flight();
-            msgs.into_iter()
-                .filter(|m| !in_flight.contains(&(key.to_owned(), MsgId::of(m))))
-                .collect()
-        };
+        let msgs = self.owed(key).await?;
         let ids: Vec<MsgId> = msgs.iter().map(MsgId::of).collect();
         let answers = inner.peers.deliver_all(&member, msgs).await;
+        let answered = answers.iter().any(|a| !matches!(a, Delivery::Unreachable));
+        let silent_since = {
+            let mut unanswered = lock(&inner.unanswered);
+            if answered || answers.is_empty() {
+                unanswered.remove(key);
+                None
+            } else {
+                Some(
+                    *unanswered
+                        .entry(key.to_owned())
+                        .or_insert_with(Instant::now),
+                )
+            }
+        };
         let mut done = Vec::new();
         let mut delivered = 0;
         for (id, answer) in ids.into_iter().zip(answers) {
@@ -304,12 +363,107 @@ impl Outbox {
         if !done.is_empty() {
             inner.store.outbox_done(key, done).await?;
         }
+        // Online but silent for long (frozen, cut off): its mailbox holds
+        // what it is owed, and it drains that when its router tells it.
+        if silent_since.is_some_and(|since| since.elapsed() >= inner.deposit_after) {
+            self.deposit(key, None).await?;
+        }
         Ok(delivered)
     }
 
-    /// Retries the outbox for every recipient the picture shows online, now
-    /// and every [`OUTBOX_RETRY`]: a member cut off without going offline
-    /// (a partition, a frozen process) is never announced as coming back.
+    /// What the outbox owes `key` (a nick key), up to [`FLUSH_BATCH`],
+    /// leaving out rows a send in progress is still delivering.
+    async fn owed(&self, key: &str) -> Result<Vec<ChatMessage>, StoreError> {
+        let msgs = self.inner.store.outbox_for(key, FLUSH_BATCH).await?;
+        let in_flight = self.in_flight();
+        Ok(msgs
+            .into_iter()
+            .filter(|m| !in_flight.contains(&(key.to_owned(), MsgId::of(m))))
+            .collect())
+    }
+
+    /// Seals what is owed to `key` (a nick key) into its mailbox at the
+    /// router, ending the rows the router stored. How many it stored.
+    /// `found`: the router's answer for the nick, if just asked.
+    async fn deposit(
+        &self,
+        key: &str,
+        found: Option<crate::proto::FindResponse>,
+    ) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        if lock(&inner.deposit_wait)
+            .get(key)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return Ok(0);
+        }
+        let _one = inner.depositing.lock().await;
+        let msgs = self.owed(key).await?;
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        let wait = |why: &dyn std::fmt::Display| {
+            tracing::info!(nick = key, cause = %why, "cannot deposit now; the messages stay owed");
+            lock(&inner.deposit_wait).insert(key.to_owned(), Instant::now() + DEPOSIT_BACKOFF);
+        };
+        let deposited = match inner.sealer.deposit(key, &msgs, found).await {
+            Ok(d) => d,
+            Err(err) => {
+                wait(&err);
+                return Ok(0);
+            }
+        };
+        let stored = deposited.stored.min(msgs.len());
+        if stored > 0 {
+            tracing::info!(nick = key, stored, "left in the mailbox at the router");
+            let ids = msgs[..stored].iter().map(MsgId::of).collect();
+            inner.store.outbox_done(key, ids).await?;
+        }
+        if let Some(why) = deposited.refused {
+            let first = !lock(&inner.deposit_wait).contains_key(key);
+            wait(&why);
+            if first {
+                inner.events.emit(PeerEvent::Notice(format!(
+                    "the router keeps no more for {key} now ({why}); {} message(s) stay owed here",
+                    msgs.len() - stored
+                )));
+            }
+        } else {
+            lock(&inner.deposit_wait).remove(key);
+        }
+        Ok(stored)
+    }
+
+    /// Deposits what every recipient that is not online is owed (within
+    /// `limit`): what a peer does before it quits.
+    pub async fn deposit_for_the_offline(&self, limit: Duration) {
+        let work = async {
+            let nicks = match self.inner.store.outbox_recipients().await {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot read the outbox");
+                    return;
+                }
+            };
+            for nick in nicks {
+                if self.inner.session.world().user(&nick).is_some() {
+                    continue;
+                }
+                lock(&self.inner.deposit_wait).remove(&nick);
+                if let Err(err) = self.deposit(&nick, None).await {
+                    tracing::warn!(%nick, cause = %err, "cannot deposit before quitting");
+                }
+            }
+        };
+        if tokio::time::timeout(limit, work).await.is_err() {
+            tracing::warn!("quitting before everything owed to the offline was deposited");
+        }
+    }
+
+    /// Retries the outbox for every recipient, now and every
+    /// [`OUTBOX_RETRY`]: delivered to those online (a member cut off
+    /// without going offline, by a partition or a frozen process, is never
+    /// announced as coming back), deposited for those that are not.
     pub async fn run(&self) {
         loop {
             match self.inner.store.outbox_recipients().await {

@@ -14,6 +14,12 @@
 //! ([`ABSENT_FOR`]): sends owe it the message (an outbox row) instead of
 //! forgetting it, and a message from it is neither taken nor refused until
 //! the router can say.
+//!
+//! A member whose session ended while in a room (it quit, or its lease ran
+//! out) is *resting* there: it rejoins when it comes back, so sends still
+//! owe it the message, which its sender seals into its mailbox at the
+//! router. It stops resting when it comes back, or leaves the room (up to
+//! [`MAX_RESTING`] per room, the longest resting dropped first).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -27,6 +33,9 @@ const LOG_LEN: usize = 4096;
 /// How long a member dropped by a snapshot stays absent: every live peer
 /// logs in again within a lease or two of a router's return.
 pub const ABSENT_FOR: Duration = Duration::from_secs(60);
+
+/// Most resting members kept per room.
+pub const MAX_RESTING: usize = 1024;
 
 /// What the picture says of a nick in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +82,9 @@ struct RoomView {
     members: BTreeMap<String, Member>,
     /// Nick key → (nick as written, since when): see the module doc.
     absent: BTreeMap<String, (String, Instant)>,
+    /// Nick key → (nick as written, since when): members whose session
+    /// ended in the room (see the module doc).
+    resting: BTreeMap<String, (String, Instant)>,
 }
 
 #[derive(Default)]
@@ -123,6 +135,7 @@ impl World {
             revision,
             members: BTreeMap::new(),
             absent: BTreeMap::new(),
+            resting: BTreeMap::new(),
         };
         for m in members {
             s.users.insert(key(&m.nick), m.clone());
@@ -137,6 +150,12 @@ impl World {
                 .chain(old.absent.clone())
                 .filter(|(k, (_, since))| !view.members.contains_key(k) && still_absent(since));
             view.absent = dropped.collect();
+            view.resting = old
+                .resting
+                .iter()
+                .filter(|(k, _)| !view.members.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
         }
         let later: Vec<RegistryEvent> = s
             .log
@@ -207,7 +226,8 @@ impl World {
     }
 
     /// Members of `room` without this peer's own nick `me`: those online
-    /// (with addresses) and those absent (nicks only). None when not in it.
+    /// (with addresses) and those absent or resting (nicks only). None when
+    /// not in it.
     pub fn recipients(&self, room: &str, me: &str) -> Option<(Vec<Member>, Vec<String>)> {
         let s = self.lock();
         let view = s.rooms.get(&key(room))?;
@@ -223,6 +243,12 @@ impl World {
             .iter()
             .filter(|(k, (_, since))| **k != me && still_absent(since))
             .map(|(_, (nick, _))| nick.clone())
+            .chain(
+                view.resting
+                    .iter()
+                    .filter(|(k, _)| **k != me && !view.absent.contains_key(*k))
+                    .map(|(_, (nick, _))| nick.clone()),
+            )
             .collect();
         Some((present, absent))
     }
@@ -329,6 +355,21 @@ fn apply_room_event(s: &mut State, e: &RegistryEvent) -> Option<Change> {
         .absent
         .remove(&k)
         .is_some_and(|(_, since)| still_absent(&since));
+    view.resting.remove(&k);
+    if !joined && departure != Departure::Left {
+        if view.resting.len() >= MAX_RESTING {
+            let oldest = view
+                .resting
+                .iter()
+                .min_by_key(|(_, (_, since))| *since)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                view.resting.remove(&oldest);
+            }
+        }
+        view.resting
+            .insert(k.clone(), (member.nick.clone(), Instant::now()));
+    }
     let was_member = if joined {
         view.members.insert(k, member.clone()).is_some()
     } else {
@@ -437,6 +478,41 @@ mod tests {
             }),
         ));
         assert_eq!(w.membership("#r", "carol"), Membership::Unknown);
+    }
+
+    #[test]
+    fn a_member_whose_session_ended_rests_until_it_returns_or_leaves() {
+        let w = World::default();
+        w.set_room("#r", vec![m("alice"), m("bob"), m("carol"), m("dave")], 1);
+        let left = |rev, n: &str, departure: Departure| {
+            ev(
+                rev,
+                Kind::MemberLeft(RoomMember {
+                    room: "#r".into(),
+                    member: Some(m(n)),
+                    departure: departure as i32,
+                    ..Default::default()
+                }),
+            )
+        };
+        w.apply(left(2, "bob", Departure::Quit));
+        w.apply(left(3, "carol", Departure::TimedOut));
+        w.apply(left(4, "dave", Departure::Left));
+        let (present, mut owed) = w.recipients("#r", "alice").unwrap();
+        owed.sort();
+        assert!(present.is_empty());
+        assert_eq!(owed, vec!["bob".to_string(), "carol".to_string()]);
+        // A snapshot without them keeps them resting.
+        w.set_room("#r", vec![m("alice")], 5);
+        let (_, mut owed) = w.recipients("#r", "alice").unwrap();
+        owed.sort();
+        assert_eq!(owed, vec!["bob".to_string(), "carol".to_string()]);
+        // Bob is back: a member, owed nothing by name; carol leaves for good.
+        w.apply(joined(6, "#r", "bob"));
+        w.apply(left(7, "carol", Departure::Left));
+        let (present, owed) = w.recipients("#r", "alice").unwrap();
+        assert_eq!(present, vec![m("bob")]);
+        assert!(owed.is_empty(), "{owed:?}");
     }
 
     fn joined(rev: u64, room: &str, n: &str) -> RegistryEvent {

@@ -75,6 +75,7 @@ use super::{
     MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
+use crate::mailbox::{EtcdMail, MailStore};
 use crate::names::{check_address, check_parting, Nick, Room};
 
 /// Every key parley keeps in etcd starts with this.
@@ -102,7 +103,7 @@ const TICK_AFTER: Duration = Duration::from_millis(200);
 /// watch delivers in revision order. (etcd 3.4's progress requests are no
 /// substitute: one can report a revision whose events are still on their
 /// way.)
-const TICK: &str = "/parley/v1/tick";
+pub(crate) const TICK: &str = "/parley/v1/tick";
 /// Events buffered per watcher before it is cut off as too slow.
 const WATCH_BUFFER: usize = 4096;
 /// Lease of a `deleted/` event key: long enough for every router to see it.
@@ -159,6 +160,8 @@ struct DeletedValue {
 #[derive(Clone)]
 pub struct EtcdRegistry {
     client: Client,
+    /// Mailboxes, in etcd beside the registry.
+    mail: Arc<EtcdMail>,
     ttl: Duration,
     binding_ttl: Duration,
     mirror: Arc<Mirror>,
@@ -402,6 +405,7 @@ impl EtcdRegistry {
             stop.clone(),
         ));
         Ok(EtcdRegistry {
+            mail: Arc::new(EtcdMail::new(client.clone())),
             client,
             ttl,
             binding_ttl: BINDING_TTL,
@@ -415,6 +419,29 @@ impl EtcdRegistry {
     pub fn with_binding_ttl(mut self, binding_ttl: Duration) -> EtcdRegistry {
         self.binding_ttl = binding_ttl;
         self
+    }
+
+    /// [`retry`] for the mail store beside the registry
+    /// (`crate::mailbox::EtcdMail`): the same attempts and deadline, a
+    /// failure told as one readable line.
+    pub(crate) async fn retry_for_mail<T, F, Fut>(
+        client: &Client,
+        what: &'static str,
+        op: F,
+    ) -> Result<T, String>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        retry(client, what, op).await.map_err(|f| match f {
+            Failure::Down { what, cause } => format!(
+                "etcd did not answer ({what}) for {} s: {cause}",
+                RETRY_FOR.as_secs()
+            ),
+            Failure::Refused { what, error } => {
+                format!("etcd refused {what}: {}", describe(&error))
+            }
+        })
     }
 
     async fn call<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, RegistryError>
@@ -1175,6 +1202,10 @@ async fn follow(client: Client, mirror: Arc<Mirror>, mut revision: i64, stop: Ca
 
 #[async_trait::async_trait]
 impl Registry for EtcdRegistry {
+    fn mailbox(&self) -> Arc<dyn MailStore> {
+        self.mail.clone()
+    }
+
     fn lease_ttl(&self) -> Duration {
         self.ttl
     }

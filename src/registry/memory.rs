@@ -25,6 +25,7 @@ use super::{
     MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
+use crate::mailbox::{MailStore, SqliteMail, MAILBOX_FILE};
 use crate::names::{check_address, check_parting, Nick, Room};
 
 /// Events buffered per watcher before it is cut off as too slow.
@@ -35,6 +36,8 @@ const WATCH_BUFFER: usize = 4096;
 #[derive(Clone)]
 pub struct MemoryRegistry {
     shared: Arc<Shared>,
+    /// Mailboxes: in a file beside the registry's, or in memory with it.
+    mail: Arc<SqliteMail>,
     _purge: Arc<DropGuard>,
 }
 
@@ -178,6 +181,11 @@ impl MemoryRegistry {
             )));
         }
         let mut state = State::default();
+        let mail = match options.file.as_deref().and_then(|f| f.parent()) {
+            Some(dir) => SqliteMail::open(&dir.join(MAILBOX_FILE)),
+            None => SqliteMail::in_memory(),
+        }
+        .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         if let Some(path) = &options.file {
             let durable = Durable::open(path)?;
             let (bindings, owners) = durable.load()?;
@@ -236,6 +244,7 @@ impl MemoryRegistry {
         tokio::spawn(purge_expired(shared.clone(), stop.clone()));
         Ok(MemoryRegistry {
             shared,
+            mail: Arc::new(mail),
             _purge: Arc::new(stop.drop_guard()),
         })
     }
@@ -548,6 +557,10 @@ async fn purge_expired(shared: Arc<Shared>, stop: CancellationToken) {
 
 #[async_trait::async_trait]
 impl Registry for MemoryRegistry {
+    fn mailbox(&self) -> Arc<dyn MailStore> {
+        self.mail.clone()
+    }
+
     fn lease_ttl(&self) -> Duration {
         self.shared.ttl
     }

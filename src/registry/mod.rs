@@ -9,15 +9,18 @@ mod memory;
 mod watcher;
 
 pub use durable::REGISTRY_FILE;
+pub(crate) use etcd::TICK as ETCD_TICK;
 pub use etcd::{EtcdRegistry, PREFIX as ETCD_PREFIX};
 pub use memory::{MemoryOptions, MemoryRegistry};
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::Stream;
 
 use crate::identity::PublicKey;
+use crate::mailbox::MailStore;
 use crate::names::{NameError, Nick, Room};
 
 /// Shortest lease a registry accepts: etcd's own floor, so every registry
@@ -272,6 +275,10 @@ pub trait Registry: Send + Sync + 'static {
     /// users it shares a room with, of those it `follow`s (its private
     /// partners; at most [`MAX_FOLLOW`]), and its own.
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError>;
+
+    /// Where this registry's routers keep mailboxes: beside it, so every
+    /// router sharing the registry serves the same ones.
+    fn mailbox(&self) -> Arc<dyn MailStore>;
 }
 
 /// A fresh session token: 128 random bits.

@@ -260,40 +260,57 @@ impl Default for BindingRate {
 const MAX_BUCKETS: usize = 65_536;
 
 /// Per-source token buckets for new nick bindings.
-pub struct Bindings {
+pub type Bindings = Buckets<IpAddr>;
+
+/// Token buckets, one per key (a source address, a sender's key), at most
+/// [`MAX_BUCKETS`] kept.
+pub struct Buckets<K> {
     rate: BindingRate,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl Bindings {
-    pub fn new(rate: BindingRate) -> Bindings {
-        Bindings {
+impl<K: std::hash::Hash + Eq> Buckets<K> {
+    pub fn new(rate: BindingRate) -> Buckets<K> {
+        Buckets {
             rate,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one new binding from `source`'s bucket; `Err` with how long
-    /// until the next one when it is empty.
-    pub fn take(&self, source: Option<IpAddr>) -> Result<(), Duration> {
-        let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    /// Takes up to `want` tokens from `key`'s bucket: how many it took,
+    /// and, when that is fewer, how long until the next.
+    pub fn take_up_to(&self, key: K, want: u32) -> (u32, Option<Duration>) {
         let burst = f64::from(self.rate.burst.max(1));
         let every = self.rate.every.as_secs_f64().max(1e-9);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if !buckets.contains_key(&source) && buckets.len() >= MAX_BUCKETS {
+        if !buckets.contains_key(&key) && buckets.len() >= MAX_BUCKETS {
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.duration_since(*at).as_secs_f64() / every < burst
             });
         }
-        let (tokens, at) = buckets.entry(source).or_insert((burst, now));
+        let (tokens, at) = buckets.entry(key).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() / every).min(burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
+        // Whole tokens only: the fraction stays for the next call.
+        let took = (tokens.floor() as u32).min(want);
+        *tokens -= f64::from(took);
+        if took < want {
+            (took, Some(Duration::from_secs_f64((1.0 - *tokens) * every)))
         } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) * every))
+            (took, None)
+        }
+    }
+}
+
+impl Buckets<IpAddr> {
+    /// Takes one new binding from `source`'s bucket; `Err` with how long
+    /// until the next one when it is empty.
+    pub fn take(&self, source: Option<IpAddr>) -> Result<(), Duration> {
+        let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        match self.take_up_to(source, 1) {
+            (1, _) => Ok(()),
+            (_, wait) => Err(wait.unwrap_or(self.rate.every)),
         }
     }
 }

@@ -5,9 +5,11 @@
 //! and maps [`RegistryError`] to `tonic::Status` in one place.
 
 mod limits;
+mod mailbox;
 mod relay;
 
 pub use limits::{BindingRate, CHALLENGE_TTL, USED_PER_SOURCE};
+pub use mailbox::{MailLimits, MAX_DEPOSIT, MAX_DRAIN, MAX_ENVELOPE};
 pub use relay::{RelayCounts, RelayLimits, RelayStats, MIN_CIRCUIT_BYTES};
 
 use std::future::Future;
@@ -29,9 +31,11 @@ use crate::names::{check_parting, Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
 use crate::registry::{Creation, Departure, Event, EventKind, Member, Registry, RegistryError};
+use crate::seal::MailboxKey;
 use crate::tls::{Accept, Expect, Tls, TlsError};
 
-/// Largest request the router decodes: its messages are names and tokens.
+/// Largest request the router decodes: its messages are names and tokens,
+/// and deposits of sealed mail (a sender sends at most this much at once).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long one call may take before the server gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +58,28 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Events queued per Watch stream on the wire; past it the registry's own
 /// buffer fills and a slow watcher is cut.
 const WATCH_QUEUE: usize = 256;
+/// A request that names its session.
+trait HasToken {
+    fn token(&self) -> &str;
+}
+
+macro_rules! has_token {
+    ($($t:ty),*) => {
+        $(impl HasToken for $t {
+            fn token(&self) -> &str {
+                &self.token
+            }
+        })*
+    };
+}
+has_token!(
+    proto::DepositRequest,
+    proto::DrainRequest,
+    proto::AckRequest
+);
+
+/// Bytes of envelopes one drain answer carries (at least one envelope).
+const DRAIN_BYTES: usize = 1024 * 1024;
 
 /// Errors of running the router server.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +248,7 @@ pub struct RouterService {
     tls: Tls,
     /// Dial-backs in progress at once.
     dialing: tokio::sync::Semaphore,
+    mailboxes: Arc<mailbox::Mailboxes>,
 }
 
 /// What a router allows its callers, and the address it tells them; the
@@ -238,6 +265,8 @@ pub struct RouterLimits {
     /// peer's relay router (`router --advertise`); None: the address each
     /// peer dialed (wrong behind a port forward).
     pub advertise: Option<String>,
+    /// What the mailboxes hold, from whom how fast, and for how long.
+    pub mail: MailLimits,
 }
 
 impl Default for RouterLimits {
@@ -247,6 +276,7 @@ impl Default for RouterLimits {
             logins_per_source: USED_PER_SOURCE,
             relay: RelayLimits::default(),
             advertise: None,
+            mail: MailLimits::default(),
         }
     }
 }
@@ -273,6 +303,7 @@ impl RouterService {
                 stop.clone(),
             )),
             advertise: allowed.advertise,
+            mailboxes: mailbox::Mailboxes::new(registry.mailbox(), allowed.mail, stop.clone()),
             registry,
             stop,
             challenges: limits::Challenges::new(allowed.logins_per_source),
@@ -280,6 +311,22 @@ impl RouterService {
             tls,
             dialing: tokio::sync::Semaphore::new(DIALING),
         }
+    }
+
+    /// The session a mailbox call's token names, which must be the link's
+    /// own key: a mailbox is handed over, and deposits are made, only by
+    /// the key's own session, over its own link (a token alone is not
+    /// enough).
+    async fn own_session<T: HasToken>(&self, req: Request<T>) -> Result<(Member, T), Status> {
+        let caller = link_key(&req)?;
+        let req = req.into_inner();
+        let me = self.registry.session(req.token()).await?;
+        if me.key != caller {
+            return Err(Status::permission_denied(
+                "mailbox calls are made by the session's own key",
+            ));
+        }
+        Ok((me, req))
     }
 
     /// Where others reach this router, as a relayed peer's relay router:
@@ -439,10 +486,32 @@ impl Router for RouterService {
             (limits::Reach::Relayed, Some(here)) => here,
             _ => String::new(),
         };
+        // Checked before the session begins, so a bad one changes nothing.
+        let mailbox_key = if req.mailbox_key.is_empty() {
+            None
+        } else {
+            let published = MailboxKey {
+                key: req.mailbox_key,
+                signature: req.mailbox_signature,
+            };
+            if !published.check(&key) {
+                return Err(Status::invalid_argument(
+                    "the mailbox key is not an X25519 key signed by the login's key",
+                ));
+            }
+            Some(published)
+        };
         let s = self
             .registry
             .login_with(&nick, &req.address, &key, &relay)
             .await?;
+        // A mail store that fails here does not fail the login: mail to
+        // this key waits for a later login to publish the key again.
+        if let Some(published) = mailbox_key {
+            if let Err(err) = self.mailboxes.publish(&key, published).await {
+                tracing::warn!(key = %key, cause = %err.message(), "cannot keep a login's mailbox key");
+            }
+        }
         tracing::info!(nick = %s.nick, address = %req.address, key = %key, reclaimed = s.reclaimed, ?reach, "login");
         Ok(Response::new(proto::LoginResponse {
             token: s.token,
@@ -458,9 +527,17 @@ impl Router for RouterService {
         &self,
         req: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        let ttl = self.registry.heartbeat(&req.get_ref().token).await?;
+        let token = &req.get_ref().token;
+        let ttl = self.registry.heartbeat(token).await?;
+        // What waits in its mailbox: a peer online but unreachable learns
+        // of mail deposited for it within a heartbeat.
+        let mail = match self.registry.session(token).await {
+            Ok(me) => self.mailboxes.waiting(&me.key).await,
+            Err(_) => 0,
+        };
         Ok(Response::new(proto::HeartbeatResponse {
             lease_ttl_ms: ttl_ms(ttl),
+            mail,
         }))
     }
 
@@ -524,6 +601,12 @@ impl Router for RouterService {
         let resp = match name {
             Name::Nick(nick) => {
                 let found = self.registry.find_user(&req.token, &nick).await?;
+                let published = match &found.key {
+                    Some(k) => self.mailboxes.published(k).await?,
+                    None => None,
+                };
+                let (mailbox_key, mailbox_signature) =
+                    published.map_or_else(Default::default, |p| (p.key, p.signature));
                 let key = found.key.map(|k| k.to_vec()).unwrap_or_default();
                 match found.online {
                     Some(m) => proto::FindResponse {
@@ -531,10 +614,14 @@ impl Router for RouterService {
                         name: m.nick.clone(),
                         members: vec![m.into()],
                         key,
+                        mailbox_key,
+                        mailbox_signature,
                         ..Default::default()
                     },
                     None => proto::FindResponse {
                         key,
+                        mailbox_key,
+                        mailbox_signature,
                         ..Default::default()
                     },
                 }
@@ -546,7 +633,7 @@ impl Router for RouterService {
                     members: s.members.into_iter().map(Into::into).collect(),
                     owner: s.owner,
                     revision: s.revision,
-                    key: Vec::new(),
+                    ..Default::default()
                 },
                 None => proto::FindResponse::default(),
             },
@@ -631,6 +718,81 @@ impl Router for RouterService {
         }
         self.relay.reach(caller, &target, &req.address, req.nonce)?;
         Ok(Response::new(proto::ReachResponse {}))
+    }
+
+    async fn deposit(
+        &self,
+        req: Request<proto::DepositRequest>,
+    ) -> Result<Response<proto::DepositResponse>, Status> {
+        let (me, req) = self.own_session(req).await?;
+        let nick =
+            Nick::parse(&req.recipient).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sealed_to = PublicKey::from_bytes(&req.recipient_key)
+            .map_err(|e| Status::invalid_argument(format!("recipient key: {e}")))?;
+        match self.registry.binding(&nick).await? {
+            Some(bound) if bound == sealed_to => {}
+            Some(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "{nick} is bound to another key now: what was sealed to the old one is not delivered"
+                )))
+            }
+            None => return Err(Status::not_found(format!("no nick {nick}"))),
+        }
+        let done = self
+            .mailboxes
+            .deposit((&me.key, &me.nick), &sealed_to, req.envelopes)
+            .await?;
+        tracing::debug!(from = %me.nick, to = %nick, stored = done.stored, refused = ?done.refused, "deposit");
+        let (code, error) = done.refused.map_or((0, String::new()), |s| {
+            (s.code() as i32, s.message().to_owned())
+        });
+        Ok(Response::new(proto::DepositResponse {
+            stored: u32::try_from(done.stored).unwrap_or(u32::MAX),
+            code,
+            error,
+        }))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<proto::DrainRequest>,
+    ) -> Result<Response<proto::DrainResponse>, Status> {
+        let (me, req) = self.own_session(req).await?;
+        let limit = usize::try_from(req.limit).unwrap_or(MAX_DRAIN);
+        let listing = self.mailboxes.list(&me.key, limit).await?;
+        // An answer stays well under what a client decodes (4 MiB): the
+        // rest waits for the next drain.
+        let mut bytes = 0;
+        let mut more = listing.more;
+        let mut envelopes = Vec::with_capacity(listing.envelopes.len());
+        for e in listing.envelopes {
+            if !envelopes.is_empty() && bytes + e.sealed.len() > DRAIN_BYTES {
+                more = true;
+                break;
+            }
+            bytes += e.sealed.len();
+            envelopes.push(proto::Envelope {
+                id: e.id,
+                from: e.from.to_vec(),
+                from_nick: e.from_nick,
+                deposited_at_ms: e.at_ms,
+                sealed: e.sealed,
+            });
+        }
+        Ok(Response::new(proto::DrainResponse {
+            envelopes,
+            expired: listing.expired,
+            more,
+        }))
+    }
+
+    async fn ack(
+        &self,
+        req: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
+        let (me, req) = self.own_session(req).await?;
+        self.mailboxes.ack(&me.key, &req.ids, req.expired).await?;
+        Ok(Response::new(proto::AckResponse {}))
     }
 
     type WatchStream = WatchStream;

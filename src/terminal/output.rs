@@ -72,6 +72,14 @@ pub enum Output {
         room: String,
         reason: String,
     },
+    /// This peer's mailbox at the router was drained: `count` messages
+    /// waited there for it (and are now in its history); `expired` more
+    /// were removed unread at the router's age limit. Said once at start
+    /// (counts may be 0) and after each later drain that brought any.
+    Mailbox {
+        count: usize,
+        expired: u64,
+    },
     /// A restarted peer is back in a room it was in; `new` messages were
     /// sent there while it was away (and are now in its history).
     Back {
@@ -265,6 +273,37 @@ impl Output {
                 other => clean(&format!("-- router {other}")),
             },
             Output::Back { room, new } => clean(&format!("-- back in {room} ({new} new)")),
+            Output::Mailbox {
+                count: 0,
+                expired: 0,
+            } => String::new(),
+            Output::Mailbox { count: 0, expired } => format!(
+                "-- {} for you expired unread at the router",
+                plural(
+                    usize::try_from(*expired).unwrap_or(usize::MAX),
+                    "message",
+                    "messages"
+                )
+            ),
+            Output::Mailbox { count, expired } => {
+                let mut line = if *count == 1 {
+                    "-- 1 message waited for you".to_owned()
+                } else {
+                    format!("-- {count} messages waited for you")
+                };
+                if *expired > 0 {
+                    let _ = write!(
+                        line,
+                        "; {} for you expired unread at the router",
+                        plural(
+                            usize::try_from(*expired).unwrap_or(usize::MAX),
+                            "message",
+                            "messages"
+                        )
+                    );
+                }
+                line
+            }
             Output::Topic { room, topic, .. } if topic.is_empty() => {
                 clean(&format!("-- {room} has no topic; /topic TEXT sets one"))
             }
@@ -903,6 +942,26 @@ mod tests {
         assert_eq!(
             sent(vec!["carol".into(), "dave".into()]).to_human(),
             "-- stored; not delivered yet to carol, dave: they will get it when they are back online"
+        );
+    }
+
+    #[test]
+    fn the_mailbox_says_what_waited_and_what_expired() {
+        let m = |count, expired| Output::Mailbox { count, expired };
+        assert_eq!(m(0, 0).to_human(), "", "nothing waited: nothing said");
+        assert_eq!(m(1, 0).to_human(), "-- 1 message waited for you");
+        assert_eq!(m(3, 0).to_human(), "-- 3 messages waited for you");
+        assert_eq!(
+            m(3, 2).to_human(),
+            "-- 3 messages waited for you; 2 messages for you expired unread at the router"
+        );
+        assert_eq!(
+            m(0, 1).to_human(),
+            "-- 1 message for you expired unread at the router"
+        );
+        assert_eq!(
+            m(3, 0).to_json(),
+            r#"{"type":"mailbox","count":3,"expired":0}"#
         );
     }
 

@@ -280,13 +280,19 @@ impl Etcd {
     /// The keys etcd holds under parley's prefix and `under` (`part/`,
     /// `quit/`...), in key order.
     pub async fn keys(&self, under: &str) -> Vec<String> {
-        let prefix = format!("{}{under}", parley::registry::ETCD_PREFIX);
+        self.keys_at(&format!("{}{under}", parley::registry::ETCD_PREFIX))
+            .await
+    }
+
+    /// The keys etcd holds under `prefix` (any prefix: the mail's too), in
+    /// key order.
+    pub async fn keys_at(&self, prefix: &str) -> Vec<String> {
         let mut c = etcd_client::Client::connect(self.endpoints(), None)
             .await
             .expect("a client of the test etcd");
         let r = c
             .get(
-                prefix.as_str(),
+                prefix,
                 Some(
                     etcd_client::GetOptions::new()
                         .with_prefix()

@@ -26,6 +26,12 @@ pub fn router_client(addr: &str) -> RouterClient<Channel> {
     parley::router_client::client(&tls, addr, parley::tls::Expect::first_seen()).unwrap()
 }
 
+/// A router client over a TLS link presenting `id`'s key.
+pub fn router_client_as(addr: &str, id: &Identity) -> RouterClient<Channel> {
+    let tls = parley::tls::Tls::new(id).unwrap();
+    parley::router_client::client(&tls, addr, parley::tls::Expect::first_seen()).unwrap()
+}
+
 /// A chat client of the peer at `addr`, over a TLS link presenting `id`.
 pub fn chat_client_as(
     addr: &str,

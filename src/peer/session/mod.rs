@@ -70,6 +70,9 @@ pub enum SessionEvent {
         departure: proto::Departure,
         message: String,
     },
+    /// The router says `waiting` envelopes wait in this peer's mailbox
+    /// (told by a heartbeat).
+    Mail { waiting: u64 },
     /// No router could be asked (`up` false), or one answers again after
     /// that (`up` true): once per outage, whatever the calls in between.
     Router { up: bool },
@@ -230,6 +233,11 @@ impl Session {
     fn follows(&self) -> Vec<String> {
         let follow = self.inner.follow.lock().unwrap_or_else(|p| p.into_inner());
         follow.values().map(|n| n.to_string()).collect()
+    }
+
+    /// This peer's identity key.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.inner.config.identity
     }
 
     pub fn nick(&self) -> &Nick {

@@ -63,6 +63,9 @@ impl Session {
                 return; // logged out meanwhile: the answer means nothing
             }
             match beat {
+                Ok(beat) if beat.get_ref().mail > 0 => self.emit(SessionEvent::Mail {
+                    waiting: beat.get_ref().mail,
+                }),
                 Ok(_) => {}
                 Err(SessionError::Refused {
                     code: Code::Unauthenticated,
