@@ -382,6 +382,18 @@ impl Client {
                 nick,
                 message: text,
             }),
+            PeerEvent::Forged { msg, key } => {
+                let key = key.map(|k| k.fingerprint()).unwrap_or_default();
+                let message = format!(
+                    "a line from {} in {} failed its signature check and was removed; the key that sent it ({key}) is flagged",
+                    msg.author,
+                    view(self.peer.nick(), &msg, false).conversation,
+                );
+                self.print(Output::Warning {
+                    nick: msg.author,
+                    message,
+                });
+            }
         }
     }
 

@@ -351,8 +351,7 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
             .unwrap_err();
         assert_eq!(err.code(), code, "{m:?}: {err:?}");
     }
-    // A good message of alice's, but from another key, or with a signature
-    // that does not check.
+    // A good message of alice's, but from another key.
     let err = chat_client_as(&bob_addr, &Identity::generate())
         .deliver(DeliverRequest {
             message: Some(msg("@alice+bob", "alice", "hi")),
@@ -360,15 +359,8 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    let mut forged = msg("@alice+bob", "alice", "hi");
-    forged.body = "bye".into();
-    let err = client
-        .deliver(DeliverRequest {
-            message: Some(forged),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // (One from alice's own key whose signature does not check is taken
+    // and then removed: tests/attacks.rs.)
     // Only the room bob joined (its creation event) is held.
     assert_eq!(bob.peer.store().conversations().await.unwrap(), ["#in"]);
     assert!(bob.history("#in").await.is_empty());

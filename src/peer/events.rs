@@ -44,6 +44,14 @@ pub enum PeerEvent {
     /// waited there and are new here; `expired` envelopes were removed
     /// unread at the router's age limit.
     Mailbox { delivered: usize, expired: u64 },
+    /// A message its author handed over on its own link failed the
+    /// signature check that follows storing it: it has left the history
+    /// (it was shown, and is never served to anyone), and `key`, the key
+    /// that link proved, is flagged: only its holder could have sent it.
+    Forged {
+        msg: ChatMessage,
+        key: Option<crate::identity::PublicKey>,
+    },
     /// The router stopped answering (`up` false: every router of the list
     /// was unreachable), or answers again after that (`up` true). Said once
     /// per outage.

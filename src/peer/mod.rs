@@ -14,6 +14,7 @@
 
 mod away;
 mod chat;
+mod checks;
 pub mod events;
 mod limits;
 pub mod mailbox;
@@ -311,8 +312,13 @@ impl Peer {
         );
         let rooms_kept = rooms.clone();
         let away = away::Away::default();
+        let checks = checks::Checks::new(store.clone(), events.clone());
+        if !unsigned {
+            checks.spawn(&tasks, stop.clone());
+        }
         let chat = chat::ChatService {
             check_signatures: !unsigned,
+            checks,
             store: store.clone(),
             session: session.clone(),
             rooms: rooms_kept,

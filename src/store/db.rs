@@ -15,7 +15,7 @@ use crate::proto::{ChatMessage, VectorEntry};
 const APPLICATION_ID: i32 = 0x5052_4c59;
 /// `PRAGMA user_version`: the schema revision. A file at an older revision is
 /// upgraded in place at open; a newer one is refused.
-pub(crate) const SCHEMA_VERSION: i32 = 4;
+pub(crate) const SCHEMA_VERSION: i32 = 5;
 /// Bytes per page of a history parley creates (SQLite's default is 4096).
 pub(crate) const PAGE_SIZE: i64 = 1024;
 
@@ -118,6 +118,18 @@ CREATE INDEX outbox_order
     // send time to find its owner.
     "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX messages_events ON messages (conversation, kind, sent_at_ms) WHERE kind != 0;",
+    // Revision 5: messages taken from their author over its own link are
+    // stored before their signature is checked (the link proved the
+    // author); each waits here, with the key the link proved, until the
+    // check, and is never served to anyone meanwhile (see unchecked.rs).
+    "CREATE TABLE unchecked (
+         conversation TEXT NOT NULL,
+         author_lower TEXT NOT NULL,
+         incarnation  INTEGER NOT NULL,
+         seq          INTEGER NOT NULL,
+         key          BLOB NOT NULL,
+         PRIMARY KEY (conversation, author_lower, incarnation, seq)
+     ) WITHOUT ROWID;",
 ];
 const _: () = assert!(MIGRATIONS.len() + 1 == SCHEMA_VERSION as usize);
 
@@ -323,7 +335,7 @@ fn read_identity(conn: &Connection, path: &Path) -> Result<Identity, StoreError>
     })
 }
 
-fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
+pub(super) fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
     Ok(ChatMessage {
         conversation: r.get(0)?,
         author: r.get(1)?,
@@ -710,10 +722,12 @@ pub(crate) fn version(conn: &Connection, conversation: &str) -> rusqlite::Result
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Version {
+    let mut version = Version {
         count: u64::try_from(count).unwrap_or(0),
         vector,
-    })
+    };
+    super::unchecked::discount(conn, conversation, &mut version)?;
+    Ok(version)
 }
 
 /// Where a pull has got to; the inside of [`PullCursor`].
@@ -805,6 +819,20 @@ fn covered_by(have: &[VectorEntry]) -> HashMap<(String, u64), u64> {
 /// served; the first page also reads one row and one index seek per author
 /// incarnation.
 pub(crate) fn missing_page(
+    conn: &Connection,
+    conversation: &str,
+    have: &[VectorEntry],
+    author: Option<&str>,
+    cursor: PullCursor,
+    limit: usize,
+) -> rusqlite::Result<(Vec<ChatMessage>, Option<PullCursor>)> {
+    let (mut page, next) = page_held(conn, conversation, have, author, cursor, limit)?;
+    super::unchecked::withhold(conn, conversation, &mut page)?;
+    Ok((page, next))
+}
+
+/// [`missing_page`] of everything held, checked or not.
+fn page_held(
     conn: &Connection,
     conversation: &str,
     have: &[VectorEntry],

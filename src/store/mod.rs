@@ -25,6 +25,7 @@ mod db;
 mod error;
 #[cfg(test)]
 mod tests;
+mod unchecked;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -418,6 +419,42 @@ impl Store {
         };
         self.call_as(in_place, move |c| db::insert_many(c, &msgs))
             .await
+    }
+
+    /// [`Store::insert_many`] of messages taken from their author over
+    /// its own link, whose signatures are not checked yet: each new one
+    /// is marked unchecked under `key` (the key the link proved) in the
+    /// same transaction, and is not served (pulls, versions) until
+    /// [`Store::settle`] ends its wait.
+    pub async fn insert_unchecked(
+        &self,
+        msgs: Vec<ChatMessage>,
+        key: [u8; 32],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let in_place = if msgs.len() <= SMALL_BATCH {
+            InPlace::WhenAlone
+        } else {
+            InPlace::Never
+        };
+        self.call_as(in_place, move |c| unchecked::insert(c, &msgs, &key))
+            .await
+    }
+
+    /// Up to `limit` messages waiting for their signature check, each with
+    /// the key its link proved.
+    pub async fn unchecked(&self, limit: usize) -> Result<Vec<(Vec<u8>, ChatMessage)>, StoreError> {
+        self.call(move |c| unchecked::waiting(c, limit)).await
+    }
+
+    /// Ends the wait of checked messages: `good` are served from now on;
+    /// `bad` leave their conversation (count, vector and display) and are
+    /// returned as they were held.
+    pub async fn settle(
+        &self,
+        good: Vec<MsgId>,
+        bad: Vec<MsgId>,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.call(move |c| unchecked::settle(c, &good, &bad)).await
     }
 
     /// Stores this peer's own new message: seq is one past the highest held

@@ -931,7 +931,7 @@ async fn version_1_history_is_upgraded_in_place() {
     assert_eq!((own.seq, own.lamport), (2, 2));
     drop(s);
 
-    assert_eq!(user_version(&path), 4);
+    assert_eq!(user_version(&path), db::SCHEMA_VERSION);
     let s = Store::open(&path).unwrap();
     assert_eq!(s.identity(), identity);
     assert_eq!(s.rooms().await.unwrap(), ["#old"]);
@@ -956,15 +956,15 @@ fn newer_schema_is_refused_and_left_untouched() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    assert_eq!(user_version(&path), 4);
+    assert_eq!(user_version(&path), db::SCHEMA_VERSION);
     Connection::open(&path)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 5")
+        .execute_batch("PRAGMA user_version = 99")
         .unwrap();
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("schema version 5"), "{err}");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -1205,4 +1205,88 @@ async fn the_wal_is_checkpointed_as_it_grows_and_emptied_at_close() {
     assert!(std::fs::metadata(&path).unwrap().len() > 40_000_000);
     let s = open(&dir);
     assert_eq!(s.version("#big").await.unwrap().count, 10_001);
+}
+
+/// A first-hand message stored before its signature check is shown but
+/// never served (pulls, versions) until the check ends its wait; a refuted
+/// one leaves its conversation, its count and its vector entry, and the
+/// wait outlives a restart.
+#[tokio::test]
+async fn unchecked_messages_are_shown_but_not_served_until_settled() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    let key = [9u8; 32];
+    s.insert_many(vec![msg("#rust", "bob", 5, 1, 1)])
+        .await
+        .unwrap();
+    let taken = s
+        .insert_unchecked(
+            vec![
+                msg("#rust", "alice", 7, 1, 2),
+                msg("#rust", "alice", 7, 2, 3),
+                msg("#rust", "alice", 7, 3, 4),
+            ],
+            key,
+        )
+        .await
+        .unwrap();
+    assert!(taken.iter().all(|t| t.new));
+    // A repeat of a held message adds no wait.
+    let again = s
+        .insert_unchecked(vec![msg("#rust", "bob", 5, 1, 1)], key)
+        .await
+        .unwrap();
+    assert!(!again[0].new);
+    // Shown to the person at once...
+    assert_eq!(s.all("#rust").await.unwrap().len(), 4);
+    // ...but neither counted nor pulled.
+    let v = s.version("#rust").await.unwrap();
+    assert_eq!((v.count, v.vector.clone()), (1, vec![entry("bob", 5, 1)]));
+    let pulled = pull_all(&s, "#rust", &[], None, 10).await;
+    assert_eq!(ids_of(&pulled), [("bob".to_string(), 1)]);
+    drop(s);
+
+    // The wait outlives a restart.
+    let s = open(&dir);
+    let waiting = s.unchecked(10).await.unwrap();
+    assert_eq!(waiting.len(), 3);
+    assert!(waiting.iter().all(|(k, _)| k.as_slice() == key));
+
+    // Seq 1 checks, seq 2 does not: the vector stops below the refuted one,
+    // seq 3 stays unserved until it is settled too.
+    let id = |seq| MsgId::of(&msg("#rust", "alice", 7, seq, seq + 1));
+    let refuted = s.settle(vec![id(1)], vec![id(2)]).await.unwrap();
+    assert_eq!(refuted.len(), 1);
+    assert_eq!(refuted[0].seq, 2);
+    let v = s.version("#rust").await.unwrap();
+    assert_eq!(v.count, 2);
+    assert_eq!(v.vector, vec![entry("alice", 7, 1), entry("bob", 5, 1)]);
+    let shown: Vec<u64> = s
+        .all("#rust")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(shown, [1, 1, 3]);
+    let refuted_again = s.settle(vec![id(3)], vec![]).await.unwrap();
+    assert!(refuted_again.is_empty());
+    assert!(s.unchecked(10).await.unwrap().is_empty());
+    let v = s.version("#rust").await.unwrap();
+    assert_eq!(v.count, 3);
+    // Seq 2 is missing now: the vector covers alice's seq 1 only.
+    assert_eq!(v.vector, vec![entry("alice", 7, 1), entry("bob", 5, 1)]);
+    let pulled = pull_all(&s, "#rust", &[], None, 10).await;
+    assert_eq!(pulled.len(), 3);
+    // The refuted seq may come again, as signed, and fills the gap.
+    let back = s.insert(msg("#rust", "alice", 7, 2, 3)).await.unwrap();
+    assert!(back.new);
+    let v = s.version("#rust").await.unwrap();
+    assert_eq!((v.count, v.vector[0].seq), (4, 3));
+    // Nothing of the refuted one is a conversation of its own.
+    assert_eq!(s.conversations().await.unwrap(), ["#rust"]);
+}
+
+fn ids_of(msgs: &[ChatMessage]) -> Vec<(String, u64)> {
+    msgs.iter().map(|m| (m.author.clone(), m.seq)).collect()
 }
