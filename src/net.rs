@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -99,6 +101,50 @@ impl Delivery {
 type Channels = HashMap<Slot, Kept>;
 type Slot = (String, [u8; 32], String);
 
+/// A slot's parts, borrowed, so that the map is searched once per message
+/// without building an owned key (the usual trick for a composite key).
+trait SlotParts {
+    fn parts(&self) -> (&str, &[u8; 32], &str);
+}
+
+impl SlotParts for Slot {
+    fn parts(&self) -> (&str, &[u8; 32], &str) {
+        (&self.0, &self.1, &self.2)
+    }
+}
+
+impl SlotParts for (&str, &[u8; 32], &str) {
+    fn parts(&self) -> (&str, &[u8; 32], &str) {
+        (self.0, self.1, self.2)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn SlotParts + 'a> for Slot {
+    fn borrow(&self) -> &(dyn SlotParts + 'a) {
+        self
+    }
+}
+
+// Hashes exactly as `Slot` does: a String hashes as its str.
+impl std::hash::Hash for dyn SlotParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn SlotParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SlotParts + '_ {}
+
+/// The borrowed slot of `member` with key `raw`.
+fn slot_of<'a>(member: &'a Member, raw: &'a [u8; 32]) -> (&'a str, &'a [u8; 32], &'a str) {
+    (member.address.as_str(), raw, member.relay.as_str())
+}
+
 struct Kept {
     channel: Channel,
     /// The member's key, decoded once when the channel was made.
@@ -123,6 +169,10 @@ pub struct Peers {
     me: Me,
     reversals: Reversals,
     relays: reach::RelayRouters,
+    /// Where link tasks run, and what ends them: the peer's, so that a
+    /// stopping peer waits for its links and they end with it.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Peers {
@@ -138,7 +188,16 @@ impl Peers {
             me: Me::new("", ""),
             reversals: Reversals::default(),
             relays: reach::RelayRouters::default(),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// These peers, running link tasks on `tasks` until `stop`.
+    pub fn tracked(mut self, tasks: TaskTracker, stop: CancellationToken) -> Peers {
+        self.tasks = tasks;
+        self.stop = stop;
+        self
     }
 
     /// These peers, reaching members nobody can dial as `me`.
@@ -193,10 +252,10 @@ impl Peers {
         let bad_key = || NetError::BadKey(member.nick.clone());
         let raw: [u8; 32] = member.key.as_slice().try_into().map_err(|_| bad_key())?;
         let address = member.address.as_str();
-        let slot = (address.to_owned(), raw, member.relay.clone());
         let kept = {
             let mut channels = self.lock_channels();
-            channels.get_mut(&slot).map(|kept| {
+            let slot = slot_of(member, &raw);
+            channels.get_mut(&slot as &dyn SlotParts).map(|kept| {
                 kept.used = Instant::now();
                 (kept.channel.clone(), kept.key)
             })
@@ -237,6 +296,7 @@ impl Peers {
                         channels.remove(&a);
                     }
                 }
+                let slot = (address.to_owned(), raw, member.relay.clone());
                 let kept = channels.entry(slot).or_insert(Kept {
                     channel,
                     key,
@@ -323,22 +383,39 @@ impl Peers {
     /// The link to `member`, kept with its channel; a new one when there
     /// is none or the last one ended. Trust is checked as for [`Peers::client`].
     fn link(&self, member: &Member) -> Result<link::Link, NetError> {
-        let client = self.client(member)?;
         let raw: [u8; 32] = member
             .key
             .as_slice()
             .try_into()
             .map_err(|_| NetError::BadKey(member.nick.clone()))?;
+        // The usual case, once per message: the link is open. One lookup,
+        // no client built, no slot key allocated.
+        let open = {
+            let mut channels = self.lock_channels();
+            let slot = slot_of(member, &raw);
+            channels.get_mut(&slot as &dyn SlotParts).and_then(|kept| {
+                kept.used = Instant::now();
+                let link = kept.link.as_ref().filter(|l| !l.is_closed())?;
+                Some((link.clone(), kept.key))
+            })
+        };
+        if let Some((link, key)) = open {
+            // Trust is checked every time (a key may be trusted or not
+            // since), outside the lock: it may write the known keys.
+            self.trusted(&member.nick, &key)?;
+            return Ok(link);
+        }
+        let client = self.client(member)?;
         let mut channels = self.lock_channels();
-        let Some(kept) = channels.get_mut(&(member.address.clone(), raw, member.relay.clone()))
-        else {
+        let slot = slot_of(member, &raw);
+        let Some(kept) = channels.get_mut(&slot as &dyn SlotParts) else {
             // Dropped from the cache just now: a link for this message.
-            return Ok(link::Link::open(client));
+            return Ok(link::Link::open(client, &self.tasks, self.stop.clone()));
         };
         match &kept.link {
             Some(link) if !link.is_closed() => Ok(link.clone()),
             _ => {
-                let link = link::Link::open(client);
+                let link = link::Link::open(client, &self.tasks, self.stop.clone());
                 kept.link = Some(link.clone());
                 Ok(link)
             }

@@ -171,6 +171,51 @@ async fn a_bad_signature_from_its_own_author_is_removed_and_the_key_flagged() {
     router.stop().await;
 }
 
+/// The check after storing outlives a crash: what a peer took unchecked
+/// and had not checked when it stopped is checked when it starts again,
+/// and only what checks is kept and served.
+#[tokio::test]
+async fn a_check_a_crash_cut_short_runs_at_the_next_start() {
+    let router = TestRouter::start(TTL).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bob");
+    let bob = TestPeer::start_in(router.addr, "bob", dir.clone())
+        .await
+        .unwrap();
+    let (mallory, _) = mallory(&router).await;
+    bob.stop().await;
+    // As bob's history holds them when he stops between taking two
+    // messages from mallory's link and checking them.
+    let mut good = message("@bob+mallory", "mallory", 1, 1, "good");
+    mallory.sign_message(&mut good);
+    let mut bad = message("@bob+mallory", "mallory", 2, 2, "signed");
+    mallory.sign_message(&mut bad);
+    bad.body = "changed after signing".into();
+    let store = parley::store::Store::open(&dir.join(parley::peer::HISTORY_FILE)).unwrap();
+    store
+        .insert_unchecked(vec![good, bad], *mallory.public().as_bytes())
+        .await
+        .unwrap();
+    drop(store);
+
+    let mut bob = TestPeer::start_in(router.addr, "bob", dir).await.unwrap();
+    let (msg, key) = forged_event(&mut bob).await;
+    assert_eq!((msg.seq, key), (2, Some(mallory.public())));
+    assert_eq!(bob.bodies("@bob+mallory").await, ["good"]);
+    let mut raw = chat_client_as(&bob.peer.listen_addr().to_string(), &mallory);
+    let v = raw
+        .get_version(GetVersionRequest {
+            conversation: "@bob+mallory".into(),
+            digest: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.version, 1, "{v:?}");
+    bob.stop().await;
+    router.stop().await;
+}
+
 /// A link batch is judged message by message, as `Deliver` judges one: in
 /// one batch, a message in another's name and one changed after signing
 /// are refused with Deliver's codes, and the good ones around them are

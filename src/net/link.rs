@@ -16,6 +16,8 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -55,9 +57,16 @@ pub struct Link {
 impl Link {
     /// A link over `client`'s channel. Nothing is opened before the first
     /// message.
-    pub fn open(client: ChatClient<Channel>) -> Link {
+    pub fn open(client: ChatClient<Channel>, tasks: &TaskTracker, stop: CancellationToken) -> Link {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        tokio::spawn(run(client, jobs));
+        tasks.spawn(async move {
+            // Whatever it held answers Unreachable as its senders' side
+            // closes; they keep it owed.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = run(client, jobs) => {}
+            }
+        });
         Link { queue }
     }
 

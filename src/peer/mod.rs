@@ -281,7 +281,9 @@ impl Peer {
                 });
             })
         };
-        let peers = Peers::new(tls.clone(), known.clone(), on_changed).reaching(me);
+        let peers = Peers::new(tls.clone(), known.clone(), on_changed)
+            .reaching(me)
+            .tracked(tasks.clone(), stop.clone());
         let kick = Arc::new(Notify::new());
         let on_fresh = {
             let events = events.clone();

@@ -745,7 +745,9 @@ impl Syncer {
                     fresh.extend(stored(&member.nick, store, prev.await)?);
                 }
                 let store = store.clone();
-                storing = Some(tokio::spawn(async move {
+                // On the peer's tracker: a stopping peer waits for the
+                // page's store job rather than dropping it mid-way.
+                storing = Some(self.inner.tasks.spawn(async move {
                     let results = store.insert_many(msgs.clone()).await;
                     (msgs, results)
                 }));
