@@ -327,14 +327,17 @@ impl ChatService {
         if !admitted.is_empty() {
             let batch = admitted.iter().map(|a| a.1.clone()).collect();
             let stored = if deferred {
-                let stored = self.store.insert_unchecked(batch, *caller.as_bytes()).await;
-                self.checks.wake();
-                stored
+                self.store.insert_unchecked(batch, *caller.as_bytes()).await
             } else {
                 self.store.insert_many(batch).await
             };
             match stored {
                 Ok(inserted) => {
+                    if deferred {
+                        let new = admitted.iter().zip(&inserted).filter(|(_, i)| i.new);
+                        self.checks
+                            .push(*caller, new.map(|((_, msg, _), _)| msg.clone()));
+                    }
                     for ((i, msg, conv), inserted) in admitted.into_iter().zip(inserted) {
                         answers[i] = Some(self.stored(msg, &conv, inserted));
                     }
