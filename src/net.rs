@@ -21,6 +21,7 @@ pub mod reach;
 pub use reach::Me;
 
 use crate::identity::PublicKey;
+use crate::metrics::PeerMetrics;
 use crate::proto::chat_client::ChatClient;
 use crate::proto::{ChatMessage, Member};
 use crate::tls::{Expect, Reversals, Tls};
@@ -82,6 +83,15 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    /// How it is counted (`PeerMetrics::delivery`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Delivery::Stored => "stored",
+            Delivery::Refused => "refused",
+            Delivery::Unreachable => "unreachable",
+        }
+    }
+
     /// What a failed call's status means. Only codes a member returns when
     /// it is sure are definite; everything else is worth another try.
     pub fn of_status(code: Code) -> Delivery {
@@ -123,6 +133,8 @@ pub struct Peers {
     me: Me,
     reversals: Reversals,
     relays: reach::RelayRouters,
+    /// Counts links, channels, batches and deliveries.
+    metrics: PeerMetrics,
 }
 
 impl Peers {
@@ -138,7 +150,19 @@ impl Peers {
             me: Me::new("", ""),
             reversals: Reversals::default(),
             relays: reach::RelayRouters::default(),
+            metrics: PeerMetrics::new(),
         }
+    }
+
+    /// These peers, counting into `metrics` (the peer's own).
+    pub fn metered(mut self, metrics: PeerMetrics) -> Peers {
+        self.metrics = metrics;
+        self
+    }
+
+    /// What these peers count into; the sync counts its pulls there too.
+    pub fn metrics(&self) -> &PeerMetrics {
+        &self.metrics
     }
 
     /// These peers, reaching members nobody can dial as `me`.
@@ -243,7 +267,9 @@ impl Peers {
                     used: Instant::now(),
                     link: None,
                 });
-                kept.channel.clone()
+                let channel = kept.channel.clone();
+                self.metrics.channels(channels.len());
+                channel
             }
         };
         Ok(ChatClient::new(channel)
@@ -303,6 +329,7 @@ impl Peers {
                 // a good one when the member logs in again, and a changed
                 // key may be trusted: not a refusal, the message waits.
                 tracing::debug!(%err, "not delivering");
+                self.metrics.delivery(Delivery::Unreachable.label());
                 return (Delivery::Unreachable, None);
             }
         };
@@ -317,6 +344,7 @@ impl Peers {
             Delivery::Unreachable => self.mark_down(address),
             _ => self.mark_up(address),
         }
+        self.metrics.delivery(answer.0.label());
         answer
     }
 
@@ -333,12 +361,12 @@ impl Peers {
         let Some(kept) = channels.get_mut(&(member.address.clone(), raw, member.relay.clone()))
         else {
             // Dropped from the cache just now: a link for this message.
-            return Ok(link::Link::open(client));
+            return Ok(link::Link::open(client, self.metrics.clone()));
         };
         match &kept.link {
             Some(link) if !link.is_closed() => Ok(link.clone()),
             _ => {
-                let link = link::Link::open(client);
+                let link = link::Link::open(client, self.metrics.clone());
                 kept.link = Some(link.clone());
                 Ok(link)
             }

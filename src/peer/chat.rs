@@ -84,6 +84,8 @@ pub(super) struct ChatService {
     pub(super) away: Away,
     /// Caps on the `PullHistory` streams open at once.
     pub(super) pulls: PullLimits,
+    /// Counts what comes in (messages, batches, deferred checks, commits).
+    pub(super) metrics: crate::metrics::PeerMetrics,
     pub(super) stop: CancellationToken,
     pub(super) tasks: TaskTracker,
 }

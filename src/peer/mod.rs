@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::{Identity as Key, IdentityError, PublicKey};
+use crate::metrics::{MetricsServer, PeerMetrics};
 use crate::names::{check_body, check_parting, private_key, NameError, Nick, Room};
 use crate::net::Peers;
 use crate::proto::chat_server::ChatServer;
@@ -85,6 +86,12 @@ pub enum PeerError {
     ToSelf,
     #[error("cannot serve chat: the listener has no address ({0})")]
     Listener(#[source] std::io::Error),
+    #[error("cannot serve metrics on {at}: {cause}")]
+    Metrics {
+        at: SocketAddr,
+        #[source]
+        cause: std::io::Error,
+    },
     #[error("the history store's thread could not start: {0}")]
     StoreThread(String),
     #[error(transparent)]
@@ -141,6 +148,9 @@ pub struct PeerConfig {
     /// How long an online member may go without answering before what it
     /// is owed goes to its mailbox at the router instead.
     pub deposit_after: Duration,
+    /// Where to serve this peer's Prometheus metrics (`GET /metrics`), if
+    /// anywhere; port 0 takes a free port ([`Peer::metrics_addr`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl PeerConfig {
@@ -162,6 +172,7 @@ impl PeerConfig {
             router_keys: Vec::new(),
             unsigned: false,
             deposit_after: outbox::DEPOSIT_AFTER,
+            metrics: None,
         }
     }
 }
@@ -203,6 +214,8 @@ struct Inner {
     known: KnownKeys,
     store: Store,
     listen: SocketAddr,
+    /// Where the metrics are served, if they are.
+    metrics_addr: Option<SocketAddr>,
     session: Session,
     outbox: Outbox,
     sync: Syncer,
@@ -229,6 +242,18 @@ impl Peer {
     /// rooms it was in, and starts the background loops. Returns the handle
     /// and the events the person should see.
     pub async fn start(config: PeerConfig) -> Result<(Peer, mpsc::Receiver<PeerEvent>), PeerError> {
+        // First: an address that cannot be bound fails the start before
+        // anything is written.
+        let metrics_server = match config.metrics {
+            Some(at) => Some(
+                MetricsServer::bind(at)
+                    .await
+                    .map_err(|cause| PeerError::Metrics { at, cause })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_server.as_ref().map(MetricsServer::local_addr);
+        let metrics = PeerMetrics::new();
         let dir = config.data_dir.clone();
         let unsigned = config.unsigned;
         let (dir_lock, store, key, known) = tokio::task::spawn_blocking(move || {
@@ -280,7 +305,9 @@ impl Peer {
                 });
             })
         };
-        let peers = Peers::new(tls.clone(), known.clone(), on_changed).reaching(me);
+        let peers = Peers::new(tls.clone(), known.clone(), on_changed)
+            .reaching(me)
+            .metered(metrics.clone());
         let kick = Arc::new(Notify::new());
         let on_fresh = {
             let events = events.clone();
@@ -321,6 +348,7 @@ impl Peer {
             events: events.clone(),
             away: away.clone(),
             pulls: Default::default(),
+            metrics,
             stop: stop.clone(),
             tasks: tasks.clone(),
         };
@@ -332,6 +360,7 @@ impl Peer {
                 known,
                 store,
                 listen,
+                metrics_addr,
                 session,
                 outbox,
                 sync,
@@ -349,6 +378,13 @@ impl Peer {
             }),
         };
 
+        // From here a failure stops the peer, and the server with it.
+        if let Some(server) = metrics_server {
+            let registry = peer.metrics().registry();
+            peer.inner
+                .tasks
+                .spawn(server.run(registry, peer.inner.stop.clone()));
+        }
         // Serve before logging in: the router hands our address to others
         // the moment we are online.
         // Connections made for others (dialed back, relayed) join the
@@ -414,6 +450,17 @@ impl Peer {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen
+    }
+
+    /// Where this peer's metrics are served (`GET /metrics`), if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
+    }
+
+    /// This peer's figures (the chat service holds the handle: its receive
+    /// path counts what comes in).
+    pub fn metrics(&self) -> &PeerMetrics {
+        &self.inner.chat.metrics
     }
 
     /// Whether the router could dial this peer back at its last login;
