@@ -15,6 +15,8 @@
 //!   recipients: one store trait, in SQLite or in etcd, with quotas and
 //!   the age limit.
 //! - [`message`]: what makes a message from the wire valid; the wall clock.
+//! - [`metrics`]: a router's or a peer's Prometheus figures, one registry
+//!   each, and the HTTP server that answers `GET /metrics`.
 //! - [`names`]: nick, room and conversation names, and the rules they follow.
 //! - [`net`]: channels to other peers (a bounded cache, deadlines), the
 //!   long-lived `Link` stream per channel that carries every delivery in
@@ -45,6 +47,7 @@ pub mod identity;
 pub mod logging;
 pub mod mailbox;
 pub mod message;
+pub mod metrics;
 pub mod names;
 pub mod net;
 pub mod peer;

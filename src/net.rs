@@ -23,6 +23,7 @@ pub mod reach;
 pub use reach::Me;
 
 use crate::identity::PublicKey;
+use crate::metrics::PeerMetrics;
 use crate::proto::chat_client::ChatClient;
 use crate::proto::{ChatMessage, Member};
 use crate::tls::{Expect, Reversals, Tls};
@@ -84,6 +85,15 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    /// How it is counted (`PeerMetrics::delivery`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Delivery::Stored => "stored",
+            Delivery::Refused => "refused",
+            Delivery::Unreachable => "unreachable",
+        }
+    }
+
     /// What a failed call's status means. Only codes a member returns when
     /// it is sure are definite; everything else is worth another try.
     pub fn of_status(code: Code) -> Delivery {
@@ -173,6 +183,8 @@ pub struct Peers {
     /// stopping peer waits for its links and they end with it.
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// Counts links, channels, batches and deliveries.
+    metrics: PeerMetrics,
 }
 
 impl Peers {
@@ -190,7 +202,19 @@ impl Peers {
             relays: reach::RelayRouters::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            metrics: PeerMetrics::new(),
         }
+    }
+
+    /// These peers, counting into `metrics` (the peer's own).
+    pub fn metered(mut self, metrics: PeerMetrics) -> Peers {
+        self.metrics = metrics;
+        self
+    }
+
+    /// What these peers count into; the sync counts its pulls there too.
+    pub fn metrics(&self) -> &PeerMetrics {
+        &self.metrics
     }
 
     /// These peers, running link tasks on `tasks` until `stop`.
@@ -303,7 +327,9 @@ impl Peers {
                     used: Instant::now(),
                     link: None,
                 });
-                kept.channel.clone()
+                let channel = kept.channel.clone();
+                self.metrics.channels(channels.len());
+                channel
             }
         };
         Ok(ChatClient::new(channel)
@@ -363,6 +389,7 @@ impl Peers {
                 // a good one when the member logs in again, and a changed
                 // key may be trusted: not a refusal, the message waits.
                 tracing::debug!(%err, "not delivering");
+                self.metrics.delivery(Delivery::Unreachable.label());
                 return (Delivery::Unreachable, None);
             }
         };
@@ -377,6 +404,7 @@ impl Peers {
             Delivery::Unreachable => self.mark_down(address),
             _ => self.mark_up(address),
         }
+        self.metrics.delivery(answer.0.label());
         answer
     }
 
@@ -410,12 +438,18 @@ impl Peers {
         let slot = slot_of(member, &raw);
         let Some(kept) = channels.get_mut(&slot as &dyn SlotParts) else {
             // Dropped from the cache just now: a link for this message.
-            return Ok(link::Link::open(client, &self.tasks, self.stop.clone()));
+            return Ok(link::Link::open(
+                client,
+                self.metrics.clone(),
+                &self.tasks,
+                self.stop.clone(),
+            ));
         };
         match &kept.link {
             Some(link) if !link.is_closed() => Ok(link.clone()),
             _ => {
-                let link = link::Link::open(client, &self.tasks, self.stop.clone());
+                let link =
+                    link::Link::open(client, self.metrics.clone(), &self.tasks, self.stop.clone());
                 kept.link = Some(link.clone());
                 Ok(link)
             }

@@ -71,6 +71,11 @@ struct Args {
     /// each conversation (anti-entropy; jittered). Decimals work: 0.5.
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = sync_interval)]
     sync_interval: Duration,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics;
+    /// port 0 takes a free port (the log says which). Plain HTTP: keep it
+    /// on an address only the scraper reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn sync_interval(s: &str) -> Result<Duration, String> {
@@ -161,6 +166,7 @@ async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
     config.advertise = args.advertise;
     config.sync_interval = args.sync_interval;
     config.router_keys = args.router_key;
+    config.metrics = args.metrics;
     let log_file = data_dir.join(LOG_FILE);
     let (peer, events) = match Peer::start(config).await {
         Ok(started) => started,

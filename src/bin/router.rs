@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use parley::mailbox::Quota;
+use parley::metrics::{MetricsServer, RouterMetrics};
 use parley::registry::{
     EtcdRegistry, MemoryOptions, MemoryRegistry, Registry, MIN_LEASE_TTL, REGISTRY_FILE,
 };
-use parley::router::{BindingRate, MailLimits, RelayLimits, RouterLimits};
+use parley::router::{BindingRate, MailLimits, RelayLimits, RelayStats, RouterLimits};
+use tokio_util::sync::CancellationToken;
 
 /// The parley router: who is online and who sits in which room.
 #[derive(Parser)]
@@ -94,6 +96,11 @@ struct Args {
     /// is told how many were).
     #[arg(long, default_value_t = MailLimits::default().max_age.as_secs() / 86400, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=3650))]
     mailbox_days: u64,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics;
+    /// port 0 takes a free port (the log says which). Plain HTTP: keep it
+    /// on an address only the scraper reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -120,6 +127,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_server = match args.metrics {
+        Some(at) => Some(
+            MetricsServer::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {at}: {e}"))?,
+        ),
+        None => None,
+    };
     let ttl = Duration::from_secs(args.lease_ttl);
     let binding_ttl = Duration::from_secs(args.binding_ttl_days * 24 * 3600);
     let registry: Arc<dyn Registry> = if args.etcd.is_empty() {
@@ -171,13 +186,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_age: Duration::from_secs(args.mailbox_days * 24 * 3600),
         },
     };
-    parley::router::serve(
+    let stats = Arc::<RelayStats>::default();
+    let metrics = RouterMetrics::new(stats.clone());
+    let stop_metrics = CancellationToken::new();
+    let metrics_task = metrics_server
+        .map(|server| tokio::spawn(server.run(metrics.registry(), stop_metrics.clone())));
+    let served = parley::router::serve_metered(
         listener,
         registry,
         &identity,
         limits,
+        stats,
+        metrics,
         parley::shutdown::signal(),
     )
-    .await?;
+    .await;
+    stop_metrics.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    served?;
     Ok(())
 }

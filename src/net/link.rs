@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::{Delivery, CALL_DEADLINE};
+use crate::metrics::PeerMetrics;
 use crate::proto::chat_client::ChatClient;
 use crate::proto::{ChatMessage, LinkAck, LinkBatch, LinkResult};
 
@@ -55,16 +56,21 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link over `client`'s channel. Nothing is opened before the first
-    /// message.
-    pub fn open(client: ChatClient<Channel>, tasks: &TaskTracker, stop: CancellationToken) -> Link {
+    /// A link over `client`'s channel, counted in `metrics`, its task on
+    /// `tasks` until `stop`. Nothing is opened before the first message.
+    pub fn open(
+        client: ChatClient<Channel>,
+        metrics: PeerMetrics,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Link {
         let (queue, jobs) = mpsc::channel(QUEUE);
         tasks.spawn(async move {
             // Whatever it held answers Unreachable as its senders' side
             // closes; they keep it owed.
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = run(client, jobs) => {}
+                _ = run(client, jobs, metrics) => {}
             }
         });
         Link { queue }
@@ -89,22 +95,29 @@ impl Link {
 /// The link's task: sends batches, matches answers to them in order, and
 /// fails everything it holds when the stream ends, errs, or an answer is
 /// later than [`CALL_DEADLINE`].
-async fn run(mut client: ChatClient<Channel>, mut jobs: mpsc::Receiver<Job>) {
+async fn run(mut client: ChatClient<Channel>, mut jobs: mpsc::Receiver<Job>, metrics: PeerMetrics) {
     let Some(first) = jobs.recv().await else {
         return;
     };
+    // Counted as failed however the task ends, unless it closes as it should.
+    let mut state = metrics.link_connecting();
     let (out, batches) = mpsc::channel::<LinkBatch>(IN_FLIGHT);
     // Batches sent, oldest first: when each went and who waits for it.
     let mut held: VecDeque<(Instant, Vec<oneshot::Sender<Answer>>)> = VecDeque::new();
     let (batch, answers, mut carry) = gather(first, &mut jobs);
+    let sent = batch.messages.len();
     if out.try_send(batch).is_err() {
         fail(held, answers, carry, jobs);
         return;
     }
+    metrics.link_batch_sent(sent);
     held.push_back((Instant::now(), answers));
     let opened = tokio::time::timeout(CALL_DEADLINE, client.link(ReceiverStream::new(batches)));
     let mut acks = match opened.await {
-        Ok(Ok(resp)) => resp.into_inner(),
+        Ok(Ok(resp)) => {
+            state.opened();
+            resp.into_inner()
+        }
         Ok(Err(status)) => {
             tracing::debug!(%status, "cannot open a link");
             fail(held, Vec::new(), carry, jobs);
@@ -122,10 +135,12 @@ async fn run(mut client: ChatClient<Channel>, mut jobs: mpsc::Receiver<Job>) {
             if let Some(job) = carry.take() {
                 let (batch, answers, rest) = gather(job, &mut jobs);
                 carry = rest;
+                let sent = batch.messages.len();
                 if out.try_send(batch).is_err() {
                     fail(held, answers, carry, jobs);
                     return;
                 }
+                metrics.link_batch_sent(sent);
                 held.push_back((Instant::now(), answers));
                 continue;
             }
@@ -155,6 +170,7 @@ async fn run(mut client: ChatClient<Channel>, mut jobs: mpsc::Receiver<Job>) {
                 None => {
                     open = false;
                     if held.is_empty() {
+                        state.closed();
                         return;
                     }
                 }
@@ -169,6 +185,7 @@ async fn run(mut client: ChatClient<Channel>, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         if !open && held.is_empty() && carry.is_none() {
+            state.closed();
             return;
         }
     }

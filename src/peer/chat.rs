@@ -86,6 +86,8 @@ pub(super) struct ChatService {
     pub(super) away: Away,
     /// Caps on the `PullHistory` streams open at once.
     pub(super) pulls: PullLimits,
+    /// Counts what comes in (messages, batches, deferred checks, commits).
+    pub(super) metrics: crate::metrics::PeerMetrics,
     pub(super) stop: CancellationToken,
     pub(super) tasks: TaskTracker,
 }
@@ -326,13 +328,17 @@ impl ChatService {
         }
         if !admitted.is_empty() {
             let batch = admitted.iter().map(|a| a.1.clone()).collect();
+            let began = std::time::Instant::now();
             let stored = if deferred {
                 self.store.insert_unchecked(batch, *caller.as_bytes()).await
             } else {
                 self.store.insert_many(batch).await
             };
+            self.metrics.commit(began.elapsed());
             match stored {
                 Ok(inserted) => {
+                    let new = inserted.iter().filter(|i| i.new).count();
+                    self.metrics.message_in(source.label(), new);
                     if deferred {
                         let new = admitted.iter().zip(&inserted).filter(|(_, i)| i.new);
                         self.checks
@@ -431,6 +437,16 @@ pub(super) enum Source {
     /// From the router's mailbox, deposited by its author while this peer
     /// was away.
     Mailbox,
+}
+
+impl Source {
+    /// The metrics' label.
+    fn label(self) -> &'static str {
+        match self {
+            Source::Link => "link",
+            Source::Mailbox => "mailbox",
+        }
+    }
 }
 
 /// Which of `msgs` carry `key`'s signature, checked as one batch on the
@@ -590,6 +606,7 @@ impl Chat for ChatService {
                         .await;
                     return;
                 }
+                svc.metrics.link_batch(batch.messages.len());
                 let results = svc
                     .take(&caller, batch.messages)
                     .await

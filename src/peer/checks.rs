@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::events::{Events, PeerEvent};
 use crate::identity::{verify_messages, PublicKey};
+use crate::metrics::PeerMetrics;
 use crate::proto::ChatMessage;
 use crate::store::{MsgId, Store, StoreError};
 
@@ -55,6 +56,7 @@ struct Queue {
 pub(super) struct Checks {
     store: Store,
     events: Events,
+    metrics: PeerMetrics,
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
 }
@@ -67,10 +69,11 @@ pub(super) struct Checked {
 }
 
 impl Checks {
-    pub(super) fn new(store: Store, events: Events) -> Checks {
+    pub(super) fn new(store: Store, events: Events, metrics: PeerMetrics) -> Checks {
         Checks {
             store,
             events,
+            metrics,
             // Whatever an earlier run left unchecked is read first.
             queue: Arc::new(Mutex::new(Queue {
                 items: Vec::new(),
@@ -97,6 +100,7 @@ impl Checks {
                     q.in_table = true;
                 }
             }
+            self.metrics.deferred_queue(q.items.len());
         }
         self.wake.notify_one();
     }
@@ -138,7 +142,9 @@ impl Checks {
             let batch = {
                 let mut q = self.lock();
                 let n = q.items.len().min(BATCH);
-                q.items.drain(..n).collect::<Vec<_>>()
+                let batch = q.items.drain(..n).collect::<Vec<_>>();
+                self.metrics.deferred_queue(q.items.len());
+                batch
             };
             let batch = if !batch.is_empty() {
                 batch
@@ -220,6 +226,8 @@ impl Checks {
         let checked = good.len();
         let refuted = self.store.settle(good, bad).await?;
         let found = refuted.len();
+        self.metrics.deferred_checked(checked);
+        self.metrics.deferred_failed(found);
         for msg in refuted {
             let key = keys.get(&MsgId::of(&msg)).copied();
             tracing::warn!(

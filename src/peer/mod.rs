@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::{Identity as Key, IdentityError, PublicKey};
+use crate::metrics::{MetricsServer, PeerMetrics};
 use crate::names::{check_body, check_parting, private_key, NameError, Nick, Room};
 use crate::net::Peers;
 use crate::proto::chat_server::ChatServer;
@@ -86,6 +87,12 @@ pub enum PeerError {
     ToSelf,
     #[error("cannot serve chat: the listener has no address ({0})")]
     Listener(#[source] std::io::Error),
+    #[error("cannot serve metrics on {at}: {cause}")]
+    Metrics {
+        at: SocketAddr,
+        #[source]
+        cause: std::io::Error,
+    },
     #[error("the history store's thread could not start: {0}")]
     StoreThread(String),
     #[error(transparent)]
@@ -142,6 +149,9 @@ pub struct PeerConfig {
     /// How long an online member may go without answering before what it
     /// is owed goes to its mailbox at the router instead.
     pub deposit_after: Duration,
+    /// Where to serve this peer's Prometheus metrics (`GET /metrics`), if
+    /// anywhere; port 0 takes a free port ([`Peer::metrics_addr`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl PeerConfig {
@@ -163,6 +173,7 @@ impl PeerConfig {
             router_keys: Vec::new(),
             unsigned: false,
             deposit_after: outbox::DEPOSIT_AFTER,
+            metrics: None,
         }
     }
 }
@@ -204,6 +215,8 @@ struct Inner {
     known: KnownKeys,
     store: Store,
     listen: SocketAddr,
+    /// Where the metrics are served, if they are.
+    metrics_addr: Option<SocketAddr>,
     session: Session,
     outbox: Outbox,
     sync: Syncer,
@@ -230,6 +243,18 @@ impl Peer {
     /// rooms it was in, and starts the background loops. Returns the handle
     /// and the events the person should see.
     pub async fn start(config: PeerConfig) -> Result<(Peer, mpsc::Receiver<PeerEvent>), PeerError> {
+        // First: an address that cannot be bound fails the start before
+        // anything is written.
+        let metrics_server = match config.metrics {
+            Some(at) => Some(
+                MetricsServer::bind(at)
+                    .await
+                    .map_err(|cause| PeerError::Metrics { at, cause })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_server.as_ref().map(MetricsServer::local_addr);
+        let metrics = PeerMetrics::new();
         let dir = config.data_dir.clone();
         let unsigned = config.unsigned;
         let (dir_lock, store, key, known) = tokio::task::spawn_blocking(move || {
@@ -283,7 +308,8 @@ impl Peer {
         };
         let peers = Peers::new(tls.clone(), known.clone(), on_changed)
             .reaching(me)
-            .tracked(tasks.clone(), stop.clone());
+            .tracked(tasks.clone(), stop.clone())
+            .metered(metrics.clone());
         let kick = Arc::new(Notify::new());
         let on_fresh = {
             let events = events.clone();
@@ -314,7 +340,7 @@ impl Peer {
         );
         let rooms_kept = rooms.clone();
         let away = away::Away::default();
-        let checks = checks::Checks::new(store.clone(), events.clone());
+        let checks = checks::Checks::new(store.clone(), events.clone(), metrics.clone());
         if !unsigned {
             checks.spawn(&tasks, stop.clone());
         }
@@ -329,6 +355,7 @@ impl Peer {
             events: events.clone(),
             away: away.clone(),
             pulls: Default::default(),
+            metrics,
             stop: stop.clone(),
             tasks: tasks.clone(),
         };
@@ -340,6 +367,7 @@ impl Peer {
                 known,
                 store,
                 listen,
+                metrics_addr,
                 session,
                 outbox,
                 sync,
@@ -357,6 +385,13 @@ impl Peer {
             }),
         };
 
+        // From here a failure stops the peer, and the server with it.
+        if let Some(server) = metrics_server {
+            let registry = peer.metrics().registry();
+            peer.inner
+                .tasks
+                .spawn(server.run(registry, peer.inner.stop.clone()));
+        }
         // Serve before logging in: the router hands our address to others
         // the moment we are online.
         // Connections made for others (dialed back, relayed) join the
@@ -422,6 +457,17 @@ impl Peer {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen
+    }
+
+    /// Where this peer's metrics are served (`GET /metrics`), if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
+    }
+
+    /// This peer's figures (the chat service holds the handle: its receive
+    /// path counts what comes in).
+    pub fn metrics(&self) -> &PeerMetrics {
+        &self.inner.chat.metrics
     }
 
     /// Whether the router could dial this peer back at its last login;

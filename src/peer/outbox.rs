@@ -468,6 +468,7 @@ impl Outbox {
         loop {
             match self.inner.store.outbox_recipients().await {
                 Ok(nicks) => {
+                    self.inner.peers.metrics().outbox_depth(nicks.len());
                     for nick in nicks {
                         self.flush(&nick).await;
                     }

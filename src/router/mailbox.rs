@@ -13,6 +13,7 @@ use super::limits::{BindingRate, Buckets};
 use crate::identity::PublicKey;
 use crate::mailbox::{Deposit, Listing, MailError, MailStore, Quota};
 use crate::message::now_ms;
+use crate::metrics::RouterMetrics;
 use crate::seal::{MailboxKey, SEAL_OVERHEAD};
 
 /// Most envelopes one deposit may carry (proto `DepositRequest`).
@@ -79,6 +80,8 @@ pub struct Mailboxes {
     limits: MailLimits,
     /// Per sender key.
     rate: Buckets<PublicKey>,
+    /// Counts what the age limit removes.
+    metrics: RouterMetrics,
 }
 
 /// What a deposit did: how many were stored, and why the rest were not.
@@ -92,12 +95,14 @@ impl Mailboxes {
     pub fn new(
         store: Arc<dyn MailStore>,
         limits: MailLimits,
+        metrics: RouterMetrics,
         stop: CancellationToken,
     ) -> Arc<Mailboxes> {
         let mailboxes = Arc::new(Mailboxes {
             rate: Buckets::new(limits.rate),
             store,
             limits,
+            metrics,
         });
         tokio::spawn(sweep(mailboxes.clone(), stop));
         mailboxes
@@ -217,7 +222,10 @@ async fn sweep(mailboxes: Arc<Mailboxes>, stop: CancellationToken) {
         let age = i64::try_from(mailboxes.limits.max_age.as_millis()).unwrap_or(i64::MAX);
         match mailboxes.store.expire(now_ms().saturating_sub(age)).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "mailbox envelopes past the age limit removed"),
+            Ok(n) => {
+                mailboxes.metrics.mail_expired(n);
+                tracing::info!(expired = n, "mailbox envelopes past the age limit removed");
+            }
             Err(err) => tracing::warn!(cause = %err, "cannot sweep mailboxes"),
         }
     }

@@ -27,6 +27,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status};
 
 use crate::identity::{login_bytes, Identity, PublicKey};
+use crate::metrics::{MetricsServer, RouterMetrics};
 use crate::names::{check_parting, Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
@@ -178,6 +179,15 @@ impl From<Event> for proto::RegistryEvent {
     }
 }
 
+/// The label a login is counted under (`RouterMetrics::login`).
+fn reach_label(reach: limits::Reach) -> &'static str {
+    match reach {
+        limits::Reach::Unchecked => "unchecked",
+        limits::Reach::Direct => "direct",
+        limits::Reach::Relayed => "relayed",
+    }
+}
+
 fn reach_proto(reach: limits::Reach) -> proto::Reachability {
     match reach {
         limits::Reach::Unchecked => proto::Reachability::Unchecked,
@@ -249,6 +259,7 @@ pub struct RouterService {
     /// Dial-backs in progress at once.
     dialing: tokio::sync::Semaphore,
     mailboxes: Arc<mailbox::Mailboxes>,
+    metrics: RouterMetrics,
 }
 
 /// What a router allows its callers, and the address it tells them; the
@@ -294,6 +305,7 @@ impl RouterService {
         allowed: RouterLimits,
         tls: Tls,
         stats: Arc<RelayStats>,
+        metrics: RouterMetrics,
     ) -> RouterService {
         RouterService {
             relay: Arc::new(relay::Relay::new(
@@ -303,7 +315,13 @@ impl RouterService {
                 stop.clone(),
             )),
             advertise: allowed.advertise,
-            mailboxes: mailbox::Mailboxes::new(registry.mailbox(), allowed.mail, stop.clone()),
+            mailboxes: mailbox::Mailboxes::new(
+                registry.mailbox(),
+                allowed.mail,
+                metrics.clone(),
+                stop.clone(),
+            ),
+            metrics,
             registry,
             stop,
             challenges: limits::Challenges::new(allowed.logins_per_source),
@@ -513,6 +531,7 @@ impl Router for RouterService {
             }
         }
         tracing::info!(nick = %s.nick, address = %req.address, key = %key, reclaimed = s.reclaimed, ?reach, "login");
+        self.metrics.login(reach_label(reach));
         Ok(Response::new(proto::LoginResponse {
             token: s.token,
             lease_ttl_ms: ttl_ms(s.lease_ttl),
@@ -548,6 +567,7 @@ impl Router for RouterService {
         let req = req.into_inner();
         let message = parting_arg(&req.message)?;
         self.registry.logout(&req.token, message).await?;
+        self.metrics.logout();
         Ok(Response::new(proto::LogoutResponse {}))
     }
 
@@ -562,6 +582,7 @@ impl Router for RouterService {
             .registry
             .join(&req.token, &room, creation.as_ref())
             .await?;
+        self.metrics.join();
         Ok(Response::new(proto::JoinRoomResponse {
             room: s.name,
             members: s.members.into_iter().map(Into::into).collect(),
@@ -598,6 +619,7 @@ impl Router for RouterService {
     ) -> Result<Response<proto::FindResponse>, Status> {
         let req = req.into_inner();
         let name = Name::parse(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.metrics.lookup();
         let resp = match name {
             Name::Nick(nick) => {
                 let found = self.registry.find_user(&req.token, &nick).await?;
@@ -727,6 +749,7 @@ impl Router for RouterService {
         let (me, req) = self.own_session(req).await?;
         let nick =
             Nick::parse(&req.recipient).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let offered = req.envelopes.len();
         let sealed_to = PublicKey::from_bytes(&req.recipient_key)
             .map_err(|e| Status::invalid_argument(format!("recipient key: {e}")))?;
         match self.registry.binding(&nick).await? {
@@ -743,6 +766,8 @@ impl Router for RouterService {
             .deposit((&me.key, &me.nick), &sealed_to, req.envelopes)
             .await?;
         tracing::debug!(from = %me.nick, to = %nick, stored = done.stored, refused = ?done.refused, "deposit");
+        self.metrics
+            .mail_deposit(done.stored, offered.saturating_sub(done.stored));
         let (code, error) = done.refused.map_or((0, String::new()), |s| {
             (s.code() as i32, s.message().to_owned())
         });
@@ -779,6 +804,7 @@ impl Router for RouterService {
                 sealed: e.sealed,
             });
         }
+        self.metrics.mail_drained(envelopes.len());
         Ok(Response::new(proto::DrainResponse {
             envelopes,
             expired: listing.expired,
@@ -792,6 +818,7 @@ impl Router for RouterService {
     ) -> Result<Response<proto::AckResponse>, Status> {
         let (me, req) = self.own_session(req).await?;
         self.mailboxes.ack(&me.key, &req.ids, req.expired).await?;
+        self.metrics.mail_acked(req.ids.len());
         Ok(Response::new(proto::AckResponse {}))
     }
 
@@ -810,10 +837,13 @@ impl Router for RouterService {
             .map_err(|e| Status::invalid_argument(format!("follow: {e}")))?;
         let mut events = self.registry.watch(&req.get_ref().token, &follow).await?;
         let stop = self.stop.clone();
+        // Every session watches: one Watch stream here is one session served.
+        let session = self.metrics.session();
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         // A forwarding task, so the stream ends on the server's stop signal
         // (graceful shutdown is not held open) and when the client goes away.
         tokio::spawn(async move {
+            let _session = session;
             loop {
                 let item = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -863,6 +893,25 @@ pub async fn serve_counted(
     stats: Arc<RelayStats>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RouterError> {
+    let metrics = RouterMetrics::new(stats.clone());
+    serve_metered(
+        listener, registry, identity, limits, stats, metrics, shutdown,
+    )
+    .await
+}
+
+/// [`serve_counted`], counting logins, sessions and mail in `metrics`
+/// (made with `stats` as its relay figures, see [`RouterMetrics::new`];
+/// whoever serves its registry does so apart: `router --metrics`).
+pub async fn serve_metered(
+    listener: TcpListener,
+    registry: Arc<dyn Registry>,
+    identity: &Identity,
+    limits: RouterLimits,
+    stats: Arc<RelayStats>,
+    metrics: RouterMetrics,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RouterError> {
     let tls = Tls::new(identity)?;
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -876,7 +925,7 @@ pub async fn serve_counted(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = RouterService::new(registry, stop.clone(), limits, tls.clone(), stats);
+    let service = RouterService::new(registry, stop.clone(), limits, tls.clone(), stats, metrics);
     let relay = service.relay.clone();
     let router = RouterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (relayed, mut relay_conns) = mpsc::channel(64);
@@ -936,9 +985,13 @@ pub struct RouterHandle {
     addr: SocketAddr,
     key: PublicKey,
     relay: Arc<RelayStats>,
-    /// Fires `serve`'s shutdown future when dropped.
+    /// Where its metrics are served, if they are.
+    metrics: Option<SocketAddr>,
+    /// Fires `serve`'s shutdown future (and stops the metrics server) when
+    /// dropped.
     stop: DropGuard,
     task: JoinHandle<Result<(), RouterError>>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 impl RouterHandle {
@@ -963,27 +1016,65 @@ impl RouterHandle {
         identity: Identity,
         limits: RouterLimits,
     ) -> std::io::Result<RouterHandle> {
+        Self::spawn_serving(listener, registry, identity, limits, None)
+    }
+
+    /// [`RouterHandle::spawn_with`], serving its metrics at `metrics` too
+    /// (port 0 takes a free port: see [`RouterHandle::metrics_addr`]).
+    /// Fails if that address cannot be bound.
+    pub async fn spawn_metered(
+        listener: TcpListener,
+        registry: Arc<dyn Registry>,
+        identity: Identity,
+        limits: RouterLimits,
+        metrics: SocketAddr,
+    ) -> std::io::Result<RouterHandle> {
+        let server = MetricsServer::bind(metrics).await?;
+        Self::spawn_serving(listener, registry, identity, limits, Some(server))
+    }
+
+    fn spawn_serving(
+        listener: TcpListener,
+        registry: Arc<dyn Registry>,
+        identity: Identity,
+        limits: RouterLimits,
+        metrics_server: Option<MetricsServer>,
+    ) -> std::io::Result<RouterHandle> {
         let addr = listener.local_addr()?;
         let key = identity.public();
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let relay = Arc::<RelayStats>::default();
         let stats = relay.clone();
+        let metrics = RouterMetrics::new(stats.clone());
+        let metrics_addr = metrics_server.as_ref().map(MetricsServer::local_addr);
+        let metrics_task =
+            metrics_server.map(|server| tokio::spawn(server.run(metrics.registry(), stop.clone())));
         let task = tokio::spawn(async move {
-            serve_counted(listener, registry, &identity, limits, stats, shutdown).await
+            serve_metered(
+                listener, registry, &identity, limits, stats, metrics, shutdown,
+            )
+            .await
         });
         Ok(RouterHandle {
             addr,
             key,
             relay,
+            metrics: metrics_addr,
             stop: stop.drop_guard(),
             task,
+            metrics_task,
         })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where its metrics are served (`GET /metrics`), if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// The key its links present.
@@ -999,15 +1090,30 @@ impl RouterHandle {
     /// Stops it and waits (at most [`RouterHandle::STOP_WAIT`]) until it
     /// has shut down; reports an error `serve` ended with.
     pub async fn stop(self) -> Result<(), RouterError> {
-        let RouterHandle { stop, mut task, .. } = self;
+        let RouterHandle {
+            stop,
+            mut task,
+            metrics_task,
+            ..
+        } = self;
         drop(stop);
-        match tokio::time::timeout(Self::STOP_WAIT, &mut task).await {
+        let served = match tokio::time::timeout(Self::STOP_WAIT, &mut task).await {
             Ok(Ok(served)) => served,
             Ok(Err(err)) => Err(RouterError::Task(err)),
             Err(_) => {
                 task.abort();
                 Err(RouterError::StopTimedOut(Self::STOP_WAIT))
             }
+        };
+        if let Some(mut metrics) = metrics_task {
+            // It lets a scrape under way finish (a second at most).
+            if tokio::time::timeout(Self::STOP_WAIT, &mut metrics)
+                .await
+                .is_err()
+            {
+                metrics.abort();
+            }
         }
+        served
     }
 }

@@ -104,6 +104,68 @@ impl RelayStats {
     }
 }
 
+/// The relay's figures, read at every scrape (`crate::metrics`).
+impl prometheus_client::collector::Collector for RelayStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let c = self.counts();
+        let counters = [
+            (
+                "relay_reservations",
+                "Relay reservations granted.",
+                c.reservations,
+            ),
+            (
+                "relay_reservations_refused",
+                "Relay reservations refused: the relay was full.",
+                c.reservations_refused,
+            ),
+            (
+                "relay_reversals",
+                "Connection reversals asked of reserved peers.",
+                c.reversals,
+            ),
+            (
+                "relay_circuits_opened",
+                "Relay circuits spliced.",
+                c.circuits_opened,
+            ),
+            (
+                "relay_circuits_refused",
+                "Relay circuits refused (no reservation, its limit, no answer).",
+                c.circuits_refused,
+            ),
+            (
+                "relay_circuits_limited",
+                "Relay circuits closed by their byte or time limit.",
+                c.circuits_limited,
+            ),
+            ("relay_bytes", "Bytes relayed, both ways.", c.bytes),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let open = ConstGauge::new(i64::try_from(c.circuits_open).unwrap_or(i64::MAX));
+        open.encode(encoder.encode_descriptor(
+            "relay_circuits_open",
+            "Relay circuits open now.",
+            None,
+            open.metric_type(),
+        )?)
+    }
+}
+
 /// What a reservation stream carries to its peer, queued at most this
 /// many: past it, new asks are refused until the peer catches up.
 const RESERVATION_QUEUE: usize = 64;

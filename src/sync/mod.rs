@@ -769,6 +769,7 @@ impl Syncer {
             .stats
             .pulled
             .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        self.inner.peers.metrics().message_in("pull", fresh.len());
         Ok(fresh)
     }
 }
