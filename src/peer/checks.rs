@@ -49,7 +49,14 @@ struct Queue {
     /// Some were left to the table (the queue was full, or this is a
     /// start): read them from there.
     in_table: bool,
+    /// Taken out of the queue and being checked now.
+    checking: usize,
 }
+
+/// How long a read for someone else waits for the checks of what arrived
+/// before it; past it, it is served without them (they are never served
+/// unchecked: the store leaves them out).
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// The deferred checks. Cheap to clone.
 #[derive(Clone)]
@@ -59,6 +66,8 @@ pub(super) struct Checks {
     metrics: PeerMetrics,
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    /// Told whenever a batch's checks end.
+    idle: Arc<Notify>,
 }
 
 /// What one round of checks did.
@@ -78,8 +87,10 @@ impl Checks {
             queue: Arc::new(Mutex::new(Queue {
                 items: Vec::new(),
                 in_table: true,
+                checking: 0,
             })),
             wake: Arc::new(Notify::new()),
+            idle: Arc::new(Notify::new()),
         }
     }
 
@@ -103,6 +114,34 @@ impl Checks {
             self.metrics.deferred_queue(q.items.len());
         }
         self.wake.notify_one();
+    }
+
+    /// Before a read served to another member (a version, a pull): checks
+    /// now whatever arrived before it, without the linger, so that what
+    /// this peer holds is what it serves. Waits at most [`SETTLE_WAIT`].
+    pub(super) async fn settle(&self) {
+        let settled = async {
+            loop {
+                let idle = self.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if let Err(err) = self.drain().await {
+                    tracing::debug!(cause = %err, "cannot check before serving");
+                    return;
+                }
+                {
+                    let q = self.lock();
+                    if q.checking == 0 && q.items.is_empty() && !q.in_table {
+                        return;
+                    }
+                }
+                // Another task is checking a batch: wait for its end.
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(SETTLE_WAIT, settled).await.is_err() {
+            tracing::debug!("served before every check ended");
+        }
     }
 
     /// Runs the checks until `stop`, starting with what an earlier run
@@ -139,45 +178,38 @@ impl Checks {
     pub(super) async fn drain(&self) -> Result<Checked, StoreError> {
         let mut total = Checked::default();
         loop {
-            let batch = {
+            // Counted as being checked from the moment it leaves the queue
+            // (or the table) until the store has its verdicts, so that
+            // `settle` knows what is under way.
+            let queued = {
                 let mut q = self.lock();
                 let n = q.items.len().min(BATCH);
                 let batch = q.items.drain(..n).collect::<Vec<_>>();
+                q.checking += n;
                 self.metrics.deferred_queue(q.items.len());
                 batch
             };
-            let batch = if !batch.is_empty() {
-                batch
+            let batch = if !queued.is_empty() {
+                queued
             } else if std::mem::take(&mut self.lock().in_table) {
-                let waiting = self.store.unchecked(BATCH).await;
-                let waiting = match waiting {
-                    Ok(w) => w,
+                match self.read_table().await {
+                    Ok(batch) => batch,
                     Err(err) => {
                         self.lock().in_table = true;
                         return Err(err);
                     }
-                };
-                if waiting.len() == BATCH {
-                    // More there: read again after this batch.
-                    self.lock().in_table = true;
                 }
-                waiting
-                    .into_iter()
-                    .filter_map(|(k, m)| match PublicKey::from_bytes(&k) {
-                        Ok(k) => Some((k, m)),
-                        Err(_) => {
-                            tracing::warn!(author = %m.author, "an unchecked message's stored key does not parse");
-                            None
-                        }
-                    })
-                    .collect()
             } else {
                 return Ok(total);
             };
-            if batch.is_empty() {
-                continue;
-            }
-            let done = self.check(batch).await;
+            let n = batch.len();
+            let done = if n == 0 {
+                Ok(Some(Checked::default()))
+            } else {
+                self.check(batch).await
+            };
+            self.lock().checking -= n;
+            self.idle.notify_waiters();
             match done {
                 Ok(Some(checked)) => {
                     total.good += checked.good;
@@ -192,6 +224,28 @@ impl Checks {
                 }
             }
         }
+    }
+
+    /// A batch of what the table says waits (after a start, or when the
+    /// queue overflowed), counted as being checked.
+    async fn read_table(&self) -> Result<Vec<(PublicKey, ChatMessage)>, StoreError> {
+        let waiting = self.store.unchecked(BATCH).await?;
+        if waiting.len() == BATCH {
+            // More there: read again after this batch.
+            self.lock().in_table = true;
+        }
+        let batch: Vec<(PublicKey, ChatMessage)> = waiting
+            .into_iter()
+            .filter_map(|(k, m)| match PublicKey::from_bytes(&k) {
+                Ok(k) => Some((k, m)),
+                Err(_) => {
+                    tracing::warn!(author = %m.author, "an unchecked message's stored key does not parse");
+                    None
+                }
+            })
+            .collect();
+        self.lock().checking += batch.len();
+        Ok(batch)
     }
 
     /// Checks one batch and ends its wait in one store job.

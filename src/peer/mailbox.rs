@@ -6,7 +6,7 @@
 //! A sender seals only to the key it trusts for the nick, and only to a
 //! mailbox key that key signed (`seal`); the outbox row ends when the
 //! router answers that the envelope is stored. The recipient opens each
-//! envelope, takes the message through the chat service's own admission
+//! envelope, takes the message through intake, as a delivery is taken
 //! (its author's key must be the one that deposited it, its signature must
 //! check, and a room must be one this peer keeps), stores it, and only then
 //! acknowledges, so the router deletes nothing that is not committed here.
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::Code;
 
-use super::chat::{ChatService, Source};
 use super::events::{Events, PeerEvent};
+use super::intake::{Intake, Source};
 use super::session::{Session, SessionError};
 use crate::identity::{Identity, PublicKey};
 use crate::net::Peers;
@@ -200,7 +200,7 @@ pub struct Drained {
 /// The receiving side: drains this peer's mailbox. Cheap to clone.
 #[derive(Clone)]
 pub struct Drainer {
-    chat: ChatService,
+    intake: Intake,
     session: Session,
     mailbox: Arc<Mailbox>,
     events: Events,
@@ -210,13 +210,13 @@ pub struct Drainer {
 
 impl Drainer {
     pub(super) fn new(
-        chat: ChatService,
+        intake: Intake,
         session: Session,
         identity: &Identity,
         events: Events,
     ) -> Drainer {
         Drainer {
-            chat,
+            intake,
             session,
             mailbox: Arc::new(Mailbox::of(identity)),
             events,
@@ -341,7 +341,7 @@ impl Drainer {
         for (from, run) in runs {
             let (ids, msgs): (Vec<String>, Vec<ChatMessage>) = run.into_iter().unzip();
             let convs: Vec<String> = msgs.iter().map(|m| m.conversation.clone()).collect();
-            let answers = self.chat.take_from(Source::Mailbox, &from, msgs).await;
+            let answers = self.intake.take(Source::Mailbox, &from, msgs).await;
             for ((id, conv), answer) in ids.into_iter().zip(convs).zip(answers) {
                 match answer {
                     Ok(r) => {

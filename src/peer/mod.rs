@@ -16,6 +16,7 @@ mod away;
 mod chat;
 mod checks;
 pub mod events;
+mod intake;
 mod limits;
 pub mod mailbox;
 pub mod outbox;
@@ -344,7 +345,7 @@ impl Peer {
         if !unsigned {
             checks.spawn(&tasks, stop.clone());
         }
-        let chat = chat::ChatService {
+        let intake = intake::Intake {
             check_signatures: !unsigned,
             checks,
             store: store.clone(),
@@ -354,12 +355,18 @@ impl Peer {
             peers: peers.clone(),
             events: events.clone(),
             away: away.clone(),
-            pulls: Default::default(),
             metrics,
+        };
+        let chat = chat::ChatService {
+            intake: intake.clone(),
+            store: store.clone(),
+            session: session.clone(),
+            peers: peers.clone(),
+            pulls: Default::default(),
             stop: stop.clone(),
             tasks: tasks.clone(),
         };
-        let drainer = mailbox::Drainer::new(chat.clone(), session.clone(), &key, events.clone());
+        let drainer = mailbox::Drainer::new(intake, session.clone(), &key, events.clone());
         let peer = Peer {
             inner: Arc::new(Inner {
                 identity,
@@ -467,7 +474,7 @@ impl Peer {
     /// This peer's figures (the chat service holds the handle: its receive
     /// path counts what comes in).
     pub fn metrics(&self) -> &PeerMetrics {
-        &self.inner.chat.metrics
+        &self.inner.chat.intake.metrics
     }
 
     /// Whether the router could dial this peer back at its last login;
