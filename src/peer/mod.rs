@@ -343,6 +343,11 @@ impl Peer {
         let away = away::Away::default();
         let checks = checks::Checks::new(store.clone(), events.clone(), metrics.clone());
         if !unsigned {
+            // What a crash left unchecked is checked before this peer
+            // counts or serves anything.
+            if let Err(err) = checks.drain().await {
+                tracing::warn!(cause = %err, "cannot check what was left unchecked; later");
+            }
             checks.spawn(&tasks, stop.clone());
         }
         let intake = intake::Intake {
@@ -717,6 +722,9 @@ impl Peer {
     /// messages to those lacking them. Nobody answering is not an error:
     /// anti-entropy is woken to try again soon.
     async fn catch_up(&self, conv: &str, members: &[Member]) -> Result<Caught, PeerError> {
+        // What links handed over is counted once checked: check it first,
+        // so the version compared and reported is all this peer holds.
+        self.inner.chat.intake.checks.settle().await;
         match self.inner.sync.conversation(conv, members).await {
             Ok(synced) => {
                 self.inner.sync.push_own(conv, synced.behind);

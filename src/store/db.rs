@@ -722,12 +722,10 @@ pub(crate) fn version(conn: &Connection, conversation: &str) -> rusqlite::Result
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut version = Version {
+    Ok(Version {
         count: u64::try_from(count).unwrap_or(0),
         vector,
-    };
-    super::unchecked::discount(conn, conversation, &mut version)?;
-    Ok(version)
+    })
 }
 
 /// Where a pull has got to; the inside of [`PullCursor`].
@@ -819,20 +817,6 @@ fn covered_by(have: &[VectorEntry]) -> HashMap<(String, u64), u64> {
 /// served; the first page also reads one row and one index seek per author
 /// incarnation.
 pub(crate) fn missing_page(
-    conn: &Connection,
-    conversation: &str,
-    have: &[VectorEntry],
-    author: Option<&str>,
-    cursor: PullCursor,
-    limit: usize,
-) -> rusqlite::Result<(Vec<ChatMessage>, Option<PullCursor>)> {
-    let (mut page, next) = page_held(conn, conversation, have, author, cursor, limit)?;
-    super::unchecked::withhold(conn, conversation, &mut page)?;
-    Ok((page, next))
-}
-
-/// [`missing_page`] of everything held, checked or not.
-fn page_held(
     conn: &Connection,
     conversation: &str,
     have: &[VectorEntry],

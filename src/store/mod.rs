@@ -529,7 +529,13 @@ impl Store {
     /// The conversation's message count and version vector.
     pub async fn version(&self, conversation: &str) -> Result<Version, StoreError> {
         let conversation = conversation.to_string();
-        self.call(move |c| db::version(c, &conversation)).await
+        // What waits for its signature check is not counted (unchecked.rs).
+        self.call(move |c| {
+            let mut version = db::version(c, &conversation)?;
+            unchecked::discount(c, &conversation, &mut version)?;
+            Ok(version)
+        })
+        .await
     }
 
     /// Up to `limit` messages of `conversation` not covered by `have`
@@ -561,8 +567,12 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<ChatMessage>, Option<PullCursor>), StoreError> {
         let conversation = conversation.to_string();
+        // What waits for its signature check is never served (unchecked.rs).
         self.call(move |c| {
-            db::missing_page(c, &conversation, &have, author.as_deref(), cursor, limit)
+            let (mut page, next) =
+                db::missing_page(c, &conversation, &have, author.as_deref(), cursor, limit)?;
+            unchecked::withhold(c, &conversation, &mut page)?;
+            Ok((page, next))
         })
         .await
     }
