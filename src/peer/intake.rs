@@ -41,6 +41,9 @@ use crate::sync::{KeyOf, Syncer};
 
 /// From this many signatures on, a batch is checked on the blocking pool.
 const VERIFY_IN_PLACE: usize = 32;
+/// How long a room line waits for the router to confirm its author is a
+/// member (only a newcomer's, whom the picture does not hold yet).
+const ROOM_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How messages reached this peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,23 +362,31 @@ impl Intake {
                 "not a member of {room}"
             )));
         }
-        match self
-            .session
-            .confirm_member(room.as_str(), author.as_str())
-            .await
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Status::permission_denied(format!(
+        // A newcomer's first line asks the router; the link's later batches
+        // wait behind it, so the wait is short: past it the sender keeps the
+        // line owed and tries again (by then the Watch event has come).
+        let asked = tokio::time::timeout(
+            ROOM_CHECK_WAIT,
+            self.session.confirm_member(room.as_str(), author.as_str()),
+        )
+        .await;
+        match asked {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(Status::permission_denied(format!(
                 "{author} is not a member of {room}"
             ))),
-            Err(err) => {
+            Ok(Err(err)) => {
                 tracing::debug!(cause = %err, %room, %author, "cannot check membership");
                 Err(Status::unavailable(format!(
                     "cannot check that {author} is in {room} now; try later"
                 )))
             }
+            Err(_) => Err(Status::unavailable(format!(
+                "the router did not confirm that {author} is in {room} in time; try later"
+            ))),
         }
     }
+
     /// The checks of one message that need no signature: well formed, not
     /// this peer's own nick, written by the caller's key.
     async fn admit(
