@@ -4,8 +4,8 @@
 //! is stored, shown and acknowledged without a signature check: the link
 //! proved the author's key, as Briar's and Signal's per-link authentication
 //! do. Its signature is what makes it believable second-hand, so it is
-//! checked here, in batches on the blocking pool, before the store ever
-//! serves it (see `store::unchecked`). A signature that fails there was
+//! checked here, in batches on a thread of its own at low priority, before
+//! the store ever serves it (see `store::unchecked`). A signature that fails there was
 //! made by the link's own key holder: the message leaves the history and
 //! the person is told, with the key.
 //!
