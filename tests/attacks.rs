@@ -110,6 +110,20 @@ async fn forged_event(bob: &mut TestPeer) -> (ChatMessage, Option<parley::identi
     .await
 }
 
+/// What the peer behind `raw` answers when asked its version of `conv`.
+async fn version_of(
+    raw: &mut parley::proto::chat_client::ChatClient<tonic::transport::Channel>,
+    conv: &str,
+) -> GetVersionResponse {
+    raw.get_version(GetVersionRequest {
+        conversation: conv.into(),
+        digest: Vec::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// A message from its author's own link is taken on the link's word (the
 /// TLS handshake proved the key) and its signature checked after: one that
 /// does not check is removed, never served, and the key flagged.
@@ -133,14 +147,7 @@ async fn a_bad_signature_from_its_own_author_is_removed_and_the_key_flagged() {
     assert_eq!(key, Some(mallory.public()));
     assert!(bob.history("@bob+mallory").await.is_empty());
     // Never served: neither counted in a version nor handed over by a pull.
-    let v = raw
-        .get_version(GetVersionRequest {
-            conversation: "@bob+mallory".into(),
-            digest: Vec::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v = version_of(&mut raw, "@bob+mallory").await;
     assert_eq!((v.version, v.vector.len()), (0, 0), "{v:?}");
     let mut pages = raw
         .pull_history(PullHistoryRequest {
@@ -203,14 +210,7 @@ async fn a_check_a_crash_cut_short_runs_at_the_next_start() {
     assert_eq!((msg.seq, key), (2, Some(mallory.public())));
     assert_eq!(bob.bodies("@bob+mallory").await, ["good"]);
     let mut raw = chat_client_as(&bob.peer.listen_addr().to_string(), &mallory);
-    let v = raw
-        .get_version(GetVersionRequest {
-            conversation: "@bob+mallory".into(),
-            digest: Vec::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v = version_of(&mut raw, "@bob+mallory").await;
     assert_eq!(v.version, 1, "{v:?}");
     bob.stop().await;
     router.stop().await;
