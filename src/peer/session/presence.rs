@@ -28,6 +28,17 @@ impl Session {
             .await;
         match users {
             Ok(r) => self.inner.world.set_users(r.into_inner().users),
+            // Logged out meanwhile, or stopping: the answer means nothing.
+            Err(_) if self.inner.leaving.load(Ordering::SeqCst) => {}
+            Err(_) if self.inner.stop.is_cancelled() => {}
+            // The token lapsed under the call; the watch and the heartbeat
+            // log in again, and the next login lists the users afresh.
+            Err(
+                err @ SessionError::Refused {
+                    code: Code::Unauthenticated,
+                    ..
+                },
+            ) => tracing::debug!(cause = %err, "cannot list users"),
             Err(err) => tracing::warn!(cause = %err, "cannot list users"),
         }
     }
