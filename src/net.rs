@@ -27,7 +27,7 @@ use crate::metrics::PeerMetrics;
 use crate::proto::chat_client::ChatClient;
 use crate::proto::{ChatMessage, Member};
 use crate::tls::{Expect, Reversals, Tls};
-use crate::trust::{KnownKeys, Trust};
+use crate::trust::{KeyError, Keys};
 
 /// Deadline of one `Deliver` (or version query) to one peer: a frozen or
 /// vanished member must not stall the sender.
@@ -49,19 +49,9 @@ pub enum NetError {
     BadAddress(String),
     #[error("{0} has no valid key in the registry")]
     BadKey(String),
-    #[error("{nick} now presents key {got}, not the known {known}: /trust {nick} to accept it")]
-    Untrusted {
-        nick: String,
-        /// Fingerprints, as the person compares them.
-        known: String,
-        got: String,
-    },
-    #[error("cannot remember {nick}'s key: {cause}")]
-    Trust { nick: String, cause: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
-
-/// Told once per changed key: (nick, known key, new key).
-pub type OnChanged = Arc<dyn Fn(&str, PublicKey, PublicKey) + Send + Sync>;
 
 /// Most messages [`Peers::deliver_all`] has on a link at once.
 const DELIVER_CHUNK: usize = 1024;
@@ -168,8 +158,8 @@ struct Kept {
 #[derive(Clone)]
 pub struct Peers {
     tls: Tls,
-    known: KnownKeys,
-    on_changed: OnChanged,
+    /// Whose key each nick's is: a link reaches only that key.
+    keys: Keys,
     /// Held only to look up or insert a channel, never across an `.await`.
     channels: Arc<Mutex<Channels>>,
     /// Addresses that last failed to answer, and when.
@@ -188,13 +178,11 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Links presenting `tls`'s key, reaching keys `known` trusts;
-    /// `on_changed` hears of a nick that comes back with another key.
-    pub fn new(tls: Tls, known: KnownKeys, on_changed: OnChanged) -> Peers {
+    /// Links presenting `tls`'s key, reaching the keys `keys` believes.
+    pub fn new(tls: Tls, keys: Keys) -> Peers {
         Peers {
             tls,
-            known,
-            on_changed,
+            keys,
             channels: Arc::default(),
             down: Arc::default(),
             me: Me::new("", ""),
@@ -241,31 +229,9 @@ impl Peers {
         self.reversals.clone()
     }
 
-    /// The known keys this peer trusts.
-    pub fn known(&self) -> &KnownKeys {
-        &self.known
-    }
-
-    /// Whether `key` may be believed for `nick`: known, or met now for the
-    /// first time (and remembered). A changed key is refused, and told once.
-    pub fn trusted(&self, nick: &str, key: &PublicKey) -> Result<(), NetError> {
-        match self.known.check(nick, key) {
-            Ok((Trust::Known | Trust::New, _)) => Ok(()),
-            Ok((Trust::Changed { known }, first)) => {
-                if first {
-                    (self.on_changed)(nick, known, *key);
-                }
-                Err(NetError::Untrusted {
-                    nick: nick.to_owned(),
-                    known: known.fingerprint(),
-                    got: key.fingerprint(),
-                })
-            }
-            Err(err) => Err(NetError::Trust {
-                nick: nick.to_owned(),
-                cause: err.to_string(),
-            }),
-        }
+    /// Whose key each nick's is, as this peer believes.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// A client for `member`'s chat service, over the channel kept for its
@@ -288,12 +254,12 @@ impl Peers {
         // since), outside the lock: it may write the known keys.
         let channel = match kept {
             Some((channel, key)) => {
-                self.trusted(&member.nick, &key)?;
+                self.keys.believe(&member.nick, &key)?;
                 channel
             }
             None => {
                 let key = PublicKey::from_bytes(&raw).map_err(|_| bad_key())?;
-                self.trusted(&member.nick, &key)?;
+                self.keys.believe(&member.nick, &key)?;
                 let channel = if member.relay.is_empty() {
                     self.tls
                         .channel(endpoint(address)?, address, Expect::key(&key))
@@ -430,7 +396,7 @@ impl Peers {
         if let Some((link, key)) = open {
             // Trust is checked every time (a key may be trusted or not
             // since), outside the lock: it may write the known keys.
-            self.trusted(&member.nick, &key)?;
+            self.keys.believe(&member.nick, &key)?;
             return Ok(link);
         }
         let client = self.client(member)?;
@@ -505,8 +471,17 @@ mod tests {
     async fn the_channel_cache_is_bounded() {
         let id = crate::identity::Identity::generate();
         let dir = tempfile::tempdir().unwrap();
-        let known = KnownKeys::open(&dir.path().join("known_keys")).unwrap();
-        let peers = Peers::new(Tls::new(&id).unwrap(), known, Arc::new(|_, _, _| {}));
+        let known = crate::trust::KnownKeys::open(&dir.path().join("known_keys")).unwrap();
+        // Links believe keys met first-hand; the registry is never asked.
+        struct Nobody;
+        #[async_trait::async_trait]
+        impl crate::trust::Registry for Nobody {
+            async fn bound_key(&self, _: &str) -> Result<Option<PublicKey>, String> {
+                Err("no registry here".into())
+            }
+        }
+        let keys = Keys::new(known, Arc::new(Nobody), Arc::new(|_, _, _| {}));
+        let peers = Peers::new(Tls::new(&id).unwrap(), keys);
         let key = crate::identity::Identity::generate().public().to_vec();
         for port in 0..(MAX_CHANNELS + 10) {
             let member = Member {

@@ -2,6 +2,11 @@
 //! router address) had when first met, kept in the data directory, one line
 //! per name. A name that comes back with another key is not believed until
 //! the person accepts the new key (`/trust NICK`).
+//!
+//! [`Keys`] is the one owner of "whose key is this nick's" in a peer: the
+//! known keys first, the registry's binding at a first meeting, a changed
+//! key told once and refused until trusted. Links, intake, pulls, mailboxes
+//! and `/trust` all ask it.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -192,6 +197,182 @@ impl KnownKeys {
         let tmp = self.path.with_extension("new");
         std::fs::write(&tmp, text).map_err(err)?;
         std::fs::rename(&tmp, &*self.path).map_err(err)
+    }
+}
+
+/// Where a nick's binding comes from when this peer has not met it yet:
+/// the registry's word, over a pinned link to the router.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync {
+    /// The key `nick` is bound to (None: nobody ever claimed it); `Err`
+    /// says why nobody could tell now.
+    async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, String>;
+}
+
+/// Told once per changed key: (nick, known key, new key).
+pub type OnChanged = Arc<dyn Fn(&str, PublicKey, PublicKey) + Send + Sync>;
+
+/// What this peer can say of a nick's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOf {
+    /// Known (now remembered, if it came from the registry).
+    Key(PublicKey),
+    /// Nobody ever claimed the nick.
+    Unbound,
+    /// Not known here, and the registry cannot be asked now.
+    Unsure,
+}
+
+/// Whether a caller holds a nick's key (see [`Keys::holds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    Yes,
+    /// The caller holds the key the registry now binds the nick to, not
+    /// the known one: a change of key, refused until the person trusts it.
+    Changed,
+    /// Someone else's key, or an unbound nick.
+    No,
+    /// The nick's key cannot be learnt now.
+    Unsure,
+}
+
+/// Why a key is not believed, or cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{nick} now presents key {got}, not the known {known}: /trust {nick} to accept it")]
+    Untrusted {
+        nick: String,
+        /// Fingerprints, as the person compares them.
+        known: String,
+        got: String,
+    },
+    #[error("cannot remember {nick}'s key: {cause}")]
+    File { nick: String, cause: String },
+    #[error("cannot ask the registry for {nick}'s key: {cause}")]
+    Registry { nick: String, cause: String },
+    #[error("{0} has never logged in anywhere this router knows")]
+    Unbound(String),
+    #[error("{0}'s key has not changed: nothing to trust")]
+    NothingToTrust(String),
+}
+
+/// Whose key is a nick's, for one peer. Cheap to clone; clones share the
+/// known keys.
+#[derive(Clone)]
+pub struct Keys {
+    known: KnownKeys,
+    registry: Arc<dyn Registry>,
+    on_changed: OnChanged,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("known", &self.known).finish()
+    }
+}
+
+impl Keys {
+    /// The keys `known` keeps, the bindings `registry` gives at a first
+    /// meeting; `on_changed` hears of a nick that comes back with another
+    /// key.
+    pub fn new(known: KnownKeys, registry: Arc<dyn Registry>, on_changed: OnChanged) -> Keys {
+        Keys {
+            known,
+            registry,
+            on_changed,
+        }
+    }
+
+    /// The file of known keys.
+    pub fn known(&self) -> &KnownKeys {
+        &self.known
+    }
+
+    /// Whether `key` may be believed for `nick`: known, or met now for the
+    /// first time (and remembered). A changed key is refused, and told once.
+    pub fn believe(&self, nick: &str, key: &PublicKey) -> Result<(), KeyError> {
+        match self.known.check(nick, key) {
+            Ok((Trust::Known | Trust::New, _)) => Ok(()),
+            Ok((Trust::Changed { known }, first)) => {
+                if first {
+                    (self.on_changed)(nick, known, *key);
+                }
+                Err(KeyError::Untrusted {
+                    nick: nick.to_owned(),
+                    known: known.fingerprint(),
+                    got: key.fingerprint(),
+                })
+            }
+            Err(err) => Err(KeyError::File {
+                nick: nick.to_owned(),
+                cause: err.to_string(),
+            }),
+        }
+    }
+
+    /// The key `nick` is bound to: the known one, or (first meeting) the
+    /// registry's, which is then remembered.
+    pub async fn key_of(&self, nick: &str) -> KeyOf {
+        if let Some(k) = self.known.get(nick) {
+            return KeyOf::Key(k);
+        }
+        match self.registry.bound_key(nick).await {
+            Ok(Some(k)) => match self.believe(nick, &k) {
+                Ok(()) => KeyOf::Key(k),
+                // Raced with another first meeting that pinned another key.
+                Err(_) => KeyOf::Unsure,
+            },
+            Ok(None) => KeyOf::Unbound,
+            Err(cause) => {
+                tracing::debug!(nick, cause, "cannot look a key up");
+                KeyOf::Unsure
+            }
+        }
+    }
+
+    /// Whether `caller` holds the key `nick` is bound to. A known nick
+    /// calling with the key the registry now binds it to is a change of
+    /// key (told to the person once, see [`Keys::believe`]); only that is
+    /// worth telling apart from an impostor.
+    pub async fn holds(&self, nick: &str, caller: &PublicKey) -> Holds {
+        match self.key_of(nick).await {
+            KeyOf::Key(k) if k == *caller => Holds::Yes,
+            KeyOf::Key(_) => match self.registry.bound_key(nick).await {
+                Ok(Some(bound)) if bound == *caller => {
+                    let _ = self.believe(nick, caller);
+                    Holds::Changed
+                }
+                _ => Holds::No,
+            },
+            KeyOf::Unbound => Holds::No,
+            KeyOf::Unsure => Holds::Unsure,
+        }
+    }
+
+    /// Accepts the key `nick` came back with (the person's `/trust`, after
+    /// checking with them): the one it was last seen with, or else the one
+    /// the registry binds it to now. Returns the key now trusted.
+    pub async fn accept(&self, nick: &str) -> Result<PublicKey, KeyError> {
+        let known = self.known.get(nick);
+        let key = match self.known.pending(nick) {
+            Some(k) => k,
+            None => match self.registry.bound_key(nick).await {
+                Ok(Some(k)) if Some(k) != known => k,
+                Ok(Some(_)) => return Err(KeyError::NothingToTrust(nick.to_owned())),
+                Ok(None) => return Err(KeyError::Unbound(nick.to_owned())),
+                Err(cause) => {
+                    return Err(KeyError::Registry {
+                        nick: nick.to_owned(),
+                        cause,
+                    })
+                }
+            },
+        };
+        self.known.trust(nick, &key).map_err(|err| KeyError::File {
+            nick: nick.to_owned(),
+            cause: err.to_string(),
+        })?;
+        Ok(key)
     }
 }
 

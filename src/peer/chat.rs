@@ -123,7 +123,8 @@ impl ChatService {
                 match member {
                     Some(m) => self
                         .peers
-                        .trusted(&m.nick, caller)
+                        .keys()
+                        .believe(&m.nick, caller)
                         .map_err(|e| Status::permission_denied(e.to_string())),
                     None => Err(Status::permission_denied(format!(
                         "the calling key is not a member of {room}"

@@ -37,7 +37,8 @@ use crate::names::{Conversation, Nick, Room};
 use crate::net::Peers;
 use crate::proto::{ChatMessage, DeliverResponse};
 use crate::store::{Inserted, Store};
-use crate::sync::{KeyOf, Syncer};
+use crate::sync::Syncer;
+use crate::trust::Holds;
 
 /// From this many signatures on, a batch is checked on the blocking pool.
 const VERIFY_IN_PLACE: usize = 32;
@@ -314,32 +315,22 @@ impl Intake {
         }
     }
 
-    /// Whether `caller` holds the key `nick` is bound to: the key this
-    /// peer knows for it, or (first meeting) the router's binding. A known
-    /// nick calling with the key the router now binds it to is a changed
-    /// key: refused, and the person told (see `Peers::trusted`).
+    /// Whether `caller` holds the key `nick` is bound to (as
+    /// [`crate::trust::Keys`] says). A changed key is refused, and the
+    /// person told, until they trust it.
     pub(super) async fn is_key_of(&self, nick: &str, caller: &PublicKey) -> Result<(), Status> {
-        let refuse = || {
-            tracing::warn!(nick, caller = %caller, "refused a caller that does not hold the nick's key");
-            Status::permission_denied(format!("the calling key is not {nick}'s"))
-        };
-        match self.sync.key_of(nick).await {
-            KeyOf::Key(k) if k == *caller => Ok(()),
-            KeyOf::Key(_) => {
-                // Either an impostor or a real change of key; only the
-                // second is worth telling the person about.
-                if let Ok(Some(bound)) = self.session.bound_key(nick).await {
-                    if bound == *caller {
-                        let _ = self.peers.trusted(nick, caller);
-                        return Err(Status::permission_denied(format!(
-                            "{nick}'s key changed; refused until the person here trusts it"
-                        )));
-                    }
-                }
-                Err(refuse())
+        match self.peers.keys().holds(nick, caller).await {
+            Holds::Yes => Ok(()),
+            Holds::Changed => Err(Status::permission_denied(format!(
+                "{nick}'s key changed; refused until the person here trusts it"
+            ))),
+            Holds::No => {
+                tracing::warn!(nick, caller = %caller, "refused a caller that does not hold the nick's key");
+                Err(Status::permission_denied(format!(
+                    "the calling key is not {nick}'s"
+                )))
             }
-            KeyOf::Unbound => Err(refuse()),
-            KeyOf::Unsure => Err(Status::unavailable(format!(
+            Holds::Unsure => Err(Status::unavailable(format!(
                 "cannot learn {nick}'s key now; try later"
             ))),
         }

@@ -88,7 +88,8 @@ impl Sealer {
             .map_err(|_| DepositError::NoMailbox(nick.to_owned()))?;
         // Sealed only to the key this peer would deliver to directly.
         self.peers
-            .trusted(nick, &key)
+            .keys()
+            .believe(nick, &key)
             .map_err(|_| DepositError::Untrusted(nick.to_owned()))?;
         let to = MailboxKey {
             key: found.mailbox_key,

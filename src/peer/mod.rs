@@ -45,7 +45,7 @@ use crate::proto::{self, ChatMessage, Member};
 use crate::store::{lock_data_dir, DirLock, Identity, Store, StoreError};
 use crate::sync::{SyncCounts, SyncError, Syncer};
 use crate::tls::{Tls, TlsError};
-use crate::trust::{KnownKeys, TrustError};
+use crate::trust::{KeyError, Keys, KnownKeys, TrustError};
 use events::Events;
 pub use events::{PeerEvent, Presence};
 use outbox::Outbox;
@@ -102,10 +102,8 @@ pub enum PeerError {
     Trust(#[from] TrustError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{0} has never logged in anywhere this router knows")]
-    Unbound(String),
-    #[error("{0}'s key has not changed: nothing to trust")]
-    NothingToTrust(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// What `/whois` tells of a nick.
@@ -213,7 +211,6 @@ pub struct Peer {
 struct Inner {
     identity: Identity,
     key: Arc<Key>,
-    known: KnownKeys,
     store: Store,
     listen: SocketAddr,
     /// Where the metrics are served, if they are.
@@ -307,7 +304,8 @@ impl Peer {
                 });
             })
         };
-        let peers = Peers::new(tls.clone(), known.clone(), on_changed)
+        let keys = Keys::new(known.clone(), Arc::new(session.clone()), on_changed);
+        let peers = Peers::new(tls.clone(), keys.clone())
             .reaching(me)
             .tracked(tasks.clone(), stop.clone())
             .metered(metrics.clone());
@@ -376,7 +374,6 @@ impl Peer {
             inner: Arc::new(Inner {
                 identity,
                 key,
-                known,
                 store,
                 listen,
                 metrics_addr,
@@ -536,24 +533,16 @@ impl Peer {
             nick: if r.found { r.name } else { nick.to_string() },
             address: r.members.into_iter().next().map(|m| m.address),
             key,
-            known: self.inner.known.get(nick.as_str()),
-            pending: self.inner.known.pending(nick.as_str()),
+            known: self.inner.peers.keys().known().get(nick.as_str()),
+            pending: self.inner.peers.keys().known().pending(nick.as_str()),
         })
     }
 
     /// Accepts the key `nick` came back with (after checking with them).
     /// Returns the key now trusted.
     pub async fn trust(&self, nick: &Nick) -> Result<PublicKey, PeerError> {
-        let known = self.inner.known.get(nick.as_str());
-        let key = match self.inner.known.pending(nick.as_str()) {
-            Some(k) => k,
-            None => match self.inner.session.bound_key(nick.as_str()).await? {
-                Some(k) if Some(k) != known => k,
-                Some(_) => return Err(PeerError::NothingToTrust(nick.to_string())),
-                None => return Err(PeerError::Unbound(nick.to_string())),
-            },
-        };
-        self.inner.known.trust(nick.as_str(), &key)?;
+        let key = self.inner.peers.keys().accept(nick.as_str()).await?;
+        // What waited for the key goes out now.
         self.inner.kick.notify_one();
         Ok(key)
     }
@@ -865,7 +854,7 @@ impl Peer {
         } else {
             // Every stored message was checked against its author's key,
             // which was remembered then.
-            self.inner.peers.known().get(&event.author)
+            self.inner.peers.keys().known().get(&event.author)
         };
         Ok(key.map(|k| (event, k)))
     }

@@ -25,8 +25,8 @@
 //! stored ([`Syncer::checked`]): history relayed by a third member is
 //! believed only as far as its signatures go.
 //!
-//! It takes the store, the peer channels and a way to look keys up, never
-//! the peer.
+//! It takes the store, the peer channels (and through them the peer's
+//! [`crate::trust::Keys`]) and the rooms' owners, never the peer.
 
 mod repair;
 
@@ -49,6 +49,7 @@ use crate::proto::{
     ChatMessage, GetVersionRequest, GetVersionResponse, Member, PullHistoryRequest, VectorEntry,
 };
 use crate::store::{Inserted, PullCursor, Store, StoreError};
+use crate::trust::KeyOf;
 
 /// Deadline of a version query during sync.
 pub const VERSION_DEADLINE: Duration = Duration::from_secs(1);
@@ -69,31 +70,11 @@ pub const PAGE_SIZE: u32 = 500;
 /// Most own messages pushed to one member after a sync.
 const MAX_PUSH: usize = 10_000;
 
-/// Where a nick's key comes from when this peer has not met it yet: the
-/// registry's binding (the router's word, over a pinned link); and a room's
-/// owner, as the router reported it.
-#[async_trait::async_trait]
-pub trait KeyLookup: Send + Sync {
-    /// The key `nick` is bound to; `Err` when nobody could say now.
-    async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, ()>;
-
-    /// The owner of `room` (a room key) as the router last reported it to
-    /// this peer; None when it has not (the store's rule alone then keeps
-    /// a room to one creation event).
-    fn room_owner(&self, _room: &str) -> Option<String> {
-        None
-    }
-}
-
-/// What this peer can say of a nick's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyOf {
-    /// Known (now remembered, if it came from the registry).
-    Key(PublicKey),
-    /// Nobody ever claimed the nick.
-    Unbound,
-    /// Not known here, and the registry cannot be asked now.
-    Unsure,
+/// Who owns a room, as the router last reported it to this peer.
+pub trait RoomOwners: Send + Sync {
+    /// The owner of `room` (a room key); None when the router has not said
+    /// (the store's rule alone then keeps a room to one creation event).
+    fn room_owner(&self, room: &str) -> Option<String>;
 }
 
 /// Errors of catching up.
@@ -249,7 +230,7 @@ pub struct Syncer {
 struct Inner {
     store: Store,
     peers: Peers,
-    keys: Arc<dyn KeyLookup>,
+    owners: Arc<dyn RoomOwners>,
     me: Nick,
     on_fresh: OnFresh,
     stats: SyncStats,
@@ -268,7 +249,7 @@ impl Syncer {
     pub fn new(
         store: Store,
         peers: Peers,
-        keys: Arc<dyn KeyLookup>,
+        owners: Arc<dyn RoomOwners>,
         me: Nick,
         on_fresh: OnFresh,
         tasks: TaskTracker,
@@ -278,7 +259,7 @@ impl Syncer {
             inner: Arc::new(Inner {
                 store,
                 peers,
-                keys,
+                owners,
                 me,
                 on_fresh,
                 stats: SyncStats::default(),
@@ -290,23 +271,6 @@ impl Syncer {
         }
     }
 
-    /// The key `nick` is bound to: the known one, or (first meeting) the
-    /// registry's, which is then remembered.
-    pub async fn key_of(&self, nick: &str) -> KeyOf {
-        if let Some(k) = self.inner.peers.known().get(nick) {
-            return KeyOf::Key(k);
-        }
-        match self.inner.keys.bound_key(nick).await {
-            Ok(Some(k)) => match self.inner.peers.trusted(nick, &k) {
-                Ok(()) => KeyOf::Key(k),
-                // Raced with another first meeting that pinned another key.
-                Err(_) => KeyOf::Unsure,
-            },
-            Ok(None) => KeyOf::Unbound,
-            Err(()) => KeyOf::Unsure,
-        }
-    }
-
     /// Whether `m` may be taken as far as ownership goes: a room's creation
     /// event only from the room's owner as the router reported it (anyone
     /// can sign one, dated as they like); every other message passes, and
@@ -315,7 +279,7 @@ impl Syncer {
         if m.kind != crate::proto::Kind::Created as i32 {
             return true;
         }
-        match self.inner.keys.room_owner(&m.conversation) {
+        match self.inner.owners.room_owner(&m.conversation) {
             Some(owner) if !owner.eq_ignore_ascii_case(&m.author) => {
                 tracing::warn!(
                     author = %m.author,
@@ -356,7 +320,7 @@ impl Syncer {
             let key = match keys.get(&author) {
                 Some(k) => *k,
                 None => {
-                    let k = self.key_of(&author).await;
+                    let k = self.inner.peers.keys().key_of(&author).await;
                     keys.insert(author, k);
                     k
                 }

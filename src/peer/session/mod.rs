@@ -590,13 +590,15 @@ impl Session {
 }
 
 #[async_trait::async_trait]
-impl crate::sync::KeyLookup for Session {
-    async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, ()> {
-        Session::bound_key(self, nick).await.map_err(|err| {
-            tracing::debug!(nick, cause = %err, "cannot look a key up");
-        })
+impl crate::trust::Registry for Session {
+    async fn bound_key(&self, nick: &str) -> Result<Option<PublicKey>, String> {
+        Session::bound_key(self, nick)
+            .await
+            .map_err(|err| err.to_string())
     }
+}
 
+impl crate::sync::RoomOwners for Session {
     fn room_owner(&self, room: &str) -> Option<String> {
         self.inner.world.owner(room)
     }
