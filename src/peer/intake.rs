@@ -1,29 +1,31 @@
 //! Intake: the one way in for messages that others wrote. Whatever the
-//! source (a link, the router's mailbox), a batch passes the same stages,
-//! in this order, with the differences a source's [`Policy`] names:
+//! source (a link, the router's mailbox, a pull), a batch passes the same
+//! stages, in this order, with the differences a source's [`Policy`]
+//! names:
 //!
-//! 1. **form and author**: well formed, not this peer's own nick, written
-//!    by the key that handed it over (the link's, or the depositor's that
-//!    the seal binds);
-//! 2. **signature**: checked now, before storing (second-hand: mail), or
-//!    after, off the latency path (first-hand: the author's own link; see
-//!    `checks`);
+//! 1. **form and author**: well formed; from a link or a mailbox, not this
+//!    peer's own nick and written by the key that handed it over (the
+//!    link's, or the depositor's that the seal binds); pulled, any author,
+//!    whose key [`crate::trust::Keys`] gives;
+//! 2. **signature**: checked now, before storing (second-hand: mail, a
+//!    pull), or after, off the latency path (first-hand: the author's own
+//!    link; see `checks`);
 //! 3. **right to write**: a room's owner alone makes its creation event;
-//!    a room line's author is a member now (live) or the room is one this
-//!    peer keeps (mail written while it rested there); a private line is
-//!    between its two parties;
+//!    a room line's author is a member now (live), or the room is one this
+//!    peer keeps (mail written while it rested there), or anyone who wrote
+//!    there (pulled history: its authors may have left since); a private
+//!    line is between its two parties;
 //! 4. **store**: one store job for the batch (marked unchecked where the
-//!    signature waits), then the person told and gaps repaired;
+//!    signature waits), then the person told and gaps repaired; a pull's
+//!    pages are stored by the sync, each while the next one is checked;
 //! 5. **answer**: one per message, in order; a refusal is that message's
-//!    alone.
-//!
-//! Pulled history is second-hand too; the sync checks a page's signatures
-//! as one batch before storing it, and takes a room's creation event only
-//! from its owner (`Syncer::admits_creation`), as stage 3 does here.
+//!    alone (a pull's page is answered with how many were refused).
 
 use std::collections::HashMap;
 
-use tonic::Status;
+use futures::future::join_all;
+use tokio::sync::mpsc;
+use tonic::{Code, Status};
 
 use super::away::Away;
 use super::checks::Checks;
@@ -35,10 +37,9 @@ use crate::message::valid_message;
 use crate::metrics::PeerMetrics;
 use crate::names::{Conversation, Nick, Room};
 use crate::net::Peers;
-use crate::proto::{ChatMessage, DeliverResponse};
+use crate::proto::{ChatMessage, DeliverResponse, Member};
 use crate::store::{Inserted, Store};
-use crate::sync::Syncer;
-use crate::trust::Holds;
+use crate::trust::{Holds, KeyOf};
 
 /// From this many signatures on, a batch is checked on the blocking pool.
 const VERIFY_IN_PLACE: usize = 32;
@@ -54,6 +55,8 @@ pub(super) enum Source {
     /// From the router's mailbox, deposited by its author while this peer
     /// was away.
     Mailbox,
+    /// A page of history, pulled from any member that holds it.
+    Pull,
 }
 
 /// When a source's signatures are checked.
@@ -74,11 +77,26 @@ enum Membership {
     /// The room is one this peer keeps: mail was written while its author
     /// sat in the room and this peer rested there; the author may be gone.
     Kept,
+    /// Anyone who ever wrote there: a room's history outlives its members'
+    /// stay, and its signatures are what vouch for it.
+    Ever,
+}
+
+/// Whose key a message must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Author {
+    /// The key that handed it over: a link carries its caller's own
+    /// messages only, a mailbox its depositor's.
+    Caller,
+    /// Its author's, as [`crate::trust::Keys`] says (this peer's own
+    /// included: a restarted peer pulls what it wrote before).
+    Named,
 }
 
 /// What intake asks of a source's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Policy {
+    author: Author,
     check: Check,
     membership: Membership,
 }
@@ -87,12 +105,19 @@ impl Source {
     fn policy(self) -> Policy {
         match self {
             Source::Link => Policy {
+                author: Author::Caller,
                 check: Check::AfterStoring,
                 membership: Membership::Now,
             },
             Source::Mailbox => Policy {
+                author: Author::Caller,
                 check: Check::BeforeStoring,
                 membership: Membership::Kept,
+            },
+            Source::Pull => Policy {
+                author: Author::Named,
+                check: Check::BeforeStoring,
+                membership: Membership::Ever,
             },
         }
     }
@@ -102,6 +127,7 @@ impl Source {
         match self {
             Source::Link => "link",
             Source::Mailbox => "mailbox",
+            Source::Pull => "pull",
         }
     }
 }
@@ -116,7 +142,8 @@ pub(super) struct Intake {
     pub(super) store: Store,
     pub(super) session: Session,
     pub(super) rooms: Rooms,
-    pub(super) sync: Syncer,
+    /// Gaps that stored messages showed, for the sync to repair.
+    pub(super) gaps: mpsc::Sender<(ChatMessage, Member)>,
     pub(super) peers: Peers,
     pub(super) events: Events,
     /// Told to whoever writes privately while the person is away.
@@ -127,13 +154,24 @@ pub(super) struct Intake {
 
 type Answer = Result<DeliverResponse, Status>;
 
+/// One message on its way through the stages: where its answer goes, its
+/// conversation and author as parsed, and the key its signature must be.
+struct Item {
+    at: usize,
+    msg: ChatMessage,
+    conv: Conversation,
+    author: Nick,
+    key: PublicKey,
+}
+
 impl Intake {
     fn me(&self) -> &Nick {
         self.session.nick()
     }
 
-    /// Takes `msgs`, handed over by `caller` by way of `source`, through
-    /// the stages of the module's doc. One answer per message, in order.
+    /// Takes `msgs`, handed over by `caller` by way of `source` (a link or
+    /// a mailbox), through the stages of the module's doc. One answer per
+    /// message, in order.
     pub(super) async fn take(
         &self,
         source: Source,
@@ -141,11 +179,12 @@ impl Intake {
         msgs: Vec<ChatMessage>,
     ) -> Vec<Answer> {
         let policy = source.policy();
+        debug_assert_eq!(policy.author, Author::Caller);
         let mut answers: Vec<Option<Answer>> = vec![None; msgs.len()];
         let passed = self.authored(caller, msgs, &mut answers).await;
         let deferred = self.check_signatures && policy.check == Check::AfterStoring;
         let passed = if self.check_signatures && !deferred {
-            self.signed(caller, passed, &mut answers).await
+            self.signed(passed, &mut answers).await
         } else {
             passed
         };
@@ -158,55 +197,139 @@ impl Intake {
             .collect()
     }
 
-    /// Stage 1: those of `msgs` well formed and written by `caller`.
+    /// Stages 1 to 3 for a page of `conversation` pulled from `from`: those
+    /// to store, and how many were refused. Those whose author's key cannot
+    /// be learnt now are neither; a later sync brings them again.
+    async fn pulled(
+        &self,
+        from: &str,
+        conversation: &str,
+        msgs: Vec<ChatMessage>,
+    ) -> (Vec<ChatMessage>, usize) {
+        let policy = Source::Pull.policy();
+        let mut answers: Vec<Option<Answer>> = vec![None; msgs.len()];
+        let passed = self.named(conversation, msgs, &mut answers).await;
+        let passed = if self.check_signatures {
+            self.signed(passed, &mut answers).await
+        } else {
+            passed
+        };
+        let admitted = self.rights(policy, passed, &mut answers).await;
+        let refused = answers
+            .iter()
+            .flatten()
+            .filter(|a| a.as_ref().is_err_and(|s| s.code() != Code::Unavailable))
+            .count();
+        if refused > 0 {
+            tracing::warn!(from, conversation, refused, "refused pulled messages");
+        }
+        let good = admitted.into_iter().map(|item| item.msg).collect();
+        (good, refused)
+    }
+
+    /// Stage 1 (a link, a mailbox): those of `msgs` well formed and
+    /// written by `caller`.
     async fn authored(
         &self,
         caller: &PublicKey,
         msgs: Vec<ChatMessage>,
         answers: &mut [Option<Answer>],
-    ) -> Vec<(usize, ChatMessage, Conversation, Nick)> {
+    ) -> Vec<Item> {
         // Within a batch each author's key is asked once: a link's batch is
         // one author's.
         let mut keys: HashMap<String, Result<(), Status>> = HashMap::new();
         let mut passed = Vec::with_capacity(msgs.len());
-        for (i, msg) in msgs.into_iter().enumerate() {
+        for (at, msg) in msgs.into_iter().enumerate() {
             match self.admit(caller, &msg, &mut keys).await {
-                Ok((conv, author)) => passed.push((i, msg, conv, author)),
-                Err(status) => answers[i] = Some(Err(status)),
+                Ok((conv, author)) => passed.push(Item {
+                    at,
+                    msg,
+                    conv,
+                    author,
+                    key: *caller,
+                }),
+                Err(status) => answers[at] = Some(Err(status)),
             }
         }
         passed
     }
 
-    /// Stage 2, before storing: those of `passed` that carry `caller`'s
-    /// signature, checked as one batch.
-    async fn signed(
+    /// Stage 1 (a pull): those of `msgs` well formed, of `conversation`,
+    /// by authors whose keys are known (each asked once per page).
+    async fn named(
         &self,
-        caller: &PublicKey,
-        passed: Vec<(usize, ChatMessage, Conversation, Nick)>,
+        conversation: &str,
+        msgs: Vec<ChatMessage>,
         answers: &mut [Option<Answer>],
-    ) -> Vec<(usize, ChatMessage, Conversation, Nick)> {
+    ) -> Vec<Item> {
+        let mut keys: HashMap<String, KeyOf> = HashMap::new();
+        let mut passed = Vec::with_capacity(msgs.len());
+        for (at, msg) in msgs.into_iter().enumerate() {
+            let formed = match valid_message(&msg) {
+                Ok(_) if msg.conversation != conversation => Err(Status::invalid_argument(
+                    "a message of another conversation than the one pulled",
+                )),
+                Ok(conv) => Nick::parse(&msg.author)
+                    .map(|author| (conv, author))
+                    .map_err(|e| Status::invalid_argument(e.to_string())),
+                Err(e) => Err(Status::invalid_argument(e.to_string())),
+            };
+            let (conv, author) = match formed {
+                Ok(parsed) => parsed,
+                Err(status) => {
+                    answers[at] = Some(Err(status));
+                    continue;
+                }
+            };
+            let key = match keys.get(&author.key()) {
+                Some(k) => *k,
+                None => {
+                    let k = self.peers.keys().key_of(author.as_str()).await;
+                    keys.insert(author.key(), k);
+                    k
+                }
+            };
+            match key {
+                KeyOf::Key(key) => passed.push(Item {
+                    at,
+                    msg,
+                    conv,
+                    author,
+                    key,
+                }),
+                KeyOf::Unbound => {
+                    answers[at] = Some(Err(Status::permission_denied(format!(
+                        "nobody ever claimed {author}"
+                    ))))
+                }
+                KeyOf::Unsure => {
+                    tracing::debug!(%author, "cannot learn the author's key now; message left for a later sync");
+                    answers[at] = Some(Err(Status::unavailable(
+                        "the author's key is not known now",
+                    )));
+                }
+            }
+        }
+        passed
+    }
+
+    /// Stage 2, before storing: those of `passed` that carry their keys'
+    /// signatures, checked as one batch.
+    async fn signed(&self, passed: Vec<Item>, answers: &mut [Option<Answer>]) -> Vec<Item> {
         if passed.is_empty() {
             return passed;
         }
-        let good = if passed.len() < VERIFY_IN_PLACE {
-            // In place, the usual case (a message alone): no copies.
-            let items: Vec<(PublicKey, &ChatMessage)> =
-                passed.iter().map(|p| (*caller, &p.1)).collect();
-            verify_messages(&items)
-        } else {
-            verify_off_runtime(*caller, passed.iter().map(|p| p.1.clone()).collect()).await
-        };
+        let (passed, good) = verify(passed).await;
         passed
             .into_iter()
             .zip(good)
-            .filter_map(|(p, good)| {
+            .filter_map(|(item, good)| {
                 if good {
-                    return Some(p);
+                    return Some(item);
                 }
-                let msg = &p.1;
-                tracing::warn!(author = %msg.author, caller = %caller, conversation = %msg.conversation, seq = msg.seq, "refused a message whose signature does not check");
-                answers[p.0] = Some(Err(Status::invalid_argument(
+                let msg = &item.msg;
+                tracing::warn!(author = %msg.author, key = %item.key, conversation = %msg.conversation, seq = msg.seq, "refused a message whose signature does not check");
+                answers[item.at] = Some(Err(Status::invalid_argument(
                     "the message's signature does not check against its author's key",
                 )));
                 None
@@ -218,20 +341,22 @@ impl Intake {
     async fn rights(
         &self,
         policy: Policy,
-        passed: Vec<(usize, ChatMessage, Conversation, Nick)>,
+        passed: Vec<Item>,
         answers: &mut [Option<Answer>],
-    ) -> Vec<(usize, ChatMessage, Conversation)> {
+    ) -> Vec<Item> {
         // Each (room, author)'s membership is asked once per batch.
         let mut rights: HashMap<(String, String), Result<(), Status>> = HashMap::new();
         let mut admitted = Vec::with_capacity(passed.len());
-        for (i, msg, conv, author) in passed {
-            let right = match &conv {
+        for item in passed {
+            let (msg, author) = (&item.msg, &item.author);
+            let right = match &item.conv {
                 // Anyone can sign a creation event: only the owner's is taken.
-                Conversation::Room(room) if !self.sync.admits_creation(&msg) => {
+                Conversation::Room(room) if !self.admits_creation(msg) => {
                     Err(Status::permission_denied(format!(
                         "{author} does not own {room}: its creation event is refused"
                     )))
                 }
+                Conversation::Room(_) if policy.membership == Membership::Ever => Ok(()),
                 Conversation::Room(room) if policy.membership == Membership::Kept => {
                     if self.rooms.contains(room.as_str()) {
                         Ok(())
@@ -246,30 +371,57 @@ impl Intake {
                     match rights.get(&at) {
                         Some(right) => right.clone(),
                         None => {
-                            let right = self.check_room(room, &author).await;
+                            let right = self.check_room(room, author).await;
                             rights.insert(at, right.clone());
                             right
                         }
                     }
                 }
                 Conversation::Private(..) => {
-                    if !conv.is_party(self.me()) || !conv.is_party(&author) {
+                    let conv = &item.conv;
+                    if !conv.is_party(self.me()) || !conv.is_party(author) {
                         Err(Status::permission_denied(
                             "not a party to that private conversation",
                         ))
                     } else {
-                        // A new partner may share no room: follow its presence.
-                        self.session.follow(&author);
+                        if policy.author == Author::Caller {
+                            // A new partner may share no room: follow its
+                            // presence.
+                            self.session.follow(author);
+                        }
                         Ok(())
                     }
                 }
             };
             match right {
-                Ok(()) => admitted.push((i, msg, conv)),
-                Err(status) => answers[i] = Some(Err(status)),
+                Ok(()) => admitted.push(item),
+                Err(status) => answers[item.at] = Some(Err(status)),
             }
         }
         admitted
+    }
+
+    /// Whether `m` may be taken as far as ownership goes: a room's creation
+    /// event only from the room's owner as the router reported it (anyone
+    /// can sign one, dated as they like); every other message passes, and
+    /// so does a creation while the owner is not known here (the store's
+    /// rule alone then keeps a room to one creation event).
+    fn admits_creation(&self, m: &ChatMessage) -> bool {
+        if m.kind != crate::proto::Kind::Created as i32 {
+            return true;
+        }
+        match self.session.world().owner(&m.conversation) {
+            Some(owner) if !owner.eq_ignore_ascii_case(&m.author) => {
+                tracing::warn!(
+                    author = %m.author,
+                    conversation = %m.conversation,
+                    %owner,
+                    "refused a creation event by someone the router does not name the room's owner"
+                );
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Stages 4 and 5: `admitted` stored in one store job (marked
@@ -279,13 +431,13 @@ impl Intake {
         source: Source,
         caller: &PublicKey,
         deferred: bool,
-        admitted: Vec<(usize, ChatMessage, Conversation)>,
+        admitted: Vec<Item>,
         answers: &mut [Option<Answer>],
     ) {
         if admitted.is_empty() {
             return;
         }
-        let batch = admitted.iter().map(|a| a.1.clone()).collect();
+        let batch = admitted.iter().map(|a| a.msg.clone()).collect();
         let began = std::time::Instant::now();
         let stored = if deferred {
             self.store.insert_unchecked(batch, *caller.as_bytes()).await
@@ -300,16 +452,16 @@ impl Intake {
                 if deferred {
                     let new = admitted.iter().zip(&inserted).filter(|(_, i)| i.new);
                     self.checks
-                        .push(*caller, new.map(|((_, msg, _), _)| msg.clone()));
+                        .push(*caller, new.map(|(item, _)| item.msg.clone()));
                 }
-                for ((i, msg, conv), inserted) in admitted.into_iter().zip(inserted) {
-                    answers[i] = Some(self.stored(msg, &conv, inserted));
+                for (item, inserted) in admitted.into_iter().zip(inserted) {
+                    answers[item.at] = Some(self.stored(item.msg, &item.conv, inserted));
                 }
             }
             Err(err) => {
                 let status = Status::from(err);
-                for (i, ..) in admitted {
-                    answers[i] = Some(Err(status.clone()));
+                for item in admitted {
+                    answers[item.at] = Some(Err(status.clone()));
                 }
             }
         }
@@ -423,7 +575,9 @@ impl Intake {
         }
         if inserted.gap {
             if let Some(sender) = self.session.world().user(&msg.author) {
-                self.sync.repair_gap(&msg, sender);
+                // Full: repairs are already waiting, and anti-entropy
+                // covers what they miss.
+                let _ = self.gaps.try_send((msg.clone(), sender));
             }
         }
         let stored = inserted.new;
@@ -444,16 +598,58 @@ impl Intake {
     }
 }
 
-/// Which of `msgs` carry `key`'s signature, checked as one batch on the
-/// blocking pool, so the runtime's threads keep serving meanwhile.
-async fn verify_off_runtime(key: PublicKey, msgs: Vec<ChatMessage>) -> Vec<bool> {
-    let n = msgs.len();
-    // A check that did not finish (a panic, a runtime shutting down)
-    // refuses the batch; the sender tries again.
-    tokio::task::spawn_blocking(move || {
-        let items: Vec<(PublicKey, &ChatMessage)> = msgs.iter().map(|m| (key, m)).collect();
-        verify_messages(&items)
-    })
-    .await
-    .unwrap_or_else(|_| vec![false; n])
+/// `items` and, in order, whether each carries its key's signature. A few
+/// are checked here (a thread hop costs more); more, a pull's page or a
+/// mailbox's, are spread over the blocking pool, one share per core, so
+/// they neither hold up the runtime's threads nor leave a core idle.
+async fn verify(items: Vec<Item>) -> (Vec<Item>, Vec<bool>) {
+    fn check(part: &[Item]) -> Vec<bool> {
+        let keyed: Vec<(PublicKey, &ChatMessage)> =
+            part.iter().map(|item| (item.key, &item.msg)).collect();
+        verify_messages(&keyed)
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < VERIFY_IN_PLACE || cores == 1 {
+        let good = check(&items);
+        return (items, good);
+    }
+    let share = items.len().div_ceil(cores);
+    let mut rest = items;
+    let mut parts = Vec::with_capacity(cores);
+    while !rest.is_empty() {
+        let tail = rest.split_off(share.min(rest.len()));
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    let checks = parts.into_iter().map(|part| {
+        tokio::task::spawn_blocking(move || {
+            let good = check(&part);
+            (part, good)
+        })
+    });
+    let (mut items, mut good) = (Vec::new(), Vec::new());
+    for done in join_all(checks).await {
+        match done {
+            Ok((part, ok)) => {
+                items.extend(part);
+                good.extend(ok);
+            }
+            // Only a panic in the check itself, or a runtime shutting
+            // down: those messages are left out, and their sender (or a
+            // later sync) brings them again.
+            Err(err) => tracing::warn!(cause = %err, "a signature check did not finish"),
+        }
+    }
+    (items, good)
+}
+
+#[async_trait::async_trait]
+impl crate::sync::Admission for Intake {
+    async fn page(
+        &self,
+        from: &str,
+        conversation: &str,
+        msgs: Vec<ChatMessage>,
+    ) -> (Vec<ChatMessage>, usize) {
+        self.pulled(from, conversation, msgs).await
+    }
 }

@@ -68,6 +68,9 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// After a failed delivery or a reconnection, how long anti-entropy waits
 /// before it runs (failures come in bursts; one pass covers them all).
 const KICK_DELAY: Duration = Duration::from_millis(500);
+/// Gaps waiting for their repair to be scheduled; past it a gap is left to
+/// the repairs already waiting and to anti-entropy.
+const GAPS_WAITING: usize = 1024;
 
 /// Errors of the peer layer.
 #[derive(Debug, thiserror::Error)]
@@ -314,15 +317,6 @@ impl Peer {
             let events = events.clone();
             Arc::new(move |msgs| events.messages(msgs))
         };
-        let sync = Syncer::new(
-            store.clone(),
-            peers.clone(),
-            Arc::new(session.clone()),
-            config.nick.clone(),
-            on_fresh,
-            tasks.clone(),
-            stop.clone(),
-        );
         let outbox = Outbox::new(
             store.clone(),
             peers.clone(),
@@ -348,18 +342,43 @@ impl Peer {
             }
             checks.spawn(&tasks, stop.clone());
         }
+        let (gaps, mut gaps_rx) = mpsc::channel(GAPS_WAITING);
         let intake = intake::Intake {
             check_signatures: !unsigned,
             checks,
             store: store.clone(),
             session: session.clone(),
             rooms: rooms_kept,
-            sync: sync.clone(),
+            gaps,
             peers: peers.clone(),
             events: events.clone(),
             away: away.clone(),
             metrics,
         };
+        let sync = Syncer::new(
+            store.clone(),
+            peers.clone(),
+            Arc::new(intake.clone()),
+            config.nick.clone(),
+            on_fresh,
+            tasks.clone(),
+            stop.clone(),
+        );
+        {
+            // Gaps that intake saw, repaired by the sync (which pulls
+            // through intake in turn).
+            let (sync, stop) = (sync.clone(), stop.clone());
+            tasks.spawn(async move {
+                loop {
+                    let gap = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        gap = gaps_rx.recv() => gap,
+                    };
+                    let Some((msg, sender)) = gap else { return };
+                    sync.repair_gap(&msg, sender);
+                }
+            });
+        }
         let chat = chat::ChatService {
             intake: intake.clone(),
             store: store.clone(),

@@ -21,12 +21,12 @@
 //!   is held pulls the gap from its sender.
 //! - Pushing one's own messages to members a sync showed lacking them.
 //!
-//! Every pulled message is checked against its author's key before it is
-//! stored ([`Syncer::checked`]): history relayed by a third member is
-//! believed only as far as its signatures go.
+//! Every pulled page passes the checks of second-hand history before it is
+//! stored ([`Admission`]: `peer::intake`'s pull policy): history relayed by
+//! a third member is believed only as far as its signatures go.
 //!
-//! It takes the store, the peer channels (and through them the peer's
-//! [`crate::trust::Keys`]) and the rooms' owners, never the peer.
+//! It takes the store, the peer channels and the admission of pages, never
+//! the peer.
 
 mod repair;
 
@@ -41,15 +41,12 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::identity::{verify_messages, PublicKey};
-use crate::message::valid_message;
 use crate::names::{Conversation, Nick};
 use crate::net::Peers;
 use crate::proto::{
     ChatMessage, GetVersionRequest, GetVersionResponse, Member, PullHistoryRequest, VectorEntry,
 };
 use crate::store::{Inserted, PullCursor, Store, StoreError};
-use crate::trust::KeyOf;
 
 /// Deadline of a version query during sync.
 pub const VERSION_DEADLINE: Duration = Duration::from_secs(1);
@@ -70,11 +67,20 @@ pub const PAGE_SIZE: u32 = 500;
 /// Most own messages pushed to one member after a sync.
 const MAX_PUSH: usize = 10_000;
 
-/// Who owns a room, as the router last reported it to this peer.
-pub trait RoomOwners: Send + Sync {
-    /// The owner of `room` (a room key); None when the router has not said
-    /// (the store's rule alone then keeps a room to one creation event).
-    fn room_owner(&self, room: &str) -> Option<String>;
+/// What a pulled page must pass before it is stored: the checks of
+/// second-hand history (`peer::intake`'s pull policy).
+#[async_trait::async_trait]
+pub trait Admission: Send + Sync {
+    /// Those of `msgs` (a page of `conversation`, from `from`) to store,
+    /// and how many were refused (not believable). Those whose author's
+    /// key cannot be learnt now are neither: a later sync brings them
+    /// again.
+    async fn page(
+        &self,
+        from: &str,
+        conversation: &str,
+        msgs: Vec<ChatMessage>,
+    ) -> (Vec<ChatMessage>, usize);
 }
 
 /// Errors of catching up.
@@ -167,60 +173,6 @@ pub fn digest(vector: &[VectorEntry]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// Fewer checks than this are done in place: a thread hop costs more.
-const VERIFY_IN_PLACE: usize = 32;
-
-/// Checks each message's signature against its key (`false` for a message
-/// without one), in order. A pull's page is hundreds of checks, most of
-/// what catching up costs in CPU: they are spread over the blocking pool,
-/// one share per core, so they neither hold up the runtime's thread nor
-/// leave a core idle.
-async fn verify_all(keyed: Vec<(ChatMessage, KeyOf)>) -> Vec<(ChatMessage, KeyOf, bool)> {
-    fn verify(part: Vec<(ChatMessage, KeyOf)>) -> Vec<(ChatMessage, KeyOf, bool)> {
-        let (keyed, at): (Vec<(PublicKey, &ChatMessage)>, Vec<usize>) = part
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (m, key))| match key {
-                KeyOf::Key(k) => Some(((*k, m), i)),
-                _ => None,
-            })
-            .unzip();
-        let mut ok = vec![false; part.len()];
-        for (i, good) in at.into_iter().zip(verify_messages(&keyed)) {
-            ok[i] = good;
-        }
-        part.into_iter()
-            .zip(ok)
-            .map(|((m, key), ok)| (m, key, ok))
-            .collect()
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if keyed.len() < VERIFY_IN_PLACE || cores == 1 {
-        return verify(keyed);
-    }
-    let share = keyed.len().div_ceil(cores);
-    let mut rest = keyed;
-    let mut parts = Vec::with_capacity(cores);
-    while !rest.is_empty() {
-        let tail = rest.split_off(share.min(rest.len()));
-        parts.push(std::mem::replace(&mut rest, tail));
-    }
-    let checks = parts
-        .into_iter()
-        .map(|part| tokio::task::spawn_blocking(move || verify(part)));
-    let mut out = Vec::new();
-    for done in join_all(checks).await {
-        match done {
-            Ok(part) => out.extend(part),
-            // Only a panic in the check itself (or a runtime shutting
-            // down): those messages are dropped, and a later sync brings
-            // them again.
-            Err(err) => tracing::warn!(cause = %err, "a signature check did not finish"),
-        }
-    }
-    out
-}
-
 /// The catching-up machinery of one peer. Cheap to clone.
 #[derive(Clone)]
 pub struct Syncer {
@@ -230,7 +182,7 @@ pub struct Syncer {
 struct Inner {
     store: Store,
     peers: Peers,
-    owners: Arc<dyn RoomOwners>,
+    admission: Arc<dyn Admission>,
     me: Nick,
     on_fresh: OnFresh,
     stats: SyncStats,
@@ -249,7 +201,7 @@ impl Syncer {
     pub fn new(
         store: Store,
         peers: Peers,
-        owners: Arc<dyn RoomOwners>,
+        admission: Arc<dyn Admission>,
         me: Nick,
         on_fresh: OnFresh,
         tasks: TaskTracker,
@@ -259,7 +211,7 @@ impl Syncer {
             inner: Arc::new(Inner {
                 store,
                 peers,
-                owners,
+                admission,
                 me,
                 on_fresh,
                 stats: SyncStats::default(),
@@ -269,93 +221,6 @@ impl Syncer {
                 stop,
             }),
         }
-    }
-
-    /// Whether `m` may be taken as far as ownership goes: a room's creation
-    /// event only from the room's owner as the router reported it (anyone
-    /// can sign one, dated as they like); every other message passes, and
-    /// so does a creation while the owner is not known here.
-    pub fn admits_creation(&self, m: &ChatMessage) -> bool {
-        if m.kind != crate::proto::Kind::Created as i32 {
-            return true;
-        }
-        match self.inner.owners.room_owner(&m.conversation) {
-            Some(owner) if !owner.eq_ignore_ascii_case(&m.author) => {
-                tracing::warn!(
-                    author = %m.author,
-                    conversation = %m.conversation,
-                    %owner,
-                    "refused a creation event by someone the router does not name the room's owner"
-                );
-                false
-            }
-            _ => true,
-        }
-    }
-
-    /// The messages of `msgs` whose signatures check against their authors'
-    /// keys and that [`Syncer::admits_creation`] admits. The rest are
-    /// dropped and logged with `from`, who handed them over; a message
-    /// whose author's key cannot be learnt now is dropped too (a later
-    /// sync brings it again).
-    pub async fn checked(&self, from: &str, msgs: Vec<ChatMessage>) -> Vec<ChatMessage> {
-        self.checked_counted(from, msgs).await.0
-    }
-
-    /// [`Syncer::checked`], with how many messages were refused (a bad
-    /// signature, an author nobody claimed, a creation event by someone
-    /// other than the room's owner); those left for a later sync because a
-    /// key cannot be learnt now are not refused.
-    async fn checked_counted(
-        &self,
-        from: &str,
-        msgs: Vec<ChatMessage>,
-    ) -> (Vec<ChatMessage>, usize) {
-        // The keys first (learning one may ask the registry), then the
-        // signatures, which are pure CPU.
-        let mut keys: HashMap<String, KeyOf> = HashMap::new();
-        let mut keyed = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let author = m.author.to_ascii_lowercase();
-            let key = match keys.get(&author) {
-                Some(k) => *k,
-                None => {
-                    let k = self.inner.peers.keys().key_of(&author).await;
-                    keys.insert(author, k);
-                    k
-                }
-            };
-            keyed.push((m, key));
-        }
-        let mut good = Vec::with_capacity(keyed.len());
-        let mut refused = 0;
-        for (m, key, ok) in verify_all(keyed).await {
-            match key {
-                KeyOf::Key(_) if ok => {
-                    if self.admits_creation(&m) {
-                        good.push(m);
-                    } else {
-                        refused += 1;
-                    }
-                }
-                KeyOf::Key(_) | KeyOf::Unbound => {
-                    refused += 1;
-                    tracing::warn!(
-                        from,
-                        author = %m.author,
-                        conversation = %m.conversation,
-                        seq = m.seq,
-                        "refused a message whose signature does not check"
-                    )
-                }
-                KeyOf::Unsure => tracing::debug!(
-                    from,
-                    author = %m.author,
-                    "cannot learn the author's key now; message left for a later sync"
-                ),
-            }
-        }
-        (good, refused)
     }
 
     pub fn stats(&self) -> SyncCounts {
@@ -690,19 +555,17 @@ impl Syncer {
                     }
                 };
                 let sent = page.messages.len();
-                let msgs: Vec<ChatMessage> = page
-                    .messages
-                    .into_iter()
-                    .filter(|m| m.conversation == conversation && valid_message(m).is_ok())
-                    .collect();
-                let misfit = sent - msgs.len();
-                let (msgs, refused) = self.checked_counted(&member.nick, msgs).await;
-                if sent > 0 && misfit + refused == sent {
+                let (msgs, refused) = self
+                    .inner
+                    .admission
+                    .page(&member.nick, conversation, page.messages)
+                    .await;
+                if sent > 0 && refused == sent {
                     // Not one message of it is believable: garbage.
                     self.skip(member, conversation, "a page in which nothing checks");
                     break;
                 }
-                if misfit + refused < sent {
+                if refused < sent {
                     waited = Duration::ZERO;
                 }
                 if let Some(prev) = storing.take() {

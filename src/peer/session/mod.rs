@@ -597,9 +597,3 @@ impl crate::trust::Registry for Session {
             .map_err(|err| err.to_string())
     }
 }
-
-impl crate::sync::RoomOwners for Session {
-    fn room_owner(&self, room: &str) -> Option<String> {
-        self.inner.world.owner(room)
-    }
-}
