@@ -617,6 +617,53 @@ async fn a_rooms_creator_owns_it_after_a_router_restart_whoever_rejoins_first() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_private_history_keeps_only_its_two_parties_lines() {
+    let router = TestRouter::start(TTL).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("alice");
+    let alice = TestPeer::start_in(router.addr, "alice", dir.clone())
+        .await
+        .unwrap();
+    let bob = TestPeer::start(&router, "bob").await;
+    let carol = TestPeer::start(&router, "carol").await;
+    alice.tell("bob", "hello bob").await;
+    let conv = "@alice+bob";
+    bob.wait_for(conv, 1).await;
+    // Bob stuffs their private history with a line that carol really
+    // signed, in a conversation she is no party to, and a line of his own
+    // that alice has not seen yet.
+    let carols = Identity::load_or_create(&carol.dir.join(parley::peer::KEY_FILE)).unwrap();
+    let mut stray = message(conv, "carol", 1, 2, "carol was never here");
+    stray.incarnation = carol.peer.incarnation();
+    carols.sign_message(&mut stray);
+    let bobs = Identity::load_or_create(&bob.dir.join(parley::peer::KEY_FILE)).unwrap();
+    let mut own = message(conv, "bob", 1, 3, "a line alice missed");
+    own.incarnation = bob.peer.incarnation();
+    bobs.sign_message(&mut own);
+    bob.peer
+        .store()
+        .insert_many(vec![stray, own])
+        .await
+        .unwrap();
+
+    // Alice comes back and catches up on her private conversations from
+    // bob: his line is taken, carol's is not.
+    alice.stop().await;
+    let alice = TestPeer::start_in(router.addr, "alice", dir).await.unwrap();
+    let h = alice.wait_for(conv, 2).await;
+    let bodies: Vec<&str> = h.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["hello bob", "a line alice missed"]);
+    // The stray line stays out, whatever else syncs meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let h = alice.history(conv).await;
+    assert_eq!(h.len(), 2, "{h:?}");
+    for p in [alice, bob, carol] {
+        p.stop().await;
+    }
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_reporting_a_huge_version_cannot_hand_a_newcomer_forged_history() {
     let router = TestRouter::start(TTL).await;
     let alice = TestPeer::start(&router, "alice").await;
