@@ -198,9 +198,14 @@ impl Outbox {
         }
     }
 
-    /// Stores `body` (of `kind`) as this peer's next message of `conv`, owed to every
-    /// recipient, then delivers it to every `online` one at once. `offline`
-    /// recipients (no address now) keep their rows for later.
+    /// Makes `body` (of `kind`) this peer's next message of `conv` and
+    /// delivers it to every `online` recipient at once, while it is written
+    /// here with a row owed to every recipient; `offline` ones (no address
+    /// now) keep their rows for later. Returns once the write here has
+    /// committed and every online recipient has answered (or failed to):
+    /// a message is reported sent only when it is durable here and at
+    /// those that took it, as before, but this peer's commit no longer
+    /// waits in line before the network.
     pub async fn send(
         &self,
         conv: String,
@@ -217,22 +222,21 @@ impl Outbox {
         let away = offline.clone();
         let msg = inner
             .store
-            .append_own_kind(
+            .allocate_own(
                 &conv,
                 inner.session.nick().as_str(),
                 inner.incarnation,
                 (kind, body),
                 now_ms(),
-                owed,
             )
             .await?;
         let id = MsgId::of(&msg);
-        self.in_flight().extend(
-            online
-                .iter()
-                .map(|m| (m.nick.to_ascii_lowercase(), id.clone())),
-        );
-        let results = join_all(online.iter().map(|m| async {
+        let rows: Vec<Row> = online
+            .iter()
+            .map(|m| (m.nick.to_ascii_lowercase(), id.clone()))
+            .collect();
+        self.in_flight().extend(rows.iter().cloned());
+        let deliveries = join_all(online.iter().map(|m| async {
             // A member that just timed out is not waited for again: the
             // message stays owed at once (senders never stall on a frozen
             // member), and the retry loop delivers it.
@@ -240,8 +244,20 @@ impl Outbox {
                 return (Delivery::Unreachable, None);
             }
             inner.peers.deliver_answered(m, msg.clone()).await
-        }))
-        .await;
+        }));
+        // The deliveries first: they are on their way (queued on their
+        // links) before the write, which usually runs in place, begins.
+        let written = inner.store.write_own(msg.clone(), owed);
+        let (results, written) = tokio::join!(biased; deliveries, written);
+        if let Err(err) = written {
+            // Nothing is owed here: the rows were never written. Those that
+            // took it keep it; the send is reported failed.
+            let mut in_flight = self.in_flight();
+            for row in &rows {
+                in_flight.remove(row);
+            }
+            return Err(err);
+        }
         let mut report = SendReport {
             message: msg,
             delivered: Vec::new(),

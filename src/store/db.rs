@@ -464,7 +464,7 @@ impl Batch {
 }
 
 /// Stores `m` within `batch`; `own`: this peer's new message, whose seq and
-/// lamport are one past the highest held (see [`append_own`]), so nothing
+/// lamport are one past the highest held (see [`next_own`]), so nothing
 /// can follow it in display order or in its author's sequence and those
 /// reads are skipped.
 fn insert_as(
@@ -636,22 +636,16 @@ fn contiguous(
         .map_or(0, dec))
 }
 
-/// Allocates the next seq and lamport, stores the message and queues it for
-/// every pending recipient.
-// Each argument is one field of the new row or its one consumer; a struct
-// would only rename them.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn append_own(
+/// The seq and Lamport time of `author_lower`'s next own message of
+/// `conversation`: one past the highest held, and past `issued` (the last
+/// allocated, which may not be written yet).
+pub(crate) fn next_own(
     conn: &Connection,
     conversation: &str,
-    author: &str,
+    author_lower: &str,
     incarnation: u64,
-    (kind, body): (crate::proto::Kind, &str),
-    sent_at_ms: i64,
-    pending: &[String],
-    signer: Option<&crate::identity::Identity>,
-) -> rusqlite::Result<ChatMessage> {
-    let author_lower = author.to_ascii_lowercase();
+    issued: Option<(u64, u64)>,
+) -> rusqlite::Result<(u64, u64)> {
     let max_seq: Option<i64> = conn
         .prepare_cached(
             "SELECT max(seq) FROM messages
@@ -663,25 +657,29 @@ pub(crate) fn append_own(
     let max_lamport: Option<i64> = conn
         .prepare_cached("SELECT max(lamport) FROM messages WHERE conversation = ?1")?
         .query_row([conversation], |r| r.get(0))?;
+    let (issued_seq, issued_lamport) = issued.unwrap_or((0, 0));
     // Saturating: a peer could send lamport u64::MAX; ties then fall back to
     // (author, incarnation, seq), still a total order.
-    let mut msg = ChatMessage {
-        conversation: conversation.to_string(),
-        author: author.to_string(),
-        incarnation,
-        seq: max_seq.map_or(0, dec).saturating_add(1),
-        lamport: max_lamport.map_or(0, dec).saturating_add(1),
-        sent_at_ms,
-        body: body.to_string(),
-        signature: Vec::new(),
-        kind: kind as i32,
-    };
-    if let Some(id) = signer {
-        id.sign_message(&mut msg);
-    }
+    Ok((
+        max_seq.map_or(0, dec).max(issued_seq).saturating_add(1),
+        max_lamport
+            .map_or(0, dec)
+            .max(issued_lamport)
+            .saturating_add(1),
+    ))
+}
+
+/// Writes this peer's own `msg` (its seq and Lamport time from
+/// [`next_own`]), owed to each of `pending`.
+pub(crate) fn write_own(
+    conn: &Connection,
+    msg: &ChatMessage,
+    pending: &[String],
+) -> rusqlite::Result<()> {
     let mut batch = Batch::default();
-    insert_as(conn, &mut batch, &msg, true)?;
+    insert_as(conn, &mut batch, msg, true)?;
     batch.finish(conn)?;
+    let author_lower = msg.author.to_ascii_lowercase();
     let mut owe = conn.prepare_cached(
         "INSERT OR IGNORE INTO outbox
          (recipient, conversation, author_lower, incarnation, seq, lamport)
@@ -697,7 +695,7 @@ pub(crate) fn append_own(
             enc(msg.lamport)
         ])?;
     }
-    Ok(msg)
+    Ok(())
 }
 
 pub(crate) fn version(conn: &Connection, conversation: &str) -> rusqlite::Result<Version> {

@@ -27,6 +27,7 @@ mod error;
 mod tests;
 mod unchecked;
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -282,7 +283,44 @@ pub struct Store {
     /// Signs this peer's own messages as they are written; none for a
     /// store opened without a key (tools, tests of the store alone).
     signer: Option<Arc<crate::identity::Identity>>,
+    /// The last seq and Lamport time allocated to an own message, per
+    /// (conversation, author, incarnation): see [`Store::allocate_own`].
+    issued: Issued,
     path: Arc<PathBuf>,
+}
+
+/// (conversation, lowercased author, incarnation) -> (seq, Lamport time).
+type Issued = Arc<std::sync::Mutex<HashMap<(String, String, u64), (u64, u64)>>>;
+
+/// An own message to allocate, with what allocating it takes.
+struct Own {
+    issued: Issued,
+    signer: Option<Arc<crate::identity::Identity>>,
+    msg: ChatMessage,
+}
+
+impl Own {
+    /// The message with its seq and Lamport time (one past what is held
+    /// and what was allocated), signed.
+    fn allocate(self, c: &Connection) -> rusqlite::Result<ChatMessage> {
+        let mut msg = self.msg;
+        let key = (
+            msg.conversation.clone(),
+            msg.author.to_ascii_lowercase(),
+            msg.incarnation,
+        );
+        {
+            // A plain map: a panic elsewhere cannot leave it half-updated.
+            let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+            let (seq, lamport) = db::next_own(c, &key.0, &key.1, key.2, issued.get(&key).copied())?;
+            (msg.seq, msg.lamport) = (seq, lamport);
+            issued.insert(key, (seq, lamport));
+        }
+        if let Some(id) = &self.signer {
+            id.sign_message(&mut msg);
+        }
+        Ok(msg)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -333,6 +371,7 @@ impl Store {
             writer: shared,
             busy: Arc::default(),
             signer,
+            issued: Arc::default(),
             identity: Arc::new(identity),
             path: Arc::new(path.to_path_buf()),
         })
@@ -491,25 +530,71 @@ impl Store {
         sent_at_ms: i64,
         pending: Vec<String>,
     ) -> Result<ChatMessage, StoreError> {
-        let (conversation, author, body) = (
-            conversation.to_string(),
-            author.to_string(),
-            body.to_string(),
-        );
-        let signer = self.signer.clone();
+        let own = self.own(conversation, author, incarnation, (kind, body), sent_at_ms);
         self.call_as(InPlace::WhenAlone, move |c| {
-            db::append_own(
-                c,
-                &conversation,
-                &author,
-                incarnation,
-                (kind, &body),
-                sent_at_ms,
-                &pending,
-                signer.as_deref(),
-            )
+            let msg = own.allocate(c)?;
+            db::write_own(c, &msg, &pending)?;
+            Ok(msg)
         })
         .await
+    }
+
+    /// This peer's next message of `conversation`, not written yet: its
+    /// seq and Lamport time allocated as [`Store::append_own`] would (and
+    /// past every one allocated before, written or not), and signed.
+    /// [`Store::write_own`] writes it, so that a sender can write while the
+    /// message is on its way. A message allocated and never written (its
+    /// write failed) leaves its seq unused for good: a gap, never a seq
+    /// given to two messages.
+    pub async fn allocate_own(
+        &self,
+        conversation: &str,
+        author: &str,
+        incarnation: u64,
+        (kind, body): (Kind, &str),
+        sent_at_ms: i64,
+    ) -> Result<ChatMessage, StoreError> {
+        let own = self.own(conversation, author, incarnation, (kind, body), sent_at_ms);
+        self.call_as(InPlace::WhenAlone, move |c| own.allocate(c))
+            .await
+    }
+
+    /// Writes `msg` (from [`Store::allocate_own`]) and an outbox entry for
+    /// every nick in `pending`, in one transaction.
+    pub async fn write_own(
+        &self,
+        msg: ChatMessage,
+        pending: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.call_as(InPlace::WhenAlone, move |c| {
+            db::write_own(c, &msg, &pending)
+        })
+        .await
+    }
+
+    fn own(
+        &self,
+        conversation: &str,
+        author: &str,
+        incarnation: u64,
+        (kind, body): (Kind, &str),
+        sent_at_ms: i64,
+    ) -> Own {
+        Own {
+            issued: self.issued.clone(),
+            signer: self.signer.clone(),
+            msg: ChatMessage {
+                conversation: conversation.to_string(),
+                author: author.to_string(),
+                incarnation,
+                seq: 0,
+                lamport: 0,
+                sent_at_ms,
+                body: body.to_string(),
+                signature: Vec::new(),
+                kind: kind as i32,
+            },
+        }
     }
 
     /// The room's creation event as this history holds it (one since

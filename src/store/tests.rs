@@ -1290,3 +1290,43 @@ async fn unchecked_messages_are_shown_but_not_served_until_settled() {
 fn ids_of(msgs: &[ChatMessage]) -> Vec<(String, u64)> {
     msgs.iter().map(|m| (m.author.clone(), m.seq)).collect()
 }
+
+#[tokio::test]
+async fn an_allocated_seq_is_never_given_twice_written_late_or_never() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    let id = s.identity().incarnation;
+    let own = |body: &'static str| {
+        let s = s.clone();
+        async move {
+            s.allocate_own("#go", "bob", id, (Kind::Text, body), 1)
+                .await
+                .unwrap()
+        }
+    };
+    let first = own("first").await;
+    let second = own("second").await;
+    assert_eq!((first.seq, second.seq), (1, 2));
+    assert!(second.lamport > first.lamport);
+    // Nothing is held until it is written; written out of order, both are.
+    assert_eq!(s.version("#go").await.unwrap().count, 0);
+    s.write_own(second.clone(), vec!["alice".into()])
+        .await
+        .unwrap();
+    s.write_own(first.clone(), vec!["alice".into()])
+        .await
+        .unwrap();
+    assert_eq!(s.all("#go").await.unwrap(), vec![first, second]);
+    let owed = s.outbox_for("alice", 10).await.unwrap();
+    assert_eq!(owed.len(), 2);
+    // One allocated and never written (its write failed, its sender gave
+    // up) leaves its seq unused: the next message does not take it.
+    let lost = own("lost").await;
+    assert_eq!(lost.seq, 3);
+    let next = s
+        .append_own("#go", "bob", id, "next", 2, vec![])
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 4);
+    assert!(next.lamport > lost.lamport);
+}
