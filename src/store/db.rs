@@ -256,6 +256,21 @@ pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// A second connection for reads that must not wait for the writer (an
+/// own message's allocation): it sees what is committed.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let err = |e| StoreError::sqlite(path, e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    conn.pragma_update(None, "query_only", true).map_err(err)?;
+    Ok(conn)
+}
+
 /// Copies what the WAL holds into the database file without waiting for
 /// the writer (`PASSIVE`); the writer starts the WAL over once all of it
 /// has been copied. `TRUNCATE` at close also empties the WAL file.

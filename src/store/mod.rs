@@ -9,12 +9,14 @@
 //! data directory's lock, so two peers never share one history. A [`Store`] is a
 //! cheap handle sending commands to one dedicated writer thread, which runs
 //! everything queued at that moment in one transaction (group commit) and
-//! replies only after the commit, so a reply means the data is on disk. The
-//! one exception to "SQLite never runs on the async runtime": a job of a few
+//! replies only after the commit, so a reply means the data is on disk. Two
+//! exceptions to "SQLite never runs on the async runtime": a job of a few
 //! rows (a message written or taken) begun while no other call is under way
 //! runs at once on the caller's thread, in its own transaction, because its
 //! two hops to the writer thread and back cost as much as the job and its
-//! commit.
+//! commit; and an own message's allocation (two index lookups) reads on a
+//! connection of its own, so that a sender never waits for the writer
+//! before its message can leave.
 //!
 //! The queue to the writer is bounded (`QUEUE_DEPTH`, 4096 commands). When it is
 //! full, callers wait for room (backpressure): nothing is dropped or refused,
@@ -286,6 +288,8 @@ pub struct Store {
     /// The last seq and Lamport time allocated to an own message, per
     /// (conversation, author, incarnation): see [`Store::allocate_own`].
     issued: Issued,
+    /// Reads that must not wait for the writer: see [`Store::allocate_own`].
+    reader: Arc<std::sync::Mutex<Connection>>,
     path: Arc<PathBuf>,
 }
 
@@ -300,10 +304,14 @@ struct Own {
 }
 
 impl Own {
-    /// The message with its seq and Lamport time (one past what is held
-    /// and what was allocated), signed.
-    fn allocate(self, c: &Connection) -> rusqlite::Result<ChatMessage> {
-        let mut msg = self.msg;
+    /// The message with its seq and Lamport time: one past what `c` holds
+    /// and what was allocated before (written or not).
+    fn allocate(self, c: &Connection) -> rusqlite::Result<Own> {
+        let Own {
+            issued,
+            signer,
+            mut msg,
+        } = self;
         let key = (
             msg.conversation.clone(),
             msg.author.to_ascii_lowercase(),
@@ -311,15 +319,25 @@ impl Own {
         );
         {
             // A plain map: a panic elsewhere cannot leave it half-updated.
-            let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-            let (seq, lamport) = db::next_own(c, &key.0, &key.1, key.2, issued.get(&key).copied())?;
+            let mut held = issued.lock().unwrap_or_else(|p| p.into_inner());
+            let (seq, lamport) = db::next_own(c, &key.0, &key.1, key.2, held.get(&key).copied())?;
             (msg.seq, msg.lamport) = (seq, lamport);
-            issued.insert(key, (seq, lamport));
+            held.insert(key, (seq, lamport));
         }
+        Ok(Own {
+            issued,
+            signer,
+            msg,
+        })
+    }
+
+    /// The allocated message, signed.
+    fn signed(self) -> ChatMessage {
+        let mut msg = self.msg;
         if let Some(id) = &self.signer {
             id.sign_message(&mut msg);
         }
-        Ok(msg)
+        msg
     }
 }
 
@@ -345,6 +363,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let (conn, identity) = db::open(path)?;
         let checkpoints = db::open_checkpointer(path)?;
+        let reader = db::open_reader(path)?;
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         // One nudge waiting is enough: the checkpoint copies whatever the
         // WAL holds by the time it runs.
@@ -372,6 +391,7 @@ impl Store {
             busy: Arc::default(),
             signer,
             issued: Arc::default(),
+            reader: Arc::new(std::sync::Mutex::new(reader)),
             identity: Arc::new(identity),
             path: Arc::new(path.to_path_buf()),
         })
@@ -532,7 +552,7 @@ impl Store {
     ) -> Result<ChatMessage, StoreError> {
         let own = self.own(conversation, author, incarnation, (kind, body), sent_at_ms);
         self.call_as(InPlace::WhenAlone, move |c| {
-            let msg = own.allocate(c)?;
+            let msg = own.allocate(c)?.signed();
             db::write_own(c, &msg, &pending)?;
             Ok(msg)
         })
@@ -546,6 +566,10 @@ impl Store {
     /// message is on its way. A message allocated and never written (its
     /// write failed) leaves its seq unused for good: a gap, never a seq
     /// given to two messages.
+    ///
+    /// It never waits for the writer: it reads on a connection of its own,
+    /// here, what is committed (a received message still being written is
+    /// not shown yet, so nothing written after it was seen).
     pub async fn allocate_own(
         &self,
         conversation: &str,
@@ -555,8 +579,12 @@ impl Store {
         sent_at_ms: i64,
     ) -> Result<ChatMessage, StoreError> {
         let own = self.own(conversation, author, incarnation, (kind, body), sent_at_ms);
-        self.call_as(InPlace::WhenAlone, move |c| own.allocate(c))
-            .await
+        let own = {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            own.allocate(&reader)
+                .map_err(|e| StoreError::sqlite(&self.path, e))?
+        };
+        Ok(own.signed())
     }
 
     /// Writes `msg` (from [`Store::allocate_own`]) and an outbox entry for
