@@ -35,8 +35,6 @@ const BATCH: usize = 256;
 /// before a message may be served grows by it (a pull or a version leaves
 /// it out meanwhile), never a delivery.
 const LINGER: Duration = Duration::from_millis(50);
-/// How often a lingering batch looks whether it is full.
-const LOOK: Duration = Duration::from_millis(5);
 /// Messages held in memory at most; past it they are left to the table
 /// and read from there once the queue is empty.
 const MAX_QUEUED: usize = 64 * 1024;
@@ -66,6 +64,9 @@ pub(super) struct Checks {
     metrics: PeerMetrics,
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    /// Told when the queue holds a full batch: a lingering one need not
+    /// wait longer.
+    full: Arc<Notify>,
     /// Told whenever a batch's checks end.
     idle: Arc<Notify>,
     /// The thread that checks signatures, below the latency path.
@@ -138,6 +139,7 @@ impl Checks {
                 checking: 0,
             })),
             wake: Arc::new(Notify::new()),
+            full: Arc::new(Notify::new()),
             idle: Arc::new(Notify::new()),
             verifier: start_verifier(),
         }
@@ -151,7 +153,7 @@ impl Checks {
     /// `msgs`, taken from `key`'s link and stored unchecked: check them
     /// soon.
     pub(super) fn push(&self, key: PublicKey, msgs: impl Iterator<Item = ChatMessage>) {
-        {
+        let full = {
             let mut q = self.lock();
             for msg in msgs {
                 if q.items.len() < MAX_QUEUED {
@@ -161,8 +163,12 @@ impl Checks {
                 }
             }
             self.metrics.deferred_queue(q.items.len());
-        }
+            q.items.len() >= BATCH
+        };
         self.wake.notify_one();
+        if full {
+            self.full.notify_one();
+        }
     }
 
     /// Before a read served to another member (a version, a pull): checks
@@ -206,13 +212,20 @@ impl Checks {
                 }
                 // Let a batch form: until it is full or the first has
                 // waited long enough.
-                let mut waited = Duration::ZERO;
-                while waited < LINGER && checks.lock().items.len() < BATCH {
+                let linger = tokio::time::sleep(LINGER);
+                tokio::pin!(linger);
+                loop {
+                    let full = checks.full.notified();
+                    tokio::pin!(full);
+                    full.as_mut().enable();
+                    if checks.lock().items.len() >= BATCH {
+                        break;
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(LOOK) => {}
+                        _ = &mut linger => break,
+                        _ = full => {}
                     }
-                    waited += LOOK;
                 }
                 if let Err(err) = checks.drain().await {
                     tracing::warn!(cause = %err, "deferred signature checks failed; retrying");

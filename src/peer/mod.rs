@@ -337,8 +337,16 @@ impl Peer {
         if !unsigned {
             // What a crash left unchecked is checked before this peer
             // counts or serves anything.
-            if let Err(err) = checks.drain().await {
-                tracing::warn!(cause = %err, "cannot check what was left unchecked; later");
+            match checks.drain().await {
+                Ok(c) if c.good + c.refuted > 0 => tracing::info!(
+                    checked = c.good + c.refuted,
+                    refuted = c.refuted,
+                    "checked what the last run left unchecked"
+                ),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot check what was left unchecked; later")
+                }
             }
             checks.spawn(&tasks, stop.clone());
         }

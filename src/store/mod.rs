@@ -226,6 +226,17 @@ enum InPlace {
     WhenAlone,
 }
 
+impl InPlace {
+    /// Storing `n` received messages: in place only for a small batch.
+    fn for_batch(n: usize) -> InPlace {
+        if n <= SMALL_BATCH {
+            InPlace::WhenAlone
+        } else {
+            InPlace::Never
+        }
+    }
+}
+
 /// One call under way, counted in [`Store`]'s `busy` until dropped (also
 /// when its caller gives up waiting).
 struct Busy<'a> {
@@ -471,13 +482,10 @@ impl Store {
     /// Stores many messages in one transaction; one result per message, in
     /// the same order.
     pub async fn insert_many(&self, msgs: Vec<ChatMessage>) -> Result<Vec<Inserted>, StoreError> {
-        let in_place = if msgs.len() <= SMALL_BATCH {
-            InPlace::WhenAlone
-        } else {
-            InPlace::Never
-        };
-        self.call_as(in_place, move |c| db::insert_many(c, &msgs))
-            .await
+        self.call_as(InPlace::for_batch(msgs.len()), move |c| {
+            db::insert_many(c, &msgs)
+        })
+        .await
     }
 
     /// [`Store::insert_many`] of messages taken from their author over
@@ -490,13 +498,10 @@ impl Store {
         msgs: Vec<ChatMessage>,
         key: [u8; 32],
     ) -> Result<Vec<Inserted>, StoreError> {
-        let in_place = if msgs.len() <= SMALL_BATCH {
-            InPlace::WhenAlone
-        } else {
-            InPlace::Never
-        };
-        self.call_as(in_place, move |c| unchecked::insert(c, &msgs, &key))
-            .await
+        self.call_as(InPlace::for_batch(msgs.len()), move |c| {
+            unchecked::insert(c, &msgs, &key)
+        })
+        .await
     }
 
     /// Up to `limit` messages waiting for their signature check, each with
