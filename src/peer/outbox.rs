@@ -2,8 +2,12 @@
 //! and the outbox of what is still owed to members that could not take it.
 //!
 //! A message and an outbox row for every recipient are written in one
-//! transaction, before anything is sent, so a crash at any point after the
-//! commit leaves the peer knowing whom it owes. A row ends only with a
+//! transaction while the message is on its way (its seq and Lamport time
+//! allocated first), and a send returns only after that commit, so a crash
+//! after a send returned leaves the peer knowing whom it owes. One between
+//! the delivery and the commit loses the message here only: the next start
+//! is a new incarnation, and a sync pulls it back from whoever took it. A
+//! row ends only with a
 //! definite answer: stored, or refused for good (see
 //! [`Delivery`]). Anything else (a timeout, no
 //! connection, a member whose router is unreachable) keeps the row, which
