@@ -240,9 +240,9 @@ pub(crate) fn take_wal_frames() -> Option<u64> {
     WAL_FRAMES.with(|f| f.take())
 }
 
-/// A second connection to the history at `path` (already opened by
-/// [`open`]), for checkpoints only.
-pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+/// Another connection to the history at `path` (already opened by
+/// [`open`]), set up by `pragma` (name, value).
+fn open_second(path: &Path, pragma: (&str, &str)) -> Result<Connection, StoreError> {
     let err = |e| StoreError::sqlite(path, e);
     let conn = Connection::open_with_flags(
         path,
@@ -251,24 +251,19 @@ pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     .map_err(err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(err)?;
+    conn.pragma_update(None, pragma.0, pragma.1).map_err(err)?;
     Ok(conn)
 }
 
-/// A second connection for reads that must not wait for the writer (an
-/// own message's allocation): it sees what is committed.
+/// A connection for checkpoints only.
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    open_second(path, ("synchronous", "NORMAL"))
+}
+
+/// A connection for reads that must not wait for the writer (an own
+/// message's allocation): it sees what is committed, and cannot write.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let err = |e| StoreError::sqlite(path, e);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
-    conn.pragma_update(None, "query_only", true).map_err(err)?;
-    Ok(conn)
+    open_second(path, ("query_only", "ON"))
 }
 
 /// Copies what the WAL holds into the database file without waiting for
@@ -570,11 +565,11 @@ fn insert_as(
     *batch.added.entry(conv.to_owned()).or_insert(0) += 1;
 
     let mut now = old;
-    if own && m.seq == old.wrapping_add(1) {
-        now = m.seq;
-    } else if m.seq == old.wrapping_add(1) {
-        // Advance over anything that arrived early; each seq is stepped over
-        // once in its life, so this is amortised O(1) per insert.
+    if m.seq == old.wrapping_add(1) {
+        // Advance over anything that arrived early (own messages too: a
+        // sender writes them as their sends go, not in seq order); each seq
+        // is stepped over once in its life, so this is amortised O(1) per
+        // insert.
         now = m.seq;
         let mut next = conn.prepare_cached(
             "SELECT 1 FROM messages

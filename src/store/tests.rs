@@ -1317,6 +1317,9 @@ async fn an_allocated_seq_is_never_given_twice_written_late_or_never() {
         .await
         .unwrap();
     assert_eq!(s.all("#go").await.unwrap(), vec![first, second]);
+    // The vector steps over the one written early.
+    let v = s.version("#go").await.unwrap();
+    assert_eq!(v.vector, vec![entry("bob", id, 2)]);
     let owed = s.outbox_for("alice", 10).await.unwrap();
     assert_eq!(owed.len(), 2);
     // One allocated and never written (its write failed, its sender gave
