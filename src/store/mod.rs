@@ -307,51 +307,6 @@ pub struct Store {
 /// (conversation, lowercased author, incarnation) -> (seq, Lamport time).
 type Issued = Arc<std::sync::Mutex<HashMap<(String, String, u64), (u64, u64)>>>;
 
-/// An own message to allocate, with what allocating it takes.
-struct Own {
-    issued: Issued,
-    signer: Option<Arc<crate::identity::Identity>>,
-    msg: ChatMessage,
-}
-
-impl Own {
-    /// The message with its seq and Lamport time: one past what `c` holds
-    /// and what was allocated before (written or not).
-    fn allocate(self, c: &Connection) -> rusqlite::Result<Own> {
-        let Own {
-            issued,
-            signer,
-            mut msg,
-        } = self;
-        let key = (
-            msg.conversation.clone(),
-            msg.author.to_ascii_lowercase(),
-            msg.incarnation,
-        );
-        {
-            // A plain map: a panic elsewhere cannot leave it half-updated.
-            let mut held = issued.lock().unwrap_or_else(|p| p.into_inner());
-            let (seq, lamport) = db::next_own(c, &key.0, &key.1, key.2, held.get(&key).copied())?;
-            (msg.seq, msg.lamport) = (seq, lamport);
-            held.insert(key, (seq, lamport));
-        }
-        Ok(Own {
-            issued,
-            signer,
-            msg,
-        })
-    }
-
-    /// The allocated message, signed.
-    fn signed(self) -> ChatMessage {
-        let mut msg = self.msg;
-        if let Some(id) = &self.signer {
-            id.sign_message(&mut msg);
-        }
-        msg
-    }
-}
-
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
@@ -523,8 +478,9 @@ impl Store {
 
     /// Stores this peer's own new message: seq is one past the highest held
     /// for (conversation, author, incarnation), lamport one past the highest
-    /// in the conversation; every nick in `pending` gets an outbox entry for
-    /// it. All in one transaction.
+    /// in the conversation (see [`Store::allocate_own`]); the message and an
+    /// outbox entry for every nick in `pending` are written in one
+    /// transaction.
     pub async fn append_own(
         &self,
         conversation: &str,
@@ -555,13 +511,11 @@ impl Store {
         sent_at_ms: i64,
         pending: Vec<String>,
     ) -> Result<ChatMessage, StoreError> {
-        let own = self.own(conversation, author, incarnation, (kind, body), sent_at_ms);
-        self.call_as(InPlace::WhenAlone, move |c| {
-            let msg = own.allocate(c)?.signed();
-            db::write_own(c, &msg, &pending)?;
-            Ok(msg)
-        })
-        .await
+        let msg = self
+            .allocate_own(conversation, author, incarnation, (kind, body), sent_at_ms)
+            .await?;
+        self.write_own(msg.clone(), pending).await?;
+        Ok(msg)
     }
 
     /// This peer's next message of `conversation`, not written yet: its
@@ -583,13 +537,36 @@ impl Store {
         (kind, body): (Kind, &str),
         sent_at_ms: i64,
     ) -> Result<ChatMessage, StoreError> {
-        let own = self.own(conversation, author, incarnation, (kind, body), sent_at_ms);
-        let own = {
-            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            own.allocate(&reader)
-                .map_err(|e| StoreError::sqlite(&self.path, e))?
+        let mut msg = ChatMessage {
+            conversation: conversation.to_string(),
+            author: author.to_string(),
+            incarnation,
+            seq: 0,
+            lamport: 0,
+            sent_at_ms,
+            body: body.to_string(),
+            signature: Vec::new(),
+            kind: kind as i32,
         };
-        Ok(own.signed())
+        let key = (
+            msg.conversation.clone(),
+            msg.author.to_ascii_lowercase(),
+            incarnation,
+        );
+        {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            // A plain map: a panic elsewhere cannot leave it half-updated.
+            let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+            let (seq, lamport) =
+                db::next_own(&reader, &key.0, &key.1, key.2, issued.get(&key).copied())
+                    .map_err(|e| StoreError::sqlite(&self.path, e))?;
+            (msg.seq, msg.lamport) = (seq, lamport);
+            issued.insert(key, (seq, lamport));
+        }
+        if let Some(id) = &self.signer {
+            id.sign_message(&mut msg);
+        }
+        Ok(msg)
     }
 
     /// Writes `msg` (from [`Store::allocate_own`]) and an outbox entry for
@@ -603,31 +580,6 @@ impl Store {
             db::write_own(c, &msg, &pending)
         })
         .await
-    }
-
-    fn own(
-        &self,
-        conversation: &str,
-        author: &str,
-        incarnation: u64,
-        (kind, body): (Kind, &str),
-        sent_at_ms: i64,
-    ) -> Own {
-        Own {
-            issued: self.issued.clone(),
-            signer: self.signer.clone(),
-            msg: ChatMessage {
-                conversation: conversation.to_string(),
-                author: author.to_string(),
-                incarnation,
-                seq: 0,
-                lamport: 0,
-                sent_at_ms,
-                body: body.to_string(),
-                signature: Vec::new(),
-                kind: kind as i32,
-            },
-        }
     }
 
     /// The room's creation event as this history holds it (one since
