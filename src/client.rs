@@ -3,20 +3,45 @@
 //! peer does not: the conversations, the current one, and the rooms'
 //! members (for Tab).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use crossterm::event::Event;
 use tokio::sync::mpsc;
+use std::time::Duration;
 
 use crate::names::{private_key, Conversation, Nick, Room};
 use crate::peer::{Peer, PeerEvent, Presence, SendReport};
 use crate::proto::{ChatMessage, Kind};
+use crate::terminal::screen::{is_redraw, KeyAction, Status, Tui};
 use crate::terminal::{
     action_body, mentions, parse, Command, MessageView, Output, Printer, RoomView, Target, Window,
     DEFAULT_PROMPT, HELP,
 };
 
+/// The next line of the line front; never, for the screen.
+async fn next_line(lines: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match lines {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next terminal event of the screen; never, for the line front.
+async fn next_key(
+    keys: &mut Option<crossterm::event::EventStream>,
+) -> Option<std::io::Result<Event>> {
+    use futures::StreamExt;
+    match keys {
+        Some(k) => k.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Messages `/history` shows when no N is given.
 const DEFAULT_HISTORY: usize = 20;
+
+/// Lines `/lastlog` shows at most: the newest that match.
+const LASTLOG_SHOWN: usize = 100;
 
 /// Missed messages shown on joining a room; older ones by `/history`.
 pub const MISSED_SHOWN: usize = 20;
@@ -46,9 +71,79 @@ pub struct Windows {
     current: Option<Target>,
     /// Key → messages unread.
     unread: HashMap<String, usize>,
+    /// Keys of windows with an unread line that names the reader.
+    mentioned: HashSet<String>,
+    /// Window 1 is the status window (the full screen's numbering, as
+    /// irssi's); conversations count from 2. Without it, from 1.
+    status: bool,
+}
+
+/// The key of the window a conversation shown as `shown` (`#rust`, `@bob`)
+/// is in; `None` for anything else.
+pub fn window_key(shown: &str) -> Option<String> {
+    shown_target(shown).map(|t| target_key(&t))
+}
+
+fn shown_target(shown: &str) -> Option<Target> {
+    if let Some(nick) = shown.strip_prefix('@') {
+        Nick::parse(nick).ok().map(Target::Nick)
+    } else {
+        Room::parse(shown).ok().map(Target::Room)
+    }
 }
 
 impl Windows {
+    /// Windows numbered as on the full screen: 1 is the status window.
+    pub fn with_status() -> Windows {
+        Windows {
+            status: true,
+            ..Windows::default()
+        }
+    }
+
+    /// The current window's key: `""` for none (the status window).
+    pub fn current_key(&self) -> String {
+        self.current.as_ref().map(target_key).unwrap_or_default()
+    }
+
+    /// Whether a conversation with this key is open.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.open.iter().any(|o| target_key(o) == key)
+    }
+
+    /// The current window's number and name: `1:(status)`, `2:#rust`.
+    pub fn current_number(&self) -> (usize, String) {
+        let first = if self.status { 2 } else { 1 };
+        match &self.current {
+            None => (1, "(status)".into()),
+            Some(c) => {
+                let key = target_key(c);
+                let i = self
+                    .open
+                    .iter()
+                    .position(|o| target_key(o) == key)
+                    .unwrap_or(0);
+                (i + first, target_name(c))
+            }
+        }
+    }
+
+    /// The status bar's `Act:`: numbers of windows with unread lines, and
+    /// whether one of them names the reader.
+    pub fn activity(&self) -> Vec<(usize, bool)> {
+        let first = if self.status { 2 } else { 1 };
+        self.open
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let key = target_key(t);
+                self.unread
+                    .get(&key)
+                    .map(|_| (i + first, self.mentioned.contains(&key)))
+            })
+            .collect()
+    }
+
     /// The current conversation.
     pub fn current(&self) -> Option<&Target> {
         self.current.as_ref()
@@ -65,6 +160,7 @@ impl Windows {
     /// Opens `t` and makes it current; its unread count is cleared.
     pub fn focus(&mut self, t: Target) {
         self.unread.remove(&target_key(&t));
+        self.mentioned.remove(&target_key(&t));
         self.add(t.clone());
         self.current = Some(t);
     }
@@ -74,44 +170,65 @@ impl Windows {
         let key = target_key(t);
         self.open.retain(|o| target_key(o) != key);
         self.unread.remove(&key);
+        self.mentioned.remove(&key);
         if self.current.as_ref().is_some_and(|c| target_key(c) == key) {
             self.current = None;
         }
     }
 
     /// A message arrived in the conversation shown as `shown` (`#rust`,
-    /// `@bob`): one more unread unless it is current or `mine`. A private
-    /// conversation not open yet is opened (not made current).
-    pub fn arrived(&mut self, shown: &str, mine: bool) {
-        let target = if let Some(nick) = shown.strip_prefix('@') {
-            Nick::parse(nick).ok().map(Target::Nick)
-        } else {
-            Room::parse(shown).ok().map(Target::Room)
+    /// `@bob`): one more unread unless it is current or `mine`, marked when
+    /// it names the reader (`mention`). A private conversation not open yet
+    /// is opened; made current when none is, so a reply typed next goes to
+    /// its author. Returns whether it opened one.
+    pub fn arrived(&mut self, shown: &str, mine: bool, mention: bool) -> bool {
+        let Some(t) = shown_target(shown) else {
+            return false;
         };
-        let Some(t) = target else { return };
         let key = target_key(&t);
         if self.current.as_ref().is_some_and(|c| target_key(c) == key) {
-            return;
+            return false;
         }
+        let mut opened = false;
         if matches!(t, Target::Nick(_)) {
-            self.add(t);
-        } else if !self.open.iter().any(|o| target_key(o) == key) {
-            return;
+            opened = !self.is_open(&key);
+            self.add(t.clone());
+            if self.current.is_none() && !mine {
+                self.focus(t);
+                return opened;
+            }
+        } else if !self.is_open(&key) {
+            return false;
         }
         if !mine {
-            *self.unread.entry(key).or_default() += 1;
+            *self.unread.entry(key.clone()).or_default() += 1;
+            if mention {
+                self.mentioned.insert(key);
+            }
         }
+        opened
     }
 
-    /// `/switch`: makes the named or N-th conversation current.
-    pub fn switch(&mut self, to: &Window) -> Result<Target, String> {
+    /// `/switch`: makes the named or N-th conversation current; `None`
+    /// for the status window.
+    pub fn switch(&mut self, to: &Window) -> Result<Option<Target>, String> {
         let t = match to {
-            Window::Number(n) => self.open.get(n - 1).cloned().ok_or_else(|| {
-                format!(
-                    "no conversation {n}: you are in {}; /switch lists them",
-                    self.open.len()
-                )
-            })?,
+            Window::Number(1) if self.status => {
+                self.current = None;
+                return Ok(None);
+            }
+            Window::Number(n) => {
+                let first = if self.status { 2 } else { 1 };
+                n.checked_sub(first)
+                    .and_then(|i| self.open.get(i))
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "no window {n}: there are {}; /switch lists them",
+                            self.open.len() + first - 1
+                        )
+                    })?
+            }
             Window::Target(t) => {
                 let key = target_key(t);
                 match self.open.iter().find(|o| target_key(o) == key) {
@@ -128,7 +245,7 @@ impl Windows {
             }
         };
         self.focus(t.clone());
-        Ok(t)
+        Ok(Some(t))
     }
 
     /// Unread messages outside the current conversation.
@@ -154,10 +271,17 @@ impl Windows {
         if self.open.is_empty() {
             return "no conversations: /join #room or /query NICK".into();
         }
+        let first = if self.status { 2 } else { 1 };
         let mut s = String::from("conversations (/switch N or /switch NAME):");
+        if self.status {
+            s.push_str("\n1 (status)");
+            if self.current.is_none() {
+                s.push_str(" (current)");
+            }
+        }
         for (i, t) in self.open.iter().enumerate() {
             let key = target_key(t);
-            let mut line = format!("\n{} {}", i + 1, target_name(t));
+            let mut line = format!("\n{} {}", i + first, target_name(t));
             if self.current.as_ref().is_some_and(|c| target_key(c) == key) {
                 line.push_str(" (current)");
             }
@@ -229,34 +353,97 @@ fn presence(room: String, nick: String, event: &str, message: String) -> Output 
     }
 }
 
+/// Where the client shows things: lines on stdout (`--json`, pipes,
+/// `--plain`), or the full screen.
+pub enum Front {
+    Lines(Printer),
+    Screen(Box<Tui>),
+}
+
 /// The client's state: the peer, the conversations and the rooms' members.
 pub struct Client {
     peer: Peer,
-    printer: Printer,
+    front: Front,
     windows: Windows,
-    /// Room key → its members as last heard, for Tab.
+    /// Room key → its members as last heard, for Tab and the nick list.
     members: HashMap<String, Vec<String>>,
+    /// Room key → its topic, for the full screen's title line.
+    topics: HashMap<String, String>,
     /// Nick key → the away message last shown for it: a person is told
     /// once, not on every line they write to someone away.
     away_shown: HashMap<String, String>,
+    /// Nick keys whose lines are not shown (`/ignore`); they are stored.
+    ignored: HashSet<String>,
+    /// Tab's candidates, as last told to the line editor or screen.
+    names: Vec<String>,
     /// The parting message of the `/quit` that ended the client.
     parting: String,
 }
 
 impl Client {
-    pub fn new(peer: Peer, printer: Printer) -> Client {
+    pub fn new(peer: Peer, front: Front) -> Client {
+        let windows = match front {
+            Front::Screen(_) => Windows::with_status(),
+            Front::Lines(_) => Windows::default(),
+        };
         Client {
             peer,
-            printer,
-            windows: Windows::default(),
+            front,
+            windows,
             members: HashMap::new(),
+            topics: HashMap::new(),
             away_shown: HashMap::new(),
+            ignored: HashSet::new(),
+            names: Vec::new(),
             parting: String::new(),
         }
     }
 
-    fn print(&self, out: Output) {
-        self.printer.print(&out);
+    fn is_json(&self) -> bool {
+        matches!(&self.front, Front::Lines(p) if p.is_json())
+    }
+
+    /// Shows `out`: a line on stdout, or in its window on the screen (the
+    /// conversation's, else the current one).
+    fn print(&mut self, out: Output) {
+        if let Output::Message(m) = &out {
+            if self.ignored.contains(&m.from.to_ascii_lowercase()) {
+                return;
+            }
+        }
+        let key = self.window_of(&out);
+        match &mut self.front {
+            Front::Lines(p) => p.print(&out),
+            Front::Screen(t) => t.screen.show(&key, &out),
+        }
+    }
+
+    /// The window an event belongs in on the full screen.
+    fn window_of(&self, out: &Output) -> String {
+        let current = self.windows.current_key();
+        let open = |shown: &str| window_key(shown).filter(|k| self.windows.is_open(k));
+        let found = match out {
+            Output::Message(m) => open(&m.conversation),
+            Output::Sent { conversation, .. } => open(conversation),
+            Output::Joined { room, .. }
+            | Output::Back { room, .. }
+            | Output::Topic { room, .. }
+            | Output::Presence { room, .. }
+            | Output::Who { room, .. } => open(room),
+            Output::Away { nick, .. } => open(&format!("@{nick}")),
+            // Not about any one conversation: the status window.
+            Output::Ready { .. }
+            | Output::Mailbox { .. }
+            | Output::Router { .. }
+            | Output::Left { .. } => Some(String::new()),
+            _ => None,
+        };
+        found.unwrap_or(current)
+    }
+
+    /// Shows `out` (in the status window, on the full screen).
+    pub fn show(&mut self, out: Output) {
+        self.print(out);
     }
 
     /// The conversations and which is current.
@@ -264,12 +451,9 @@ impl Client {
         &self.windows
     }
 
-    /// Tells the line editor the prompt and the names Tab completes.
-    fn update_screen(&self) {
-        if !self.printer.has_editor() {
-            return;
-        }
-        self.printer.set_prompt(&self.windows.prompt());
+    /// Tells the line editor (or the screen) the prompt and the names Tab
+    /// completes, and draws the screen.
+    fn update_screen(&mut self) {
         let mut names = self.windows.names();
         if let Some(Target::Room(r)) = self.windows.current() {
             names.extend(self.members.get(&r.key()).into_iter().flatten().cloned());
@@ -278,54 +462,192 @@ impl Client {
             names.push(r.to_string());
         }
         names.retain(|n| !n.eq_ignore_ascii_case(self.peer.nick().as_str()));
-        self.printer.set_names(names);
+        match &mut self.front {
+            Front::Lines(p) => {
+                if p.has_editor() {
+                    p.set_prompt(&self.windows.prompt());
+                    p.set_names(names.clone());
+                }
+            }
+            Front::Screen(_) => self.draw(),
+        }
+        self.names = names;
+    }
+
+    /// Draws the full screen, if that is the front.
+    fn draw(&mut self) {
+        let (number, name) = self.windows.current_number();
+        let key = self.windows.current_key();
+        let (topic, members) = match self.windows.current() {
+            Some(Target::Room(r)) => (
+                self.topics.get(&r.key()).cloned().unwrap_or_default(),
+                Some(self.members.get(&r.key()).cloned().unwrap_or_default()),
+            ),
+            _ => (String::new(), None),
+        };
+        let status = Status {
+            nick: self.peer.nick().to_string(),
+            number,
+            name: name.clone(),
+            activity: self.windows.activity(),
+            topic,
+            members,
+            prompt: match self.windows.current() {
+                Some(_) => format!("[{name}]"),
+                None => "[(status)]".into(),
+            },
+        };
+        if let Front::Screen(t) = &mut self.front {
+            t.draw(&key, &status);
+        }
     }
 
     /// Runs until `/quit`, end of input, or `stop` resolves. Returns the
     /// parting message of a `/quit MESSAGE` (empty for none, and when the
-    /// client ended otherwise), for the logout: [`Peer::quit`].
+    /// client ended otherwise), for the logout: [`Peer::quit`]. `lines`
+    /// is the line front's input; the screen reads its own keys.
     pub async fn run(
         mut self,
-        mut lines: mpsc::Receiver<String>,
+        mut lines: Option<mpsc::Receiver<String>>,
         mut events: mpsc::Receiver<PeerEvent>,
         stop: impl std::future::Future<Output = ()>,
     ) -> String {
         tokio::pin!(stop);
+        let mut keys = match self.front {
+            Front::Screen(_) => Some(crossterm::event::EventStream::new()),
+            Front::Lines(_) => None,
+        };
+        // The status bar's clock.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // The editor draws its first prompt once the rooms of `--join` are
         // joined, so it names the current one.
         self.update_screen();
-        self.printer.line_done();
+        self.line_done();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                line = lines.recv() => {
+                line = next_line(&mut lines) => {
                     let Some(line) = line else { break };
                     let go_on = self.handle_line(&line).await;
-                    self.printer.line_done();
+                    self.line_done();
                     if !go_on {
                         break;
                     }
                 }
                 Some(event) = events.recv() => {
-                    self.show_event(event);
+                    self.show_event(event).await;
                     self.update_screen();
                 }
+                ev = next_key(&mut keys) => {
+                    match ev {
+                        Some(Ok(ev)) => {
+                            if !self.on_key(ev).await {
+                                break;
+                            }
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(cause = %err, "cannot read the terminal");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                _ = tick.tick(), if keys.is_some() => self.draw(),
             }
         }
         self.parting
     }
 
-    fn show_event(&mut self, event: PeerEvent) {
+    fn line_done(&self) {
+        if let Front::Lines(p) = &self.front {
+            p.line_done();
+        }
+    }
+
+    /// A key (or a resize, a paste) on the full screen; false means quit.
+    async fn on_key(&mut self, ev: Event) -> bool {
+        let Front::Screen(t) = &mut self.front else {
+            return true;
+        };
+        if is_redraw(&ev) {
+            t.redraw_all();
+            self.draw();
+            return true;
+        }
+        let key = self.windows.current_key();
+        let (action, candidates) = match ev {
+            Event::Key(k) => t.screen.key(&key, k, &self.names),
+            Event::Paste(text) => {
+                t.screen.paste(&text);
+                (KeyAction::None, Vec::new())
+            }
+            _ => (KeyAction::None, Vec::new()),
+        };
+        if candidates.len() > 1 {
+            let list = candidates
+                .iter()
+                .map(|c| c.trim_end())
+                .collect::<Vec<_>>()
+                .join(" ");
+            t.screen.show(&key, &Output::info(list));
+        }
+        let go_on = match action {
+            KeyAction::None => true,
+            KeyAction::Line(line) => self.handle_line(&line).await,
+            KeyAction::Window(n) => {
+                match self.windows.switch(&Window::Number(n)) {
+                    Ok(_) => self.seen_current(),
+                    Err(message) => self.print(Output::error(message)),
+                }
+                true
+            }
+            KeyAction::Interrupt => {
+                self.print(Output::info(
+                    "Ctrl-C again quits; Enter sends the line, Ctrl-U clears it",
+                ));
+                true
+            }
+            KeyAction::Quit => false,
+        };
+        self.update_screen();
+        go_on
+    }
+
+    /// The current window was looked at: the title stops calling.
+    fn seen_current(&mut self) {
+        let title = format!("parley: {}", self.peer.nick());
+        if let Front::Screen(t) = &mut self.front {
+            t.title(&title);
+        }
+    }
+
+    async fn show_event(&mut self, event: PeerEvent) {
         match event {
             PeerEvent::Message { msg, late } => {
-                let v = view(self.peer.nick(), &msg, late);
+                let v = view(&self.peer.nick(), &msg, late);
                 let mine = v.from.eq_ignore_ascii_case(self.peer.nick().as_str());
-                self.windows.arrived(&v.conversation, mine);
+                if self.ignored.contains(&v.from.to_ascii_lowercase()) {
+                    return;
+                }
+                if Kind::try_from(msg.kind) == Ok(Kind::Topic) {
+                    self.topics
+                        .insert(msg.conversation.to_ascii_lowercase(), msg.body.clone());
+                }
+                let opened = self.windows.arrived(&v.conversation, mine, v.mention);
+                // The bell and the title: a line naming the reader, or a
+                // new private conversation.
+                if !mine && (v.mention || opened) {
+                    let title = format!("parley: {} in {}", v.from, v.conversation);
+                    if let Front::Screen(t) = &mut self.front {
+                        t.alert(&title);
+                    }
+                }
                 self.print(Output::Message(v))
             }
             PeerEvent::Left { room, reason } => {
                 if let Ok(r) = Room::parse(&room) {
-                    self.windows.close(&Target::Room(r));
+                    self.close_window(&Target::Room(r));
                 }
                 self.print(Output::Left { room, reason });
             }
@@ -334,12 +656,25 @@ impl Client {
                 // the person already picked somewhere else.
                 if let Ok(r) = Room::parse(&room) {
                     if self.windows.current().is_none() {
-                        self.windows.focus(Target::Room(r));
+                        self.windows.focus(Target::Room(r.clone()));
                     } else {
-                        self.windows.add(Target::Room(r));
+                        self.windows.add(Target::Room(r.clone()));
                     }
+                    self.print(Output::Back {
+                        room: room.clone(),
+                        new,
+                    });
+                    if let Ok(Some(t)) = self.peer.topic(&r).await {
+                        self.topics.insert(r.key(), t.body);
+                    }
+                    if let Ok(members) = self.peer.who(&r).await {
+                        self.members.insert(r.key(), members);
+                    }
+                    // What came meanwhile, under a marker, as `/join` shows it.
+                    self.show_missed(&r, new, new as u64 + 1).await;
+                } else {
+                    self.print(Output::Back { room, new });
                 }
-                self.print(Output::Back { room, new });
             }
             PeerEvent::Notice(message) => self.print(Output::info(message)),
             PeerEvent::Mailbox { delivered, expired } => self.print(Output::Mailbox {
@@ -387,13 +722,21 @@ impl Client {
                 let message = format!(
                     "a line from {} in {} failed its signature check and was removed; the key that sent it ({key}) is flagged",
                     msg.author,
-                    view(self.peer.nick(), &msg, false).conversation,
+                    view(&self.peer.nick(), &msg, false).conversation,
                 );
                 self.print(Output::Warning {
                     nick: msg.author,
                     message,
                 });
             }
+        }
+    }
+
+    /// Closes a conversation's window (and forgets its lines on screen).
+    fn close_window(&mut self, t: &Target) {
+        self.windows.close(t);
+        if let Front::Screen(s) = &mut self.front {
+            s.screen.forget(&target_key(t));
         }
     }
 
@@ -451,7 +794,7 @@ impl Client {
                 peer.leave(&room, message.as_deref().unwrap_or_default())
                     .await
                     .map_err(|e| e.to_string())?;
-                self.windows.close(&Target::Room(room.clone()));
+                self.close_window(&Target::Room(room.clone()));
                 self.print(Output::Left {
                     room: room.to_string(),
                     reason: "left".into(),
@@ -472,7 +815,71 @@ impl Client {
             Command::Switch(None) => self.print(Output::info(self.windows.list())),
             Command::Switch(Some(to)) => {
                 let t = self.windows.switch(&to)?;
-                self.print(Output::info(format!("now talking in {}", target_name(&t))));
+                self.seen_current();
+                // On the screen the window itself shows where you are.
+                if let (Some(t), Front::Lines(_)) = (&t, &self.front) {
+                    self.print(Output::info(format!("now talking in {}", target_name(t))));
+                }
+            }
+            Command::Close => {
+                let t = self
+                    .windows
+                    .current()
+                    .cloned()
+                    .ok_or("the status window stays open: /quit leaves the chat")?;
+                if let Target::Room(room) = &t {
+                    peer.leave(room, "").await.map_err(|e| e.to_string())?;
+                }
+                self.close_window(&t);
+                if let Target::Room(room) = t {
+                    self.print(Output::Left {
+                        room: room.to_string(),
+                        reason: "left".into(),
+                    });
+                }
+            }
+            Command::NickList => match &mut self.front {
+                Front::Screen(t) => t.screen.nicklist = !t.screen.nicklist,
+                Front::Lines(_) => {
+                    return Err("the nick list is part of the full screen; /who lists a room's members".into())
+                }
+            },
+            Command::Ignore(None) => {
+                let mut list: Vec<&String> = self.ignored.iter().collect();
+                list.sort();
+                let text = if list.is_empty() {
+                    "nobody is ignored".to_owned()
+                } else {
+                    let names: Vec<&str> = list.iter().map(|s| s.as_str()).collect();
+                    format!("ignoring: {}", names.join(", "))
+                };
+                self.print(Output::info(text));
+            }
+            Command::Ignore(Some(nick)) => {
+                self.ignored.insert(nick.key());
+                self.print(Output::info(format!(
+                    "ignoring {nick}: their lines are kept but not shown; /unignore {nick} shows them"
+                )));
+            }
+            Command::Unignore(nick) => {
+                if !self.ignored.remove(&nick.key()) {
+                    return Err(format!("{nick} is not ignored"));
+                }
+                self.print(Output::info(format!("no longer ignoring {nick}")));
+            }
+            Command::Lastlog(text) => {
+                let found = peer
+                    .lastlog(&text, LASTLOG_SHOWN)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let me = peer.nick().clone();
+                self.print(Output::History {
+                    conversation: format!("lastlog {text}"),
+                    messages: found.iter().map(|m| view(&me, m, false)).collect(),
+                });
+            }
+            Command::Nick(_) => {
+                return Err("/nick is not wired yet".into());
             }
             Command::Me(text) => {
                 let target = self
@@ -575,7 +982,7 @@ impl Client {
             }
             Command::Delete(room) => {
                 peer.delete_room(&room).await.map_err(|e| e.to_string())?;
-                self.windows.close(&Target::Room(room.clone()));
+                self.close_window(&Target::Room(room.clone()));
                 self.print(Output::Left {
                     room: room.to_string(),
                     reason: "deleted".into(),
@@ -598,8 +1005,8 @@ impl Client {
     /// On a person's screen, after joining: the last messages the join
     /// brought in (at most [`MISSED_SHOWN`]), under a line saying how many.
     /// Scripts (`--json`) read them with `/history`.
-    async fn show_missed(&self, room: &Room, new: usize, version: u64) {
-        if new == 0 || self.printer.is_json() {
+    async fn show_missed(&mut self, room: &Room, new: usize, version: u64) {
+        if new == 0 || self.is_json() {
             return;
         }
         let Ok(msgs) = self.peer.history(&room.key(), new.min(MISSED_SHOWN)).await else {
@@ -615,7 +1022,12 @@ impl Client {
         } else {
             String::new()
         };
-        self.print(Output::info(format!("{new} new {since}{more}")));
+        let text = format!("{new} new {since}{more}");
+        match &mut self.front {
+            // A marker line across the window, as irssi's.
+            Front::Screen(t) => t.screen.marker(&room.key(), &text),
+            Front::Lines(_) => self.print(Output::info(text)),
+        }
         let me = self.peer.nick().clone();
         for m in &msgs {
             self.print(Output::Message(view(&me, m, false)));
@@ -644,15 +1056,35 @@ impl Client {
     /// and who is away.
     async fn sent(&mut self, target: &Target, report: SendReport) {
         let (_, shown) = self.conversation(target);
-        let json = self.printer.is_json();
+        let json = self.is_json();
+        self.windows.add(target.clone());
         if !json {
             // A person sees their own line in the conversation too.
-            self.print(Output::Message(view(
-                self.peer.nick(),
-                &report.message,
-                false,
-            )));
+            let own = view(self.peer.nick(), &report.message, false);
+            // On the screen, sent from another window (`/msg`): said there
+            // too, or it would seem to vanish.
+            if matches!(self.front, Front::Screen(_))
+                && self.windows.current_key() != target_key(target)
+            {
+                self.print(Output::info(format!(
+                    "to {}: {}",
+                    own.conversation,
+                    own.body.replace('\n', " ")
+                )));
+            }
+            self.print(Output::Message(own));
         }
+        // Who came back with another key gets nothing until /trust: not
+        // "when they are back online".
+        let (changed, pending): (Vec<String>, Vec<String>) = if json {
+            (Vec::new(), report.pending.clone())
+        } else {
+            report
+                .pending
+                .iter()
+                .cloned()
+                .partition(|n| self.peer.key_changed(n))
+        };
         // A nick the router never bound is most likely a typo: say so
         // plainly (the message waits all the same).
         let unseen = match target {
@@ -671,12 +1103,20 @@ impl Client {
             conversation: shown,
             author_seq: report.message.seq,
             delivered: report.delivered,
-            pending: report.pending,
+            pending,
         };
         if json || unseen.is_none() {
             self.print(sent);
         }
-        self.windows.add(target.clone());
+        for nick in changed {
+            self.print(Output::Warning {
+                message: format!(
+                    "not sent to {nick} yet: {nick} now presents another key than the one you \
+                     first met; check with them, then /trust {nick}, and it goes"
+                ),
+                nick,
+            });
+        }
         if let Some(n) = unseen {
             self.print(Output::info(format!(
                 "nobody called {n} has been seen; the message will wait for them"
@@ -709,14 +1149,14 @@ mod tests {
         w.focus(room("#go"));
         assert_eq!(w.prompt(), "[#go] ");
         // Elsewhere: counted; here, or mine: not.
-        w.arrived("#rust", false);
-        w.arrived("#rust", false);
-        w.arrived("#go", false);
-        w.arrived("#rust", true);
-        w.arrived("#nowhere", false);
+        w.arrived("#rust", false, false);
+        w.arrived("#rust", false, false);
+        w.arrived("#go", false, false);
+        w.arrived("#rust", true, false);
+        w.arrived("#nowhere", false, false);
         assert_eq!(w.prompt(), "[#go] (2 unread) ");
         // A private message opens its conversation, not current.
-        w.arrived("@bob", false);
+        w.arrived("@bob", false, false);
         assert_eq!(w.prompt(), "[#go] (3 unread) ");
         assert_eq!(
             w.list(),
@@ -724,7 +1164,7 @@ mod tests {
         );
         // Switching clears that one's count.
         let t = w.switch(&Window::Number(1)).unwrap();
-        assert_eq!(t, room("#rust"));
+        assert_eq!(t, Some(room("#rust")));
         assert_eq!(w.prompt(), "[#rust] (1 unread) ");
         w.switch(&Window::Target(Target::Nick(Nick::parse("BOB").unwrap())))
             .unwrap();
@@ -735,7 +1175,34 @@ mod tests {
         // Leaving the current one: no current, the prompt says so.
         w.close(&Target::Nick(Nick::parse("bob").unwrap()));
         assert_eq!(w.prompt(), "> ");
-        w.arrived("#go", false);
+        w.arrived("#go", false, false);
         assert_eq!(w.prompt(), "(1 unread) > ");
+    }
+
+    #[test]
+    fn a_private_line_opens_its_window_and_becomes_current_when_none_is() {
+        let mut w = Windows::with_status();
+        assert_eq!(w.current_number(), (1, "(status)".into()));
+        // Nothing current: a new private line opens its window and makes
+        // it current, so the reply typed next goes to its author.
+        assert!(w.arrived("@bob", false, false));
+        assert_eq!(w.current_key(), "@bob");
+        assert_eq!(w.current_number(), (2, "@bob".into()));
+        w.focus(room("#rust"));
+        // Another: opened, not current; counted, a mention marked.
+        assert!(w.arrived("@carol", false, true));
+        assert!(!w.arrived("@carol", false, false));
+        w.arrived("@bob", false, false);
+        assert_eq!(w.activity(), vec![(2, false), (4, true)]);
+        assert_eq!(w.current_number(), (3, "#rust".into()));
+        // Window 1 is the status window; conversations count from 2.
+        assert_eq!(w.switch(&Window::Number(1)).unwrap(), None);
+        assert_eq!(w.current_key(), "");
+        assert_eq!(
+            w.switch(&Window::Number(4)).unwrap(),
+            Some(Target::Nick(Nick::parse("carol").unwrap()))
+        );
+        assert_eq!(w.activity(), vec![(2, false)]);
+        assert!(w.switch(&Window::Number(5)).is_err());
     }
 }

@@ -16,10 +16,20 @@ use crate::proto::{self, router_client::RouterClient};
 use crate::tls::{Expect, Tls};
 use crate::trust::{KnownKeys, Trust};
 
+/// How to start a router at `addr`: `router --listen` takes IP:PORT, so
+/// a host name gets the general form rather than a command it refuses.
+fn start_hint(addr: &str) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        format!("start one with `router --listen {addr}`")
+    } else {
+        "is one running there? (`router --listen IP:PORT` starts one)".to_owned()
+    }
+}
+
 /// Errors of talking to the router.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("no router at {addr}: start one with `router --listen {addr}`")]
+    #[error("no router at {addr}: {}", start_hint(addr))]
     Unreachable { addr: String },
     /// None of several routers answered.
     #[error("no router answers at any of {addrs}")]

@@ -7,11 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use parley::client::Client;
+use parley::client::{Client, Front};
 use parley::logging::HeldLog;
 use parley::names::{Nick, Room};
 use parley::peer::{Peer, PeerConfig};
-use parley::terminal::{spawn_input, Output};
+use parley::terminal::screen::Tui;
+use parley::terminal::{spawn_input, Colour, Output};
+use tokio::sync::mpsc;
 
 /// A parley peer: chat with others directly, history kept locally.
 #[derive(Parser)]
@@ -34,7 +36,8 @@ struct Args {
         long,
         value_name = "ADDR[,ADDR...]",
         default_value = "127.0.0.1:50051",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = router_addr
     )]
     router: Vec<String>,
     /// The router's key fingerprint (SHA256:..., the second line the router
@@ -63,6 +66,10 @@ struct Args {
     /// One JSON object per line on stdout, for scripts.
     #[arg(long)]
     json: bool,
+    /// Lines, not the full screen, even on a terminal: one stream of
+    /// every conversation, with a line editor (as pipes get without it).
+    #[arg(long, conflicts_with = "json")]
+    plain: bool,
     /// Log to stderr even on a terminal (where logs otherwise go to
     /// peer.log in the data directory, so they never write over the chat).
     #[arg(long)]
@@ -139,6 +146,35 @@ async fn remove_fresh_dir(dir: &Path) {
     drop(lock);
 }
 
+/// The full screen for a person at a terminal that can draw one; lines
+/// for scripts (`--json`), pipes, `--plain` and `TERM=dumb`.
+fn front(json: bool, plain: bool) -> (Option<mpsc::Receiver<String>>, Front) {
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if !json && !plain && !dumb && terminal {
+        match Tui::start(Colour::detect(true) == Colour::On) {
+            Ok(tui) => return (None, Front::Screen(Box::new(tui))),
+            Err(err) => tracing::warn!(cause = %err, "no full screen; lines instead"),
+        }
+    }
+    let (lines, printer) = spawn_input(json);
+    (Some(lines), Front::Lines(printer))
+}
+
+/// `--router`'s addresses are HOST:PORT: a port alone would be looked up
+/// as a host name and fail later with a puzzling hint.
+fn router_addr(s: &str) -> Result<String, String> {
+    if s.parse::<u16>().is_ok() {
+        return Err(format!(
+            "{s} is a port alone: give HOST:PORT, e.g. 127.0.0.1:{s}"
+        ));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
+        _ => Err(format!("{s} is not HOST:PORT (e.g. 127.0.0.1:50051)")),
+    }
+}
+
 async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
     if args.listen.ip().is_unspecified() && args.advertise.is_none() {
         return Err(format!(
@@ -192,13 +228,13 @@ async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
             );
         }
     }
-    let (lines, printer) = spawn_input(args.json);
-    printer.print(&Output::Ready {
+    let (lines, front) = front(args.json, args.plain);
+    let mut client = Client::new(peer.clone(), front);
+    client.show(Output::Ready {
         nick: peer.nick().to_string(),
         listen: peer.listen_addr().to_string(),
         reachable: peer.reachable(),
     });
-    let mut client = Client::new(peer.clone(), printer);
     for room in &args.join {
         client.handle_line(&format!("/join {room}")).await;
     }

@@ -940,6 +940,18 @@ impl Peer {
         Ok(self.inner.store.history(conv, limit).await?)
     }
 
+    /// `/lastlog`: the newest `limit` lines of any conversation that hold
+    /// every word of `text` (or words starting so), oldest first.
+    pub async fn lastlog(&self, text: &str, limit: usize) -> Result<Vec<ChatMessage>, PeerError> {
+        Ok(self.inner.store.search(text, limit).await?)
+    }
+
+    /// Whether `nick` came back with another key than the one first met,
+    /// not yet accepted by `/trust`: nothing goes to it until then.
+    pub fn key_changed(&self, nick: &str) -> bool {
+        self.inner.peers.keys().known().pending(nick).is_some()
+    }
+
     /// Sends `body` to a room this peer sits in.
     pub async fn send_room(&self, room: &Room, body: &str) -> Result<SendReport, PeerError> {
         self.send_room_kind(room, (proto::Kind::Text, body)).await

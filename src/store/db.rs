@@ -15,7 +15,7 @@ use crate::proto::{ChatMessage, VectorEntry};
 const APPLICATION_ID: i32 = 0x5052_4c59;
 /// `PRAGMA user_version`: the schema revision. A file at an older revision is
 /// upgraded in place at open; a newer one is refused.
-pub(crate) const SCHEMA_VERSION: i32 = 5;
+pub(crate) const SCHEMA_VERSION: i32 = 6;
 /// Bytes per page of a history parley creates (SQLite's default is 4096).
 pub(crate) const PAGE_SIZE: i64 = 1024;
 
@@ -130,6 +130,14 @@ CREATE INDEX outbox_order
          key          BLOB NOT NULL,
          PRIMARY KEY (conversation, author_lower, incarnation, seq)
      ) WITHOUT ROWID;",
+    // Revision 6: `/lastlog`'s full-text index of the lines people wrote.
+    // It is filled when a search runs, from the rows stored since the last
+    // one (`meta` 'fts_rowid'), not by a trigger: storing a message, on
+    // every delivery's path, stays one write. Rows are never deleted or
+    // renumbered (no VACUUM), so an indexed rowid keeps naming its row.
+    "CREATE VIRTUAL TABLE messages_fts USING fts5(
+         body, content = 'messages', content_rowid = 'rowid'
+     );",
 ];
 const _: () = assert!(MIGRATIONS.len() + 1 == SCHEMA_VERSION as usize);
 
@@ -357,6 +365,63 @@ pub(super) fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
         signature: r.get(7)?,
         kind: r.get(8)?,
     })
+}
+
+/// Indexes for full-text search up to `batch` rows stored since the last
+/// call (text lines only: events are not searched). Returns how many rows
+/// it went through; 0 when the index is up to date.
+pub(crate) fn index_text(conn: &Connection, batch: usize) -> rusqlite::Result<usize> {
+    let last: i64 = conn
+        .query_row("SELECT value FROM meta WHERE key = 'fts_rowid'", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .optional()?
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, i64::from_be_bytes);
+    let (upto, rows): (Option<i64>, usize) = conn.query_row(
+        "SELECT max(rowid), count(*) FROM
+             (SELECT rowid FROM messages WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)",
+        params![last, sql_limit(batch)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(upto) = upto else { return Ok(0) };
+    conn.prepare_cached(
+        "INSERT INTO messages_fts (rowid, body)
+             SELECT rowid, body FROM messages WHERE rowid > ?1 AND rowid <= ?2 AND kind = 0",
+    )?
+    .execute(params![last, upto])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_rowid', ?1)")?
+        .execute(params![upto.to_be_bytes().to_vec()])?;
+    Ok(rows)
+}
+
+/// The FTS5 query for what a person typed: every word must be in the line,
+/// as a word or the start of one (`borrow check` finds "borrow checker").
+/// Each word is quoted, so FTS5's own syntax (`AND`, `*`, `:`) is text.
+pub(crate) fn text_query(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// The newest `limit` text lines that match `query` (see [`text_query`]),
+/// newest first, in every conversation but refuted ones.
+pub(crate) fn search_text(
+    conn: &Connection,
+    query: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<ChatMessage>> {
+    conn.prepare_cached(
+        "SELECT m.conversation, m.author, m.incarnation, m.seq, m.lamport, m.sent_at_ms,
+                m.body, m.signature, m.kind
+           FROM messages_fts f JOIN messages m ON m.rowid = f.rowid
+          WHERE messages_fts MATCH ?1 AND substr(m.conversation, 1, 1) != '!'
+          ORDER BY m.sent_at_ms DESC, m.rowid DESC LIMIT ?2",
+    )?
+    .query_map(params![query, sql_limit(limit)], row_to_msg)?
+    .collect()
 }
 
 fn sql_limit(limit: usize) -> i64 {

@@ -666,6 +666,22 @@ impl Store {
         Ok(newest)
     }
 
+    /// `/lastlog`: the newest `limit` lines of any conversation holding
+    /// every word of `text` (as words or their starts, any case), oldest
+    /// first. Lines stored since the last search are indexed first, in
+    /// jobs of [`READ_PAGE`] rows so the writer is never held for long.
+    pub async fn search(&self, text: &str, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let Some(query) = db::text_query(text) else {
+            return Ok(Vec::new());
+        };
+        while self.call(|c| db::index_text(c, READ_PAGE)).await? > 0 {}
+        let mut found = self
+            .call(move |c| db::search_text(c, &query, limit))
+            .await?;
+        found.reverse();
+        Ok(found)
+    }
+
     /// Every message of the conversation in display order.
     pub async fn all(&self, conversation: &str) -> Result<Vec<ChatMessage>, StoreError> {
         self.read(conversation, Direction::Oldest, usize::MAX).await

@@ -1333,3 +1333,46 @@ async fn an_allocated_seq_is_never_given_twice_written_late_or_never() {
     assert_eq!(next.seq, 4);
     assert!(next.lamport > lost.lamport);
 }
+
+#[tokio::test]
+async fn lastlog_finds_words_across_conversations_and_indexes_what_came_later() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir);
+    let line = |conv: &str, seq: u64, body: &str| ChatMessage {
+        body: body.into(),
+        sent_at_ms: 1_000 + seq as i64,
+        ..msg(conv, "bob", 1, seq, seq)
+    };
+    s.insert(line("#rust", 1, "the Borrow checker says no")).await.unwrap();
+    s.insert(line("alice|bob", 2, "lunch? borrowing your bike"))
+        .await
+        .unwrap();
+    s.insert(line("#go", 3, "goroutines all the way")).await.unwrap();
+    // Every word, as a word or its start, any case; oldest first.
+    let bodies = |v: Vec<ChatMessage>| v.into_iter().map(|m| m.body).collect::<Vec<_>>();
+    assert_eq!(
+        bodies(s.search("borrow", 10).await.unwrap()),
+        ["the Borrow checker says no", "lunch? borrowing your bike"]
+    );
+    assert_eq!(
+        bodies(s.search("BORROW check", 10).await.unwrap()),
+        ["the Borrow checker says no"]
+    );
+    // FTS5's own syntax is plain text here: no error, no match.
+    assert!(s.search("\"AND* :", 10).await.unwrap().is_empty());
+    assert!(s.search("   ", 10).await.unwrap().is_empty());
+    // A line stored after a search is found by the next one; the limit
+    // keeps the newest.
+    s.insert(line("#rust", 4, "borrow again")).await.unwrap();
+    assert_eq!(
+        bodies(s.search("borrow", 2).await.unwrap()),
+        ["lunch? borrowing your bike", "borrow again"]
+    );
+    // Events (a topic) are not lines anyone wrote.
+    let topic = ChatMessage {
+        kind: crate::proto::Kind::Topic as i32,
+        ..line("#rust", 5, "borrow rules")
+    };
+    s.insert(topic).await.unwrap();
+    assert_eq!(s.search("rules", 10).await.unwrap().len(), 0);
+}

@@ -35,9 +35,10 @@ pub fn action_text(body: &str) -> Option<&str> {
 
 /// Every command name, aliases included, for Tab completion.
 pub const COMMANDS: &[&str] = &[
-    "/away", "/delete", "/exit", "/help", "/history", "/j", "/join", "/leave", "/list", "/me",
-    "/msg", "/names", "/part", "/q", "/query", "/quit", "/reach", "/rooms", "/switch", "/topic",
-    "/trust", "/users", "/who", "/whois", "/window",
+    "/away", "/close", "/delete", "/exit", "/help", "/history", "/ignore", "/j", "/join",
+    "/lastlog", "/leave", "/list", "/me", "/msg", "/names", "/nick", "/nicklist", "/part", "/q",
+    "/query", "/quit", "/reach", "/rooms", "/switch", "/topic", "/trust", "/unignore", "/users",
+    "/wc", "/who", "/whois", "/window",
 ];
 
 /// One parsed input line.
@@ -90,6 +91,20 @@ pub enum Command {
     Reach,
     /// `/help`
     Help,
+    /// `/close`: close the current window (leaving its room, for a room).
+    Close,
+    /// `/nicklist`: show or hide the room's nick list (the windowed screen).
+    NickList,
+    /// `/ignore [NICK]`: hide NICK's lines from now on; alone, list who is
+    /// ignored.
+    Ignore(Option<Nick>),
+    /// `/unignore NICK`
+    Unignore(Nick),
+    /// `/lastlog TEXT`: the local history's lines that hold TEXT (words,
+    /// as SQLite's full-text search reads them), newest last.
+    Lastlog(String),
+    /// `/nick NEW`: be known as NEW from now on (the key stays).
+    Nick(Nick),
     /// `/quit [MESSAGE]`, alias `/exit`: MESSAGE, the parting message, is
     /// told to the members of every room: `-- alice has quit (#go): bye`.
     Quit(Option<String>),
@@ -103,7 +118,8 @@ pub const HELP: &str = "\
 /leave [#room [MESSAGE]] leave a room, the current one by default, saying MESSAGE (alias /part)
 /msg NICK TEXT           send a private message to NICK
 /query NICK              talk privately to NICK from now on (alias /q)
-/switch [#room|@nick|N]  go to a conversation you are in; alone, list them (alias /window)
+/switch [#room|@nick|N]  go to a window: a conversation you are in, or N; alone, list them (alias /window)
+/close                   close the current window (leaving its room, for a room)
 /me ACTION               say what you do: * you ACTION
 /who [#room]             list a room's members, the current room by default (alias /names)
 /topic [#room] [TEXT]    show a room's topic, or set it to TEXT
@@ -111,6 +127,10 @@ pub const HELP: &str = "\
 /rooms                   list the rooms (alias /list)
 /users                   list the users online
 /history [#room|@nick] [N]  show the last N messages of a conversation
+/lastlog TEXT            search your whole history for TEXT
+/ignore [NICK]           hide NICK's lines (alone, list who is ignored); /unignore NICK shows them again
+/nick NEW                be known as NEW from now on (your key and history stay)
+/nicklist                show or hide the nick list beside a room (full-screen mode)
 /delete #room            delete a room you own
 /whois NICK              show NICK's address and key fingerprint
 /trust NICK              accept the new key NICK came back with (check with them first)
@@ -133,6 +153,12 @@ const USAGE_WHOIS: &str = "/whois NICK";
 const USAGE_TRUST: &str = "/trust NICK";
 const USAGE_HELP: &str = "/help";
 const USAGE_REACH: &str = "/reach";
+const USAGE_CLOSE: &str = "/close";
+const USAGE_NICKLIST: &str = "/nicklist";
+const USAGE_IGNORE: &str = "/ignore [NICK]";
+const USAGE_UNIGNORE: &str = "/unignore NICK";
+const USAGE_LASTLOG: &str = "/lastlog TEXT";
+const USAGE_NICK: &str = "/nick NEW";
 
 /// Why a line could not be parsed; the message is meant for the person typing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,7 +210,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         None => (rest, ""),
     };
     let command = match name.to_ascii_lowercase().as_str() {
-        "join" | "j" => Command::Join(room(one(args, USAGE_JOIN)?)?),
+        // irssi's habit: `/join rust` is `/join #rust`.
+        "join" | "j" => Command::Join(bare_room(one(args, USAGE_JOIN)?)?),
         // IRC's parting message comes after the room.
         "leave" | "part" => match split_word(args) {
             ("", _) => Command::Leave(None, None),
@@ -241,6 +268,25 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             none(args, USAGE_HELP)?;
             Command::Help
         }
+        "close" | "wc" => {
+            none(args, USAGE_CLOSE)?;
+            Command::Close
+        }
+        "nicklist" => {
+            none(args, USAGE_NICKLIST)?;
+            Command::NickList
+        }
+        "ignore" => Command::Ignore(optional(args, USAGE_IGNORE)?.map(nick).transpose()?),
+        "unignore" => Command::Unignore(nick(one(args, USAGE_UNIGNORE)?)?),
+        "lastlog" => {
+            let text = args.trim();
+            if text.is_empty() {
+                return Err(CommandError::Missing(USAGE_LASTLOG));
+            }
+            check_body(text).map_err(CommandError::Body)?;
+            Command::Lastlog(text.to_owned())
+        }
+        "nick" => Command::Nick(nick(one(args, USAGE_NICK)?)?),
         // `/quit bye all`: the rest of the line is the parting message.
         "quit" | "exit" => Command::Quit(parting(args.trim_start())?),
         _ => return Err(CommandError::Unknown(name.to_owned())),
@@ -314,6 +360,15 @@ fn one<'a>(args: &'a str, usage: &'static str) -> Result<&'a str, CommandError> 
 
 fn room(s: &str) -> Result<Room, CommandError> {
     Room::parse(s).map_err(CommandError::Name)
+}
+
+/// A room name where the `#` may be left out (`/join rust`).
+fn bare_room(s: &str) -> Result<Room, CommandError> {
+    if s.starts_with('#') {
+        room(s)
+    } else {
+        room(&format!("#{s}"))
+    }
 }
 
 /// A nick, with an optional leading `@` (the way `/history` and the prompt
@@ -667,7 +722,7 @@ mod tests {
     #[test]
     fn bad_names_use_the_naming_rules() {
         for line in [
-            "/join rust",
+            "/join rust!",
             "/join #",
             "/join #a.b",
             "/leave nope",
@@ -683,7 +738,32 @@ mod tests {
         assert!(matches!(err("/query #rust"), CommandError::Name(_)));
         assert!(matches!(err("/history #"), CommandError::Name(_)));
         assert!(matches!(err("/history @"), CommandError::Name(_)));
-        assert!(err("/join rust").to_string().contains("starts with '#'"));
+        assert!(err("/leave rust").to_string().contains("starts with '#'"));
+    }
+
+    #[test]
+    fn window_commands_and_irssi_habits() {
+        // irssi adds the `#` to /join.
+        assert_eq!(ok("/join rust"), Command::Join(r("#rust")));
+        assert_eq!(ok("/j #rust"), Command::Join(r("#rust")));
+        assert_eq!(ok("/close"), Command::Close);
+        assert_eq!(ok("/wc"), Command::Close);
+        assert_eq!(err("/close now"), CommandError::Extra(USAGE_CLOSE));
+        assert_eq!(ok("/nicklist"), Command::NickList);
+        assert_eq!(ok("/ignore"), Command::Ignore(None));
+        assert_eq!(ok("/ignore @Bob"), Command::Ignore(Some(n("Bob"))));
+        assert_eq!(err("/ignore a b"), CommandError::Extra(USAGE_IGNORE));
+        assert_eq!(ok("/unignore bob"), Command::Unignore(n("bob")));
+        assert_eq!(err("/unignore"), CommandError::Missing(USAGE_UNIGNORE));
+        assert_eq!(
+            ok("/lastlog  borrow checker "),
+            Command::Lastlog("borrow checker".into())
+        );
+        assert_eq!(err("/lastlog  "), CommandError::Missing(USAGE_LASTLOG));
+        assert_eq!(ok("/nick robert"), Command::Nick(n("robert")));
+        assert!(matches!(err("/nick rob ert"), CommandError::Extra(_)));
+        assert!(matches!(err("/nick b@d"), CommandError::Name(_)));
+        assert_eq!(ok("/window 3"), Command::Switch(Some(Window::Number(3))));
     }
 
     #[test]

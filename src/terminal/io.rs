@@ -332,7 +332,9 @@ pub fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>
             .iter()
             .filter(|n| {
                 let n = n.as_str();
-                n.len() >= bare.len()
+                // `@` names a person: never `@#rust`.
+                !(at == "@" && n.starts_with('#'))
+                    && n.len() >= bare.len()
                     && n.is_char_boundary(bare.len())
                     && n[..bare.len()].eq_ignore_ascii_case(bare)
             })
@@ -594,7 +596,7 @@ mod tests {
         assert_eq!(complete("/jo", 3, &names), (0, vec!["/join ".to_owned()]));
         assert_eq!(
             complete("/w", 2, &names).1,
-            ["/who ", "/whois ", "/window "]
+            ["/wc ", "/who ", "/whois ", "/window "]
         );
         assert_eq!(
             complete("/join #r", 8, &names),
@@ -603,6 +605,8 @@ mod tests {
         assert_eq!(complete("b", 1, &names).1, ["Bella: ", "bob: "]);
         assert_eq!(complete("hi bo", 5, &names), (3, vec!["bob ".to_owned()]));
         assert_eq!(complete("/msg @bo", 8, &names).1, ["@bob "]);
+        // `@` names a person: rooms are not offered after it.
+        assert_eq!(complete("/switch @", 9, &names).1, ["@Bella ", "@bob "]);
         assert!(complete("", 0, &names).1.is_empty());
     }
 

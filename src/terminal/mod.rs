@@ -9,10 +9,13 @@
 //! - [`io`]: reading lines from stdin (rustyline when a person is at a
 //!   terminal) on a dedicated thread, and a [`Printer`] that writes output
 //!   without garbling the line being typed.
+//! - [`screen`]: the full screen (ratatui over crossterm) a person gets on
+//!   a terminal: a window per conversation, a status bar, a nick list.
 
 pub mod command;
 pub mod io;
 pub mod output;
+pub mod screen;
 
 pub use command::{action_body, action_text, parse, Command, CommandError, Target, Window, HELP};
 pub use io::{complete, spawn_input, Printer, DEFAULT_PROMPT};
