@@ -211,15 +211,18 @@ pub fn machine() -> Machine {
 /// URL, CPU name or output path.
 pub const WIDTH: usize = 100;
 
-/// The table (and the targets and memory lines) as printed on stdout,
-/// every line at most [`WIDTH`] columns. The table keeps the essential
-/// columns; mean, p90, max and the speed-up over the reported figure are
-/// in the JSON only.
-pub fn table(report: &Report) -> String {
-    table_on(report, &machine())
+/// The table, the notes under it, the target lines (only with
+/// `show_targets`: `--targets`) and the memory lines, as printed on
+/// stdout, every line at most [`WIDTH`] columns. The table keeps the
+/// essential columns; mean, p90, max and the speed-up over the reported
+/// figure are in the JSON only. The targets are in the JSON always, on
+/// stdout only when asked for: someone who wants to see how fast it is
+/// need not first read which of the design's goals it misses.
+pub fn table(report: &Report, show_targets: bool) -> String {
+    table_on(report, &machine(), show_targets)
 }
 
-fn table_on(report: &Report, m: &Machine) -> String {
+fn table_on(report: &Report, m: &Machine, show_targets: bool) -> String {
     let o = &report.options;
     let mut s = String::new();
     let mut say = |line: &str| {
@@ -293,19 +296,21 @@ fn table_on(report: &Report, m: &Machine) -> String {
             o.registry()
         ));
     }
-    for t in targets(report) {
-        let value = if t.scenario.starts_with("throughput") {
-            format!("{:.0} msgs/s", t.value)
-        } else {
-            format!("{:.2}x", t.value)
-        };
-        say(&format!(
-            "target {:<20} {:<34} {:>14}  {}",
-            t.scenario,
-            t.what,
-            value,
-            if t.met { "met" } else { "MISSED" }
-        ));
+    if show_targets {
+        for t in targets(report) {
+            let value = if t.scenario.starts_with("throughput") {
+                format!("{:.0} msgs/s", t.value)
+            } else {
+                format!("{:.2}x", t.value)
+            };
+            say(&format!(
+                "target {:<20} {:<34} {:>14}  {}",
+                t.scenario,
+                t.what,
+                value,
+                if t.met { "met" } else { "MISSED" }
+            ));
+        }
     }
     let sig = &report.signatures;
     say(&format!(
@@ -659,7 +664,8 @@ mod tests {
             },
             etcd,
         ] {
-            let text = table_on(&wide_report(options), &machine);
+            // With the target lines, the widest the table gets.
+            let text = table_on(&wide_report(options), &machine, true);
             assert_fits(&text);
             assert!(text.contains("\nfloor "), "{text}");
         }
@@ -713,7 +719,7 @@ mod tests {
         }
         let x = mailbox_vs_private(&report).unwrap();
         assert!((x - 2.5).abs() < 1e-9, "{x}");
-        let text = table_on(&report, &machine());
+        let text = table_on(&report, &machine(), false);
         assert!(
             text.contains("\nmailbox: 2.50x private (deposit plus drain, per message"),
             "{text}"
@@ -729,9 +735,112 @@ mod tests {
         // Without `private` in the run there is nothing to compare with.
         report.results.retain(|r| r.scenario != Scenario::Private);
         assert!(mailbox_vs_private(&report).is_none());
-        assert!(!table_on(&report, &machine()).contains("x private (deposit"));
+        assert!(!table_on(&report, &machine(), false).contains("x private (deposit"));
         let doc: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
         assert!(doc["mailbox_vs_private"].is_null());
+    }
+
+    #[test]
+    fn target_lines_only_when_asked_for() {
+        let report = wide_report(Options::default());
+        let is_target = |l: &&str| l.starts_with("target ");
+        let quiet = table_on(&report, &machine(), false);
+        assert_eq!(quiet.lines().filter(is_target).count(), 0, "{quiet}");
+        let loud = table_on(&report, &machine(), true);
+        assert_eq!(
+            loud.lines().filter(is_target).count(),
+            targets(&report).len(),
+            "{loud}"
+        );
+        // Nothing else differs.
+        let rest: Vec<&str> = loud.lines().filter(|l| !is_target(l)).collect();
+        assert_eq!(rest, quiet.lines().collect::<Vec<_>>());
+    }
+
+    /// The keys of a JSON object, sorted.
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn the_json_keeps_its_fields_and_its_targets() {
+        // The file's shape is for machines: whatever the table shows (with
+        // or without --targets), these stay.
+        let report = wide_report(Options::default());
+        let doc: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
+        assert_eq!(
+            keys(&doc),
+            [
+                "config",
+                "floor_p50_us",
+                "machine",
+                "mailbox_vs_private",
+                "parley_version",
+                "peak_memory",
+                "scenarios",
+                "signatures",
+                "targets",
+                "total_s"
+            ]
+        );
+        assert_eq!(
+            keys(&doc["scenarios"][0]),
+            [
+                "delivered",
+                "failed",
+                "in_flight",
+                "max_us",
+                "mean_us",
+                "members",
+                "messages",
+                "msgs_per_s",
+                "name",
+                "own_floor_us",
+                "p50_us",
+                "p90_us",
+                "p99_us",
+                "reported_us",
+                "senders",
+                "speedup_vs_reported",
+                "vs_floor",
+                "wall_s"
+            ]
+        );
+        let targets = doc["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), super::targets(&report).len());
+        assert_eq!(
+            keys(&targets[0]),
+            ["limit", "met", "scenario", "value", "what"]
+        );
+        assert_eq!(
+            keys(&doc["config"]),
+            [
+                "etcd_endpoints",
+                "in_flight",
+                "in_process",
+                "messages",
+                "payload_bytes",
+                "registry",
+                "room_size",
+                "run_id",
+                "throughput_messages",
+                "warmup"
+            ]
+        );
+        assert_eq!(
+            keys(&doc["peak_memory"]),
+            [
+                "bench_peak_kib",
+                "in_process",
+                "peer_peak_kib",
+                "router_peak_kib"
+            ]
+        );
     }
 
     #[test]

@@ -249,6 +249,15 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
     );
     assert_eq!(tail[0], format!("svg: {}", abs(&svg).display()), "{stdout}");
     assert!(stderr.is_empty(), "{stderr}");
+    // The targets: on stdout only with --targets, in the JSON always.
+    let target_lines = stdout.lines().filter(|l| l.starts_with("target ")).count();
+    let json_targets = doc["targets"].as_array().map_or(0, Vec::len);
+    assert!(json_targets > 0, "{doc:#}");
+    if extra.contains(&"--targets") {
+        assert_eq!(target_lines, json_targets, "{stdout}");
+    } else {
+        assert_eq!(target_lines, 0, "{stdout}");
+    }
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg"));
     for name in rows {
@@ -257,6 +266,13 @@ fn run_bench(extra: &[&str], rows: &[&str]) -> Run {
             "{name} not drawn"
         );
     }
+    // The legend names every row that ran, in order, and nothing else.
+    let legend: Vec<&str> = picture
+        .lines()
+        .filter(|l| l.starts_with(r#"<text class="legend""#))
+        .filter_map(|l| l.split('>').nth(1)?.split("  ").next())
+        .collect();
+    assert_eq!(legend, rows, "{picture}");
     Run { stdout, doc }
 }
 
@@ -289,7 +305,9 @@ fn bench_with_members_as_processes() {
 
 #[test]
 fn bench_in_process() {
-    let run = run_bench(&["--in-process"], &ROWS);
+    // And the target lines asked for (the other run checks they are not
+    // printed unasked).
+    let run = run_bench(&["--in-process", "--targets"], &ROWS);
     assert_registry(&run, "in-memory", "in-memory");
 }
 
