@@ -202,6 +202,7 @@ pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
             Ok(Kind::Text) => None,
             Ok(Kind::Created) => Some("created".into()),
             Ok(Kind::Topic) => Some("topic".into()),
+            Ok(Kind::Nick) => Some("nick".into()),
             Err(_) => Some(format!("unknown {}", m.kind)),
         },
         mention,
@@ -318,7 +319,7 @@ impl Client {
     fn show_event(&mut self, event: PeerEvent) {
         match event {
             PeerEvent::Message { msg, late } => {
-                let v = view(self.peer.nick(), &msg, late);
+                let v = view(&self.peer.nick(), &msg, late);
                 let mine = v.from.eq_ignore_ascii_case(self.peer.nick().as_str());
                 self.windows.arrived(&v.conversation, mine);
                 self.print(Output::Message(v))
@@ -375,6 +376,9 @@ impl Client {
                 };
                 self.print(presence(room, nick, event, message));
             }
+            // Shown by its Message (kind "nick"); the terminal's rewrite
+            // renders it.
+            PeerEvent::NickChanged { .. } => {}
             PeerEvent::Router { up } => self.print(Output::Router {
                 state: if up { "back" } else { "lost" }.into(),
             }),
@@ -387,7 +391,7 @@ impl Client {
                 let message = format!(
                     "a line from {} in {} failed its signature check and was removed; the key that sent it ({key}) is flagged",
                     msg.author,
-                    view(self.peer.nick(), &msg, false).conversation,
+                    view(&self.peer.nick(), &msg, false).conversation,
                 );
                 self.print(Output::Warning {
                     nick: msg.author,
@@ -540,7 +544,7 @@ impl Client {
                     .history(&key, limit.unwrap_or(DEFAULT_HISTORY))
                     .await
                     .map_err(|e| e.to_string())?;
-                let me = peer.nick().clone();
+                let me = peer.nick();
                 self.print(Output::History {
                     conversation: shown,
                     messages: msgs.iter().map(|m| view(&me, m, false)).collect(),
@@ -616,7 +620,7 @@ impl Client {
             String::new()
         };
         self.print(Output::info(format!("{new} new {since}{more}")));
-        let me = self.peer.nick().clone();
+        let me = self.peer.nick();
         for m in &msgs {
             self.print(Output::Message(view(&me, m, false)));
         }
@@ -626,7 +630,7 @@ impl Client {
     fn conversation(&self, target: &Target) -> (String, String) {
         match target {
             Target::Room(r) => (r.key(), r.key()),
-            Target::Nick(n) => (private_key(self.peer.nick(), n), format!("@{n}")),
+            Target::Nick(n) => (private_key(&self.peer.nick(), n), format!("@{n}")),
         }
     }
 
@@ -648,7 +652,7 @@ impl Client {
         if !json {
             // A person sees their own line in the conversation too.
             self.print(Output::Message(view(
-                self.peer.nick(),
+                &self.peer.nick(),
                 &report.message,
                 false,
             )));
