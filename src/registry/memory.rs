@@ -1604,6 +1604,7 @@ mod tests {
                 member.nick.clone()
             }
             EventKind::RoomDeleted { by, .. } => by.clone(),
+            EventKind::NickChanged { member, .. } => member.nick.clone(),
         };
         assert!(seen.iter().all(|k| who(k) != "carol"), "{seen:?}");
         assert!(
