@@ -165,6 +165,29 @@ impl Windows {
         self.current = Some(t);
     }
 
+    /// The window `from` becomes `to` (a nick changed), in its place;
+    /// false when `from` is not open or `to` is already.
+    pub fn rename(&mut self, from: &Target, to: Target) -> bool {
+        let (old, new) = (target_key(from), target_key(&to));
+        if self.is_open(&new) {
+            return false;
+        }
+        let Some(slot) = self.open.iter_mut().find(|o| target_key(o) == old) else {
+            return false;
+        };
+        *slot = to.clone();
+        if let Some(n) = self.unread.remove(&old) {
+            self.unread.insert(new.clone(), n);
+        }
+        if self.mentioned.remove(&old) {
+            self.mentioned.insert(new);
+        }
+        if self.current.as_ref().is_some_and(|c| target_key(c) == old) {
+            self.current = Some(to);
+        }
+        true
+    }
+
     /// `t` is closed (left, deleted): it stops being current.
     pub fn close(&mut self, t: &Target) {
         let key = target_key(t);
@@ -326,6 +349,7 @@ pub fn view(me: &Nick, m: &ChatMessage, late: bool) -> MessageView {
             Ok(Kind::Text) => None,
             Ok(Kind::Created) => Some("created".into()),
             Ok(Kind::Topic) => Some("topic".into()),
+            Ok(Kind::Nick) => Some("nick".into()),
             Err(_) => Some(format!("unknown {}", m.kind)),
         },
         mention,
@@ -710,6 +734,23 @@ impl Client {
                 };
                 self.print(presence(room, nick, event, message));
             }
+            // Shown by its Message (kind "nick"); here the lists follow.
+            PeerEvent::NickChanged { room, old, new } => {
+                if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
+                    for n in list.iter_mut() {
+                        if n.eq_ignore_ascii_case(&old) {
+                            *n = new.clone();
+                        }
+                    }
+                }
+                // A private window follows the person (the key), not the
+                // name: lines typed there go to the new nick.
+                if let (Ok(old), Ok(new)) = (Nick::parse(&old), Nick::parse(&new)) {
+                    if self.peer.same_person(&old, &new) {
+                        self.rename_window(&old, &new);
+                    }
+                }
+            }
             PeerEvent::Router { up } => self.print(Output::Router {
                 state: if up { "back" } else { "lost" }.into(),
             }),
@@ -729,6 +770,18 @@ impl Client {
                     message,
                 });
             }
+        }
+    }
+
+    /// The private window with `old`, if open, is now `new`'s, with its
+    /// lines and its place.
+    fn rename_window(&mut self, old: &Nick, new: &Nick) {
+        let (from, to) = (Target::Nick(old.clone()), Target::Nick(new.clone()));
+        if !self.windows.rename(&from, to.clone()) {
+            return;
+        }
+        if let Front::Screen(t) = &mut self.front {
+            t.screen.rename(&target_key(&from), &target_key(&to));
         }
     }
 
@@ -878,8 +931,22 @@ impl Client {
                     messages: found.iter().map(|m| view(&me, m, false)).collect(),
                 });
             }
-            Command::Nick(_) => {
-                return Err("/nick is not wired yet".into());
+            Command::Nick(new) => {
+                let change = peer.change_nick(&new).await.map_err(|e| e.to_string())?;
+                let mut text = format!("you are now known as {}", change.new);
+                for (room, why) in &change.unsent {
+                    text.push_str(&format!("\n{room} was not told yet: {why}"));
+                }
+                self.print(Output::info(text));
+                for room in change.rooms.iter().chain(change.unsent.iter().map(|(r, _)| r)) {
+                    if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
+                        for n in list.iter_mut() {
+                            if n.eq_ignore_ascii_case(&change.old) {
+                                *n = change.new.clone();
+                            }
+                        }
+                    }
+                }
             }
             Command::Me(text) => {
                 let target = self
@@ -947,7 +1014,7 @@ impl Client {
                     .history(&key, limit.unwrap_or(DEFAULT_HISTORY))
                     .await
                     .map_err(|e| e.to_string())?;
-                let me = peer.nick().clone();
+                let me = peer.nick();
                 self.print(Output::History {
                     conversation: shown,
                     messages: msgs.iter().map(|m| view(&me, m, false)).collect(),
@@ -1028,7 +1095,7 @@ impl Client {
             Front::Screen(t) => t.screen.marker(&room.key(), &text),
             Front::Lines(_) => self.print(Output::info(text)),
         }
-        let me = self.peer.nick().clone();
+        let me = self.peer.nick();
         for m in &msgs {
             self.print(Output::Message(view(&me, m, false)));
         }
@@ -1038,7 +1105,7 @@ impl Client {
     fn conversation(&self, target: &Target) -> (String, String) {
         match target {
             Target::Room(r) => (r.key(), r.key()),
-            Target::Nick(n) => (private_key(self.peer.nick(), n), format!("@{n}")),
+            Target::Nick(n) => (private_key(&self.peer.nick(), n), format!("@{n}")),
         }
     }
 
@@ -1060,7 +1127,7 @@ impl Client {
         self.windows.add(target.clone());
         if !json {
             // A person sees their own line in the conversation too.
-            let own = view(self.peer.nick(), &report.message, false);
+            let own = view(&self.peer.nick(), &report.message, false);
             // On the screen, sent from another window (`/msg`): said there
             // too, or it would seem to vanish.
             if matches!(self.front, Front::Screen(_))

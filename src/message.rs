@@ -38,6 +38,17 @@ pub fn valid_message(m: &ChatMessage) -> Result<Conversation, NameError> {
         Ok(Kind::Topic) => {
             return Err(NameError::new("invalid message: a topic belongs to a room"))
         }
+        // A nick change is told to rooms (private partners follow the key)
+        // and names the author's previous nick, another one.
+        Ok(Kind::Nick)
+            if matches!(conv, Conversation::Room(_))
+                && Nick::parse(&m.body)
+                    .is_ok_and(|old| !old.as_str().eq_ignore_ascii_case(&m.author)) => {}
+        Ok(Kind::Nick) => {
+            return Err(NameError::new(
+                "invalid message: a nick change belongs to a room and names another, valid nick",
+            ))
+        }
         Err(_) => {
             return Err(NameError::new(format!(
                 "invalid message: unknown kind {}",

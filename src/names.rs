@@ -61,6 +61,28 @@ impl Nick {
     }
 }
 
+/// The nick a peer goes by now, shared by the parts that speak for it: a
+/// nick change (`/nick`) sets it once and every holder sees the new one.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NickCell(std::sync::Arc<std::sync::RwLock<Nick>>);
+
+impl NickCell {
+    pub fn new(nick: Nick) -> NickCell {
+        NickCell(std::sync::Arc::new(std::sync::RwLock::new(nick)))
+    }
+
+    /// The nick now.
+    pub fn get(&self) -> Nick {
+        // A plain value: a panic elsewhere cannot leave it half-written.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, nick: Nick) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = nick;
+    }
+}
+
 impl fmt::Display for Nick {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

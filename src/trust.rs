@@ -349,6 +349,42 @@ impl Keys {
         }
     }
 
+    /// What a nick-change event means here: `new` says it was `old`,
+    /// signed by `key`. `old` known for `key`: `new` is `key`'s from now
+    /// on (trusted, even over a key `new` was known by before: the key
+    /// the person knows proved it is the same person), and `Ok(true)`.
+    /// `old` never met: nothing is learnt, `Ok(false)`. `old` known for
+    /// another key: a forgery (or a change of key not trusted yet),
+    /// refused.
+    pub fn renamed(&self, old: &str, new: &str, key: &PublicKey) -> Result<bool, KeyError> {
+        match self.known.get(old) {
+            None => Ok(false),
+            Some(k) if k != *key => Err(KeyError::Untrusted {
+                nick: old.to_owned(),
+                known: k.fingerprint(),
+                got: key.fingerprint(),
+            }),
+            Some(_) if self.known.get(new) == Some(*key) => Ok(true),
+            Some(_) => {
+                self.known.trust(new, key).map_err(|err| KeyError::File {
+                    nick: new.to_owned(),
+                    cause: err.to_string(),
+                })?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether `a` and `b` are known here for one key: one person under
+    /// two nicks (a nick change this peer saw, or two nicks it met with
+    /// one key). A nick not met yet is nobody's.
+    pub fn same_person(&self, a: &str, b: &str) -> bool {
+        match (self.known.get(a), self.known.get(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
+    }
+
     /// Accepts the key `nick` came back with (the person's `/trust`, after
     /// checking with them): the one it was last seen with, or else the one
     /// the registry binds it to now. Returns the key now trusted.

@@ -445,6 +445,7 @@ async fn watch_streams_presence_and_membership() {
                 format!("left {} {} ({})", r.room, r.member.unwrap().nick, r.message)
             }
             Kind::RoomDeleted(r) => format!("deleted {} by {}", r.room, r.by),
+            Kind::NickChanged(n) => format!("renamed {}", n.old),
         });
     }
     assert_eq!(seen, expected);

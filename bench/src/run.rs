@@ -565,7 +565,7 @@ async fn mailbox(
             delivered == deposited,
             "mailbox: {member} drained {delivered} line(s) ({expired} expired) of the {deposited} deposited"
         );
-        let conv = private_key(sender.nick(), &member);
+        let conv = private_key(&sender.nick(), &member);
         let history = peer
             .history(&conv, deposited + 1)
             .await

@@ -79,7 +79,7 @@ pub(super) struct ChatService {
 }
 
 impl ChatService {
-    fn me(&self) -> &Nick {
+    fn me(&self) -> Nick {
         self.session.nick()
     }
 
@@ -88,7 +88,7 @@ impl ChatService {
     async fn check_access(&self, conv: &Conversation, caller: &PublicKey) -> Result<(), Status> {
         match conv {
             Conversation::Private(a, b) => {
-                if !conv.is_party(self.me()) {
+                if !conv.is_party(&self.me()) {
                     return Err(Status::permission_denied(
                         "not a party to that private conversation",
                     ));

@@ -52,6 +52,20 @@ pub enum PeerEvent {
         msg: ChatMessage,
         key: Option<crate::identity::PublicKey>,
     },
+    /// Someone in `room` changed their nick from `old` to `new`: their
+    /// signed nick-change event (a [`crate::proto::Kind::Nick`] message,
+    /// also told as the `Message` just before) arrived in the room's
+    /// history, once per room. A receiver that knew `old` checked that
+    /// its key signed the event (else the event is refused, and this is
+    /// never told) and now knows `new` for the same key: see
+    /// [`crate::peer::Peer::same_person`], which says whether it did
+    /// (false: `old` was never met here, so the claim is the author's
+    /// word alone). Private partners follow the key: no event names them.
+    NickChanged {
+        room: String,
+        old: String,
+        new: String,
+    },
     /// The router stopped answering (`up` false: every router of the list
     /// was unreachable), or answers again after that (`up` true). Said once
     /// per outage.
@@ -109,10 +123,25 @@ impl Events {
         }
     }
 
+    /// A message stored and new here; a nick-change event is also told as
+    /// [`PeerEvent::NickChanged`].
+    pub fn message(&self, msg: ChatMessage, late: bool) {
+        let renamed =
+            (msg.kind == crate::proto::Kind::Nick as i32).then(|| PeerEvent::NickChanged {
+                room: msg.conversation.clone(),
+                old: msg.body.clone(),
+                new: msg.author.clone(),
+            });
+        self.emit(PeerEvent::Message { msg, late });
+        if let Some(renamed) = renamed {
+            self.emit(renamed);
+        }
+    }
+
     /// Messages that a sync stored and were new here.
     pub fn messages(&self, msgs: Vec<(ChatMessage, bool)>) {
         for (msg, late) in msgs {
-            self.emit(PeerEvent::Message { msg, late });
+            self.message(msg, late);
         }
     }
 }

@@ -29,7 +29,7 @@ use tonic::{Code, Status};
 
 use super::away::Away;
 use super::checks::Checks;
-use super::events::{Events, PeerEvent};
+use super::events::Events;
 use super::rooms::Rooms;
 use super::session::Session;
 use crate::identity::{verify_messages, PublicKey};
@@ -37,7 +37,7 @@ use crate::message::valid_message;
 use crate::metrics::PeerMetrics;
 use crate::names::{Conversation, Nick, Room};
 use crate::net::Peers;
-use crate::proto::{ChatMessage, DeliverResponse, Member};
+use crate::proto::{ChatMessage, DeliverResponse, Kind, Member};
 use crate::store::{Inserted, Store};
 use crate::trust::{Holds, KeyOf};
 
@@ -165,7 +165,7 @@ struct Item {
 }
 
 impl Intake {
-    fn me(&self) -> &Nick {
+    fn me(&self) -> Nick {
         self.session.nick()
     }
 
@@ -356,6 +356,11 @@ impl Intake {
                         "{author} does not own {room}: its creation event is refused"
                     )))
                 }
+                // A nick change is believed only from the key the old
+                // nick is known here by (see `Keys::renamed`).
+                Conversation::Room(_) if msg.kind == Kind::Nick as i32 => {
+                    self.admits_rename(policy, &item, &mut rights).await
+                }
                 Conversation::Room(_) if policy.membership == Membership::Ever => Ok(()),
                 Conversation::Room(room) if policy.membership == Membership::Kept => {
                     if self.rooms.contains(room.as_str()) {
@@ -379,7 +384,7 @@ impl Intake {
                 }
                 Conversation::Private(..) => {
                     let conv = &item.conv;
-                    if !conv.is_party(self.me()) || !conv.is_party(author) {
+                    if !conv.is_party(&self.me()) || !conv.is_party(author) {
                         Err(Status::permission_denied(
                             "not a party to that private conversation",
                         ))
@@ -399,6 +404,56 @@ impl Intake {
             }
         }
         admitted
+    }
+
+    /// Whether a nick-change event (author: the new nick; body: the old
+    /// one) may be taken: the old nick known here for another key than
+    /// the one that signed it is a forgery, refused for good; known for
+    /// the same key, the new nick is learnt for it; never met, the event
+    /// is the author's word alone, taken and learnt from no further. Its
+    /// author must have the right to write in the room as for any line.
+    async fn admits_rename(
+        &self,
+        policy: Policy,
+        item: &Item,
+        rights: &mut HashMap<(String, String), Result<(), Status>>,
+    ) -> Result<(), Status> {
+        let (msg, author) = (&item.msg, &item.author);
+        match self
+            .peers
+            .keys()
+            .renamed(&msg.body, author.as_str(), &item.key)
+        {
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(old = %msg.body, new = %author, key = %item.key, cause = %err, "refused a nick change");
+                return Err(Status::permission_denied(format!(
+                    "{author} claims to have been {}, whose key is another: {err}",
+                    msg.body
+                )));
+            }
+        }
+        let Conversation::Room(room) = &item.conv else {
+            return Err(Status::invalid_argument("a nick change belongs to a room"));
+        };
+        match policy.membership {
+            Membership::Ever => Ok(()),
+            Membership::Kept if self.rooms.contains(room.as_str()) => Ok(()),
+            Membership::Kept => Err(Status::failed_precondition(format!(
+                "not a member of {room}"
+            ))),
+            Membership::Now => {
+                let at = (room.key(), author.key());
+                match rights.get(&at) {
+                    Some(right) => right.clone(),
+                    None => {
+                        let right = self.check_room(room, author).await;
+                        rights.insert(at, right.clone());
+                        right
+                    }
+                }
+            }
+        }
     }
 
     /// Whether `m` may be taken as far as ownership goes: a room's creation
@@ -582,10 +637,7 @@ impl Intake {
         }
         let stored = inserted.new;
         if inserted.new {
-            self.events.emit(PeerEvent::Message {
-                msg,
-                late: inserted.late,
-            });
+            self.events.message(msg, inserted.late);
         }
         let away = match conv {
             Conversation::Private(..) => self.away.get().map(|a| a.to_string()),

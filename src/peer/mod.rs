@@ -87,6 +87,8 @@ pub enum PeerError {
     NotInRoom(String),
     #[error("no room {0}")]
     NoSuchRoom(String),
+    #[error("nick {0} is taken: bound to another key, or in use")]
+    NickTaken(String),
     #[error("that is you: a private message needs someone else")]
     ToSelf,
     #[error("cannot serve chat: the listener has no address ({0})")]
@@ -107,6 +109,19 @@ pub enum PeerError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+/// What [`Peer::change_nick`] did.
+#[derive(Debug, Clone)]
+pub struct NickChange {
+    /// The nick held before, as the router had it written.
+    pub old: String,
+    pub new: String,
+    /// The rooms whose online members took the nick-change event (the
+    /// rest of each room is owed it, as for any line).
+    pub rooms: Vec<String>,
+    /// Rooms the event could not be sent to now, and why.
+    pub unsent: Vec<(String, String)>,
 }
 
 /// What `/whois` tells of a nick.
@@ -367,7 +382,7 @@ impl Peer {
             store.clone(),
             peers.clone(),
             Arc::new(intake.clone()),
-            config.nick.clone(),
+            session.nick_cell(),
             on_fresh,
             tasks.clone(),
             stop.clone(),
@@ -487,8 +502,84 @@ impl Peer {
         self.inner.tasks.spawn(f(self.clone()));
     }
 
-    pub fn nick(&self) -> &Nick {
+    /// The nick this peer goes by now (a [`Peer::change_nick`] moves it).
+    pub fn nick(&self) -> Nick {
         self.inner.session.nick()
+    }
+
+    /// Moves this peer's nick to `new` (`/nick NEW`): the router moves the
+    /// key's binding (the old nick is free for anyone after) and the
+    /// session's rooms to `new`, then a signed nick-change event (a
+    /// [`proto::Kind::Nick`] message: author `new`, body the old nick)
+    /// goes into each room this peer sits in, through the outbox like any
+    /// line, so it stays in each room's history for late joiners.
+    /// Receivers tell the person with [`PeerEvent::NickChanged`]. Refused
+    /// ([`PeerError::NickTaken`]) when `new` is bound to another key or in
+    /// use; a refused change changes nothing. Private conversations keep
+    /// their names (`@a+b` of the old nick); partners follow the key (see
+    /// [`Peer::same_person`]).
+    pub async fn change_nick(&self, new: &Nick) -> Result<NickChange, PeerError> {
+        let before = self.nick();
+        let old = self
+            .inner
+            .session
+            .change_nick(new)
+            .await
+            .map_err(|err| match err {
+                // The router's refusal names the new nick, not the one the
+                // session logged in with.
+                SessionError::NickTaken(_) => PeerError::NickTaken(new.to_string()),
+                err => PeerError::Session(err),
+            })?;
+        let world = self.inner.session.world();
+        // The picture moves now, so the sends below do not owe this peer
+        // its own event under the old nick; the watch's event, later, finds
+        // it done.
+        world.rename(before.as_str(), new.as_str());
+        let mut change = NickChange {
+            old: old.clone(),
+            new: new.to_string(),
+            rooms: Vec::new(),
+            unsent: Vec::new(),
+        };
+        if old.eq_ignore_ascii_case(new.as_str()) {
+            // Only how it is written changed: nobody's binding moved.
+            return Ok(change);
+        }
+        for name in world.my_rooms() {
+            let Ok(room) = Room::parse(&name) else {
+                continue;
+            };
+            match self.send_room_kind(&room, (proto::Kind::Nick, &old)).await {
+                Ok(_) => change.rooms.push(name),
+                // Written and owed before any send: the outbox delivers it
+                // later, or the write itself failed.
+                Err(err) => {
+                    tracing::warn!(%room, cause = %err, "nick change not sent to a room");
+                    change.unsent.push((name, err.to_string()));
+                }
+            }
+        }
+        Ok(change)
+    }
+
+    /// Whether nicks `a` and `b` are one person here: known for one key
+    /// (a nick change seen in a room, or met apart with the same key).
+    /// This peer's own nicks are compared with its own key.
+    pub fn same_person(&self, a: &Nick, b: &Nick) -> bool {
+        if a.key() == b.key() {
+            return true;
+        }
+        let keys = self.inner.peers.keys();
+        let mine = self.nick().key();
+        let of = |n: &Nick| {
+            if n.key() == mine {
+                Some(self.key())
+            } else {
+                keys.known().get(n.as_str())
+            }
+        };
+        matches!((of(a), of(b)), (Some(x), Some(y)) if x == y)
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -906,7 +997,7 @@ impl Peer {
     /// Opens the private conversation with `nick`: syncs its history from
     /// the other side if it is online. Returns the number of messages held.
     pub async fn open_private(&self, nick: &Nick) -> Result<u64, PeerError> {
-        let conv = private_key(self.nick(), nick);
+        let conv = private_key(&self.nick(), nick);
         let members: Vec<Member> = self
             .inner
             .session
@@ -1014,7 +1105,7 @@ impl Peer {
         if nick.key() == self.nick().key() {
             return Err(PeerError::ToSelf);
         }
-        let conv = private_key(self.nick(), nick);
+        let conv = private_key(&self.nick(), nick);
         self.inner.session.follow(nick);
         let (online, offline) = match self.inner.session.lookup_user(nick).await {
             // Reported under the nick as the person wrote it.

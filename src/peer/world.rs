@@ -167,6 +167,11 @@ impl World {
         for e in later {
             // Replayed over the snapshot: said already, or from before the
             // join.
+            if let Some(Kind::NickChanged(n)) = &e.kind {
+                if let Some(m) = &n.member {
+                    rename(&mut s, &n.old, &m.nick, Some(e.revision));
+                }
+            }
             let _ = apply_room_event(&mut s, &e);
         }
     }
@@ -291,6 +296,14 @@ impl World {
         self.lock().users.get(&key(nick)).cloned()
     }
 
+    /// `old` goes by `new` now (a nick change: this peer's own, told by
+    /// the router's answer, or another's, told by its watch): the same
+    /// member, online and in the same rooms, under the new nick.
+    pub fn rename(&self, old: &str, new: &str) {
+        let mut s = self.lock();
+        rename(&mut s, old, new, None);
+    }
+
     /// Applies one watch event and says what it means to this peer.
     pub fn apply(&self, event: RegistryEvent) -> Change {
         let mut s = self.lock();
@@ -312,6 +325,12 @@ impl World {
                 }
                 Change::Nothing
             }
+            Some(Kind::NickChanged(n)) => {
+                if let Some(m) = &n.member {
+                    rename(&mut s, &n.old, &m.nick, Some(event.revision));
+                }
+                Change::Nothing
+            }
             Some(Kind::RoomDeleted(d)) => match s.rooms.remove(&key(&d.room)) {
                 Some(view) => Change::RoomGone {
                     room: view.name,
@@ -324,6 +343,37 @@ impl World {
         match apply_room_event(&mut s, &event) {
             Some(presence) if change == Change::Nothing => presence,
             _ => change,
+        }
+    }
+}
+
+/// Moves `old` to `new` among the online users and in every room view
+/// holding it (absent or resting too); `revision`: the event's, when from
+/// the watch (a view at or past it has the new nick already).
+fn rename(s: &mut State, old: &str, new: &str, revision: Option<u64>) {
+    let (ok, nk) = (key(old), key(new));
+    let renamed = |m: Member| Member {
+        nick: new.to_owned(),
+        ..m
+    };
+    if let Some(m) = s.users.remove(&ok) {
+        s.users.insert(nk.clone(), renamed(m));
+    }
+    for view in s.rooms.values_mut() {
+        if revision.is_some_and(|r| r <= view.revision) {
+            continue;
+        }
+        if let Some(m) = view.members.remove(&ok) {
+            view.members.insert(nk.clone(), renamed(m));
+            if let Some(r) = revision {
+                view.revision = r;
+            }
+        }
+        if let Some((_, since)) = view.absent.remove(&ok) {
+            view.absent.insert(nk.clone(), (new.to_owned(), since));
+        }
+        if let Some((_, since)) = view.resting.remove(&ok) {
+            view.resting.insert(nk.clone(), (new.to_owned(), since));
         }
     }
 }

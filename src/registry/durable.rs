@@ -173,6 +173,25 @@ impl Durable {
             .map_err(|e| self.fail(e))
     }
 
+    /// A nick change: `old` released (when given) and `b` bound, in one
+    /// transaction, so a crash between them cannot leave the key with
+    /// neither nick or both.
+    pub fn rebind(&self, old: Option<&str>, b: &BindingRow) -> Result<(), RegistryError> {
+        let run = || -> rusqlite::Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            if let Some(old) = old {
+                tx.execute("DELETE FROM bindings WHERE nick_key = ?1", [old])?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO bindings (nick_key, nick, key, seen_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![b.nick_key, b.nick, b.key.as_bytes().as_slice(), b.seen_ms],
+            )?;
+            tx.commit()
+        };
+        run().map_err(|e| self.fail(e))
+    }
+
     pub fn release(&self, nick_key: &str) -> Result<(), RegistryError> {
         self.conn
             .execute("DELETE FROM bindings WHERE nick_key = ?1", [nick_key])

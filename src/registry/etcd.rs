@@ -919,6 +919,7 @@ impl State {
                 (at, said)
             })
             .collect();
+        let renames = self.renames(&order);
         let mut out = Vec::new();
         for e in order {
             let Some(kv) = e.kv() else { continue };
@@ -927,7 +928,44 @@ impl State {
                 EventType::Delete => self.delete(kv, &mut gone, &parting, &mut out),
             }
         }
-        out
+        if renames.is_empty() {
+            return out;
+        }
+        // A nick change's revision holds nothing else: the offline, online,
+        // left and joined its keys made are one NickChanged instead.
+        renames
+            .into_iter()
+            .filter_map(|(token, old)| {
+                let (s, key) = self.sessions.get(&token)?;
+                let nk = s.nick.to_ascii_lowercase();
+                Some((
+                    EventKind::NickChanged {
+                        old,
+                        member: s.member(*key),
+                    },
+                    self.peers_audience(&token, &nk),
+                    self.followed_sessions(&nk),
+                ))
+            })
+            .collect()
+    }
+
+    /// The sessions a revision renames (their record put with another
+    /// nick than the mirror holds), with the nick each held before.
+    fn renames(&self, order: &[&etcd_client::Event]) -> Vec<(Token, String)> {
+        let session_prefix = format!("{PREFIX}session/");
+        order
+            .iter()
+            .filter(|e| e.event_type() == EventType::Put)
+            .filter_map(|e| e.kv())
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let token = key.strip_prefix(&session_prefix)?;
+                let now = serde_json::from_slice::<SessionValue>(kv.value()).ok()?;
+                let (was, _) = self.sessions.get(token)?;
+                (was.nick != now.nick).then(|| (token.to_owned(), was.nick.clone()))
+            })
+            .collect()
     }
 
     fn put(&mut self, kv: &KeyValue, out: Out<'_>) {
@@ -1105,6 +1143,14 @@ impl State {
             }
             ["quit", token] => {
                 self.quits.remove(*token);
+            }
+            // Only a nick change deletes these: the binding moved, and
+            // whom the nick follows moved with it.
+            ["bind", nk] => {
+                self.bindings.remove(*nk);
+            }
+            ["follow", nk] => {
+                self.follows.remove(*nk);
             }
             ["part", rk, nk] => {
                 self.parts.remove(&((*rk).to_string(), (*nk).to_string()));
@@ -1305,6 +1351,132 @@ impl Registry for EtcdRegistry {
         // Logins of this nick kept racing in: give up, leaving no lease.
         let _ = self.revoke(lease).await;
         Err(RegistryError::NickTaken(nick.to_string()))
+    }
+
+    async fn change_nick(&self, token: &str, new: &Nick) -> Result<Member, RegistryError> {
+        let session_key = k(&["session", token]);
+        let nk = new.key();
+        let (bind_new, user_new) = (k(&["bind", &nk]), k(&["user", &nk]));
+        let ttl = i64::try_from(self.binding_ttl.as_millis()).unwrap_or(i64::MAX);
+        // The member as the first round found it: a round that finds the
+        // change made (its answer lost) answers with it.
+        let mut first: Option<Member> = None;
+        for _ in 0..ROUNDS {
+            self.sync().await?;
+            let read = self.get("reading a session", &session_key, None).await?;
+            let Some(kv) = read.kvs().first().cloned() else {
+                return Err(RegistryError::Unauthenticated);
+            };
+            let s = serde_json::from_slice::<SessionValue>(kv.value())
+                .map_err(|e| RegistryError::Unavailable(format!("a session record: {e}")))?;
+            let key = key_from_hex(&s.key).ok_or_else(|| {
+                RegistryError::Unavailable("a session record with a bad key".into())
+            })?;
+            if let Some(before) = first.as_ref().filter(|_| s.nick == new.as_str()) {
+                return Ok(before.clone());
+            }
+            let before = s.member(key);
+            first.get_or_insert_with(|| before.clone());
+            let ok = s.nick.to_ascii_lowercase();
+            let recase = ok == nk;
+            let bound = self
+                .get("reading a binding", &bind_new, None)
+                .await?
+                .kvs()
+                .first()
+                .cloned();
+            // Judged against what etcd and the mirror hold now; the
+            // transaction below holds only if none of it moved.
+            let (rooms, follows) = {
+                let state = self.mirror.lock();
+                if let Some(b) = &bound {
+                    if b.value() != key.as_bytes().as_slice() {
+                        let unseen = PublicKey::from_bytes(b.value())
+                            .ok()
+                            .and_then(|k| state.seen.get(&key_hex(&k)).copied())
+                            .is_some_and(|ms| now_ms().saturating_sub(ms) > ttl);
+                        if !unseen || state.users.contains_key(&nk) {
+                            return Err(RegistryError::KeyMismatch(new.to_string()));
+                        }
+                    }
+                }
+                if !recase && state.users.contains_key(&nk) {
+                    return Err(RegistryError::NickTaken(new.to_string()));
+                }
+                if state.bindings.values().filter(|b| **b == key).count() > MAX_NICKS_PER_KEY {
+                    return Err(RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
+                }
+                let rooms: Vec<(String, String)> = state
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.contains_key(&ok))
+                    .map(|(rk, _)| (rk.clone(), state.room_name(rk)))
+                    .collect();
+                (rooms, state.follows.get(&ok).cloned())
+            };
+            let own = bound
+                .as_ref()
+                .is_some_and(|b| b.value() == key.as_bytes().as_slice());
+            let moving = !recase && !own;
+            let with_lease = || Some(PutOptions::new().with_lease(s.lease));
+            let mut when = vec![Compare::mod_revision(
+                session_key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )];
+            when.push(match &bound {
+                Some(b) => {
+                    Compare::mod_revision(bind_new.clone(), CompareOp::Equal, b.mod_revision())
+                }
+                None => Compare::version(bind_new.clone(), CompareOp::Equal, 0),
+            });
+            let renamed = SessionValue {
+                nick: new.to_string(),
+                ..s.clone()
+            };
+            // The session's record goes first: the mirror tells a rename
+            // by it (see `State::renames`).
+            let mut ops = vec![
+                TxnOp::put(session_key.clone(), json(&renamed), with_lease()),
+                TxnOp::put(bind_new.clone(), key.to_vec(), None),
+                TxnOp::put(k(&["seen", &key_hex(&key)]), now_ms().to_string(), None),
+            ];
+            if moving {
+                ops.push(TxnOp::delete(k(&["bind", &ok]), None));
+            }
+            if !recase {
+                when.push(Compare::version(user_new.clone(), CompareOp::Equal, 0));
+                when.push(Compare::value(
+                    k(&["user", &ok]),
+                    CompareOp::Equal,
+                    token.as_bytes().to_vec(),
+                ));
+                ops.push(TxnOp::delete(k(&["user", &ok]), None));
+                ops.push(TxnOp::put(user_new.clone(), token.to_owned(), with_lease()));
+                for (rk, name) in &rooms {
+                    ops.push(TxnOp::delete(k(&["member", rk, &ok]), None));
+                    ops.push(TxnOp::put(
+                        k(&["member", rk, &nk]),
+                        name.clone(),
+                        with_lease(),
+                    ));
+                }
+                if let Some(f) = &follows {
+                    ops.push(TxnOp::delete(k(&["follow", &ok]), None));
+                    ops.push(TxnOp::put(k(&["follow", &nk]), json(f), None));
+                }
+            }
+            let (done, _, revision) = self
+                .txn("changing a nick", Txn::new().when(when).and_then(ops))
+                .await?;
+            if done {
+                self.seen(revision).await?;
+                return Ok(before);
+            }
+        }
+        Err(RegistryError::Unavailable(
+            "the session or the nick kept changing; try again".into(),
+        ))
     }
 
     async fn session(&self, token: &str) -> Result<Member, RegistryError> {

@@ -264,7 +264,9 @@ impl State {
     /// follows who follow it too: see `watcher`).
     fn emit(&mut self, events: &Events, kind: EventKind, audience: HashSet<Token>) -> u64 {
         let followed = match &kind {
-            EventKind::UserOnline(m) | EventKind::UserOffline(m) => self
+            EventKind::UserOnline(m)
+            | EventKind::UserOffline(m)
+            | EventKind::NickChanged { member: m, .. } => self
                 .follows
                 .get(&m.nick.to_ascii_lowercase())
                 .map(|f| {
@@ -623,6 +625,106 @@ impl Registry for MemoryRegistry {
             lease_ttl: shared.ttl,
             reclaimed,
         })
+    }
+
+    async fn change_nick(&self, token: &str, new: &Nick) -> Result<Member, RegistryError> {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let mut state = shared.lock();
+        // A lease that ran out but is not purged yet must not block the nick.
+        state.purge(&shared.events, now);
+        let s = state.live(token, now)?;
+        let before = s.member();
+        let (old_key, key) = (s.nick_key.clone(), s.key);
+        let new_key = new.key();
+        let recase = old_key == new_key;
+        let stamp = now_ms();
+        // Everything is judged before anything changes: a refusal leaves
+        // the registry as it was.
+        let (own, stale) = match state.bindings.get(&new_key) {
+            Some(b) if b.key == key => (true, false),
+            Some(b)
+                if state.expired(&b.key, shared.binding_ttl, stamp)
+                    && !state.users.contains_key(&new_key) =>
+            {
+                (false, true)
+            }
+            Some(_) => return Err(RegistryError::KeyMismatch(new.to_string())),
+            None => (false, false),
+        };
+        if !recase && state.users.contains_key(&new_key) {
+            return Err(RegistryError::NickTaken(new.to_string()));
+        }
+        // A move keeps the count; taking another own nick keeps both.
+        let held = state.keys.get(&key).map_or(0, |k| k.nicks);
+        if held > MAX_NICKS_PER_KEY {
+            return Err(RegistryError::TooManyNicks(MAX_NICKS_PER_KEY));
+        }
+        if stale {
+            tracing::info!(nick = %new, "binding released: its key went unseen");
+            state.release(&new_key)?;
+        }
+        let moving = !recase && !own;
+        if let Some(d) = &state.durable {
+            d.rebind(
+                moving.then_some(old_key.as_str()),
+                &BindingRow {
+                    nick_key: new_key.clone(),
+                    nick: new.to_string(),
+                    key,
+                    seen_ms: stamp,
+                },
+            )?;
+        }
+        if moving {
+            state.bindings.remove(&old_key);
+        }
+        state.bindings.insert(
+            new_key.clone(),
+            Bound {
+                nick: new.to_string(),
+                key,
+            },
+        );
+        // Moved, recased or another own nick: the count stays as it was.
+        state.keys.entry(key).or_default().seen_ms = stamp;
+        let rooms = match state.sessions.get_mut(token) {
+            Some(s) => {
+                s.nick = new.to_string();
+                s.nick_key = new_key.clone();
+                s.rooms.clone()
+            }
+            None => BTreeSet::new(),
+        };
+        if !recase {
+            state.users.remove(&old_key);
+            state.users.insert(new_key.clone(), token.to_owned());
+            for room in &rooms {
+                if let Some(r) = state.rooms.get_mut(room) {
+                    // In place: join order stays.
+                    for m in r.members.iter_mut().filter(|m| **m == old_key) {
+                        m.clone_from(&new_key);
+                    }
+                }
+            }
+            if let Some(f) = state.follows.remove(&old_key) {
+                state.follows.insert(new_key.clone(), f);
+            }
+        }
+        let after = Member {
+            nick: new.to_string(),
+            ..before.clone()
+        };
+        let audience = state.peers_audience(token);
+        state.emit(
+            &shared.events,
+            EventKind::NickChanged {
+                old: before.nick.clone(),
+                member: after,
+            },
+            audience,
+        );
+        Ok(before)
     }
 
     async fn heartbeat(&self, token: &str) -> Result<Duration, RegistryError> {
@@ -1502,6 +1604,7 @@ mod tests {
                 member.nick.clone()
             }
             EventKind::RoomDeleted { by, .. } => by.clone(),
+            EventKind::NickChanged { member, .. } => member.nick.clone(),
         };
         assert!(seen.iter().all(|k| who(k) != "carol"), "{seen:?}");
         assert!(

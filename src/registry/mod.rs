@@ -135,6 +135,13 @@ pub enum EventKind {
         room: String,
         by: String,
     },
+    /// A session's nick changed from `old` to `member.nick`; it sits in
+    /// the same rooms under the new one. Told to those who share a room
+    /// with it and to its followers (of either nick), once.
+    NickChanged {
+        old: String,
+        member: Member,
+    },
 }
 
 /// Why a member is no longer in a room.
@@ -212,6 +219,22 @@ pub trait Registry: Send + Sync + 'static {
         key: &PublicKey,
         relay: &str,
     ) -> Result<Session, RegistryError>;
+
+    /// Moves the session's nick to `new` (IRC's NICK): the key's binding
+    /// of the old nick goes to `new` (so a change never grows the key's
+    /// count, and the old nick is free for anyone after), the session and
+    /// its memberships carry on under `new`, and watchers get one
+    /// [`EventKind::NickChanged`]. A `new` already bound to the same key
+    /// (another of its nicks) is taken with the old one kept: nothing is
+    /// released that the key holds. Refused when `new` is bound to another
+    /// key or held by another session ([`RegistryError::KeyMismatch`],
+    /// [`RegistryError::NickTaken`]), or when the key would end with more
+    /// than [`MAX_NICKS_PER_KEY`] nicks ([`RegistryError::TooManyNicks`]:
+    /// a move alone never grows the count, so only a binding made behind
+    /// the registry's back could); a refused change changes nothing. `new`
+    /// equal to the current nick but for case rewrites how it is written.
+    /// Returns the member as it was before.
+    async fn change_nick(&self, token: &str, new: &Nick) -> Result<Member, RegistryError>;
 
     /// The user a live session is.
     async fn session(&self, token: &str) -> Result<Member, RegistryError>;

@@ -106,6 +106,11 @@ impl Watcher {
                     scoped.followed.contains(&self.token)
                         && self.follow.contains(&m.nick.to_ascii_lowercase())
                 }
+                EventKind::NickChanged { old, member } => {
+                    scoped.followed.contains(&self.token)
+                        && (self.follow.contains(&old.to_ascii_lowercase())
+                            || self.follow.contains(&member.nick.to_ascii_lowercase()))
+                }
                 _ => false,
             }
     }
@@ -135,6 +140,13 @@ impl Stream for Watcher {
                 }
             }
         };
+        // Nicks are unique among sessions: the old one was this session's
+        // own, whose offline event must still end the stream.
+        if let EventKind::NickChanged { old, member } = &event.kind {
+            if old.eq_ignore_ascii_case(&this.nick) {
+                this.nick.clone_from(&member.nick);
+            }
+        }
         if let EventKind::UserOffline(m) = &event.kind {
             if m.nick.eq_ignore_ascii_case(&this.nick) && !(this.alive)(&this.token) {
                 this.done = true;

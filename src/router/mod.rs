@@ -76,7 +76,8 @@ macro_rules! has_token {
 has_token!(
     proto::DepositRequest,
     proto::DrainRequest,
-    proto::AckRequest
+    proto::AckRequest,
+    proto::ChangeNickRequest
 );
 
 /// Bytes of envelopes one drain answer carries (at least one envelope).
@@ -171,6 +172,10 @@ impl From<Event> for proto::RegistryEvent {
             EventKind::RoomDeleted { room, by } => {
                 Kind::RoomDeleted(proto::RoomDeleted { room, by })
             }
+            EventKind::NickChanged { old, member } => Kind::NickChanged(proto::NickChanged {
+                old,
+                member: Some(member.into()),
+            }),
         };
         proto::RegistryEvent {
             revision: e.revision,
@@ -331,7 +336,7 @@ impl RouterService {
         }
     }
 
-    /// The session a mailbox call's token names, which must be the link's
+    /// The session a mailbox call's (or a nick change's) token names, which must be the link's
     /// own key: a mailbox is handed over, and deposits are made, only by
     /// the key's own session, over its own link (a token alone is not
     /// enough).
@@ -341,7 +346,7 @@ impl RouterService {
         let me = self.registry.session(req.token()).await?;
         if me.key != caller {
             return Err(Status::permission_denied(
-                "mailbox calls are made by the session's own key",
+                "mailbox calls and nick changes are made by the session's own key",
             ));
         }
         Ok((me, req))
@@ -601,6 +606,34 @@ impl Router for RouterService {
         let message = parting_arg(&req.message)?;
         self.registry.leave(&req.token, &room, message).await?;
         Ok(Response::new(proto::LeaveRoomResponse {}))
+    }
+
+    async fn change_nick(
+        &self,
+        req: Request<proto::ChangeNickRequest>,
+    ) -> Result<Response<proto::ChangeNickResponse>, Status> {
+        let from = source(&req);
+        // The session's own key over its own link, as for mailbox calls:
+        // a nick binding is the key's, and a leaked token must not move it.
+        let (me, req) = self.own_session(req).await?;
+        let nick = Nick::parse(&req.nick).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A nick never bound before costs the source address a token, as
+        // at a login: renaming must not be a way round the binding rate.
+        if self.registry.binding(&nick).await?.is_none() {
+            if let Err(wait) = self.bindings.take(from) {
+                tracing::warn!(source = ?from, nick = %nick, "nick change refused: binding rate");
+                return Err(Status::resource_exhausted(format!(
+                    "too many new nicks from this address; the next in {} s",
+                    wait.as_secs().max(1)
+                )));
+            }
+        }
+        let before = self.registry.change_nick(&req.token, &nick).await?;
+        tracing::info!(old = %before.nick, nick = %nick, key = %me.key, "nick changed");
+        Ok(Response::new(proto::ChangeNickResponse {
+            old: before.nick,
+            nick: nick.to_string(),
+        }))
     }
 
     async fn delete_room(

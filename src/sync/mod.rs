@@ -41,7 +41,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::names::{Conversation, Nick};
+use crate::names::{Conversation, Nick, NickCell};
 use crate::net::Peers;
 use crate::proto::{
     ChatMessage, GetVersionRequest, GetVersionResponse, Member, PullHistoryRequest, VectorEntry,
@@ -183,7 +183,8 @@ struct Inner {
     store: Store,
     peers: Peers,
     admission: Arc<dyn Admission>,
-    me: Nick,
+    /// This peer's nick, which a nick change moves.
+    me: NickCell,
     on_fresh: OnFresh,
     stats: SyncStats,
     /// Gap repairs waiting to run: see the `repair` module.
@@ -202,7 +203,7 @@ impl Syncer {
         store: Store,
         peers: Peers,
         admission: Arc<dyn Admission>,
-        me: Nick,
+        me: NickCell,
         on_fresh: OnFresh,
         tasks: TaskTracker,
         stop: CancellationToken,
@@ -239,7 +240,8 @@ impl Syncer {
         conversation: &str,
         members: &[Member],
     ) -> Result<Synced, SyncError> {
-        let me = self.inner.me.as_str();
+        let me = self.inner.me.get();
+        let me = me.as_str();
         let others: Vec<&Member> = members
             .iter()
             .filter(|m| !m.nick.eq_ignore_ascii_case(me))
@@ -353,7 +355,7 @@ impl Syncer {
         let Ok(Conversation::Private(a, b)) = Conversation::parse_key(key) else {
             return None;
         };
-        let me = self.inner.me.key();
+        let me = self.inner.me.get().key();
         let other = if a == me {
             b
         } else if b == me {
@@ -396,7 +398,7 @@ impl Syncer {
         conversation: &str,
         theirs: Vec<VectorEntry>,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let me = self.inner.me.to_string();
+        let me = self.inner.me.get().to_string();
         let mut own = Vec::new();
         let mut cursor = Some(PullCursor::default());
         while let Some(at) = cursor {

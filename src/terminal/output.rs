@@ -476,6 +476,13 @@ fn message_line(m: &MessageView, colour: Colour) -> String {
                 clean(&m.body).replace('\n', " ")
             )
         }
+        // The author is the new nick; the body, the old.
+        Some("nick") => {
+            return format!(
+                "{at} {conv} -- {} is now known as {from}",
+                clean(&m.body).replace('\n', " ")
+            )
+        }
         _ => {}
     }
     let late = if m.late { "[late] " } else { "" };

@@ -250,6 +250,13 @@ impl Screen {
         }
     }
 
+    /// A window's lines move to another key (a nick changed).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if let Some(b) = self.buffers.remove(from) {
+            self.buffers.insert(to.to_owned(), b);
+        }
+    }
+
     /// Forgets a closed window's lines.
     pub fn forget(&mut self, key: &str) {
         self.buffers.remove(key);
@@ -381,6 +388,16 @@ impl Screen {
                         ),
                         event,
                     ),
+                ])]
+            }
+            Some("nick") => {
+                return vec![Line::from(vec![
+                    at,
+                    Span::styled(
+                        format!("-- {} is now known as ", clean(&m.body).replace('\n', " ")),
+                        event,
+                    ),
+                    from,
                 ])]
             }
             _ => {}

@@ -26,7 +26,7 @@ use tonic::{Code, Status};
 
 use super::world::{Membership, World};
 use crate::identity::{Identity, PublicKey};
-use crate::names::{Nick, Room};
+use crate::names::{Nick, NickCell, Room};
 use crate::proto::router_client::RouterClient;
 use crate::proto::{self, ChatMessage, Member};
 use crate::registry::MAX_FOLLOW;
@@ -106,6 +106,8 @@ pub struct Session {
 
 struct Inner {
     config: SessionConfig,
+    /// The nick this session goes by now: `config.nick` until a change.
+    nick: NickCell,
     /// Every router, and the one in use.
     routers: Routers,
     /// The session token; replaced when the peer logs in again.
@@ -163,6 +165,7 @@ impl Session {
         )?;
         let session = Session {
             inner: Arc::new(Inner {
+                nick: NickCell::new(config.nick.clone()),
                 config,
                 routers,
                 token: RwLock::new(String::new()),
@@ -240,8 +243,35 @@ impl Session {
         &self.inner.config.identity
     }
 
-    pub fn nick(&self) -> &Nick {
-        &self.inner.config.nick
+    /// The nick this peer goes by now.
+    pub fn nick(&self) -> Nick {
+        self.inner.nick.get()
+    }
+
+    /// The shared cell of [`Session::nick`], for the parts that must see a
+    /// change at once.
+    pub fn nick_cell(&self) -> NickCell {
+        self.inner.nick.clone()
+    }
+
+    /// Moves this session's nick to `new` at the router (see
+    /// `Router.ChangeNick`), then here; a login after this uses `new`.
+    /// Returns the nick held before, as the router had it.
+    pub async fn change_nick(&self, new: &Nick) -> Result<String, SessionError> {
+        // (Not under the relogin guard: `call` may log in again itself.)
+        let resp = self
+            .call("change nick", |mut r, token| {
+                let req = proto::ChangeNickRequest {
+                    token,
+                    nick: new.to_string(),
+                };
+                async move { r.change_nick(req).await }
+            })
+            .await?;
+        self.inner.nick.set(new.clone());
+        // Whom it follows moved with the nick at the router; the picture
+        // learns of it from the watch's NickChanged.
+        Ok(resp.old)
     }
 
     /// Whether the router could dial this peer back at its last login.
@@ -346,16 +376,11 @@ impl Session {
     /// remembered on the first login to it. Tries each router in turn.
     pub async fn login(&self) -> Result<(), SessionError> {
         let c = &self.inner.config;
+        let nick = self.nick();
         let resp = self
             .on_any("login", |router| {
                 // The router dials our address back before it answers.
-                crate::router_client::login(
-                    router,
-                    &c.identity,
-                    c.nick.as_str(),
-                    &c.advertise,
-                    true,
-                )
+                crate::router_client::login(router, &c.identity, nick.as_str(), &c.advertise, true)
             })
             .await?;
         if resp.reclaimed {

@@ -185,17 +185,13 @@ impl Session {
         match self.inner.world.apply(event) {
             Change::Nothing => {}
             Change::Online(member) => {
-                if !member
-                    .nick
-                    .eq_ignore_ascii_case(self.inner.config.nick.as_str())
-                {
+                if !member.nick.eq_ignore_ascii_case(self.nick().as_str()) {
                     self.emit(SessionEvent::Online(member));
                 }
             }
             Change::RoomGone { room, by } => self.emit(SessionEvent::RoomGone { room, by }),
             // Others' comings and goings; this peer's own are not news.
-            Change::Presence { nick, .. }
-                if nick.eq_ignore_ascii_case(self.inner.config.nick.as_str()) => {}
+            Change::Presence { nick, .. } if nick.eq_ignore_ascii_case(self.nick().as_str()) => {}
             Change::Presence {
                 room,
                 nick,
