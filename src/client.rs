@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use crossterm::event::Event;
-use tokio::sync::mpsc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 use crate::names::{private_key, Conversation, Nick, Room};
 use crate::peer::{Peer, PeerEvent, Presence, SendReport};
@@ -894,7 +894,10 @@ impl Client {
             Command::NickList => match &mut self.front {
                 Front::Screen(t) => t.screen.nicklist = !t.screen.nicklist,
                 Front::Lines(_) => {
-                    return Err("the nick list is part of the full screen; /who lists a room's members".into())
+                    return Err(
+                        "the nick list is part of the full screen; /who lists a room's members"
+                            .into(),
+                    )
                 }
             },
             Command::Ignore(None) => {
@@ -938,7 +941,11 @@ impl Client {
                     text.push_str(&format!("\n{room} was not told yet: {why}"));
                 }
                 self.print(Output::info(text));
-                for room in change.rooms.iter().chain(change.unsent.iter().map(|(r, _)| r)) {
+                for room in change
+                    .rooms
+                    .iter()
+                    .chain(change.unsent.iter().map(|(r, _)| r))
+                {
                     if let Some(list) = self.members.get_mut(&room.to_ascii_lowercase()) {
                         for n in list.iter_mut() {
                             if n.eq_ignore_ascii_case(&change.old) {

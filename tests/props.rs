@@ -241,6 +241,12 @@ fn a_command() -> impl Strategy<Value = Command> {
             })
             .prop_map(|(room, text)| Command::Topic { room, text }),
         proptest::option::of(body()).prop_map(Command::Away),
+        Just(Command::Close),
+        Just(Command::NickList),
+        proptest::option::of(a_nick()).prop_map(Command::Ignore),
+        a_nick().prop_map(Command::Unignore),
+        "[a-z\\p{L}][a-z\\p{L} ]{0,30}[a-z]".prop_map(Command::Lastlog),
+        a_nick().prop_map(Command::Nick),
     ]
 }
 
@@ -385,6 +391,13 @@ fn render(cmd: &Command, st: &Style) -> String {
         Command::Away(Some(m)) => format!("{}{sep}{m}{line_end}", name("away")),
         Command::Away(None) => format!("{}{}", name("away"), st.tail),
         Command::Help => format!("{}{}", name("help"), st.tail),
+        Command::Close => format!("{}{}", name(if st.alias { "wc" } else { "close" }), st.tail),
+        Command::NickList => format!("{}{}", name("nicklist"), st.tail),
+        Command::Ignore(Some(n)) => format!("{}{sep}{}{}", name("ignore"), nick(n), st.tail),
+        Command::Ignore(None) => format!("{}{}", name("ignore"), st.tail),
+        Command::Unignore(n) => format!("{}{sep}{}{}", name("unignore"), nick(n), st.tail),
+        Command::Lastlog(text) => format!("{}{sep}{text}{}", name("lastlog"), st.tail),
+        Command::Nick(n) => format!("{}{sep}{}{}", name("nick"), nick(n), st.tail),
         Command::Reach => format!("{}{}", name("reach"), st.tail),
         Command::Quit(m) => {
             let n = name(if st.alias { "exit" } else { "quit" });

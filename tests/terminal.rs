@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::num::NonZeroU16;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,11 +19,30 @@ use common::Proc;
 /// module path).
 const LOG_MARKS: [&str; 5] = ["WARN", "INFO", "ERROR", "DEBUG", "parley::"];
 
-/// A `peer` process on a pty, and everything it has written to the screen.
+/// A `peer` process on a pty, and everything it has written to the screen,
+/// as bytes and as a terminal emulator (vt100) shows them.
 struct Screen {
     child: Child,
     master: std::fs::File,
     seen: Arc<Mutex<Vec<u8>>>,
+    term: Arc<Mutex<vt100::Parser<Rung>>>,
+}
+
+/// What the terminal was asked to do besides drawing: the bell, the title.
+#[derive(Default)]
+struct Rung {
+    bells: usize,
+    title: String,
+}
+
+impl vt100::Callbacks for Rung {
+    fn audible_bell(&mut self, _: &mut vt100::Screen) {
+        self.bells += 1;
+    }
+
+    fn set_window_title(&mut self, _: &mut vt100::Screen, title: &[u8]) {
+        self.title = String::from_utf8_lossy(title).into_owned();
+    }
 }
 
 impl Screen {
@@ -32,8 +52,20 @@ impl Screen {
         Screen::peer_in(args, false)
     }
 
-    /// A peer on a pty, in colour when `colour` is set.
+    /// A peer on a pty in line mode (`--plain`), in colour when `colour`
+    /// is set.
     fn peer_in(args: &[&str], colour: bool) -> Screen {
+        let mut args = args.to_vec();
+        args.push("--plain");
+        Screen::spawn(&args, colour)
+    }
+
+    /// A peer on a pty as a person starts it: the full screen, no colour.
+    fn full(args: &[&str]) -> Screen {
+        Screen::spawn(args, false)
+    }
+
+    fn spawn(args: &[&str], colour: bool) -> Screen {
         let winsize = nix::pty::Winsize {
             ws_row: 30,
             ws_col: 100,
@@ -59,6 +91,11 @@ impl Screen {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+                // The pty is its controlling terminal, so a resize signals
+                // it (SIGWINCH), as on a real terminal.
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -66,8 +103,14 @@ impl Screen {
         drop(pty.slave);
         let master = std::fs::File::from(pty.master);
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let term = Arc::new(Mutex::new(vt100::Parser::new_with_callbacks(
+            NonZeroU16::new(winsize.ws_row).expect("rows"),
+            NonZeroU16::new(winsize.ws_col).expect("cols"),
+            0,
+            Rung::default(),
+        )));
         let mut reader = master.try_clone().unwrap();
-        let sink = seen.clone();
+        let (sink, emulator) = (seen.clone(), term.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             // Ends with EIO once the peer (the last holder of the slave) exits.
@@ -76,13 +119,87 @@ impl Screen {
                     break;
                 }
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                emulator.lock().unwrap().process(&buf[..n]);
             }
         });
         Screen {
             child,
             master,
             seen,
+            term,
         }
+    }
+
+    /// The screen's rows as the emulator shows them now.
+    fn rows(&self) -> Vec<String> {
+        let term = self.term.lock().unwrap();
+        let (_, cols) = term.screen().size();
+        term.screen().rows(0, cols.get()).collect()
+    }
+
+    /// Waits (at most 10 s) until some row of the screen satisfies `ok`;
+    /// that row.
+    async fn row_where(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(row) = self.rows().into_iter().find(|r| ok(r)) {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no row with {what} within 10 s; the screen:\n{}",
+                self.rows().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (at most 10 s) until the screen shows `what` on some row.
+    async fn shows(&self, what: &str) -> String {
+        self.row_where(&format!("{what:?}"), |r| r.contains(what))
+            .await
+    }
+
+    /// The status bar: the row before the input line.
+    fn status_bar(&self) -> String {
+        let rows = self.rows();
+        rows[rows.len() - 2].clone()
+    }
+
+    /// Waits (at most 10 s) until the status bar shows `what`.
+    async fn status_shows(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.status_bar().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in the status bar within 10 s; the screen:\n{}",
+                self.rows().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many rows show `what` now.
+    fn count(&self, what: &str) -> usize {
+        self.rows().iter().filter(|r| r.contains(what)).count()
+    }
+
+    /// Resizes the terminal, as a person dragging its corner does.
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        self.term.lock().unwrap().screen_mut().set_size(
+            NonZeroU16::new(rows).expect("rows"),
+            NonZeroU16::new(cols).expect("cols"),
+        );
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: a valid winsize for the pty's own fd.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0, "resize the pty");
     }
 
     fn text(&self) -> String {
@@ -596,6 +713,192 @@ async fn no_colour_with_no_color() {
         "{:?}",
         screen.text()
     );
+    bob.quit().await;
+    router.terminate().await;
+}
+
+/// The full screen, as a person at a terminal gets it: windows, the status
+/// bar and its activity, Alt-N, the nick list, one copy of your own line, a
+/// new private conversation opening its window with the bell and the title,
+/// a mention, a burst of input, PageUp, a resize, and the terminal given
+/// back at the end.
+#[tokio::test]
+async fn the_full_screen_has_windows_a_status_bar_and_activity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &["--join", "#a"]).await;
+    bob.event("joined").await;
+    let mut carol = Proc::peer(&addr, "carol", &tmp.path().join("carol"), &[]).await;
+    let dir = tmp.path().join("alice");
+    let mut screen = Screen::full(&[
+        "--nick",
+        "alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    screen.status_shows("[alice] [1:(status)]").await;
+    screen.shows("-- you are alice, listening on").await;
+    assert!(screen.term.lock().unwrap().screen().alternate_screen());
+
+    // irssi's habit: the `#` is added. The room gets window 2, with its
+    // nick list.
+    screen.burst("/join a\r");
+    screen.status_shows("[2:#a]").await;
+    screen.shows("-- joined #a").await;
+    screen
+        .row_where("the nick list", |r| r.trim_end().ends_with("│bob"))
+        .await;
+    assert!(screen.rows()[screen.rows().len() - 1].starts_with("[#a] "));
+
+    // Your line appears once: the input line is emptied, the window holds it.
+    screen.type_keys("hello from alice\r").await;
+    screen.shows("<alice> hello from alice").await;
+    assert_eq!(bob.event("message").await["body"], "hello from alice");
+    assert_eq!(
+        screen.count("hello from alice"),
+        1,
+        "{}",
+        screen.rows().join("\n")
+    );
+
+    // A private line from someone new opens its window (3), counted in
+    // Act:, with the bell and the title.
+    let bells = screen.term.lock().unwrap().callbacks().bells;
+    carol.send("/msg alice psst, alice").await;
+    carol.event("sent").await;
+    screen.status_shows("[Act: 3!]").await;
+    assert!(screen.term.lock().unwrap().callbacks().bells > bells);
+    assert!(
+        screen
+            .term
+            .lock()
+            .unwrap()
+            .callbacks()
+            .title
+            .contains("carol"),
+        "title: {}",
+        screen.term.lock().unwrap().callbacks().title
+    );
+    assert_eq!(screen.count("psst"), 0, "shown in its own window only");
+
+    // Alt-3: its window, read, so Act: empties.
+    screen.burst("\x1b3");
+    screen.status_shows("[3:@carol]").await;
+    screen.shows("<carol> psst, alice").await;
+    assert!(
+        !screen.status_bar().contains("Act:"),
+        "{}",
+        screen.status_bar()
+    );
+    // A reply typed there goes to carol.
+    screen.type_keys("hi carol\r").await;
+    assert_eq!(carol.event("message").await["body"], "hi carol");
+
+    // A line in #a while away from it: Act: 2; one naming alice: 2!.
+    bob.send("just chatting").await;
+    screen.status_shows("[Act: 2]").await;
+    bob.send("alice: are you there?").await;
+    screen.status_shows("[Act: 2!]").await;
+    // /window 1: the status window; Alt-2 back to #a.
+    screen.burst("/window 1\r");
+    screen.status_shows("[1:(status)]").await;
+    screen.burst("\x1b2");
+    screen.status_shows("[2:#a]").await;
+    screen.shows("<bob> alice: are you there?").await;
+
+    // A burst of lines in one write: each is sent, in order.
+    screen.burst("one\rtwo\rthree\r");
+    for want in ["one", "two", "three"] {
+        assert_eq!(bob.event("message").await["body"], want);
+    }
+
+    // Enough lines to scroll: PageUp shows older ones and says so.
+    for i in 0..40 {
+        bob.send(&format!("filler {i}")).await;
+    }
+    screen.shows("<bob> filler 39").await;
+    screen.burst("\x1b[5~");
+    screen.status_shows("-- more --").await;
+    assert_eq!(screen.count("filler 39"), 0);
+    screen.burst("\x1b[6~");
+    screen.shows("<bob> filler 39").await;
+
+    // Smaller: everything drawn again at the new size, nothing stale.
+    screen.resize(16, 50);
+    screen
+        .row_where("the status bar on row 15", |_| {
+            let rows = screen.rows();
+            rows.len() == 16 && rows[14].contains("[2:#a]")
+        })
+        .await;
+    screen.shows("<bob> filler 39").await;
+    screen.type_keys("/quit\r").await;
+    assert_eq!(screen.exit_code().await, Some(0));
+    // The terminal is given back.
+    assert!(!screen.term.lock().unwrap().screen().alternate_screen());
+    screen.assert_no_log_lines();
+    bob.quit().await;
+    carol.quit().await;
+    router.terminate().await;
+}
+
+/// A restart shows, in the room's window, what came while the peer was
+/// away, under a marker line; a nick change reads as one line; /lastlog
+/// finds a line in any conversation.
+#[tokio::test]
+async fn a_restart_shows_what_came_under_a_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut bob = Proc::peer(&addr, "bob", &tmp.path().join("bob"), &["--join", "#a"]).await;
+    bob.event("joined").await;
+    let dir = tmp.path().join("alice");
+    let args = [
+        "--nick",
+        "alice",
+        "--router",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    let mut screen = Screen::full(&args);
+    screen.status_shows("[1:(status)]").await;
+    screen.burst("/join #a\r");
+    screen.status_shows("[2:#a]").await;
+    screen.burst("/quit\r");
+    assert_eq!(screen.exit_code().await, Some(0));
+    drop(screen);
+
+    for line in ["while you were out", "alice: a mention", "third"] {
+        bob.send(line).await;
+        bob.event("sent").await;
+    }
+    let mut screen = Screen::full(&args);
+    // Back in #a, its window current, the three under the marker.
+    screen.status_shows("[2:#a]").await;
+    let marker = screen.shows("3 new since you left").await;
+    assert!(marker.contains("───"), "a marker line: {marker}");
+    screen.shows("<bob> third").await;
+    let rows = screen.rows();
+    let at = |what: &str| rows.iter().position(|r| r.contains(what)).unwrap();
+    assert!(at("3 new since you left") < at("while you were out"));
+    assert!(at("while you were out") < at("alice: a mention"));
+
+    // bob becomes robert: one line in the room, and the nick list follows.
+    bob.send("/nick robert").await;
+    screen.shows("-- bob is now known as robert").await;
+    screen
+        .row_where("robert in the nick list", |r| r.contains("│robert"))
+        .await;
+
+    // /lastlog: the local history's lines with the words.
+    screen.burst("/lastlog were out\r");
+    screen
+        .shows("-- history of lastlog were out: last 1 message")
+        .await;
+    screen.burst("/quit\r");
+    assert_eq!(screen.exit_code().await, Some(0));
     bob.quit().await;
     router.terminate().await;
 }

@@ -1343,11 +1343,15 @@ async fn lastlog_finds_words_across_conversations_and_indexes_what_came_later() 
         sent_at_ms: 1_000 + seq as i64,
         ..msg(conv, "bob", 1, seq, seq)
     };
-    s.insert(line("#rust", 1, "the Borrow checker says no")).await.unwrap();
+    s.insert(line("#rust", 1, "the Borrow checker says no"))
+        .await
+        .unwrap();
     s.insert(line("alice|bob", 2, "lunch? borrowing your bike"))
         .await
         .unwrap();
-    s.insert(line("#go", 3, "goroutines all the way")).await.unwrap();
+    s.insert(line("#go", 3, "goroutines all the way"))
+        .await
+        .unwrap();
     // Every word, as a word or its start, any case; oldest first.
     let bodies = |v: Vec<ChatMessage>| v.into_iter().map(|m| m.body).collect::<Vec<_>>();
     assert_eq!(

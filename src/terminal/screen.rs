@@ -460,7 +460,11 @@ impl Screen {
         let title_text = if status.topic.is_empty() {
             format!(" parley — {}", status.name)
         } else {
-            format!(" {}: {}", status.name, clean(&status.topic).replace('\n', " "))
+            format!(
+                " {}: {}",
+                status.name,
+                clean(&status.topic).replace('\n', " ")
+            )
         };
         frame.render_widget(
             Paragraph::new(Line::from(title_text)).style(bar_style),
@@ -476,9 +480,8 @@ impl Screen {
                     .max()
                     .unwrap_or(8)
                     .clamp(8, 18);
-                let [t, l] =
-                    Layout::horizontal([Constraint::Min(10), Constraint::Length(width)])
-                        .areas(main);
+                let [t, l] = Layout::horizontal([Constraint::Min(10), Constraint::Length(width)])
+                    .areas(main);
                 (t, Some(l))
             }
             _ => (main, None),
@@ -825,7 +828,11 @@ mod tests {
         assert!(!rows[8].contains("more"));
         // PageUp: a page back, marked in the status bar.
         press(&mut s, KeyCode::PageUp);
-        s.key("#rust", KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE), &[]);
+        s.key(
+            "#rust",
+            KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE),
+            &[],
+        );
         let rows = text(&mut s, "#rust", &status, 40, 10);
         assert!(rows[7].starts_with("-- line 23"), "{rows:#?}");
         assert!(rows[8].contains("-- more --"), "{rows:#?}");
@@ -835,12 +842,20 @@ mod tests {
         assert_eq!(again[1..8], rows[1..8]);
         // Past the top: clamped to the first line.
         for _ in 0..10 {
-            s.key("#rust", KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE), &[]);
+            s.key(
+                "#rust",
+                KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE),
+                &[],
+            );
         }
         let rows = text(&mut s, "#rust", &status, 40, 10);
         assert!(rows[1].starts_with("-- line 0 "), "{rows:#?}");
         for _ in 0..20 {
-            s.key("#rust", KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE), &[]);
+            s.key(
+                "#rust",
+                KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE),
+                &[],
+            );
         }
         let rows = text(&mut s, "#rust", &status, 40, 10);
         assert!(rows[7].starts_with("-- line 30"), "{rows:#?}");
@@ -862,8 +877,14 @@ mod tests {
             press(&mut s, KeyCode::Left);
         }
         press(&mut s, KeyCode::Char('o'));
-        assert_eq!(press(&mut s, KeyCode::Enter), KeyAction::Line("hello world".into()));
-        assert_eq!(press(&mut s, KeyCode::Enter), KeyAction::Line(String::new()));
+        assert_eq!(
+            press(&mut s, KeyCode::Enter),
+            KeyAction::Line("hello world".into())
+        );
+        assert_eq!(
+            press(&mut s, KeyCode::Enter),
+            KeyAction::Line(String::new())
+        );
         press(&mut s, KeyCode::Up);
         assert_eq!(s.input.string(), "hello world");
         press(&mut s, KeyCode::Down);
