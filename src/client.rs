@@ -245,11 +245,15 @@ impl Windows {
                 n.checked_sub(first)
                     .and_then(|i| self.open.get(i))
                     .cloned()
-                    .ok_or_else(|| {
-                        format!(
+                    .ok_or_else(|| match self.status {
+                        true => format!(
                             "no window {n}: there are {}; /switch lists them",
-                            self.open.len() + first - 1
-                        )
+                            self.open.len() + 1
+                        ),
+                        false => format!(
+                            "no conversation {n}: you are in {}; /switch lists them",
+                            self.open.len()
+                        ),
                     })?
             }
             Window::Target(t) => {

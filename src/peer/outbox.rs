@@ -18,7 +18,7 @@
 //! the router instead (`mailbox::Sealer`); the row ends when the router
 //! has stored it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use super::events::{Events, PeerEvent};
 use super::mailbox::Sealer;
 use super::session::Session;
 use crate::message::now_ms;
-use crate::names::Nick;
+use crate::names::{Conversation, Nick};
 use crate::net::{Delivery, Peers};
 use crate::proto::{ChatMessage, Kind, Member};
 use crate::store::{MsgId, Store, StoreError};
@@ -313,10 +313,24 @@ impl Outbox {
         let result = self.flush_once(&key).await;
         self.lock_flushing().remove(&key);
         match result {
-            Ok(0) => {}
-            Ok(n) => self.inner.events.emit(PeerEvent::Notice(format!(
-                "delivered {n} waiting message(s) to {nick}"
-            ))),
+            Ok(delivered) if delivered.is_empty() => {}
+            Ok(delivered) => {
+                // Named by conversation: "waiting" alone says not which.
+                let me = self.inner.session.nick();
+                let n: usize = delivered.values().sum();
+                let mut places = Vec::new();
+                for (conversation, count) in &delivered {
+                    let shown = Conversation::parse_key(conversation)
+                        .map(|c| c.display_for(&me))
+                        .unwrap_or_else(|_| conversation.clone());
+                    places.push(format!("{count} in {shown}"));
+                }
+                let what = if n == 1 { "message" } else { "messages" };
+                self.inner.events.emit(PeerEvent::Notice(format!(
+                    "{nick} was away and now has {n} {what} you wrote meanwhile ({})",
+                    places.join(", ")
+                )))
+            }
             Err(err) => tracing::warn!(nick, cause = %err, "outbox flush failed"),
         }
     }
@@ -329,7 +343,8 @@ impl Outbox {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn flush_once(&self, key: &str) -> Result<usize, StoreError> {
+    /// Returns how many were delivered, per conversation key.
+    async fn flush_once(&self, key: &str) -> Result<BTreeMap<String, usize>, StoreError> {
         let inner = &self.inner;
         // The picture knows co-members; anyone else (a private partner
         // sharing no room) is looked up afresh.
@@ -341,14 +356,19 @@ impl Outbox {
                 Ok(nick) => match inner.session.find(nick.as_str()).await {
                     Ok(found) => match found.members.first().filter(|_| found.found) {
                         Some(m) => m.clone(),
-                        None => return self.deposit(key, Some(found)).await.map(|_| 0),
+                        None => {
+                            return self
+                                .deposit(key, Some(found))
+                                .await
+                                .map(|_| BTreeMap::new())
+                        }
                     },
                     Err(err) => {
                         tracing::debug!(nick = key, cause = %err, "cannot look a recipient up");
-                        return Ok(0);
+                        return Ok(BTreeMap::new());
                     }
                 },
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(BTreeMap::new()),
             },
         };
         let msgs = self.owed(key).await?;
@@ -369,10 +389,10 @@ impl Outbox {
             }
         };
         let mut done = Vec::new();
-        let mut delivered = 0;
+        let mut delivered = BTreeMap::new();
         for (id, answer) in ids.into_iter().zip(answers) {
             match answer {
-                Delivery::Stored => delivered += 1,
+                Delivery::Stored => *delivered.entry(id.conversation.clone()).or_insert(0) += 1,
                 // Definite: it will never take this one.
                 Delivery::Refused => {}
                 // Still away (or not sure yet): kept for the next flush.
