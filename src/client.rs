@@ -993,6 +993,7 @@ impl Client {
             }
             Command::Away(message) => {
                 peer.set_away(message.as_deref())
+                    .await
                     .map_err(|e| e.to_string())?;
                 self.print(Output::info(match message {
                     Some(m) => format!("you are marked as away: {m}"),
@@ -1014,7 +1015,14 @@ impl Client {
             }
             Command::Users => {
                 let users = peer.users().await.map_err(|e| e.to_string())?;
-                self.print(Output::Users { users });
+                let away = users
+                    .iter()
+                    .filter_map(|u| Some((u.nick.clone(), u.away.clone()?)))
+                    .collect();
+                self.print(Output::Users {
+                    users: users.into_iter().map(|u| u.nick).collect(),
+                    away,
+                });
             }
             Command::History { target, limit } => {
                 let target = target
@@ -1042,6 +1050,9 @@ impl Client {
                     key: fp(w.key),
                     known: fp(w.known),
                     pending: fp(w.pending),
+                    away: w.away.unwrap_or_default(),
+                    rooms: w.rooms,
+                    idle_secs: w.idle_secs,
                 });
             }
             Command::Reach => {

@@ -688,3 +688,103 @@ async fn reach_asks_the_router_to_dial_again() {
     a.send("/msg bob and back").await;
     assert_eq!(b.event("message").await["body"], "and back");
 }
+
+/// `/whois` of a peer process: the JSON event.
+async fn whois(p: &mut Proc, nick: &str) -> serde_json::Value {
+    p.send(&format!("/whois {nick}")).await;
+    p.event("whois").await
+}
+
+/// `/away` reaches the router: `/whois` shows it with the rooms and an idle
+/// time that grows and drops after a line; `/users` marks the away; a too
+/// long message changes nothing; `/away` alone clears it; a login after a
+/// router restart tells it again.
+#[tokio::test]
+async fn whois_and_users_show_away_rooms_and_idle_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (router, addr) = Proc::router(10).await;
+    let mut a = Proc::peer(&addr, "alice", &tmp.path().join("a"), &["--join", "#rust"]).await;
+    a.event("joined").await;
+    let mut b = Proc::peer(
+        &addr,
+        "bob",
+        &tmp.path().join("b"),
+        &["--join", "#rust", "--join", "#go"],
+    )
+    .await;
+    b.event("joined").await;
+    b.event("joined").await;
+
+    let w = whois(&mut a, "bob").await;
+    assert_eq!(w["away"], "");
+    assert_eq!(w["idle_secs"], serde_json::Value::Null, "no line yet: {w}");
+    // Every room: the router lists every room and its members to any
+    // session (/list, /who), so whois hides none either.
+    assert_eq!(w["rooms"], serde_json::json!(["#go", "#rust"]));
+    assert!(w["key"].as_str().unwrap().starts_with("SHA256:"), "{w}");
+
+    b.send("/away gone to lunch").await;
+    b.event("info").await;
+    b.send("/msg #rust hello").await;
+    b.event("sent").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let w = whois(&mut a, "bob").await;
+    assert_eq!(w["away"], "gone to lunch");
+    let before = w["idle_secs"].as_u64().expect("idle known after a line");
+    assert!(before >= 2, "{w}");
+    // A line resets it (told at once; polled, as the telling is async).
+    b.send("/msg #rust again").await;
+    b.event("sent").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let w = whois(&mut a, "bob").await;
+        if w["idle_secs"].as_u64().is_some_and(|i| i < before) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "idle never dropped: {w}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    a.send("/users").await;
+    let u = a.event("users").await;
+    assert_eq!(u["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(u["away"], serde_json::json!({"bob": "gone to lunch"}));
+
+    // Too long: refused, and the old message stands.
+    b.send(&format!("/away {}", "x".repeat(301))).await;
+    let e = b.event("error").await;
+    assert!(e["message"].as_str().unwrap().contains("300"), "{e}");
+    assert_eq!(whois(&mut a, "bob").await["away"], "gone to lunch");
+
+    b.send("/away").await;
+    b.event("info").await;
+    assert_eq!(whois(&mut a, "bob").await["away"], "");
+    a.send("/users").await;
+    assert_eq!(a.event("users").await["away"], serde_json::json!({}));
+
+    // A new router knows nothing: bob's next login tells it again.
+    b.send("/away back soon").await;
+    b.event("info").await;
+    router.kill9().await;
+    let (router, _) = Proc::router_on(&addr, 10).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.send("/whois bob").await;
+        let ev = loop {
+            let line = a.line().await.expect("alice still running");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            // While the router is coming back /whois may fail: asked again.
+            if v["type"] == "whois" || v["type"] == "error" {
+                break v;
+            }
+        };
+        if ev["away"] == "back soon" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "away not told again: {ev}");
+    }
+    a.quit().await;
+    b.quit().await;
+    router.terminate().await;
+}

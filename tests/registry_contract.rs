@@ -13,7 +13,8 @@ use futures::StreamExt;
 use parley::identity::{Identity, PublicKey};
 use parley::names::{Nick, Room, MAX_PARTING_CHARS};
 use parley::registry::{
-    Creation, Departure, EventKind, EventStream, MemoryRegistry, Registry, RegistryError, RoomInfo,
+    Creation, Departure, EventKind, EventStream, MemoryRegistry, Presence, Registry, RegistryError,
+    RoomInfo,
 };
 
 const TTL: Duration = Duration::from_secs(3);
@@ -78,6 +79,7 @@ contract!(
     of_racing_creators_of_one_room_one_creates_it,
     a_key_holds_a_bounded_number_of_nicks,
     a_relayed_users_router_is_told_wherever_it_is_seen,
+    a_sessions_presence_is_kept_with_it_and_goes_with_it,
 );
 
 /// With a binding TTL of a second: the two registries, built for it.
@@ -688,4 +690,61 @@ async fn of_racing_creators_of_one_room_one_creates_it(f: Fixture) {
     let (r, t) = &tokens[0];
     let s = r.find_room(t, &room("#race")).await.unwrap().unwrap();
     assert_eq!(s.members.len(), 8);
+}
+
+/// `/away` and idle time: told through one router, seen through the other;
+/// a bad message changes nothing; a new session of the key starts with
+/// none; a logout takes it away.
+async fn a_sessions_presence_is_kept_with_it_and_goes_with_it(f: Fixture) {
+    let a = login(&f.a, "alice").await;
+    let b = login(&f.b, "bob").await;
+    f.b.join(&b, &room("#r"), None).await.unwrap();
+    f.b.join(&b, &room("#Go"), None).await.unwrap();
+    let none = f.a.user_presence(&a, &nick("BOB")).await.unwrap().unwrap();
+    assert_eq!(none.presence, Presence::default());
+    assert_eq!(none.rooms, ["#Go", "#r"]);
+
+    let lunch = Presence {
+        away: "gone to lunch".into(),
+        active_ms: Some(1_700_000_000_000),
+    };
+    f.b.set_presence(&b, &lunch).await.unwrap();
+    let seen = f.a.user_presence(&a, &nick("bob")).await.unwrap().unwrap();
+    assert_eq!(seen.presence, lunch);
+    assert_eq!(
+        f.a.away_users(&a).await.unwrap(),
+        [("bob".to_string(), "gone to lunch".to_string())]
+    );
+
+    let long = Presence {
+        away: "x".repeat(MAX_PARTING_CHARS + 1),
+        active_ms: None,
+    };
+    assert!(matches!(
+        f.b.set_presence(&b, &long).await,
+        Err(RegistryError::InvalidName(_))
+    ));
+    let seen = f.a.user_presence(&a, &nick("bob")).await.unwrap().unwrap();
+    assert_eq!(seen.presence, lunch, "a refused presence changes nothing");
+    assert_eq!(
+        f.b.set_presence("no-such-token", &lunch).await,
+        Err(RegistryError::Unauthenticated)
+    );
+
+    // A new session of bob's key: the old one's presence went with it.
+    let b2 =
+        f.a.login(&nick("bob"), "127.0.0.1:7100", &key("bob"))
+            .await
+            .unwrap();
+    let fresh =
+        f.b.user_presence(&b2.token, &nick("bob"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(fresh.presence, Presence::default());
+    assert!(f.a.away_users(&a).await.unwrap().is_empty());
+    f.a.set_presence(&b2.token, &lunch).await.unwrap();
+    f.a.logout(&b2.token, "").await.unwrap();
+    assert_eq!(f.b.user_presence(&a, &nick("bob")).await.unwrap(), None);
+    assert!(f.b.away_users(&a).await.unwrap().is_empty());
 }

@@ -1,6 +1,7 @@
 //! The person's away message (`/away`): kept in memory for as long as the
-//! peer runs, and told to whoever writes to them privately, in the answer
-//! to their `Deliver` (IRC's RPL_AWAY).
+//! peer runs, told to whoever writes to them privately, in the answer to
+//! their `Deliver` (IRC's RPL_AWAY), and to the router after every login
+//! (`peer::session`), which shows it in `/whois` and `/users`.
 
 use std::sync::{Arc, RwLock};
 

@@ -8,7 +8,8 @@
 //! - `chat`: the `Chat` service others call, given only what it serves
 //!   from;
 //! - [`rooms`]: the rooms the person is in, kept across restarts;
-//! - `away`: the person's away message, told to private senders;
+//! - `away`: the person's away message, told to private senders and the
+//!   router;
 //! - [`events`]: what the person is told, through a bounded queue;
 //! - catching up ([`crate::sync`]): join syncs, gap repair, anti-entropy.
 
@@ -25,6 +26,7 @@ pub mod rooms;
 pub mod session;
 pub mod world;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -130,12 +132,26 @@ pub struct Whois {
     pub nick: String,
     /// Online now, at this address.
     pub address: Option<String>,
+    /// Its away message, while online and away.
+    pub away: Option<String>,
+    /// The rooms it sits in, as the router shows them.
+    pub rooms: Vec<String>,
+    /// Seconds since it last sent a line, when online and known.
+    pub idle_secs: Option<u64>,
     /// The key the router binds the nick to.
     pub key: Option<PublicKey>,
     /// The key this peer knows for it (first met).
     pub known: Option<PublicKey>,
     /// Another key it came back with, not trusted yet.
     pub pending: Option<PublicKey>,
+}
+
+/// One line of `/users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub nick: String,
+    /// Its away message, when away.
+    pub away: Option<String>,
 }
 
 /// How a peer starts.
@@ -239,7 +255,6 @@ struct Inner {
     peers: Peers,
     rooms: Rooms,
     events: Events,
-    away: away::Away,
     /// The chat service's admission, served and used by the drainer.
     chat: chat::ChatService,
     /// Drains this peer's mailbox at the router.
@@ -293,6 +308,7 @@ impl Peer {
         let tasks = TaskTracker::new();
         let advertise = config.advertise.unwrap_or_else(|| listen.to_string());
         let me = crate::net::Me::new(config.nick.as_str(), &advertise);
+        let away = away::Away::default();
         let (session, session_events) = Session::connect(
             SessionConfig {
                 nick: config.nick.clone(),
@@ -303,6 +319,7 @@ impl Peer {
                 known: known.clone(),
                 router_keys: config.router_keys,
                 me: me.clone(),
+                away: away.clone(),
             },
             stop.clone(),
             tasks.clone(),
@@ -347,7 +364,6 @@ impl Peer {
             tasks.clone(),
         );
         let rooms_kept = rooms.clone();
-        let away = away::Away::default();
         let checks = checks::Checks::new(store.clone(), events.clone(), metrics.clone());
         if !unsigned {
             // What a crash left unchecked is checked before this peer
@@ -425,7 +441,6 @@ impl Peer {
                 peers,
                 rooms,
                 events,
-                away,
                 chat,
                 drainer,
                 kick,
@@ -650,6 +665,9 @@ impl Peer {
         Ok(Whois {
             nick: if r.found { r.name } else { nick.to_string() },
             address: r.members.into_iter().next().map(|m| m.address),
+            away: Some(r.away).filter(|a| !a.is_empty()),
+            rooms: r.rooms,
+            idle_secs: r.idle_secs,
             key,
             known: self.inner.peers.keys().known().get(nick.as_str()),
             pending: self.inner.peers.keys().known().pending(nick.as_str()),
@@ -1021,9 +1039,20 @@ impl Peer {
         Ok(self.inner.session.list_rooms().await?)
     }
 
-    pub async fn users(&self) -> Result<Vec<String>, PeerError> {
-        let users = self.inner.session.list_users().await?;
-        Ok(users.into_iter().map(|m| m.nick).collect())
+    /// Every online nick, with the away message of those away.
+    pub async fn users(&self) -> Result<Vec<UserInfo>, PeerError> {
+        let (users, away) = self.inner.session.list_users().await?;
+        let mut away: HashMap<String, String> = away
+            .into_iter()
+            .map(|a| (a.nick.to_ascii_lowercase(), a.message))
+            .collect();
+        Ok(users
+            .into_iter()
+            .map(|m| UserInfo {
+                away: away.remove(&m.nick.to_ascii_lowercase()),
+                nick: m.nick,
+            })
+            .collect())
     }
 
     /// The last `limit` messages of a conversation (canonical key).
@@ -1044,8 +1073,12 @@ impl Peer {
     }
 
     /// Sends `body` to a room this peer sits in.
+    /// A line the person typed (a message or `/me`): it counts as activity
+    /// for their idle time.
     pub async fn send_room(&self, room: &Room, body: &str) -> Result<SendReport, PeerError> {
-        self.send_room_kind(room, (proto::Kind::Text, body)).await
+        let sent = self.send_room_kind(room, (proto::Kind::Text, body)).await?;
+        self.inner.session.note_active();
+        Ok(sent)
     }
 
     /// Makes `topic` the room's topic: a topic event in its history, sent
@@ -1060,13 +1093,15 @@ impl Peer {
     }
 
     /// Marks the person away with `message` (told to whoever writes to
-    /// them privately), or back with `None`.
-    pub fn set_away(&self, message: Option<&str>) -> Result<(), PeerError> {
+    /// them privately, and to the router, which shows it in `/whois` and
+    /// `/users`), or back with `None`. A message longer than a parting
+    /// message may be is refused, and nothing changes.
+    pub async fn set_away(&self, message: Option<&str>) -> Result<(), PeerError> {
         if let Some(m) = message {
             check_body(m)?;
+            check_parting(m)?;
         }
-        self.inner.away.set(message);
-        Ok(())
+        Ok(self.inner.session.set_away(message).await?)
     }
 
     /// A message of `kind` to `room`. Every member the picture holds is
@@ -1099,12 +1134,14 @@ impl Peer {
             .await?)
     }
 
-    /// Sends `body` privately to `nick`; queued if `nick` is offline.
+    /// Sends `body` privately to `nick`; queued if `nick` is offline. A
+    /// line the person typed: it counts as activity for their idle time.
     pub async fn send_private(&self, nick: &Nick, body: &str) -> Result<SendReport, PeerError> {
         check_body(body)?;
         if nick.key() == self.nick().key() {
             return Err(PeerError::ToSelf);
         }
+        self.inner.session.note_active();
         let conv = private_key(&self.nick(), nick);
         self.inner.session.follow(nick);
         let (online, offline) = match self.inner.session.lookup_user(nick).await {

@@ -38,6 +38,10 @@
 //!   deleted by the next leave of that room, deleted with the room, and
 //!   goes with the lease in any case: marks never pile up.
 //!
+//! - `presence/TOKEN` → the session's [`Presence`] (away message, when its
+//!   person last sent a line), under the session's lease: gone with the
+//!   session, never outliving it.
+//!
 //! A deletion event carries no value, so the mirror keeps the marks' values
 //! from their puts (an earlier revision, or the initial read) and uses them
 //! when the marks go.
@@ -70,9 +74,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::durable::now_ms;
 use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
-    new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
-    RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
-    MIN_LEASE_TTL,
+    new_token, Creation, Departure, Event, EventKind, EventStream, Member, Presence, Registry,
+    RegistryError, RoomInfo, RoomSnapshot, Session, Token, UserLookup, UserPresence, BINDING_TTL,
+    MAX_NICKS_PER_KEY, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::mailbox::{EtcdMail, MailStore};
@@ -194,6 +198,8 @@ struct State {
     quits: HashMap<Token, String>,
     /// (Room key, nick key) → the parting message of its `part/` mark.
     parts: HashMap<(String, String), String>,
+    /// Session token → its `presence/` key.
+    presences: HashMap<Token, Presence>,
 }
 
 fn k(parts: &[&str]) -> String {
@@ -975,6 +981,11 @@ impl State {
         };
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
+            ["presence", t] => {
+                if let Ok(p) = serde_json::from_slice::<Presence>(kv.value()) {
+                    self.presences.insert((*t).to_string(), p);
+                }
+            }
             ["bind", nk] => {
                 if let Ok(k) = PublicKey::from_bytes(kv.value()) {
                     self.bindings.insert((*nk).to_string(), k);
@@ -1081,6 +1092,9 @@ impl State {
         };
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
+            ["presence", t] => {
+                self.presences.remove(*t);
+            }
             ["member", rk, nk] => {
                 let Some(members) = self.members.get(*rk) else {
                     return;
@@ -1775,6 +1789,65 @@ impl Registry for EtcdRegistry {
             .collect();
         users.sort_by_key(|m| m.nick.to_ascii_lowercase());
         Ok(users)
+    }
+
+    async fn set_presence(&self, token: &str, presence: &Presence) -> Result<(), RegistryError> {
+        check_parting(&presence.away)?;
+        let (s, _) = self.live(token).await?;
+        // Under the session's lease: it goes with the session (a lease
+        // already gone is refused as a session gone). Put twice, it is one.
+        let (lease, key, value) = (s.lease, k(&["presence", token]), json(presence));
+        let r = self
+            .call("telling a presence", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
+            .await?;
+        self.seen(r.header().map_or(0, |h| h.revision())).await
+    }
+
+    async fn user_presence(
+        &self,
+        token: &str,
+        nick: &Nick,
+    ) -> Result<Option<UserPresence>, RegistryError> {
+        self.live(token).await?;
+        self.sync().await?;
+        let state = self.mirror.lock();
+        let nk = nick.key();
+        let Some(t) = state.users.get(&nk) else {
+            return Ok(None);
+        };
+        let mut rooms: Vec<String> = state
+            .members
+            .iter()
+            .filter(|(_, m)| m.contains_key(&nk))
+            .filter_map(|(rk, _)| state.rooms.get(rk).map(|r| r.name.clone()))
+            .collect();
+        rooms.sort_by_key(|r| r.to_ascii_lowercase());
+        Ok(Some(UserPresence {
+            presence: state.presences.get(t).cloned().unwrap_or_default(),
+            rooms,
+        }))
+    }
+
+    async fn away_users(&self, token: &str) -> Result<Vec<(String, String)>, RegistryError> {
+        self.live(token).await?;
+        self.sync().await?;
+        let state = self.mirror.lock();
+        let mut away: Vec<(String, String)> = state
+            .users
+            .iter()
+            .filter_map(|(nk, t)| {
+                let p = state.presences.get(t).filter(|p| !p.away.is_empty())?;
+                Some((state.member(nk)?.nick, p.away.clone()))
+            })
+            .collect();
+        away.sort_by_key(|(n, _)| n.to_ascii_lowercase());
+        Ok(away)
     }
 
     async fn watch(&self, token: &str, follow: &[Nick]) -> Result<EventStream, RegistryError> {

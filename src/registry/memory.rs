@@ -20,9 +20,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::durable::{now_ms, BindingRow, Durable, OwnerRow};
 use super::watcher::{check_follow, Alive, Feed, Watcher};
 use super::{
-    new_token, Creation, Departure, Event, EventKind, EventStream, Member, Registry, RegistryError,
-    RoomInfo, RoomSnapshot, Session, Token, UserLookup, BINDING_TTL, MAX_NICKS_PER_KEY,
-    MIN_LEASE_TTL,
+    new_token, Creation, Departure, Event, EventKind, EventStream, Member, Presence, Registry,
+    RegistryError, RoomInfo, RoomSnapshot, Session, Token, UserLookup, UserPresence, BINDING_TTL,
+    MAX_NICKS_PER_KEY, MIN_LEASE_TTL,
 };
 use crate::identity::PublicKey;
 use crate::mailbox::{MailStore, SqliteMail, MAILBOX_FILE};
@@ -86,6 +86,8 @@ struct SessionState {
     expires: Instant,
     /// Keys of the rooms this session sits in.
     rooms: BTreeSet<String>,
+    /// What the session told of its person; goes with the session.
+    presence: Presence,
 }
 
 impl SessionState {
@@ -603,6 +605,7 @@ impl Registry for MemoryRegistry {
                 key: *key,
                 expires,
                 rooms: BTreeSet::new(),
+                presence: Presence::default(),
             },
         );
         state.users.insert(nick_key, token.clone());
@@ -953,6 +956,57 @@ impl Registry for MemoryRegistry {
             .collect();
         users.sort_by_key(|m| m.nick.to_ascii_lowercase());
         Ok(users)
+    }
+
+    async fn set_presence(&self, token: &str, presence: &Presence) -> Result<(), RegistryError> {
+        check_parting(&presence.away)?;
+        let mut state = self.shared.lock();
+        state.live(token, Instant::now())?;
+        if let Some(s) = state.sessions.get_mut(token) {
+            s.presence = presence.clone();
+        }
+        Ok(())
+    }
+
+    async fn user_presence(
+        &self,
+        token: &str,
+        nick: &Nick,
+    ) -> Result<Option<UserPresence>, RegistryError> {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        state.live(token, now)?;
+        let Some(s) = state
+            .users
+            .get(&nick.key())
+            .and_then(|t| state.live(t, now).ok())
+        else {
+            return Ok(None);
+        };
+        let mut rooms: Vec<String> = s
+            .rooms
+            .iter()
+            .filter_map(|rk| state.rooms.get(rk).map(|r| r.name.clone()))
+            .collect();
+        rooms.sort_by_key(|r| r.to_ascii_lowercase());
+        Ok(Some(UserPresence {
+            presence: s.presence.clone(),
+            rooms,
+        }))
+    }
+
+    async fn away_users(&self, token: &str) -> Result<Vec<(String, String)>, RegistryError> {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        state.live(token, now)?;
+        let mut away: Vec<(String, String)> = state
+            .sessions
+            .values()
+            .filter(|s| s.expires > now && !s.presence.away.is_empty())
+            .map(|s| (s.nick.clone(), s.presence.away.clone()))
+            .collect();
+        away.sort_by_key(|(n, _)| n.to_ascii_lowercase());
+        Ok(away)
     }
 
     async fn binding(&self, nick: &Nick) -> Result<Option<PublicKey>, RegistryError> {

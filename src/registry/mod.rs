@@ -65,6 +65,27 @@ pub struct UserLookup {
     pub key: Option<PublicKey>,
 }
 
+/// What a session has told of its person (`SetPresence`): kept with the
+/// session only, gone when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Presence {
+    /// The away message; empty when the person is not away.
+    #[serde(default)]
+    pub away: String,
+    /// When the person last sent a line, by the registry's wall clock (ms);
+    /// `None` when not told.
+    #[serde(default)]
+    pub active_ms: Option<i64>,
+}
+
+/// An online user's presence and the rooms it sits in (`Find` of a nick).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPresence {
+    pub presence: Presence,
+    /// Its rooms, as first written, sorted without case.
+    pub rooms: Vec<String>,
+}
+
 /// What a login hands back.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -292,6 +313,25 @@ pub trait Registry: Send + Sync + 'static {
     async fn list_rooms(&self, token: &str) -> Result<Vec<RoomInfo>, RegistryError>;
 
     async fn list_users(&self, token: &str) -> Result<Vec<Member>, RegistryError>;
+
+    /// Replaces what the session holding `token` has told of its person.
+    /// An away message [`check_parting`](crate::names::check_parting)
+    /// refuses is refused, and nothing changes.
+    async fn set_presence(&self, token: &str, presence: &Presence) -> Result<(), RegistryError>;
+
+    /// The presence and rooms of the online user holding `nick` (`None`
+    /// when offline). Every room is shown: `find_room` and `list_rooms`
+    /// already answer any session with every room and member, so this
+    /// hides nothing the registry keeps hidden.
+    async fn user_presence(
+        &self,
+        token: &str,
+        nick: &Nick,
+    ) -> Result<Option<UserPresence>, RegistryError>;
+
+    /// The online users marked away: (nick as written, away message),
+    /// sorted by nick without case.
+    async fn away_users(&self, token: &str) -> Result<Vec<(String, String)>, RegistryError>;
 
     /// Events from now on for the session holding `token`, only those it
     /// needs: membership changes of its own rooms, and the presence of the

@@ -31,7 +31,9 @@ use crate::metrics::{MetricsServer, RouterMetrics};
 use crate::names::{check_parting, Name, Nick, Room};
 use crate::proto;
 use crate::proto::router_server::{Router, RouterServer};
-use crate::registry::{Creation, Departure, Event, EventKind, Member, Registry, RegistryError};
+use crate::registry::{
+    Creation, Departure, Event, EventKind, Member, Presence, Registry, RegistryError,
+};
 use crate::seal::MailboxKey;
 use crate::tls::{Accept, Expect, Tls, TlsError};
 
@@ -663,16 +665,32 @@ impl Router for RouterService {
                 let (mailbox_key, mailbox_signature) =
                     published.map_or_else(Default::default, |p| (p.key, p.signature));
                 let key = found.key.map(|k| k.to_vec()).unwrap_or_default();
+                // Asked apart from `find_user`; a user gone in between is
+                // shown with no presence, as one that told none.
+                let presence = match &found.online {
+                    Some(_) => self.registry.user_presence(&req.token, &nick).await?,
+                    None => None,
+                };
                 match found.online {
-                    Some(m) => proto::FindResponse {
-                        found: true,
-                        name: m.nick.clone(),
-                        members: vec![m.into()],
-                        key,
-                        mailbox_key,
-                        mailbox_signature,
-                        ..Default::default()
-                    },
+                    Some(m) => {
+                        let p = presence.unwrap_or_default();
+                        let idle_secs = p.presence.active_ms.map(|at| {
+                            u64::try_from(crate::message::now_ms().saturating_sub(at) / 1000)
+                                .unwrap_or(0)
+                        });
+                        proto::FindResponse {
+                            found: true,
+                            name: m.nick.clone(),
+                            members: vec![m.into()],
+                            key,
+                            mailbox_key,
+                            mailbox_signature,
+                            away: p.presence.away,
+                            rooms: p.rooms,
+                            idle_secs,
+                            ..Default::default()
+                        }
+                    }
                     None => proto::FindResponse {
                         key,
                         mailbox_key,
@@ -717,10 +735,35 @@ impl Router for RouterService {
         &self,
         req: Request<proto::ListUsersRequest>,
     ) -> Result<Response<proto::ListUsersResponse>, Status> {
-        let users = self.registry.list_users(&req.get_ref().token).await?;
+        let token = &req.get_ref().token;
+        let users = self.registry.list_users(token).await?;
+        let away = self.registry.away_users(token).await?;
         Ok(Response::new(proto::ListUsersResponse {
             users: users.into_iter().map(Into::into).collect(),
+            away: away
+                .into_iter()
+                .map(|(nick, message)| proto::AwayUser { nick, message })
+                .collect(),
         }))
+    }
+
+    async fn set_presence(
+        &self,
+        req: Request<proto::PresenceRequest>,
+    ) -> Result<Response<proto::PresenceResponse>, Status> {
+        let req = req.into_inner();
+        let away = parting_arg(&req.away)?;
+        // The peer says how long ago, not when: the time is taken on the
+        // registry's clock, so a peer's wrong clock shows no wrong idle.
+        let active_ms = req.idle_ms.map(|idle| {
+            crate::message::now_ms().saturating_sub(i64::try_from(idle).unwrap_or(i64::MAX))
+        });
+        let presence = Presence {
+            away: away.to_owned(),
+            active_ms,
+        };
+        self.registry.set_presence(&req.token, &presence).await?;
+        Ok(Response::new(proto::PresenceResponse {}))
     }
 
     type ReserveStream = ReceiverStream<Result<proto::Incoming, Status>>;

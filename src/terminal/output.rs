@@ -94,7 +94,11 @@ pub enum Output {
         rooms: Vec<RoomView>,
     },
     Users {
+        /// Every online nick, as before.
         users: Vec<String>,
+        /// Those of them marked away: nick → away message.
+        #[serde(default)]
+        away: std::collections::BTreeMap<String, String>,
     },
     History {
         conversation: String,
@@ -124,6 +128,15 @@ pub enum Output {
         known: String,
         /// A changed key waiting for `/trust`.
         pending: String,
+        /// Its away message; empty when not away (or offline).
+        #[serde(default)]
+        away: String,
+        /// The rooms it sits in (online only).
+        #[serde(default)]
+        rooms: Vec<String>,
+        /// Seconds since it last sent a line; null when unknown.
+        #[serde(default)]
+        idle_secs: Option<u64>,
     },
     /// `/reach`: what the router's new dial-back of `address` found.
     Reachable {
@@ -361,6 +374,9 @@ impl Output {
                 key,
                 known,
                 pending,
+                away,
+                rooms,
+                idle_secs,
             } => {
                 let or = |s: &str, none: &str| {
                     if s.is_empty() {
@@ -374,6 +390,15 @@ impl Output {
                     or(address, "offline"),
                     or(key, "(never logged in)")
                 );
+                if !away.is_empty() {
+                    let _ = write!(s, "\n   away: {away}");
+                }
+                if !rooms.is_empty() {
+                    let _ = write!(s, "\n   in {}", rooms.join(", "));
+                }
+                if let Some(idle) = idle_secs {
+                    let _ = write!(s, "\n   idle {}", idle_text(*idle));
+                }
                 if !known.is_empty() && known != key {
                     let _ = write!(s, "\n   first met with key {known}");
                 }
@@ -388,11 +413,18 @@ impl Output {
             Output::Trusted { nick, key } => {
                 clean(&format!("-- trusting {nick}'s key {key} from now on"))
             }
-            Output::Users { users } if users.is_empty() => "-- no users online".into(),
-            Output::Users { users } => clean(&format!(
+            Output::Users { users, .. } if users.is_empty() => "-- no users online".into(),
+            Output::Users { users, away } => clean(&format!(
                 "-- {} online: {}",
                 plural(users.len(), "user", "users"),
-                users.join(", ")
+                users
+                    .iter()
+                    .map(|u| match away.get(u) {
+                        Some(why) => format!("{u} (away: {why})"),
+                        None => u.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             Output::History {
                 conversation,
@@ -546,6 +578,17 @@ fn clock(ms: i64) -> String {
     }
 }
 
+/// An idle time as IRC clients show it: `3m 12s`, `2h 5m`, `4d 1h`.
+fn idle_text(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
@@ -679,8 +722,24 @@ mod tests {
             (
                 Output::Users {
                     users: vec!["a".into(), "b".into()],
+                    away: [("b".to_string(), "lunch".to_string())].into(),
                 },
-                json!({"type": "users", "users": ["a", "b"]}),
+                json!({"type": "users", "users": ["a", "b"], "away": {"b": "lunch"}}),
+            ),
+            (
+                Output::Whois {
+                    nick: "bob".into(),
+                    address: "127.0.0.1:1".into(),
+                    key: "SHA256:k".into(),
+                    known: "SHA256:k".into(),
+                    pending: String::new(),
+                    away: "lunch".into(),
+                    rooms: vec!["#rust".into()],
+                    idle_secs: Some(192),
+                },
+                json!({"type": "whois", "nick": "bob", "address": "127.0.0.1:1",
+                       "key": "SHA256:k", "known": "SHA256:k", "pending": "",
+                       "away": "lunch", "rooms": ["#rust"], "idle_secs": 192}),
             ),
             (
                 Output::History {
@@ -970,6 +1029,35 @@ mod tests {
             m(3, 0).to_json(),
             r#"{"type":"mailbox","count":3,"expired":0}"#
         );
+    }
+
+    #[test]
+    fn human_whois_and_users_show_away_rooms_and_idle() {
+        let whois = Output::Whois {
+            nick: "bob".into(),
+            address: "127.0.0.1:1".into(),
+            key: "SHA256:k".into(),
+            known: "SHA256:k".into(),
+            pending: String::new(),
+            away: "gone to lunch".into(),
+            rooms: vec!["#rust".into(), "#go".into()],
+            idle_secs: Some(192),
+        };
+        assert_eq!(
+            whois.to_human(),
+            "-- bob: 127.0.0.1:1\n   key SHA256:k\n   away: gone to lunch\n   in #rust, #go\n   idle 3m 12s"
+        );
+        let users = Output::Users {
+            users: vec!["alice".into(), "bob".into(), "carol".into()],
+            away: [("bob".to_string(), "lunch".to_string())].into(),
+        };
+        assert_eq!(
+            users.to_human(),
+            "-- 3 users online: alice, bob (away: lunch), carol"
+        );
+        assert_eq!(idle_text(5), "5s");
+        assert_eq!(idle_text(3 * 3600 + 61), "3h 1m");
+        assert_eq!(idle_text(2 * 86400 + 3600), "2d 1h");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::trust::KnownKeys;
 use presence::Backoff;
 
 mod presence;
+mod status;
 
 fn emit_to(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
     if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
@@ -96,6 +97,9 @@ pub struct SessionConfig {
     pub router_keys: Vec<String>,
     /// Whether this peer can be dialed, as each login's dial-back finds.
     pub me: crate::net::Me,
+    /// The person's away state, shared with intake: told to the router
+    /// after every login.
+    pub away: super::away::Away,
 }
 
 /// The session handle. Cheap to clone.
@@ -130,6 +134,11 @@ struct Inner {
     /// The router the last login found this peer unreachable at (where it
     /// holds its reservation); None when it can be dialed.
     relayed_at: tokio::sync::watch::Sender<Option<String>>,
+    /// When the person last sent a line (see `status`).
+    activity: Mutex<status::Activity>,
+    /// The router may not have the latest presence: the next heartbeat
+    /// tells it.
+    presence_stale: AtomicBool,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -178,6 +187,8 @@ impl Session {
                 refollow: Notify::new(),
                 leaving: AtomicBool::new(false),
                 relayed_at: tokio::sync::watch::Sender::new(None),
+                activity: Mutex::new(status::Activity::default()),
+                presence_stale: AtomicBool::new(false),
                 stop,
                 tasks,
             }),
@@ -395,6 +406,8 @@ impl Session {
         // After the token: whoever holds the reservation reserves with it.
         c.me.set_reachable(!relayed);
         self.inner.relayed_at.send_replace(relayed.then_some(at));
+        // A new session knows nothing of the person: away and idle again.
+        self.tell_presence_after_login().await;
         self.refresh_users().await;
         Ok(())
     }
@@ -537,13 +550,14 @@ impl Session {
         Ok(r.rooms)
     }
 
-    pub async fn list_users(&self) -> Result<Vec<Member>, SessionError> {
+    /// Every online user, and those of them marked away.
+    pub async fn list_users(&self) -> Result<(Vec<Member>, Vec<proto::AwayUser>), SessionError> {
         let r = self
             .call("list users", |mut r, token| async move {
                 r.list_users(proto::ListUsersRequest { token }).await
             })
             .await?;
-        Ok(r.users)
+        Ok((r.users, r.away))
     }
 
     /// The key `nick` is bound to at the router (online or not).

@@ -74,10 +74,13 @@ impl Session {
                 return; // logged out meanwhile: the answer means nothing
             }
             match beat {
-                Ok(beat) if beat.get_ref().mail > 0 => self.emit(SessionEvent::Mail {
-                    waiting: beat.get_ref().mail,
-                }),
-                Ok(_) => {}
+                Ok(beat) if beat.get_ref().mail > 0 => {
+                    self.emit(SessionEvent::Mail {
+                        waiting: beat.get_ref().mail,
+                    });
+                    self.tell_presence_if_stale().await;
+                }
+                Ok(_) => self.tell_presence_if_stale().await,
                 Err(SessionError::Refused {
                     code: Code::Unauthenticated,
                     ..
