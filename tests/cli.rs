@@ -725,7 +725,7 @@ async fn whois_and_users_show_away_rooms_and_idle_time() {
 
     b.send("/away gone to lunch").await;
     b.event("info").await;
-    b.send("/msg #rust hello").await;
+    b.send("hello").await;
     b.event("sent").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let w = whois(&mut a, "bob").await;
@@ -733,7 +733,7 @@ async fn whois_and_users_show_away_rooms_and_idle_time() {
     let before = w["idle_secs"].as_u64().expect("idle known after a line");
     assert!(before >= 2, "{w}");
     // A line resets it (told at once; polled, as the telling is async).
-    b.send("/msg #rust again").await;
+    b.send("again").await;
     b.event("sent").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
