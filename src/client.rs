@@ -434,10 +434,17 @@ impl Client {
     /// Shows `out`: a line on stdout, or in its window on the screen (the
     /// conversation's, else the current one).
     fn print(&mut self, out: Output) {
-        if let Output::Message(m) = &out {
-            if self.ignored.contains(&m.from.to_ascii_lowercase()) {
-                return;
+        match &out {
+            Output::Message(m) if self.ignored.contains(&m.from.to_ascii_lowercase()) => return,
+            // The title line shows the topic as last heard or set.
+            Output::Topic { room, topic, .. } => {
+                self.topics.insert(room.to_ascii_lowercase(), topic.clone());
             }
+            Output::Message(m) if m.kind.as_deref() == Some("topic") => {
+                self.topics
+                    .insert(m.conversation.to_ascii_lowercase(), m.body.clone());
+            }
+            _ => {}
         }
         let key = self.window_of(&out);
         match &mut self.front {
@@ -657,10 +664,6 @@ impl Client {
                 let mine = v.from.eq_ignore_ascii_case(self.peer.nick().as_str());
                 if self.ignored.contains(&v.from.to_ascii_lowercase()) {
                     return;
-                }
-                if Kind::try_from(msg.kind) == Ok(Kind::Topic) {
-                    self.topics
-                        .insert(msg.conversation.to_ascii_lowercase(), msg.body.clone());
                 }
                 let opened = self.windows.arrived(&v.conversation, mine, v.mention);
                 // The bell and the title: a line naming the reader, or a

@@ -750,6 +750,16 @@ async fn the_full_screen_has_windows_a_status_bar_and_activity() {
     screen
         .row_where("the nick list", |r| r.trim_end().ends_with("│bob"))
         .await;
+    // The title line carries the room's topic once set.
+    screen.burst("/topic all about a\r");
+    screen.shows("changed the topic to: all about a").await;
+    screen
+        .row_where("the topic in the title", |r| {
+            r.starts_with(" #a: all about a")
+        })
+        .await;
+    assert!(screen.rows()[0].starts_with(" #a: all about a"));
+    assert_eq!(bob.event("message").await["kind"], "topic");
     assert!(screen.rows()[screen.rows().len() - 1].starts_with("[#a] "));
 
     // Your line appears once: the input line is emptied, the window holds it.
