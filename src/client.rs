@@ -453,6 +453,24 @@ impl Client {
         }
     }
 
+    /// Takes up who was ignored when the peer last ran.
+    pub async fn load_ignored(&mut self) {
+        match self.peer.ignored().await {
+            Ok(list) => self.ignored = list.into_iter().collect(),
+            Err(err) => tracing::warn!(cause = %err, "cannot read who is ignored"),
+        }
+    }
+
+    /// Keeps who is ignored in the history's file.
+    async fn keep_ignored(&self) -> Result<(), String> {
+        let mut list: Vec<String> = self.ignored.iter().cloned().collect();
+        list.sort();
+        self.peer
+            .set_ignored(&list)
+            .await
+            .map_err(|e| format!("cannot keep who is ignored: {e}"))
+    }
+
     /// The window an event belongs in on the full screen.
     fn window_of(&self, out: &Output) -> String {
         let current = self.windows.current_key();
@@ -920,6 +938,7 @@ impl Client {
             }
             Command::Ignore(Some(nick)) => {
                 self.ignored.insert(nick.key());
+                self.keep_ignored().await?;
                 self.print(Output::info(format!(
                     "ignoring {nick}: their lines are kept but not shown; /unignore {nick} shows them"
                 )));
@@ -928,6 +947,7 @@ impl Client {
                 if !self.ignored.remove(&nick.key()) {
                     return Err(format!("{nick} is not ignored"));
                 }
+                self.keep_ignored().await?;
                 self.print(Output::info(format!("no longer ignoring {nick}")));
             }
             Command::Lastlog(text) => {

@@ -876,6 +876,8 @@ async fn a_restart_shows_what_came_under_a_marker() {
     screen.status_shows("[1:(status)]").await;
     screen.burst("/join #a\r");
     screen.status_shows("[2:#a]").await;
+    screen.burst("/ignore zed\r");
+    screen.shows("-- ignoring zed").await;
     screen.burst("/quit\r");
     assert_eq!(screen.exit_code().await, Some(0));
     drop(screen);
@@ -901,6 +903,23 @@ async fn a_restart_shows_what_came_under_a_marker() {
     screen
         .row_where("robert in the nick list", |r| r.contains("│robert"))
         .await;
+
+    // Who is ignored is kept across the restart; an ignored nick's lines
+    // are not shown, and shown again after /unignore.
+    screen.burst("/ignore\r");
+    screen.shows("-- ignoring: zed").await;
+    screen.burst("/ignore robert\r");
+    screen.shows("-- ignoring robert").await;
+    bob.send("a hidden line").await;
+    bob.event("sent").await;
+    // Stored there before "sent"; a moment for its event to be shown (or
+    // not) before the next key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    screen.burst("/unignore robert\r");
+    screen.shows("-- no longer ignoring robert").await;
+    bob.send("a visible line").await;
+    screen.shows("<robert> a visible line").await;
+    assert_eq!(screen.count("a hidden line"), 0);
 
     // /lastlog: the local history's lines with the words.
     screen.burst("/lastlog were out\r");

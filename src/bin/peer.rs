@@ -230,6 +230,7 @@ async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
     }
     let (lines, front) = front(args.json, args.plain);
     let mut client = Client::new(peer.clone(), front);
+    client.load_ignored().await;
     client.show(Output::Ready {
         nick: peer.nick().to_string(),
         listen: peer.listen_addr().to_string(),

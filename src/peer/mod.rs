@@ -113,6 +113,9 @@ pub enum PeerError {
     Key(#[from] KeyError),
 }
 
+/// The setting that keeps who is ignored: nick keys, space separated.
+const IGNORED: &str = "ignored";
+
 /// What [`Peer::change_nick`] did.
 #[derive(Debug, Clone)]
 pub struct NickChange {
@@ -1064,6 +1067,22 @@ impl Peer {
     /// every word of `text` (or words starting so), oldest first.
     pub async fn lastlog(&self, text: &str, limit: usize) -> Result<Vec<ChatMessage>, PeerError> {
         Ok(self.inner.store.search(text, limit).await?)
+    }
+
+    /// The nick keys whose lines the person hides (`/ignore`), as kept in
+    /// the history's file across restarts.
+    pub async fn ignored(&self) -> Result<Vec<String>, PeerError> {
+        let list = self.inner.store.setting(IGNORED).await?.unwrap_or_default();
+        Ok(list.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Keeps `nicks` (nick keys) as the ignored ones.
+    pub async fn set_ignored(&self, nicks: &[String]) -> Result<(), PeerError> {
+        Ok(self
+            .inner
+            .store
+            .set_setting(IGNORED, &nicks.join(" "))
+            .await?)
     }
 
     /// Whether `nick` came back with another key than the one first met,

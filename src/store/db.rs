@@ -367,6 +367,26 @@ pub(super) fn row_to_msg(r: &Row<'_>) -> rusqlite::Result<ChatMessage> {
     })
 }
 
+/// A setting kept with the history (`meta`), as text.
+pub(crate) fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    let value: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [format!("setting:{key}")],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+pub(crate) fn set_setting(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![format!("setting:{key}"), value.as_bytes()],
+    )?;
+    Ok(())
+}
+
 /// Indexes for full-text search up to `batch` rows stored since the last
 /// call (text lines only: events are not searched). Returns how many rows
 /// it went through; 0 when the index is up to date.

@@ -666,6 +666,19 @@ impl Store {
         Ok(newest)
     }
 
+    /// A person's setting kept with the history (who is ignored): it
+    /// lives as long as the data directory does.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.call(move |c| db::setting(c, &key)).await
+    }
+
+    /// Sets a setting; see [`Store::setting`].
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.call(move |c| db::set_setting(c, &key, &value)).await
+    }
+
     /// `/lastlog`: the newest `limit` lines of any conversation holding
     /// every word of `text` (as words or their starts, any case), oldest
     /// first. Lines stored since the last search are indexed first, in
