@@ -385,7 +385,9 @@ async fn log_stderr_keeps_logs_on_the_terminal() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("bob");
     let (router, addr) = Proc::router(10).await;
-    let mut screen = Screen::peer(&[
+    // No --plain: logs on the terminal mean lines, never the full screen
+    // they would write over.
+    let mut screen = Screen::full(&[
         "--nick",
         "bob",
         "--router",
@@ -398,6 +400,10 @@ async fn log_stderr_keeps_logs_on_the_terminal() {
         .wait_for("pinned the router's key", Duration::from_secs(10))
         .await;
     assert!(screen.text().contains("INFO"), "{}", screen.text());
+    screen
+        .wait_for("-- you are bob", Duration::from_secs(10))
+        .await;
+    assert!(!screen.term.lock().unwrap().screen().alternate_screen());
     screen.type_keys("/quit\r").await;
     assert_eq!(screen.exit_code().await, Some(0));
     assert!(

@@ -71,7 +71,8 @@ struct Args {
     #[arg(long, conflicts_with = "json")]
     plain: bool,
     /// Log to stderr even on a terminal (where logs otherwise go to
-    /// peer.log in the data directory, so they never write over the chat).
+    /// peer.log in the data directory, so they never write over the chat);
+    /// the chat is then in lines, as with --plain.
     #[arg(long)]
     log_stderr: bool,
     /// Seconds between comparisons of history with the other members of
@@ -228,7 +229,8 @@ async fn run(args: Args, log: Option<HeldLog>) -> Result<(), String> {
             );
         }
     }
-    let (lines, front) = front(args.json, args.plain);
+    // Logs on stderr would write over a full screen: lines then.
+    let (lines, front) = front(args.json, args.plain || args.log_stderr);
     let mut client = Client::new(peer.clone(), front);
     client.load_ignored().await;
     client.show(Output::Ready {
