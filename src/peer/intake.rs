@@ -371,17 +371,7 @@ impl Intake {
                         )))
                     }
                 }
-                Conversation::Room(room) => {
-                    let at = (room.key(), author.key());
-                    match rights.get(&at) {
-                        Some(right) => right.clone(),
-                        None => {
-                            let right = self.check_room(room, author).await;
-                            rights.insert(at, right.clone());
-                            right
-                        }
-                    }
-                }
+                Conversation::Room(room) => self.room_right(&mut rights, room, author).await,
                 Conversation::Private(..) => {
                     let conv = &item.conv;
                     if !conv.is_party(&self.me()) || !conv.is_party(author) {
@@ -442,17 +432,7 @@ impl Intake {
             Membership::Kept => Err(Status::failed_precondition(format!(
                 "not a member of {room}"
             ))),
-            Membership::Now => {
-                let at = (room.key(), author.key());
-                match rights.get(&at) {
-                    Some(right) => right.clone(),
-                    None => {
-                        let right = self.check_room(room, author).await;
-                        rights.insert(at, right.clone());
-                        right
-                    }
-                }
-            }
+            Membership::Now => self.room_right(rights, room, author).await,
         }
     }
 
@@ -548,6 +528,22 @@ impl Intake {
     /// stops trying. When this peer cannot tell yet (its router is
     /// unreachable, it is joining the room again) the answer is
     /// UNAVAILABLE, so the sender keeps the message owed and retries.
+    /// [`Intake::check_room`], asked once per (room, author) of a batch.
+    async fn room_right(
+        &self,
+        rights: &mut HashMap<(String, String), Result<(), Status>>,
+        room: &Room,
+        author: &Nick,
+    ) -> Result<(), Status> {
+        let at = (room.key(), author.key());
+        if let Some(right) = rights.get(&at) {
+            return right.clone();
+        }
+        let right = self.check_room(room, author).await;
+        rights.insert(at, right.clone());
+        right
+    }
+
     async fn check_room(&self, room: &Room, author: &Nick) -> Result<(), Status> {
         let world = self.session.world();
         if !world.in_room(room.as_str()) {

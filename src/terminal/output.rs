@@ -571,7 +571,7 @@ fn when(ms: i64) -> String {
 }
 
 /// `HH:MM` in local time; `??:??` for a time chrono cannot represent.
-fn clock(ms: i64) -> String {
+pub(super) fn clock(ms: i64) -> String {
     match Local.timestamp_millis_opt(ms).single() {
         Some(t) => t.format("%H:%M").to_string(),
         None => "??:??".into(),
@@ -608,7 +608,7 @@ fn prefix_lines(prefix: &str, text: &str) -> String {
 /// Text from other peers reaches a person's terminal: control characters
 /// (escape sequences could move the cursor or retitle the window) are
 /// replaced; newlines stay, tabs become a space.
-fn clean(s: &str) -> String {
+pub(super) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             '\n' => '\n',

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Stdout, Write};
 
-use chrono::{Local, TimeZone};
+use chrono::Local;
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -21,7 +21,7 @@ use ratatui::{Frame, Terminal};
 use unicode_width::UnicodeWidthChar;
 
 use super::io::complete;
-use super::output::{nick_colour, MessageView, Output};
+use super::output::{clean, clock, nick_colour, MessageView, Output};
 
 /// Lines a window keeps; older ones are dropped (the history keeps them).
 const SCROLLBACK: usize = 5_000;
@@ -659,26 +659,6 @@ fn sgr_colour(code: u8) -> Color {
         95 => Color::LightMagenta,
         _ => Color::LightCyan,
     }
-}
-
-fn clock(ms: i64) -> String {
-    match Local.timestamp_millis_opt(ms).single() {
-        Some(t) => t.format("%H:%M").to_string(),
-        None => "??:??".into(),
-    }
-}
-
-/// Other peers' text reaches the screen: control characters could move the
-/// cursor or retitle the window, so they are replaced.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\n' => '\n',
-            '\t' => ' ',
-            c if c.is_control() => '\u{FFFD}',
-            c => c,
-        })
-        .collect()
 }
 
 /// The screen on the real terminal: raw mode and the alternate screen
